@@ -1,0 +1,121 @@
+//! `dormouse:room/hooks`: the [`Room`] trait a room implements, and the
+//! dispatch that [`crate::export!`] wires to the component's exports.
+
+use crate::{Connection, Message, Request, Response};
+
+/// A room's logic. Every hook has a default, so implement only what you need.
+///
+/// The host calls hooks one at a time, in arrival order. After every wake,
+/// the value is made fresh with `Default::default()` and [`Room::on_start`]
+/// runs before the event: keep what must last in storage or connection state.
+///
+/// ```no_run
+/// use dormouse_sdk::{connections, Connection, Message, Request, Response, Room};
+///
+/// #[derive(Default)]
+/// struct Relay;
+///
+/// impl Room for Relay {
+///     fn on_connect(&mut self, conn: &Connection, request: &Request) -> Result<(), Response> {
+///         if request.query("token") == Some("letmein") { Ok(()) } else { Err(Response::text(401, "who are you?")) }
+///     }
+///     fn on_message(&mut self, conn: &Connection, message: Message) {
+///         connections::broadcast(message, &[conn.id()]).ok();
+///     }
+/// }
+/// dormouse_sdk::export!(Relay);
+/// ```
+pub trait Room: Default + 'static {
+    /// The instance was just made (first event, or a wake from hibernation).
+    fn on_start(&mut self) {}
+
+    /// A client asks to connect: `Ok` accepts, `Err(response)` refuses with
+    /// that HTTP response before the WebSocket opens. The connection is
+    /// already listed while this runs, so it may be sent to.
+    fn on_connect(&mut self, conn: &Connection, request: &Request) -> Result<(), Response> {
+        let _ = (conn, request);
+        Ok(())
+    }
+
+    /// A message from a connection.
+    fn on_message(&mut self, conn: &Connection, message: Message) {
+        let _ = (conn, message);
+    }
+
+    /// A connection closed; it is no longer listed.
+    fn on_close(&mut self, conn: &Connection, code: u16, reason: &str, was_clean: bool) {
+        let _ = (conn, code, reason, was_clean);
+    }
+
+    /// A connection failed; on-close follows.
+    fn on_error(&mut self, conn: &Connection, description: &str) {
+        let _ = (conn, description);
+    }
+
+    /// A plain HTTP request to the room's URL. Default: 404.
+    fn on_request(&mut self, request: Request) -> Response {
+        let _ = request;
+        Response::not_found()
+    }
+
+    /// The room's alarm fired; `retry_count` is 0 on the first attempt.
+    fn on_alarm(&mut self, retry_count: u32) {
+        let _ = retry_count;
+    }
+}
+
+/// Called by the code [`crate::export!`] generates; not for direct use.
+#[doc(hidden)]
+pub mod dispatch {
+    use std::any::Any;
+    use std::cell::RefCell;
+
+    use super::Room;
+    use crate::bindings::dormouse::room::types::ConnectionInfo;
+    use crate::{Connection, Message, Request, Response};
+
+    thread_local! {
+        /// The room value of this instance: made by on-start, gone with the instance.
+        static ROOM: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    fn with<R: Room, T>(f: impl FnOnce(&mut R) -> T) -> T {
+        ROOM.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let any = slot.get_or_insert_with(|| Box::new(R::default()));
+            let room = any
+                .downcast_mut::<R>()
+                .expect("export! is used once, so the room has one type");
+            f(room)
+        })
+    }
+
+    pub fn on_start<R: Room>() {
+        ROOM.with(|cell| *cell.borrow_mut() = Some(Box::new(R::default())));
+        with::<R, _>(|r| r.on_start())
+    }
+
+    pub fn on_connect<R: Room>(conn: ConnectionInfo, request: Request) -> Result<(), Response> {
+        with::<R, _>(|r| r.on_connect(&Connection::new(conn.id), &request))
+    }
+
+    pub fn on_message<R: Room>(conn: String, message: Message) {
+        with::<R, _>(|r| r.on_message(&Connection::new(conn), message))
+    }
+
+    pub fn on_close<R: Room>(conn: String, code: u16, reason: String, was_clean: bool) {
+        with::<R, _>(|r| r.on_close(&Connection::new(conn), code, &reason, was_clean))
+    }
+
+    pub fn on_error<R: Room>(conn: String, description: String) {
+        with::<R, _>(|r| r.on_error(&Connection::new(conn), &description))
+    }
+
+    pub fn on_request<R: Room>(request: Request) -> Response {
+        with::<R, _>(|r| r.on_request(request))
+    }
+
+    pub fn on_alarm<R: Room>(retry_count: u32) {
+        with::<R, _>(|r| r.on_alarm(retry_count))
+    }
+}

@@ -1,0 +1,25 @@
+//! `dormouse:room/alarm`: the room's one alarm, committed with its storage.
+//!
+//! TODO(issue 3): the scheduler that fires alarms. The time is stored here,
+//! durably and atomically with the hook's writes, so the scheduler only has
+//! to read it.
+
+use crate::room_state::RoomState;
+use crate::wit::Error;
+use crate::wit::dormouse::room::alarm::Host;
+
+impl Host for RoomState {
+    fn get(&mut self) -> wasmtime::Result<Result<Option<u64>, Error>> {
+        Ok(self.storage.alarm().map_err(Error::from))
+    }
+
+    fn set(&mut self, at_ms: u64) -> wasmtime::Result<Result<(), Error>> {
+        self.storage.set_alarm(Some(at_ms));
+        Ok(Ok(()))
+    }
+
+    fn delete(&mut self) -> wasmtime::Result<Result<(), Error>> {
+        self.storage.set_alarm(None);
+        Ok(Ok(()))
+    }
+}

@@ -1,0 +1,26 @@
+//! The host side of the WIT imports: one file per interface, each
+//! implementing the generated `Host` trait on [`RoomState`].
+//!
+//! Misuse a guest can recover from (an unknown connection, a value over its
+//! limit) is answered with the WIT `error` variant, never a trap: a guest
+//! that sends to a connection that just closed is not broken, only late.
+
+mod alarm;
+mod connections;
+mod context;
+mod storage;
+
+use crate::room_state::RoomState;
+use crate::wit::Error;
+
+impl crate::wit::dormouse::room::types::Host for RoomState {}
+
+/// `Err(too-large)` when `len` is over `max`.
+fn check_size(what: &str, len: usize, max: usize) -> Result<(), Error> {
+    if len > max {
+        return Err(Error::TooLarge(format!(
+            "{what} is {len} bytes; the limit is {max}"
+        )));
+    }
+    Ok(())
+}

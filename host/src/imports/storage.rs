@@ -1,0 +1,122 @@
+//! `dormouse:room/storage`: the room's key-value storage, sizes checked here.
+
+use super::check_size;
+use crate::room_state::RoomState;
+use crate::storage::{ListOptions, StorageError};
+use crate::wit::Error;
+use crate::wit::dormouse::room::storage::{self as wit, Host};
+
+/// Keys and values one `*-many` call may carry, as Durable Objects allow.
+const MAX_MANY: usize = 128;
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        Error::Unavailable(e.to_string())
+    }
+}
+
+impl RoomState {
+    fn check_key(&self, key: &str) -> Result<(), Error> {
+        check_size("key", key.len(), self.limits.key_bytes)
+    }
+
+    fn check_entry(&self, key: &str, value: &[u8]) -> Result<(), Error> {
+        self.check_key(key)?;
+        check_size("value", value.len(), self.limits.value_bytes)
+    }
+}
+
+fn check_many(n: usize) -> Result<(), Error> {
+    if n > MAX_MANY {
+        return Err(Error::TooLarge(format!(
+            "{n} keys in one call; the limit is {MAX_MANY}"
+        )));
+    }
+    Ok(())
+}
+
+impl Host for RoomState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        Ok((|| {
+            self.check_key(&key)?;
+            Ok(self.storage.get(&key)?)
+        })())
+    }
+
+    fn get_many(&mut self, keys: Vec<String>) -> wasmtime::Result<Result<Vec<wit::Entry>, Error>> {
+        Ok((|| {
+            check_many(keys.len())?;
+            let mut keys = keys;
+            keys.sort();
+            keys.dedup();
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                self.check_key(&key)?;
+                if let Some(v) = self.storage.get(&key)? {
+                    out.push((key, v));
+                }
+            }
+            Ok(out)
+        })())
+    }
+
+    fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
+        Ok(self
+            .check_entry(&key, &value)
+            .map(|()| self.storage.put(key, value)))
+    }
+
+    fn put_many(&mut self, entries: Vec<wit::Entry>) -> wasmtime::Result<Result<(), Error>> {
+        Ok((|| {
+            check_many(entries.len())?;
+            // Check all first: a refused call writes nothing.
+            for (k, v) in &entries {
+                self.check_entry(k, v)?;
+            }
+            for (k, v) in entries {
+                self.storage.put(k, v);
+            }
+            Ok(())
+        })())
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, Error>> {
+        Ok((|| {
+            self.check_key(&key)?;
+            Ok(self.storage.delete(&key)?)
+        })())
+    }
+
+    fn delete_many(&mut self, keys: Vec<String>) -> wasmtime::Result<Result<u32, Error>> {
+        Ok((|| {
+            check_many(keys.len())?;
+            for k in &keys {
+                self.check_key(k)?;
+            }
+            let mut keys = keys;
+            keys.sort();
+            keys.dedup();
+            let mut n = 0;
+            for k in keys {
+                n += u32::from(self.storage.delete(&k)?);
+            }
+            Ok(n)
+        })())
+    }
+
+    fn list(&mut self, o: wit::ListOptions) -> wasmtime::Result<Result<Vec<wit::Entry>, Error>> {
+        let options = ListOptions {
+            prefix: o.prefix,
+            start: o.start,
+            end: o.end,
+            limit: o.limit,
+            reverse: o.reverse,
+        };
+        Ok(self.storage.list(&options).map_err(Error::from))
+    }
+
+    fn delete_all(&mut self) -> wasmtime::Result<Result<(), Error>> {
+        self.storage.delete_all();
+        Ok(Ok(()))
+    }
+}

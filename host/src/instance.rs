@@ -1,0 +1,331 @@
+//! The Wasm side: the engine, a party's compiled component, and a room's
+//! instance with its bounds (epoch deadline, memory cap).
+//!
+//! Compile once and link once per party version ([`Party::load`] ends in a
+//! `RoomPre`); per wake only `instantiate_async`, from a pooling allocator,
+//! so waking a room costs microseconds.
+//!
+//! Deadlines: a ticker thread bumps the engine's epoch every [`TICK`]. Before
+//! each hook the store gets a budget of ticks; at every tick the guest yields
+//! to tokio (so one spinning room never holds a worker thread for longer than
+//! a tick) and spends one tick of budget; at zero the hook traps with
+//! `Interrupt`. A trap poisons the `Store`, so the caller drops the instance.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+    UpdateDeadline,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::Limits;
+use crate::room_state::RoomState;
+use crate::wit::{self, ConnectionInfo, Message, Request, Response};
+
+/// How often the epoch advances: the granularity of hook deadlines, and the
+/// longest a spinning guest keeps a tokio worker before it yields.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// The engine and the linker every party shares.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    limits: Arc<Limits>,
+}
+
+impl Runtime {
+    pub fn new(limits: Arc<Limits>) -> anyhow::Result<Arc<Runtime>> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        // Plain WIT functions only; the async ABI doubles per-call cost.
+        config.concurrency_support(false);
+        config.max_wasm_stack(512 << 10);
+        // Memories are capped at the instance limit; reserving just that
+        // (not 4 GiB each) lets the pool hold many awake rooms.
+        let memory = limits.instance_memory_bytes as u64;
+        config.memory_reservation(memory);
+        config.memory_reservation_for_growth(0);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(limits.awake_rooms);
+        pool.total_core_instances(limits.awake_rooms.saturating_mul(4));
+        pool.total_memories(limits.awake_rooms.saturating_mul(2));
+        pool.total_tables(limits.awake_rooms.saturating_mul(4));
+        pool.total_stacks(limits.awake_rooms);
+        pool.max_memory_size(limits.instance_memory_bytes);
+        pool.max_core_instances_per_component(32);
+        pool.max_memories_per_component(2);
+        pool.max_tables_per_component(8);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).why(|| "cannot create the Wasm engine".into())?;
+
+        let mut linker = Linker::new(&engine);
+        // Rust guests built for wasm32-wasip2 import a few WASI interfaces
+        // through std even when they do no I/O; the context below grants nothing.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wit::Room::add_to_linker::<InstanceState, HasSelf<RoomState>>(&mut linker, |s| {
+            &mut s.room
+        })?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("dormouse-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .context("cannot start the epoch ticker")?;
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            limits,
+        }))
+    }
+
+    /// Ticks of budget for one hook call.
+    fn hook_ticks(&self) -> u64 {
+        (self.limits.hook_cpu_ms / TICK.as_millis() as u64).max(1)
+    }
+}
+
+/// One version of a party: compiled, linked, checked against the world.
+pub struct Party {
+    pub name: String,
+    pre: wit::RoomPre<InstanceState>,
+    pub vars: Arc<BTreeMap<String, String>>,
+    /// Size of the component, bytes.
+    pub size: usize,
+}
+
+impl Party {
+    /// Validate and compile a component. Every refusal is one sentence that
+    /// names the problem; nothing is changed by a refusal.
+    pub fn load(
+        runtime: &Runtime,
+        name: &str,
+        bytes: &[u8],
+        vars: BTreeMap<String, String>,
+    ) -> anyhow::Result<Party> {
+        if !bytes.starts_with(b"\0asm") {
+            anyhow::bail!("party {name}: the file is not WebAssembly");
+        }
+        // A component's version/layer field differs from a core module's.
+        if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+            anyhow::bail!(
+                "party {name}: this is a core Wasm module, not a component; build for wasm32-wasip2"
+            );
+        }
+        let component = Component::new(&runtime.engine, bytes)
+            .why(|| format!("party {name}: the component does not compile"))?;
+        let pre = runtime.linker.instantiate_pre(&component).why(|| {
+            format!("party {name}: the component imports something the host does not give")
+        })?;
+        let pre = wit::RoomPre::new(pre).why(|| {
+            format!("party {name}: the component does not export dormouse:room/hooks@0.1.0")
+        })?;
+        component
+            .initialize_copy_on_write_image()
+            .why(|| format!("party {name}: cannot prepare the memory image"))?;
+        Ok(Party {
+            name: name.to_owned(),
+            pre,
+            vars: Arc::new(vars),
+            size: bytes.len(),
+        })
+    }
+}
+
+/// A Store's data: the room's host state plus what bounds the guest.
+pub struct InstanceState {
+    pub room: RoomState,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory_cap: usize,
+    /// Set when the cap refused a growth: tells a memory trap from others.
+    memory_refused: bool,
+    ticks_left: u64,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl ResourceLimiter for InstanceState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.memory_refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// A hook call.
+pub enum Call {
+    Start,
+    Connect(ConnectionInfo, Request),
+    Message(String, Message),
+    Close(String, u16, String, bool),
+    Error(String, String),
+    Request(Request),
+    Alarm(u32),
+}
+
+impl Call {
+    /// The hook's WIT name (the `hook` label of the metrics).
+    pub fn hook(&self) -> &'static str {
+        match self {
+            Call::Start => "on-start",
+            Call::Connect(..) => "on-connect",
+            Call::Message(..) => "on-message",
+            Call::Close(..) => "on-close",
+            Call::Error(..) => "on-error",
+            Call::Request(..) => "on-request",
+            Call::Alarm(..) => "on-alarm",
+        }
+    }
+}
+
+/// What a hook returned.
+pub enum Reply {
+    Done,
+    Connect(Result<(), Response>),
+    Response(Response),
+}
+
+/// A room's live instance.
+pub struct Instance {
+    store: Store<InstanceState>,
+    room: wit::Room,
+    ticks: u64,
+}
+
+/// Why a hook or a wake failed: the `kind` label and the error for the log.
+pub struct Failure {
+    pub kind: &'static str,
+    pub error: anyhow::Error,
+}
+
+impl Instance {
+    /// Make an instance for a waking room. On failure the room's state comes back.
+    pub async fn new(
+        runtime: &Runtime,
+        party: &Party,
+        room: RoomState,
+    ) -> Result<Instance, (RoomState, Failure)> {
+        let state = InstanceState {
+            room,
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            memory_cap: runtime.limits.instance_memory_bytes,
+            memory_refused: false,
+            ticks_left: runtime.hook_ticks(),
+        };
+        let mut store = Store::new(&runtime.engine, state);
+        store.limiter(|s| s as &mut dyn ResourceLimiter);
+        store.epoch_deadline_callback(|mut ctx| {
+            let s = ctx.data_mut();
+            if s.ticks_left == 0 {
+                return Err(Trap::Interrupt.into());
+            }
+            s.ticks_left -= 1;
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store.set_epoch_deadline(1);
+        match party.pre.instantiate_async(&mut store).await {
+            Ok(room) => Ok(Instance {
+                store,
+                room,
+                ticks: runtime.hook_ticks(),
+            }),
+            Err(error) => {
+                let kind = classify(&error, store.data()).unwrap_or("instantiate");
+                let error = anyhow::Error::from(error);
+                Err((store.into_data().room, Failure { kind, error }))
+            }
+        }
+    }
+
+    pub fn state(&mut self) -> &mut RoomState {
+        &mut self.store.data_mut().room
+    }
+
+    /// Drop the instance, keeping the room's state.
+    pub fn into_state(self) -> RoomState {
+        self.store.into_data().room
+    }
+
+    /// Call one hook within its budget.
+    pub async fn call(&mut self, call: Call) -> Result<Reply, Failure> {
+        self.store.data_mut().ticks_left = self.ticks;
+        self.store.set_epoch_deadline(1);
+        let hooks = self.room.dormouse_room_hooks();
+        let s = &mut self.store;
+        let result = match call {
+            Call::Start => hooks.call_on_start(s).await.map(|()| Reply::Done),
+            Call::Connect(c, r) => hooks.call_on_connect(s, &c, &r).await.map(Reply::Connect),
+            Call::Message(c, m) => hooks.call_on_message(s, &c, &m).await.map(|()| Reply::Done),
+            Call::Close(c, code, reason, clean) => hooks
+                .call_on_close(s, &c, code, &reason, clean)
+                .await
+                .map(|()| Reply::Done),
+            Call::Error(c, d) => hooks.call_on_error(s, &c, &d).await.map(|()| Reply::Done),
+            Call::Request(r) => hooks.call_on_request(s, &r).await.map(Reply::Response),
+            Call::Alarm(n) => hooks.call_on_alarm(s, n).await.map(|()| Reply::Done),
+        };
+        result.map_err(|error| Failure {
+            kind: classify(&error, self.store.data()).unwrap_or("trap"),
+            error: anyhow::Error::from(error),
+        })
+    }
+}
+
+/// `anyhow`'s `with_context` for wasmtime's own error type.
+trait Why<T> {
+    fn why(self, message: impl FnOnce() -> String) -> anyhow::Result<T>;
+}
+
+impl<T> Why<T> for wasmtime::Result<T> {
+    fn why(self, message: impl FnOnce() -> String) -> anyhow::Result<T> {
+        self.map_err(|e| anyhow::Error::from(e).context(message()))
+    }
+}
+
+/// The `kind` of a guest failure, when it is more than a plain trap.
+fn classify(error: &wasmtime::Error, state: &InstanceState) -> Option<&'static str> {
+    if state.memory_refused {
+        return Some("memory");
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Some("deadline"),
+        Some(Trap::StackOverflow) => Some("stack-overflow"),
+        _ => None,
+    }
+}

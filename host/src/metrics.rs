@@ -1,0 +1,222 @@
+//! Prometheus metrics with the names DESIGN.md promises (scripts rely on them).
+//!
+//! Plain atomics, rendered by hand: the set is small and fixed, and the hot
+//! paths (a message in, a message out) cost one relaxed add.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The hooks, in the order of the `hook` label values.
+pub const HOOKS: [&str; 7] = [
+    "on-start",
+    "on-connect",
+    "on-message",
+    "on-close",
+    "on-error",
+    "on-request",
+    "on-alarm",
+];
+
+/// Why a guest's instance was dropped (label `kind` of `dormouse_guest_traps_total`).
+pub const TRAP_KINDS: [&str; 5] = [
+    "trap",
+    "deadline",
+    "memory",
+    "stack-overflow",
+    "instantiate",
+];
+
+/// All of the host's metrics.
+#[derive(Default)]
+pub struct Metrics {
+    parties: Mutex<BTreeMap<String, Arc<PartyMetrics>>>,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub storage_commits: AtomicU64,
+    pub wake_seconds: Histogram,
+    pub hook_seconds: [Histogram; HOOKS.len()],
+}
+
+/// The metrics labelled by party; a room keeps its party's `Arc`.
+#[derive(Default)]
+pub struct PartyMetrics {
+    pub connections: AtomicI64,
+    pub rooms_awake: AtomicI64,
+    pub rooms_hibernated: AtomicI64,
+    pub wakes: AtomicU64,
+    pub traps: [AtomicU64; TRAP_KINDS.len()],
+}
+
+impl Metrics {
+    /// The metrics of one party, made on first use.
+    pub fn party(&self, name: &str) -> Arc<PartyMetrics> {
+        let mut parties = self.parties.lock().unwrap_or_else(|e| e.into_inner());
+        parties.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let parties: Vec<(String, Arc<PartyMetrics>)> = {
+            let parties = self.parties.lock().unwrap_or_else(|e| e.into_inner());
+            parties
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let _ = writeln!(
+            out,
+            "# HELP dormouse_connections Open WebSocket connections."
+        );
+        let _ = writeln!(out, "# TYPE dormouse_connections gauge");
+        for (party, m) in &parties {
+            let v = m.connections.load(Relaxed);
+            let _ = writeln!(out, "dormouse_connections{{party=\"{party}\"}} {v}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP dormouse_rooms Rooms known to the host, by state."
+        );
+        let _ = writeln!(out, "# TYPE dormouse_rooms gauge");
+        for (party, m) in &parties {
+            let awake = m.rooms_awake.load(Relaxed);
+            let asleep = m.rooms_hibernated.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "dormouse_rooms{{party=\"{party}\",state=\"awake\"}} {awake}"
+            );
+            let _ = writeln!(
+                out,
+                "dormouse_rooms{{party=\"{party}\",state=\"hibernated\"}} {asleep}"
+            );
+        }
+        let _ = writeln!(out, "# HELP dormouse_wakes_total Instances made for rooms.");
+        let _ = writeln!(out, "# TYPE dormouse_wakes_total counter");
+        for (party, m) in &parties {
+            let v = m.wakes.load(Relaxed);
+            let _ = writeln!(out, "dormouse_wakes_total{{party=\"{party}\"}} {v}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP dormouse_guest_traps_total Instances dropped because the guest failed."
+        );
+        let _ = writeln!(out, "# TYPE dormouse_guest_traps_total counter");
+        for (party, m) in &parties {
+            for (kind, v) in TRAP_KINDS.iter().zip(&m.traps) {
+                let v = v.load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "dormouse_guest_traps_total{{party=\"{party}\",kind=\"{kind}\"}} {v}"
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP dormouse_messages_total WebSocket messages.");
+        let _ = writeln!(out, "# TYPE dormouse_messages_total counter");
+        let (inn, outt) = (
+            self.messages_in.load(Relaxed),
+            self.messages_out.load(Relaxed),
+        );
+        let _ = writeln!(out, "dormouse_messages_total{{direction=\"in\"}} {inn}");
+        let _ = writeln!(out, "dormouse_messages_total{{direction=\"out\"}} {outt}");
+        let _ = writeln!(
+            out,
+            "# HELP dormouse_storage_commits_total Storage transactions committed."
+        );
+        let _ = writeln!(out, "# TYPE dormouse_storage_commits_total counter");
+        let commits = self.storage_commits.load(Relaxed);
+        let _ = writeln!(out, "dormouse_storage_commits_total {commits}");
+        let _ = writeln!(
+            out,
+            "# HELP dormouse_wake_seconds Time to wake a room: instantiate and on-start."
+        );
+        let _ = writeln!(out, "# TYPE dormouse_wake_seconds histogram");
+        self.wake_seconds
+            .render(&mut out, "dormouse_wake_seconds", "");
+        let _ = writeln!(out, "# HELP dormouse_hook_seconds Time spent in each hook.");
+        let _ = writeln!(out, "# TYPE dormouse_hook_seconds histogram");
+        for (hook, h) in HOOKS.iter().zip(&self.hook_seconds) {
+            h.render(
+                &mut out,
+                "dormouse_hook_seconds",
+                &format!("hook=\"{hook}\","),
+            );
+        }
+        out
+    }
+}
+
+impl PartyMetrics {
+    pub fn trap(&self, kind: &str) {
+        if let Some(i) = TRAP_KINDS.iter().position(|k| *k == kind) {
+            self.traps[i].fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Bucket bounds in seconds: 5 us to 10 s, dense where wakes and hooks land.
+const BOUNDS: [f64; 18] = [
+    5e-6, 10e-6, 20e-6, 35e-6, 50e-6, 75e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3,
+    50e-3, 100e-3, 500e-3, 1.0, 10.0,
+];
+
+/// A fixed-bucket histogram.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BOUNDS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BOUNDS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, n) in BOUNDS.iter().zip(&self.buckets) {
+            cumulative += n.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let labels = match labels.trim_end_matches(',') {
+            "" => String::new(),
+            l => format!("{{{l}}}"),
+        };
+        let _ = writeln!(out, "{name}_sum{labels} {sum}");
+        let _ = writeln!(out, "{name}_count{labels} {count}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_contract_names() {
+        let m = Metrics::default();
+        let p = m.party("main");
+        p.connections.fetch_add(2, Relaxed);
+        p.wakes.fetch_add(1, Relaxed);
+        p.trap("deadline");
+        m.wake_seconds.observe(Duration::from_micros(30));
+        let text = m.render();
+        assert!(text.contains("dormouse_connections{party=\"main\"} 2"));
+        assert!(text.contains("dormouse_wakes_total{party=\"main\"} 1"));
+        assert!(text.contains("dormouse_guest_traps_total{party=\"main\",kind=\"deadline\"} 1"));
+        assert!(text.contains("dormouse_wake_seconds_bucket{le=\"0.000035\"} 1"));
+        assert!(text.contains("dormouse_wake_seconds_count 1"));
+        assert!(text.contains("dormouse_hook_seconds_count{hook=\"on-alarm\"} 0"));
+    }
+}

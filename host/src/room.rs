@@ -1,0 +1,374 @@
+//! The room actor: one task per live room, handling its events one at a time.
+//!
+//! # Hibernation
+//!
+//! A room is `Awake` (it has an [`Instance`]) or `Hibernated` (it has only its
+//! [`RoomState`]: connections, their state and tags, its storage handle). An
+//! event for a hibernated room wakes it: a fresh instance from the party's
+//! current version, on-start, then the event. When no event arrives for
+//! `idle_timeout`, the instance is dropped and the state taken back. Sockets
+//! belong to their own tasks, so clients notice nothing either way.
+//!
+//! # The output gate
+//!
+//! A hook's sends wait in the state's outbox. When the hook returns, its
+//! storage batch is committed and awaited; only then is the outbox released
+//! to the sockets. If the hook traps or the commit fails, both are dropped,
+//! so no client ever sees a state that a crash could lose. The room handles
+//! its next event only after that, so it always reads its own writes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{error, warn};
+
+use crate::host::{Host, RoomKey};
+use crate::instance::{Call, Failure, Instance, Reply};
+use crate::metrics::HOOKS;
+use crate::room_state::{Connection, Outbound, RoomState};
+use crate::storage::RoomStorage;
+use crate::wit::{self, ConnectionInfo};
+
+/// An event for a room.
+pub enum Event {
+    /// A client asks to connect; the reply decides the HTTP answer.
+    Connect(Box<Connect>),
+    Message {
+        conn: ConnRef,
+        message: wit::Message,
+    },
+    Closed {
+        conn: ConnRef,
+        code: u16,
+        reason: String,
+        was_clean: bool,
+    },
+    Error {
+        conn: ConnRef,
+        description: String,
+    },
+    Request {
+        request: Box<wit::Request>,
+        reply: oneshot::Sender<wit::Response>,
+    },
+    /// Drop the instance after the current event (a new version was deployed).
+    Hibernate,
+}
+
+/// Which socket an event comes from: the id, and the serial that tells it
+/// apart from a later socket that reused the id.
+#[derive(Clone)]
+pub struct ConnRef {
+    pub id: Arc<str>,
+    pub serial: u64,
+}
+
+pub struct Connect {
+    pub conn: ConnRef,
+    pub request: wit::Request,
+    pub outbound: Outbound,
+    pub reply: oneshot::Sender<Result<(), wit::Response>>,
+}
+
+enum Life {
+    Hibernated(RoomState),
+    Awake(Instance),
+    /// Only while moving between the two.
+    Moving,
+}
+
+pub struct Room {
+    host: Arc<Host>,
+    key: RoomKey,
+    generation: u64,
+    rx: mpsc::Receiver<Event>,
+    life: Life,
+}
+
+impl Room {
+    pub fn new(host: Arc<Host>, key: RoomKey, generation: u64, rx: mpsc::Receiver<Event>) -> Room {
+        let party_metrics = host.metrics.party(&key.0);
+        party_metrics.rooms_hibernated.fetch_add(1, Relaxed);
+        let state = RoomState {
+            party: key.0.clone(),
+            id: key.1.clone(),
+            vars: Arc::default(),
+            limits: host.limits.clone(),
+            connections: Default::default(),
+            storage: RoomStorage::new(host.storage.clone(), key.0.clone(), key.1.clone()),
+            outbox: Vec::new(),
+            outbox_bytes: 0,
+            party_metrics,
+        };
+        Room {
+            host,
+            key,
+            generation,
+            rx,
+            life: Life::Hibernated(state),
+        }
+    }
+
+    fn state(&mut self) -> &mut RoomState {
+        match &mut self.life {
+            Life::Hibernated(s) => s,
+            Life::Awake(i) => i.state(),
+            Life::Moving => unreachable!("a room is never observed while moving"),
+        }
+    }
+
+    /// The actor loop.
+    pub async fn serve(mut self) {
+        let idle = self.host.config.idle_timeout();
+        let shutdown = self.host.shutdown.clone();
+        let mut idle_until: Option<tokio::time::Instant> = None;
+        loop {
+            let sleep = async {
+                match idle_until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                event = self.rx.recv() => {
+                    let Some(event) = event else { break };
+                    self.handle(event).await;
+                    if idle.is_zero() {
+                        self.hibernate();
+                    }
+                    idle_until = self.awake().then(|| tokio::time::Instant::now() + idle);
+                }
+                () = sleep => {
+                    self.hibernate();
+                    idle_until = None;
+                }
+            }
+            if !self.awake() && self.state().connections.is_empty() && self.retire() {
+                return;
+            }
+        }
+        self.hibernate();
+        self.state()
+            .party_metrics
+            .rooms_hibernated
+            .fetch_sub(1, Relaxed);
+    }
+
+    fn awake(&self) -> bool {
+        matches!(self.life, Life::Awake(_))
+    }
+
+    /// Leave the registry; hand any event that raced in to a new actor.
+    fn retire(&mut self) -> bool {
+        if !self.host.retire(&self.key, self.generation, &mut self.rx) {
+            return false;
+        }
+        self.state()
+            .party_metrics
+            .rooms_hibernated
+            .fetch_sub(1, Relaxed);
+        while let Ok(event) = self.rx.try_recv() {
+            let (host, key) = (self.host.clone(), self.key.clone());
+            self.host.tasks.spawn(async move {
+                host.dispatch(&key, event).await;
+            });
+        }
+        true
+    }
+
+    /// Drop the instance, keep the state.
+    fn hibernate(&mut self) {
+        if let Life::Awake(instance) = std::mem::replace(&mut self.life, Life::Moving) {
+            let state = instance.into_state();
+            state.party_metrics.rooms_awake.fetch_sub(1, Relaxed);
+            state.party_metrics.rooms_hibernated.fetch_add(1, Relaxed);
+            self.life = Life::Hibernated(state);
+        } else if let Life::Moving = self.life {
+            unreachable!("hibernate found no state")
+        }
+    }
+
+    async fn handle(&mut self, event: Event) {
+        match event {
+            Event::Connect(c) => self.connect(*c).await,
+            Event::Message { conn, message } => {
+                if self.current(&conn) {
+                    self.host.metrics.messages_in.fetch_add(1, Relaxed);
+                    let _ = self.hook(Call::Message(conn.id.to_string(), message)).await;
+                }
+            }
+            Event::Closed {
+                conn,
+                code,
+                reason,
+                was_clean,
+            } => {
+                if self.current(&conn) {
+                    self.state().remove(&conn.id);
+                    let call = Call::Close(conn.id.to_string(), code, reason, was_clean);
+                    let _ = self.hook(call).await;
+                }
+            }
+            Event::Error { conn, description } => {
+                if self.current(&conn) {
+                    let _ = self
+                        .hook(Call::Error(conn.id.to_string(), description))
+                        .await;
+                }
+            }
+            Event::Request { request, reply } => {
+                let response = match self.hook(Call::Request(*request)).await {
+                    Ok(Reply::Response(r)) => r,
+                    _ => failed_response(),
+                };
+                let _ = reply.send(response);
+            }
+            Event::Hibernate => self.hibernate(),
+        }
+    }
+
+    /// Whether an event comes from the socket that holds the id now.
+    fn current(&mut self, conn: &ConnRef) -> bool {
+        self.state()
+            .connections
+            .get(&*conn.id)
+            .is_some_and(|c| c.serial == conn.serial)
+    }
+
+    async fn connect(&mut self, c: Connect) {
+        let id = c.conn.id.to_string();
+        let connection = Connection {
+            serial: c.conn.serial,
+            uri: c.request.uri.clone(),
+            tags: Vec::new(),
+            state: None,
+            outbound: c.outbound,
+        };
+        // A client that reconnects with the same `_pk` (partysocket does)
+        // replaces its old socket: the old one is closed and the room hears
+        // on-close for it before on-connect for the new one.
+        if let Some(old) = self.state().insert(id.clone(), connection) {
+            old.outbound
+                .close(1000, "replaced by a new connection with the same id");
+            let call = Call::Close(id.clone(), 1000, "replaced".into(), true);
+            let _ = self.hook(call).await;
+        }
+        let info = ConnectionInfo {
+            id: id.clone(),
+            uri: c.request.uri.clone(),
+            tags: Vec::new(),
+        };
+        let verdict = match self.hook(Call::Connect(info, c.request)).await {
+            Ok(Reply::Connect(v)) => v,
+            _ => Err(failed_response()),
+        };
+        if verdict.is_err() {
+            self.state().remove(&id);
+        }
+        let _ = c.reply.send(verdict);
+    }
+
+    /// Wake if needed, then run one hook.
+    async fn hook(&mut self, call: Call) -> Result<Reply, ()> {
+        self.wake().await?;
+        self.run(call).await
+    }
+
+    async fn wake(&mut self) -> Result<(), ()> {
+        if self.awake() {
+            return Ok(());
+        }
+        let Some(party) = self.host.party(&self.key.0) else {
+            warn!(party = %self.key.0, room = %self.key.1, "no such party is deployed");
+            return Err(());
+        };
+        let started = Instant::now();
+        let Life::Hibernated(mut state) = std::mem::replace(&mut self.life, Life::Moving) else {
+            unreachable!("wake checked the room is hibernated")
+        };
+        state.vars = party.vars.clone();
+        let m = state.party_metrics.clone();
+        match Instance::new(&self.host.runtime, &party, state).await {
+            Ok(instance) => {
+                m.rooms_hibernated.fetch_sub(1, Relaxed);
+                m.rooms_awake.fetch_add(1, Relaxed);
+                m.wakes.fetch_add(1, Relaxed);
+                self.life = Life::Awake(instance);
+            }
+            Err((state, failure)) => {
+                self.life = Life::Hibernated(state);
+                self.failed("instantiate", failure);
+                return Err(());
+            }
+        }
+        self.run(Call::Start).await?;
+        self.host.metrics.wake_seconds.observe(started.elapsed());
+        Ok(())
+    }
+
+    /// Run one hook on the awake instance, then commit and release its output.
+    async fn run(&mut self, call: Call) -> Result<Reply, ()> {
+        let hook = call.hook();
+        let Life::Awake(instance) = &mut self.life else {
+            return Err(());
+        };
+        let started = Instant::now();
+        let result = instance.call(call).await;
+        if let Some(i) = HOOKS.iter().position(|h| *h == hook) {
+            self.host.metrics.hook_seconds[i].observe(started.elapsed());
+        }
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(failure) => {
+                instance.state().discard();
+                self.failed(hook, failure);
+                self.hibernate();
+                return Err(());
+            }
+        };
+        let state = instance.state();
+        let batch = state.storage.take_batch();
+        if !batch.is_empty()
+            && let Err(e) = state.storage.commit(batch).await
+        {
+            // The guest believes its writes happened; its memory cannot be
+            // trusted any more than the messages it sent.
+            error!(party = %self.key.0, room = %self.key.1, hook, error = %e, "commit failed; output dropped and instance dropped");
+            instance.state().discard();
+            self.hibernate();
+            return Err(());
+        }
+        instance.state().release(&self.host.metrics);
+        Ok(reply)
+    }
+
+    /// Log a guest failure once, with party, room and hook, and count it.
+    fn failed(&mut self, hook: &str, failure: Failure) {
+        let Failure { kind, error } = failure;
+        error!(party = %self.key.0, room = %self.key.1, hook, kind, error = format!("{error:#}"), "guest failed; instance dropped, connections kept");
+        self.state().party_metrics.trap(kind);
+    }
+}
+
+/// What a client gets when the room's hook failed.
+fn failed_response() -> wit::Response {
+    wit::Response {
+        status: 500,
+        headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
+        body: b"the room failed to handle this request\n".to_vec(),
+    }
+}
+
+/// A WebSocket message in WIT form; `None` for control frames.
+pub fn from_ws(message: Message) -> Option<wit::Message> {
+    match message {
+        Message::Text(t) => Some(wit::Message::Text(t.as_str().to_owned())),
+        Message::Binary(b) => Some(wit::Message::Binary(b.to_vec())),
+        _ => None,
+    }
+}

@@ -1,0 +1,151 @@
+//! What a room keeps in the host, across hibernation: its connections (with
+//! their state and tags), its storage handle, and the current hook's outbox.
+//!
+//! While the room is awake this value lives inside the instance's `Store`
+//! (the host imports in `imports/` work on it); when the room hibernates it is
+//! taken back out and the `Store` is dropped. Guest memory goes; this stays.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Limits;
+use crate::metrics::{Metrics, PartyMetrics};
+use crate::storage::RoomStorage;
+
+/// The most bytes one hook may queue for sending (all messages, all
+/// recipients counted once). Past it, sends fail with `too-large` instead of
+/// growing host memory without bound.
+pub const MAX_OUTBOX_BYTES: usize = 64 << 20;
+
+/// One open connection, as the room sees it.
+pub struct Connection {
+    /// Tells this socket apart from an earlier one with the same id (`_pk` reuse).
+    pub serial: u64,
+    pub uri: String,
+    pub tags: Vec<String>,
+    pub state: Option<Vec<u8>>,
+    pub outbound: Outbound,
+}
+
+/// The sending half of a connection's outbound queue.
+#[derive(Clone)]
+pub struct Outbound {
+    tx: mpsc::Sender<Message>,
+    /// Cancelled when the queue overflows: the socket task then closes with 1008.
+    overflow: CancellationToken,
+}
+
+impl Outbound {
+    /// A queue of `capacity` messages; the receiver goes to the socket task.
+    pub fn new(capacity: usize) -> (Outbound, mpsc::Receiver<Message>, CancellationToken) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let overflow = CancellationToken::new();
+        let out = Outbound {
+            tx,
+            overflow: overflow.clone(),
+        };
+        (out, rx, overflow)
+    }
+
+    /// Queue a message without waiting; a full queue marks the client too slow.
+    pub fn push(&self, message: Message) -> bool {
+        match self.tx.try_send(message) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflow.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Ask the socket to close with this code and reason.
+    pub fn close(&self, code: u16, reason: &str) {
+        self.push(Message::Close(Some(CloseFrame {
+            code: code.into(),
+            reason: reason.into(),
+        })));
+    }
+}
+
+/// A message a hook sent, held until the hook's writes are durable.
+pub enum Outgoing {
+    To(String, Message),
+    All(Message, Vec<String>),
+    Close(String, u16, String),
+}
+
+/// The room's host-side state.
+pub struct RoomState {
+    pub party: Arc<str>,
+    pub id: Arc<str>,
+    pub vars: Arc<BTreeMap<String, String>>,
+    pub limits: Arc<Limits>,
+    pub connections: HashMap<String, Connection>,
+    pub storage: RoomStorage,
+    /// Messages of the current hook, released by [`RoomState::release`].
+    pub outbox: Vec<Outgoing>,
+    pub outbox_bytes: usize,
+    pub party_metrics: Arc<PartyMetrics>,
+}
+
+impl RoomState {
+    /// Hand the outbox to the connections' queues. Called only once the
+    /// hook's writes are committed: this is the output gate's release.
+    pub fn release(&mut self, metrics: &Metrics) {
+        let mut sent = 0u64;
+        for out in self.outbox.drain(..) {
+            match out {
+                Outgoing::To(id, m) => {
+                    if let Some(c) = self.connections.get(&id) {
+                        sent += u64::from(c.outbound.push(m));
+                    }
+                }
+                Outgoing::All(m, except) => {
+                    for (id, c) in &self.connections {
+                        if !except.iter().any(|e| e == id) {
+                            sent += u64::from(c.outbound.push(m.clone()));
+                        }
+                    }
+                }
+                Outgoing::Close(id, code, reason) => {
+                    if let Some(c) = self.connections.get(&id) {
+                        c.outbound.close(code, &reason);
+                    }
+                }
+            }
+        }
+        self.outbox_bytes = 0;
+        metrics.messages_out.fetch_add(sent, Relaxed);
+    }
+
+    /// Forget the outbox (the hook failed, or its commit did).
+    pub fn discard(&mut self) {
+        self.outbox.clear();
+        self.outbox_bytes = 0;
+        self.storage.rollback();
+    }
+
+    /// Remove a connection; the metrics follow.
+    pub fn remove(&mut self, id: &str) -> Option<Connection> {
+        let c = self.connections.remove(id)?;
+        self.party_metrics.connections.fetch_sub(1, Relaxed);
+        Some(c)
+    }
+
+    /// Add a connection, returning one it replaces (same id).
+    pub fn insert(&mut self, id: String, c: Connection) -> Option<Connection> {
+        self.party_metrics.connections.fetch_add(1, Relaxed);
+        let old = self.connections.insert(id, c);
+        if old.is_some() {
+            self.party_metrics.connections.fetch_sub(1, Relaxed);
+        }
+        old
+    }
+}

@@ -1,0 +1,184 @@
+//! URL routing: which room (or host endpoint) a request path names.
+//!
+//! Pure functions over strings, so they are unit-tested here and fuzzed later;
+//! nothing in this file touches sockets.
+
+use percent_encoding::percent_decode_str;
+
+/// The longest room id, in bytes after percent-decoding.
+pub const MAX_ROOM_ID: usize = 256;
+/// The longest party name.
+pub const MAX_PARTY_NAME: usize = 64;
+/// The longest connection id a client may choose with `_pk`.
+pub const MAX_CONNECTION_ID: usize = 256;
+
+/// Where a request path leads.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/parties/:party/:room[/*rest]` or `/party/:room[/*rest]`.
+    Room(RoomPath),
+    /// `/_dormouse/health`.
+    Health,
+    /// `/_dormouse/metrics`.
+    Metrics,
+    /// Any other path: a static file, if the host serves a public folder.
+    Static,
+}
+
+/// A room's address, decoded.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct RoomPath {
+    pub party: String,
+    pub room: String,
+}
+
+/// Why a path was refused; the text is the one-line reason sent with the 4xx.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("party names match ^[a-z0-9_-]{{1,64}}$")]
+    BadParty,
+    #[error("room ids are 1 to 256 bytes of UTF-8 after percent-decoding and hold no '/'")]
+    BadRoom,
+    #[error("the path names no room: use /parties/:party/:room")]
+    MissingRoom,
+    #[error("no such host endpoint under /_dormouse/")]
+    UnknownEndpoint,
+    #[error("_pk must be 1 to 256 bytes of UTF-8")]
+    BadConnectionId,
+}
+
+/// Parse a request path (without the query).
+pub fn parse(path: &str) -> Result<Route, RouteError> {
+    let mut segments = path.strip_prefix('/').unwrap_or(path).split('/');
+    match segments.next() {
+        Some("parties") => {
+            let party = segments.next().ok_or(RouteError::MissingRoom)?;
+            let room = segments.next().ok_or(RouteError::MissingRoom)?;
+            room_path(party, room)
+        }
+        Some("party") => {
+            let room = segments.next().ok_or(RouteError::MissingRoom)?;
+            room_path("main", room)
+        }
+        Some("_dormouse") => match (segments.next(), segments.next()) {
+            (Some("health"), None) => Ok(Route::Health),
+            (Some("metrics"), None) => Ok(Route::Metrics),
+            _ => Err(RouteError::UnknownEndpoint),
+        },
+        _ => Ok(Route::Static),
+    }
+}
+
+fn room_path(party: &str, room: &str) -> Result<Route, RouteError> {
+    if !valid_party_name(party) {
+        return Err(RouteError::BadParty);
+    }
+    let room = percent_decode_str(room)
+        .decode_utf8()
+        .map_err(|_| RouteError::BadRoom)?;
+    if room.is_empty() || room.len() > MAX_ROOM_ID || room.contains('/') {
+        return Err(RouteError::BadRoom);
+    }
+    Ok(Route::Room(RoomPath {
+        party: party.to_owned(),
+        room: room.into_owned(),
+    }))
+}
+
+/// Whether `name` matches `^[a-z0-9_-]{1,64}$`.
+pub fn valid_party_name(name: &str) -> bool {
+    (1..=MAX_PARTY_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// The `_pk` query parameter (the connection id partysocket sends), if any.
+pub fn connection_id(query: Option<&str>) -> Result<Option<String>, RouteError> {
+    let Some(query) = query else { return Ok(None) };
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "_pk" {
+            continue;
+        }
+        let value = value.replace('+', " ");
+        let id = percent_decode_str(&value)
+            .decode_utf8()
+            .map_err(|_| RouteError::BadConnectionId)?;
+        if id.is_empty() || id.len() > MAX_CONNECTION_ID {
+            return Err(RouteError::BadConnectionId);
+        }
+        return Ok(Some(id.into_owned()));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room(party: &str, room: &str) -> Route {
+        Route::Room(RoomPath {
+            party: party.into(),
+            room: room.into(),
+        })
+    }
+
+    #[test]
+    fn room_paths() {
+        assert_eq!(parse("/parties/main/lobby"), Ok(room("main", "lobby")));
+        assert_eq!(
+            parse("/parties/chat-2/a%20b/x/y"),
+            Ok(room("chat-2", "a b"))
+        );
+        assert_eq!(parse("/party/lobby"), Ok(room("main", "lobby")));
+        assert_eq!(parse("/party/lobby/sub"), Ok(room("main", "lobby")));
+    }
+
+    #[test]
+    fn bad_names() {
+        assert_eq!(parse("/parties/Main/x"), Err(RouteError::BadParty));
+        assert_eq!(parse("/parties//x"), Err(RouteError::BadParty));
+        assert_eq!(parse("/parties/main/"), Err(RouteError::BadRoom));
+        assert_eq!(parse("/parties/main/a%2Fb"), Err(RouteError::BadRoom));
+        assert_eq!(parse("/parties/main/%FF"), Err(RouteError::BadRoom));
+        assert_eq!(parse("/parties/main"), Err(RouteError::MissingRoom));
+        let long = "x".repeat(257);
+        assert_eq!(
+            parse(&format!("/parties/main/{long}")),
+            Err(RouteError::BadRoom)
+        );
+        let ok = "x".repeat(256);
+        assert_eq!(parse(&format!("/parties/main/{ok}")), Ok(room("main", &ok)));
+        let party = "p".repeat(65);
+        assert_eq!(
+            parse(&format!("/parties/{party}/x")),
+            Err(RouteError::BadParty)
+        );
+    }
+
+    #[test]
+    fn host_endpoints() {
+        assert_eq!(parse("/_dormouse/health"), Ok(Route::Health));
+        assert_eq!(parse("/_dormouse/metrics"), Ok(Route::Metrics));
+        assert_eq!(parse("/_dormouse/nope"), Err(RouteError::UnknownEndpoint));
+        assert_eq!(parse("/"), Ok(Route::Static));
+        assert_eq!(parse("/index.html"), Ok(Route::Static));
+    }
+
+    #[test]
+    fn pk() {
+        assert_eq!(connection_id(None), Ok(None));
+        assert_eq!(connection_id(Some("a=1")), Ok(None));
+        assert_eq!(connection_id(Some("a=1&_pk=abc")), Ok(Some("abc".into())));
+        assert_eq!(connection_id(Some("_pk=a%20b")), Ok(Some("a b".into())));
+        assert_eq!(
+            connection_id(Some("_pk=")),
+            Err(RouteError::BadConnectionId)
+        );
+        assert_eq!(
+            connection_id(Some("_pk=%FF")),
+            Err(RouteError::BadConnectionId)
+        );
+    }
+}

@@ -1,0 +1,396 @@
+//! The HTTP edge: accept loop, routing, WebSocket upgrades, on-request,
+//! health, metrics and static files. `run(listener, host)` is what `main`
+//! and the tests both drive.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tracing::{debug, info, warn};
+
+use crate::host::{Host, RoomKey};
+use crate::room::{ConnRef, Connect, Event};
+use crate::room_state::Outbound;
+use crate::route::{self, RoomPath, Route, RouteError};
+use crate::socket::Socket;
+use crate::wit;
+
+type Body = Full<Bytes>;
+
+/// How long a client may take to send its request headers (slowloris).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for rooms and sockets to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serve until `host.shutdown` is cancelled, then close every socket with
+/// 1001, let rooms finish their current event, and return.
+pub async fn run(listener: TcpListener, host: Arc<Host>) -> anyhow::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "dormouse listening");
+    }
+    loop {
+        tokio::select! {
+            () = host.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let h = host.clone();
+                    host.tasks.spawn(serve_connection(tcp, h));
+                }
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    host.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, host.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("some tasks were still running at shutdown");
+    }
+    info!("dormouse stopped");
+    Ok(())
+}
+
+async fn serve_connection(tcp: tokio::net::TcpStream, host: Arc<Host>) {
+    let io = TokioIo::new(tcp);
+    let h = host.clone();
+    let service = service_fn(move |req| {
+        let h = h.clone();
+        async move { Ok::<_, Infallible>(handle(req, h).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 << 10)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(error = %e, "http connection ended with an error");
+            }
+        }
+        () = host.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        }
+    }
+}
+
+async fn handle(req: Request<Incoming>, host: Arc<Host>) -> Response<Body> {
+    match route::parse(req.uri().path()) {
+        Err(e) => {
+            let status = match e {
+                RouteError::MissingRoom | RouteError::UnknownEndpoint => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            text(status, e.to_string())
+        }
+        Ok(Route::Health) => text(StatusCode::OK, "ok".into()),
+        Ok(Route::Metrics) => {
+            let mut r = text(StatusCode::OK, host.metrics.render());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        Ok(Route::Static) => static_file(&host, req.uri().path()).await,
+        Ok(Route::Room(path)) => {
+            if host.party(&path.party).is_none() {
+                let msg = format!("no party named {:?} is deployed", path.party);
+                return text(StatusCode::NOT_FOUND, msg);
+            }
+            if is_upgrade(&req) {
+                upgrade(req, host, path).await
+            } else {
+                request(req, host, path).await
+            }
+        }
+    }
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+}
+
+/// The request as the room sees it.
+fn wit_request<B>(req: &Request<B>, body: Vec<u8>) -> wit::Request {
+    wit::Request {
+        method: req.method().to_string(),
+        uri: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |pq| pq.to_string()),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+    }
+}
+
+fn room_key(path: RoomPath) -> RoomKey {
+    (path.party.into(), path.room.into())
+}
+
+async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) -> Response<Body> {
+    if req.method() != Method::GET {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade must be a GET".into(),
+        );
+    }
+    let version_ok = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key".into());
+    };
+    if !version_ok {
+        let mut r = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "only WebSocket version 13 is spoken".into(),
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return r;
+    }
+    let id = match route::connection_id(req.uri().query()) {
+        Ok(Some(id)) => id,
+        Ok(None) => uuid::Uuid::new_v4().to_string(),
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let conn = ConnRef {
+        id: id.into(),
+        serial: host.next_serial(),
+    };
+    let (outbound, outbound_rx, overflow) = Outbound::new(host.limits.outbound_queue);
+    let (reply, verdict) = oneshot::channel();
+    let connect = Connect {
+        conn: conn.clone(),
+        request: wit_request(&req, Vec::new()),
+        outbound,
+        reply,
+    };
+    let key_ = room_key(path);
+    let Some(room) = host
+        .dispatch(&key_, Event::Connect(Box::new(connect)))
+        .await
+    else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down".into(),
+        );
+    };
+    match verdict.await {
+        Ok(Ok(())) => {}
+        Ok(Err(refusal)) => return response(refusal),
+        Err(_) => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the room is unavailable".into(),
+            );
+        }
+    }
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let socket = Socket {
+        conn: conn.clone(),
+        room: room.clone(),
+        outbound: outbound_rx,
+        overflow,
+        shutdown: host.shutdown.clone(),
+    };
+    let config = ws_config(host.limits.message_bytes);
+    host.tasks.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = TokioIo::new(upgraded);
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                socket.run(ws).await;
+            }
+            Err(e) => {
+                debug!(error = %e, "upgrade failed");
+                let _ = room
+                    .send(Event::Closed {
+                        conn,
+                        code: 1006,
+                        reason: String::new(),
+                        was_clean: false,
+                    })
+                    .await;
+            }
+        }
+    });
+
+    let accept = derive_accept_key(key.as_bytes());
+    let mut r = Response::new(Body::default());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+fn ws_config(message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(message_bytes))
+        .max_frame_size(Some(message_bytes))
+}
+
+async fn request(req: Request<Incoming>, host: Arc<Host>, path: RoomPath) -> Response<Body> {
+    let limit = host.limits.message_bytes;
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(_) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request bodies are limited to {limit} bytes"),
+            );
+        }
+    };
+    let request = wit_request(&Request::from_parts(parts, ()), body);
+    let (reply, answer) = oneshot::channel();
+    let event = Event::Request {
+        request: Box::new(request),
+        reply,
+    };
+    if host.dispatch(&room_key(path), event).await.is_none() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down".into(),
+        );
+    }
+    match answer.await {
+        Ok(r) => response(r),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the room is unavailable".into(),
+        ),
+    }
+}
+
+/// A guest's response as HTTP; what HTTP cannot carry is refused with a 500.
+fn response(r: wit::Response) -> Response<Body> {
+    let Ok(status) = StatusCode::from_u16(r.status) else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the room answered with an invalid status {}", r.status),
+        );
+    };
+    let mut out = Response::new(Body::new(Bytes::from(r.body)));
+    *out.status_mut() = status;
+    for (name, value) in r.headers {
+        match (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            (Ok(n), Ok(v)) => {
+                out.headers_mut().append(n, v);
+            }
+            _ => warn!(header = %name, "the room sent an invalid header; dropped"),
+        }
+    }
+    out
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::from(body + "\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// A file from the public folder, if the host serves one.
+async fn static_file(host: &Host, path: &str) -> Response<Body> {
+    let not_found = || {
+        text(
+            StatusCode::NOT_FOUND,
+            "nothing here; rooms live at /parties/:party/:room".into(),
+        )
+    };
+    let Some(public) = &host.config.public else {
+        return not_found();
+    };
+    let Ok(decoded) = percent_encoding::percent_decode_str(path).decode_utf8() else {
+        return not_found();
+    };
+    let mut file = public.clone();
+    for segment in decoded.split('/').filter(|s| !s.is_empty()) {
+        // No way out of the folder: no parent segments, no hidden files.
+        if segment.starts_with('.') || segment.contains('\\') {
+            return not_found();
+        }
+        file.push(segment);
+    }
+    if decoded.ends_with('/') || file == *public {
+        file.push("index.html");
+    }
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => {
+            let mut r = Response::new(Body::new(Bytes::from(bytes)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type(&file)),
+            );
+            r
+        }
+        Err(_) => not_found(),
+    }
+}
+
+fn content_type(path: &std::path::Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") | Some("mjs") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("json") => "application/json",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("wasm") => "application/wasm",
+        _ => "application/octet-stream",
+    }
+}

@@ -1,0 +1,154 @@
+//! One task per WebSocket: frames in become room events, the connection's
+//! outbound queue goes out. Knows no Wasm and no SQLite.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+use crate::room::{ConnRef, Event, from_ws};
+
+/// How long a closing socket waits for the peer's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What the socket task needs.
+pub struct Socket {
+    pub conn: ConnRef,
+    pub room: mpsc::Sender<Event>,
+    pub outbound: mpsc::Receiver<Message>,
+    pub overflow: CancellationToken,
+    pub shutdown: CancellationToken,
+}
+
+/// How the socket ended, for the room's on-close.
+struct Ended {
+    code: u16,
+    reason: String,
+    was_clean: bool,
+}
+
+impl Socket {
+    pub async fn run<S>(mut self, mut ws: WebSocketStream<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let ended = self.pump(&mut ws).await;
+        let Some(ended) = ended else { return };
+        let _ = self
+            .room
+            .send(Event::Closed {
+                conn: self.conn.clone(),
+                code: ended.code,
+                reason: ended.reason,
+                was_clean: ended.was_clean,
+            })
+            .await;
+    }
+
+    /// Move frames both ways until the socket ends; `None` at host shutdown
+    /// (the rooms are stopping too, so no on-close is owed).
+    async fn pump<S>(&mut self, ws: &mut WebSocketStream<S>) -> Option<Ended>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => {
+                    close(ws, CloseCode::Away, "server shutting down").await;
+                    return None;
+                }
+                () = self.overflow.cancelled() => {
+                    let reason = "too slow: outbound queue full";
+                    close(ws, CloseCode::Policy, reason).await;
+                    return Some(Ended { code: 1008, reason: reason.into(), was_clean: false });
+                }
+                out = self.outbound.recv() => {
+                    let Some(message) = out else {
+                        // The room dropped this connection (it was replaced).
+                        close(ws, CloseCode::Normal, "").await;
+                        return Some(Ended { code: 1000, reason: String::new(), was_clean: true });
+                    };
+                    if let Message::Close(frame) = message {
+                        let (code, reason) = frame
+                            .map(|f| (u16::from(f.code), f.reason.to_string()))
+                            .unwrap_or((1000, String::new()));
+                        close(ws, CloseCode::from(code), &reason).await;
+                        return Some(Ended { code, reason, was_clean: true });
+                    }
+                    if ws.send(message).await.is_err() {
+                        return Some(Ended { code: 1006, reason: String::new(), was_clean: false });
+                    }
+                }
+                incoming = ws.next() => {
+                    match incoming {
+                        Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                            let Some(message) = from_ws(message) else { continue };
+                            let event = Event::Message { conn: self.conn.clone(), message };
+                            if self.room.send(event).await.is_err() {
+                                close(ws, CloseCode::Error, "room unavailable").await;
+                                return None;
+                            }
+                        }
+                        // Pings are answered by tungstenite on the next read
+                        // or write: they never reach (or wake) the room.
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                        Some(Ok(Message::Close(frame))) => {
+                            // tungstenite queues the echo; flush it out.
+                            let _ = ws.flush().await;
+                            let (code, reason) = frame
+                                .map(|f| (u16::from(f.code), f.reason.to_string()))
+                                .unwrap_or((1005, String::new()));
+                            return Some(Ended { code, reason, was_clean: true });
+                        }
+                        Some(Err(e)) => {
+                            let (code, reason) = match &e {
+                                WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                                    (CloseCode::Size, "message too big")
+                                }
+                                WsError::Capacity(_) => (CloseCode::Size, "frame too big"),
+                                WsError::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8 in a text frame"),
+                                WsError::Protocol(_) => (CloseCode::Protocol, "protocol violation"),
+                                _ => {
+                                    return Some(Ended { code: 1006, reason: String::new(), was_clean: false });
+                                }
+                            };
+                            let _ = self.room.send(Event::Error {
+                                conn: self.conn.clone(),
+                                description: e.to_string(),
+                            }).await;
+                            close(ws, code, reason).await;
+                            return Some(Ended { code: code.into(), reason: reason.into(), was_clean: false });
+                        }
+                        None => return Some(Ended { code: 1006, reason: String::new(), was_clean: false }),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Send a close frame and wait (briefly) for the peer's answer.
+async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if ws.close(Some(frame)).await.is_err() {
+            return;
+        }
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}

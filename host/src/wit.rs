@@ -1,0 +1,17 @@
+//! The one `bindgen!` site: Rust types and traits generated from `wit/`.
+//!
+//! Imports are plain (not async) functions: they touch only host memory or a
+//! local SQLite page, and a sync host call is cheaper than an async one. They
+//! are `trappable` so a host function can end a guest that breaks the
+//! contract beyond what a WIT error can say. Exports are async so hooks run on
+//! a fiber that yields to tokio at every epoch tick (see `instance.rs`).
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "room",
+    imports: { default: trappable },
+    exports: { default: async },
+});
+
+pub use self::dormouse::room::types::{ConnectionInfo, Error, Level, Message, Request, Response};
+pub use self::exports::dormouse::room::hooks;

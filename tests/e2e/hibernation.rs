@@ -1,0 +1,90 @@
+//! Hibernation: the instance goes, the sockets stay, the next event wakes it.
+
+use std::time::Duration;
+
+use dormouse_tests::*;
+
+const HIBERNATED: &str = "dormouse_rooms{party=\"main\",state=\"hibernated\"}";
+const AWAKE: &str = "dormouse_rooms{party=\"main\",state=\"awake\"}";
+const WAKES: &str = "dormouse_wakes_total{party=\"main\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_room_hibernates_and_wakes_without_clients_noticing() {
+    let server = Server::start(Options::main("relay").idle(100)).await;
+    let mut a = server.ws("/parties/main/sleepy").await;
+    let mut b = server.ws("/parties/main/sleepy").await;
+    send_text(&mut a, "before").await;
+    assert_eq!(recv_text(&mut b).await, "before");
+
+    server.wait_metric(HIBERNATED, 1.0).await;
+    server.wait_metric(AWAKE, 0.0).await;
+    let wakes = server.metric(WAKES).await;
+
+    // Both clients are still connected and served while it sleeps, and a
+    // ping (answered by the host) does not wake the room.
+    ping(&mut a).await.expect("a open");
+    ping(&mut b).await.expect("b open");
+    assert_eq!(server.metric(WAKES).await, wakes);
+    assert_eq!(server.metric(HIBERNATED).await, 1.0);
+
+    send_text(&mut b, "after").await;
+    assert_eq!(recv_text(&mut a).await, "after");
+    assert_eq!(server.metric(WAKES).await, wakes + 1.0);
+    server.wait_metric(HIBERNATED, 1.0).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_start_runs_again_after_every_wake() {
+    let server = Server::start(Options::main("probe").idle(100)).await;
+    let mut a = server.ws("/parties/main/starts").await;
+    send_text(&mut a, "starts").await;
+    assert_eq!(recv_text(&mut a).await, "1");
+    send_text(&mut a, "starts").await;
+    assert_eq!(recv_text(&mut a).await, "1", "no wake while awake");
+    server.wait_metric(HIBERNATED, 1.0).await;
+    send_text(&mut a, "starts").await;
+    assert_eq!(recv_text(&mut a).await, "2");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_zero_hibernates_after_every_event() {
+    let server = Server::start(Options::main("probe").idle(0)).await;
+    let mut a = server.ws("/parties/main/z").await;
+    for expected in 1..=3 {
+        send_text(&mut a, "starts").await;
+        // Each message woke a fresh instance, whose on-start counted itself.
+        assert_eq!(recv_text(&mut a).await, (expected + 1).to_string());
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_state_survives_hibernation() {
+    let server = Server::start(Options::main("probe").idle(50)).await;
+    let mut a = server.ws("/parties/main/stateful").await;
+    let mut b = server.ws("/parties/main/stateful").await;
+    send_text(&mut a, "state=alice").await;
+    assert_eq!(recv_text(&mut a).await, "ok");
+    send_text(&mut b, "state=bob").await;
+    assert_eq!(recv_text(&mut b).await, "ok");
+    server.wait_metric(HIBERNATED, 1.0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    send_text(&mut a, "state?").await;
+    assert_eq!(recv_text(&mut a).await, "alice");
+    send_text(&mut b, "state?").await;
+    assert_eq!(recv_text(&mut b).await, "bob");
+
+    // Over the 16 KiB limit: refused with a WIT error, the old state kept.
+    let big = format!("state={}", "x".repeat(17 << 10));
+    send_text(&mut a, &big).await;
+    let refusal = recv_text(&mut a).await;
+    assert!(
+        refusal.contains("TooLarge") && refusal.contains("16384"),
+        "{refusal}"
+    );
+    send_text(&mut a, "state?").await;
+    assert_eq!(recv_text(&mut a).await, "alice");
+    server.stop().await;
+}

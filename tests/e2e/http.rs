@@ -1,0 +1,88 @@
+//! Plain HTTP: on-request, host endpoints, and clear 4xx answers.
+
+use dormouse_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_request_and_host_endpoints() {
+    let server = Server::start(Options {
+        parties: vec![("main", "counter"), ("chat", "chat")],
+        ..Options::main("counter")
+    })
+    .await;
+    assert_eq!(
+        server.http("GET", "/_dormouse/health", "").await,
+        (200, "ok\n".into())
+    );
+    assert_eq!(
+        server.http("GET", "/parties/main/h", "").await,
+        (200, "0".into())
+    );
+    assert_eq!(server.http("POST", "/party/h", "").await, (200, "1".into()));
+    assert_eq!(
+        server.http("PUT", "/parties/main/h/sub/path", "").await.0,
+        405
+    );
+    assert_eq!(
+        server.http("GET", "/parties/chat/h", "").await,
+        (200, "[]".into())
+    );
+
+    let (status, body) = server.http("GET", "/parties/nope/h", "").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("no party named \"nope\""), "{body}");
+    let (status, body) = server.http("GET", "/parties/Bad!/h", "").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("party names"), "{body}");
+    let (status, _) = server.http("GET", "/parties/main/a%2Fb", "").await;
+    assert_eq!(status, 400);
+    let (status, _) = server.http("GET", "/_dormouse/nothing", "").await;
+    assert_eq!(status, 404);
+
+    let (status, metrics) = server.http("GET", "/_dormouse/metrics", "").await;
+    assert_eq!(status, 200);
+    for name in [
+        "dormouse_connections",
+        "dormouse_rooms",
+        "dormouse_wakes_total",
+        "dormouse_wake_seconds_bucket",
+        "dormouse_hook_seconds_bucket",
+        "dormouse_messages_total",
+        "dormouse_guest_traps_total",
+        "dormouse_storage_commits_total",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}");
+    }
+    assert!(server.metric("dormouse_storage_commits_total").await >= 1.0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_keeps_history_and_names_across_hibernation() {
+    let server = Server::start(Options::main("chat").idle(50)).await;
+    let mut ada = server.ws("/parties/main/lobby?name=Ada%20L").await;
+    assert_eq!(
+        recv_text(&mut ada).await,
+        r#"{"messages":[],"type":"history"}"#
+    );
+    send_text(&mut ada, "hi").await;
+    assert_eq!(
+        recv_text(&mut ada).await,
+        r#"{"seq":1,"name":"Ada L","text":"hi"}"#
+    );
+    server
+        .wait_metric("dormouse_rooms{party=\"main\",state=\"hibernated\"}", 1.0)
+        .await;
+    // After a wake the name still comes from the connection's state.
+    send_text(&mut ada, "again").await;
+    assert_eq!(
+        recv_text(&mut ada).await,
+        r#"{"seq":2,"name":"Ada L","text":"again"}"#
+    );
+    let mut bob = server.ws("/parties/main/lobby").await;
+    let history = recv_text(&mut bob).await;
+    assert!(
+        history.contains(r#""text":"hi""#) && history.contains(r#""text":"again""#),
+        "{history}"
+    );
+    server.stop().await;
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: one binary, one module per capability. Each test runs a
+//! real host on 127.0.0.1 with real compiled components and its own SQLite
+//! files, and talks to it with real WebSocket and HTTP clients.
+
+mod counter;
+mod guests;
+mod hibernation;
+mod http;
+mod partysocket;
+mod relay;

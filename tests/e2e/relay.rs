@@ -1,0 +1,56 @@
+//! The relay example between several clients, text and binary.
+
+use std::time::Duration;
+
+use dormouse_tests::*;
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_text_and_binary_to_every_other_client() {
+    let server = Server::start(Options::main("relay")).await;
+    let mut a = server.ws("/parties/main/room-1").await;
+    let mut b = server.ws("/parties/main/room-1?_pk=bee").await;
+    let mut c = server.ws("/party/room-1").await;
+    let mut elsewhere = server.ws("/parties/main/room-2").await;
+
+    send_text(&mut a, "hello").await;
+    assert_eq!(recv_text(&mut b).await, "hello");
+    assert_eq!(recv_text(&mut c).await, "hello");
+
+    b.send(Message::binary(vec![0u8, 159, 146, 150]))
+        .await
+        .expect("send");
+    assert_eq!(
+        recv(&mut a).await,
+        Message::binary(vec![0u8, 159, 146, 150])
+    );
+    assert_eq!(
+        recv(&mut c).await,
+        Message::binary(vec![0u8, 159, 146, 150])
+    );
+
+    // The sender never hears its own message; another room hears nothing.
+    silent(&mut b, Duration::from_millis(200)).await;
+    silent(&mut elsewhere, Duration::from_millis(50)).await;
+    server
+        .wait_metric("dormouse_connections{party=\"main\"}", 4.0)
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_clients_leave_the_room() {
+    let server = Server::start(Options::main("relay")).await;
+    let mut a = server.ws("/parties/main/r").await;
+    let mut b = server.ws("/parties/main/r").await;
+    b.close(None).await.expect("close");
+    // The close handshake is answered: the client sees a close frame back.
+    assert!(matches!(recv(&mut b).await, Message::Close(_)));
+    server
+        .wait_metric("dormouse_connections{party=\"main\"}", 1.0)
+        .await;
+    send_text(&mut a, "anyone?").await;
+    ping(&mut a).await.expect("a still served");
+    server.stop().await;
+}

@@ -1,0 +1,270 @@
+//! The end-to-end test harness: builds the real guest components once, runs
+//! a real host on 127.0.0.1, and talks to it over real sockets.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use dormouse::config::{Config, Limits, PartyConfig};
+use dormouse::host::Host;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A WebSocket client.
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The guests the tests use: the examples and the test guests.
+const GUESTS: [&str; 4] = ["relay", "counter", "chat", "probe"];
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// The component of a guest, built once per test run through the same code
+/// as `dormouse build` (into its own target dir, so it never waits on the
+/// outer cargo's lock).
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<HashMap<String, PathBuf>, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let root = repo();
+        dormouse::project::build_packages(
+            &root.join("Cargo.toml"),
+            &GUESTS,
+            &root.join("target").join("test-guests"),
+        )
+        .map(|v| v.into_iter().collect())
+        .map_err(|e| format!("{e:#}"))
+    });
+    match built {
+        Ok(map) => map
+            .get(name)
+            .unwrap_or_else(|| panic!("guest {name} was not built"))
+            .clone(),
+        Err(e) => panic!("building the guests failed: {e}"),
+    }
+}
+
+/// A fresh directory for a test's SQLite files.
+pub fn data_dir() -> PathBuf {
+    let dir = repo()
+        .join("target")
+        .join("test-data")
+        .join(uuid::Uuid::new_v4().to_string());
+    std::fs::create_dir_all(&dir).expect("test data dir");
+    dir
+}
+
+/// What a test server serves.
+#[derive(Clone)]
+pub struct Options {
+    /// (party name, guest name).
+    pub parties: Vec<(&'static str, &'static str)>,
+    pub idle_timeout_ms: u64,
+    pub data_dir: PathBuf,
+    /// Bind this address (to restart on the same port); default: port 0.
+    pub listen: Option<SocketAddr>,
+    pub limits: Limits,
+}
+
+impl Options {
+    /// One party `main` running `guest`.
+    pub fn main(guest: &'static str) -> Options {
+        Options {
+            parties: vec![("main", guest)],
+            idle_timeout_ms: 10_000,
+            data_dir: data_dir(),
+            listen: None,
+            limits: Limits {
+                awake_rooms: 50,
+                ..Limits::default()
+            },
+        }
+    }
+
+    pub fn idle(mut self, ms: u64) -> Options {
+        self.idle_timeout_ms = ms;
+        self
+    }
+}
+
+/// A host running in this process, serving on 127.0.0.1.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub host: Arc<Host>,
+    pub options: Options,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    pub async fn start(options: Options) -> Server {
+        let mut config = Config {
+            idle_timeout_ms: options.idle_timeout_ms,
+            data_dir: options.data_dir.clone(),
+            limits: options.limits.clone(),
+            ..Config::default()
+        };
+        for (party, g) in &options.parties {
+            config.parties.insert(
+                (*party).to_owned(),
+                PartyConfig {
+                    component: guest(g),
+                    vars: Default::default(),
+                },
+            );
+        }
+        let host = Host::new(config).expect("host starts");
+        let listen = options
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = TcpListener::bind(listen).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(dormouse::server::run(listener, host.clone()));
+        Server {
+            addr,
+            host,
+            options,
+            task,
+        }
+    }
+
+    /// Shut down as SIGTERM would, and wait for it.
+    pub async fn stop(self) -> Options {
+        self.host.shutdown.cancel();
+        let r = tokio::time::timeout(WAIT, self.task).await;
+        assert!(matches!(r, Ok(Ok(Ok(())))), "server stops cleanly");
+        let mut options = self.options;
+        options.listen = Some(self.addr);
+        options
+    }
+
+    /// Open a WebSocket to `path` (e.g. `/parties/main/room`).
+    pub async fn ws(&self, path: &str) -> Client {
+        let url = format!("ws://{}{}", self.addr, path);
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        ws
+    }
+
+    /// One HTTP/1.1 request; the status and body.
+    pub async fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        http(self.addr, method, path, body)
+            .await
+            .expect("http request")
+    }
+
+    /// The value of one metric line (name with labels, as printed).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.http("GET", "/_dormouse/metrics", "").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Wait until a metric has a value.
+    pub async fn wait_metric(&self, series: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let v = self.metric(series).await;
+            if v == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} stayed {v}, wanted {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A raw HTTP/1.1 request over a fresh TCP connection.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
+        .await
+        .context("response in time")??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status")?;
+    Ok((status, body.to_owned()))
+}
+
+/// The next text message, within [`WAIT`].
+pub async fn recv_text(ws: &mut Client) -> String {
+    match recv(ws).await {
+        Message::Text(t) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// The next data or close message (pongs skipped), within [`WAIT`].
+pub async fn recv(ws: &mut Client) -> Message {
+    loop {
+        let next = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("socket open")
+            .expect("no socket error");
+        if !matches!(next, Message::Pong(_) | Message::Ping(_)) {
+            return next;
+        }
+    }
+}
+
+/// Assert nothing arrives for a moment.
+pub async fn silent(ws: &mut Client, for_: Duration) {
+    if let Ok(m) = tokio::time::timeout(for_, ws.next()).await {
+        panic!("expected silence, got {m:?}");
+    }
+}
+
+pub async fn send_text(ws: &mut Client, text: &str) {
+    ws.send(Message::text(text)).await.expect("send");
+}
+
+/// A ping answered with a pong: the socket is open and served.
+pub async fn ping(ws: &mut Client) -> anyhow::Result<()> {
+    ws.send(Message::Ping(b"p".to_vec().into())).await?;
+    loop {
+        let next = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .context("pong in time")?
+            .context("socket closed")??;
+        match next {
+            Message::Pong(_) => return Ok(()),
+            Message::Close(f) => bail!("closed: {f:?}"),
+            _ => {}
+        }
+    }
+}
