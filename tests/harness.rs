@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -109,8 +110,29 @@ pub struct Server {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// Panics on the runtime's worker threads: the host's own tasks. The host
+/// must never panic, and tokio would otherwise swallow a task's panic.
+static HOST_PANICS: AtomicUsize = AtomicUsize::new(0);
+
+fn watch_for_host_panics() {
+    static HOOK: OnceLock<()> = OnceLock::new();
+    HOOK.get_or_init(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let on_worker = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("tokio-"));
+            if on_worker {
+                HOST_PANICS.fetch_add(1, Ordering::SeqCst);
+            }
+            default(info);
+        }));
+    });
+}
+
 impl Server {
     pub async fn start(options: Options) -> Server {
+        watch_for_host_panics();
         let mut config = Config {
             idle_timeout_ms: options.idle_timeout_ms,
             data_dir: options.data_dir.clone(),
@@ -146,6 +168,11 @@ impl Server {
         self.host.shutdown.cancel();
         let r = tokio::time::timeout(WAIT, self.task).await;
         assert!(matches!(r, Ok(Ok(Ok(())))), "server stops cleanly");
+        assert_eq!(
+            HOST_PANICS.load(Ordering::SeqCst),
+            0,
+            "a host task panicked (see the output above)"
+        );
         let mut options = self.options;
         options.listen = Some(self.addr);
         options

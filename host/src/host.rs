@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::{Config, Limits};
 use crate::instance::{Party, Runtime};
@@ -149,7 +150,9 @@ impl Host {
             },
         );
         let actor = room::Room::new(self.clone(), key.clone(), generation, rx);
-        self.tasks.spawn(actor.serve());
+        // Every log line of the room (hook failures, guest logs) carries this span.
+        let span = tracing::info_span!("room", party = %key.0, room = %key.1);
+        self.tasks.spawn(actor.serve().instrument(span));
         (tx, generation)
     }
 

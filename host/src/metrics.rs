@@ -156,10 +156,12 @@ impl PartyMetrics {
     }
 }
 
-/// Bucket bounds in seconds: 5 us to 10 s, dense where wakes and hooks land.
-const BOUNDS: [f64; 18] = [
-    5e-6, 10e-6, 20e-6, 35e-6, 50e-6, 75e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3,
-    50e-3, 100e-3, 500e-3, 1.0, 10.0,
+/// Bucket bounds in seconds: 2.5 us to 10 s, dense where wakes and hooks land
+/// (tens of microseconds), so quantiles read from them are meaningful.
+const BOUNDS: [f64; 28] = [
+    2.5e-6, 5e-6, 7.5e-6, 10e-6, 12.5e-6, 15e-6, 17.5e-6, 20e-6, 25e-6, 30e-6, 35e-6, 40e-6, 50e-6,
+    60e-6, 75e-6, 100e-6, 150e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3, 100e-3, 500e-3,
+    1.0, 10.0,
 ];
 
 /// A fixed-bucket histogram.

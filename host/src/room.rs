@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
-use tracing::{error, warn};
+use tracing::{Instrument, error, warn};
 
 use crate::host::{Host, RoomKey};
 use crate::instance::{Call, Failure, Instance, Reply};
@@ -174,23 +174,28 @@ impl Room {
             .fetch_sub(1, Relaxed);
         while let Ok(event) = self.rx.try_recv() {
             let (host, key) = (self.host.clone(), self.key.clone());
-            self.host.tasks.spawn(async move {
-                host.dispatch(&key, event).await;
-            });
+            self.host.tasks.spawn(
+                async move {
+                    host.dispatch(&key, event).await;
+                }
+                .in_current_span(),
+            );
         }
         true
     }
 
-    /// Drop the instance, keep the state.
+    /// Drop the instance, keep the state. A no-op when already hibernated.
     fn hibernate(&mut self) {
-        if let Life::Awake(instance) = std::mem::replace(&mut self.life, Life::Moving) {
-            let state = instance.into_state();
-            state.party_metrics.rooms_awake.fetch_sub(1, Relaxed);
-            state.party_metrics.rooms_hibernated.fetch_add(1, Relaxed);
-            self.life = Life::Hibernated(state);
-        } else if let Life::Moving = self.life {
-            unreachable!("hibernate found no state")
+        if !self.awake() {
+            return;
         }
+        let Life::Awake(instance) = std::mem::replace(&mut self.life, Life::Moving) else {
+            unreachable!("checked awake above")
+        };
+        let state = instance.into_state();
+        state.party_metrics.rooms_awake.fetch_sub(1, Relaxed);
+        state.party_metrics.rooms_hibernated.fetch_add(1, Relaxed);
+        self.life = Life::Hibernated(state);
     }
 
     async fn handle(&mut self, event: Event) {
@@ -284,7 +289,7 @@ impl Room {
             return Ok(());
         }
         let Some(party) = self.host.party(&self.key.0) else {
-            warn!(party = %self.key.0, room = %self.key.1, "no such party is deployed");
+            warn!("no such party is deployed");
             return Err(());
         };
         let started = Instant::now();
@@ -338,7 +343,7 @@ impl Room {
         {
             // The guest believes its writes happened; its memory cannot be
             // trusted any more than the messages it sent.
-            error!(party = %self.key.0, room = %self.key.1, hook, error = %e, "commit failed; output dropped and instance dropped");
+            error!(hook, error = %e, "commit failed; output dropped and instance dropped");
             instance.state().discard();
             self.hibernate();
             return Err(());
@@ -350,7 +355,12 @@ impl Room {
     /// Log a guest failure once, with party, room and hook, and count it.
     fn failed(&mut self, hook: &str, failure: Failure) {
         let Failure { kind, error } = failure;
-        error!(party = %self.key.0, room = %self.key.1, hook, kind, error = format!("{error:#}"), "guest failed; instance dropped, connections kept");
+        error!(
+            hook,
+            kind,
+            error = format!("{error:#}"),
+            "guest failed; instance dropped, connections kept"
+        );
         self.state().party_metrics.trap(kind);
     }
 }

@@ -149,3 +149,43 @@ impl RoomState {
         old
     }
 }
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! A `RoomState` on a temporary SQLite file, for testing the imports
+    //! through their generated `Host` traits without Wasm.
+
+    use super::*;
+    use crate::storage::Storage;
+
+    pub fn room_state() -> RoomState {
+        let dir = std::env::temp_dir().join(format!("dormouse-room-{}", uuid::Uuid::new_v4()));
+        let storage = Storage::open(&dir, Arc::default()).expect("storage opens");
+        let (party, id): (Arc<str>, Arc<str>) = ("main".into(), "test".into());
+        RoomState {
+            party: party.clone(),
+            id: id.clone(),
+            vars: Arc::new(BTreeMap::from([("K".into(), "v".into())])),
+            limits: Arc::new(Limits::default()),
+            connections: HashMap::new(),
+            storage: RoomStorage::new(storage, party, id),
+            outbox: Vec::new(),
+            outbox_bytes: 0,
+            party_metrics: Arc::default(),
+        }
+    }
+
+    /// Add a connection; its outbound queue's receiver.
+    pub fn connect(state: &mut RoomState, id: &str) -> mpsc::Receiver<Message> {
+        let (outbound, rx, _) = Outbound::new(16);
+        let c = Connection {
+            serial: 1,
+            uri: format!("/parties/main/test?_pk={id}"),
+            tags: Vec::new(),
+            state: None,
+            outbound,
+        };
+        state.insert(id.to_owned(), c);
+        rx
+    }
+}

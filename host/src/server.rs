@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::host::{Host, RoomKey};
 use crate::room::{ConnRef, Connect, Event};
@@ -177,7 +177,7 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
         .headers()
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_some_and(|v| v == "13");
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+    let Some(ws_key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key".into());
     };
     if !version_ok {
@@ -208,11 +208,8 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
         outbound,
         reply,
     };
-    let key_ = room_key(path);
-    let Some(room) = host
-        .dispatch(&key_, Event::Connect(Box::new(connect)))
-        .await
-    else {
+    let key = room_key(path);
+    let Some(room) = host.dispatch(&key, Event::Connect(Box::new(connect))).await else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down".into(),
@@ -238,7 +235,8 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
         shutdown: host.shutdown.clone(),
     };
     let config = ws_config(host.limits.message_bytes);
-    host.tasks.spawn(async move {
+    let span = tracing::info_span!("connection", party = %key.0, room = %key.1, id = %conn.id);
+    let task = async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = TokioIo::new(upgraded);
@@ -257,9 +255,10 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
                     .await;
             }
         }
-    });
+    };
+    host.tasks.spawn(task.instrument(span));
 
-    let accept = derive_accept_key(key.as_bytes());
+    let accept = derive_accept_key(ws_key.as_bytes());
     let mut r = Response::new(Body::default());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();

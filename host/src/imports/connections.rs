@@ -6,6 +6,8 @@
 use tokio_tungstenite::tungstenite;
 
 use super::check_size;
+#[cfg(test)]
+use crate::config::Limits;
 use crate::room_state::{MAX_OUTBOX_BYTES, Outgoing, RoomState};
 use crate::wit::dormouse::room::connections::Host;
 use crate::wit::{ConnectionInfo, Error, Message};
@@ -156,5 +158,116 @@ impl Host for RoomState {
             c.tags = tags;
             Ok(())
         })())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::room_state::test_support::{connect, room_state};
+
+    fn text(s: &str) -> Message {
+        Message::Text(s.into())
+    }
+
+    #[test]
+    fn sends_wait_for_release_and_respect_except() {
+        let mut s = room_state();
+        let mut a = connect(&mut s, "a");
+        let mut b = connect(&mut s, "b");
+        s.broadcast(text("all"), vec!["a".into()])
+            .expect("no trap")
+            .expect("ok");
+        s.send("a".into(), text("just a"))
+            .expect("no trap")
+            .expect("ok");
+        // Nothing leaves before the output gate releases it.
+        assert!(a.try_recv().is_err() && b.try_recv().is_err());
+        s.release(&Metrics::default());
+        assert_eq!(
+            a.try_recv().expect("a got"),
+            tungstenite::Message::text("just a")
+        );
+        assert!(a.try_recv().is_err());
+        assert_eq!(
+            b.try_recv().expect("b got"),
+            tungstenite::Message::text("all")
+        );
+    }
+
+    #[test]
+    fn discard_drops_unsent_messages() {
+        let mut s = room_state();
+        let mut a = connect(&mut s, "a");
+        s.send("a".into(), text("lost"))
+            .expect("no trap")
+            .expect("ok");
+        s.discard();
+        s.release(&Metrics::default());
+        assert!(a.try_recv().is_err());
+    }
+
+    #[test]
+    fn misuse_is_a_wit_error_not_a_trap() {
+        let mut s = room_state();
+        let _a = connect(&mut s, "a");
+        assert!(matches!(
+            s.send("ghost".into(), text("x")).expect("no trap"),
+            Err(Error::UnknownConnection(id)) if id == "ghost"
+        ));
+        assert!(matches!(
+            s.close("a".into(), 1006, String::new()).expect("no trap"),
+            Err(Error::Invalid(_))
+        ));
+        let big = "x".repeat(Limits::default().message_bytes + 1);
+        assert!(matches!(
+            s.send("a".into(), text(&big)).expect("no trap"),
+            Err(Error::TooLarge(_))
+        ));
+        let state = vec![0u8; 16 * 1024 + 1];
+        assert!(matches!(
+            s.set_state("a".into(), Some(state)).expect("no trap"),
+            Err(Error::TooLarge(_))
+        ));
+        let eleven: Vec<String> = (0..11).map(|i| i.to_string()).collect();
+        assert!(matches!(
+            s.set_tags("a".into(), eleven).expect("no trap"),
+            Err(Error::TooLarge(_))
+        ));
+        assert!(matches!(
+            s.set_tags("a".into(), vec!["t".repeat(257)])
+                .expect("no trap"),
+            Err(Error::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn state_tags_and_list_by_tag() {
+        let mut s = room_state();
+        let _a = connect(&mut s, "a");
+        let _b = connect(&mut s, "b");
+        s.set_tags("b".into(), vec!["admin".into()])
+            .expect("no trap")
+            .expect("ok");
+        s.set_state("a".into(), Some(b"alice".to_vec()))
+            .expect("no trap")
+            .expect("ok");
+        let admins = s.list(Some("admin".into())).expect("no trap");
+        assert_eq!(admins.len(), 1);
+        assert_eq!(admins[0].id, "b");
+        assert_eq!(admins[0].tags, ["admin"]);
+        let all: Vec<String> = s
+            .list(None)
+            .expect("no trap")
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(all, ["a", "b"]);
+        assert_eq!(
+            s.get_state("a".into()).expect("no trap").expect("ok"),
+            Some(b"alice".to_vec())
+        );
+        assert!(s.get("c".into()).expect("no trap").is_none());
     }
 }

@@ -48,3 +48,24 @@ impl Host for RoomState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room_state::test_support::room_state;
+
+    #[test]
+    fn identity_and_vars() {
+        let mut s = room_state();
+        assert_eq!(s.party().expect("no trap"), "main");
+        assert_eq!(s.id().expect("no trap"), "test");
+        assert_eq!(s.var("K".into()).expect("no trap").as_deref(), Some("v"));
+        assert_eq!(s.var("missing".into()).expect("no trap"), None);
+        assert_eq!(
+            s.vars().expect("no trap"),
+            [("K".to_string(), "v".to_string())]
+        );
+        s.log(Level::Info, "x".repeat(MAX_LOG_LINE * 2))
+            .expect("no trap");
+    }
+}

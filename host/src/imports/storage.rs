@@ -120,3 +120,65 @@ impl Host for RoomState {
         Ok(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room_state::test_support::room_state;
+
+    #[test]
+    fn sizes_are_checked_and_refusals_write_nothing() {
+        let mut s = room_state();
+        let long_key = "k".repeat(2049);
+        assert!(matches!(
+            s.put(long_key, vec![]).expect("no trap"),
+            Err(Error::TooLarge(_))
+        ));
+        let big = vec![0u8; (2 << 20) + 1];
+        let entries = vec![("ok".to_string(), vec![1]), ("big".to_string(), big)];
+        assert!(matches!(
+            s.put_many(entries).expect("no trap"),
+            Err(Error::TooLarge(_))
+        ));
+        assert_eq!(s.get("ok".into()).expect("no trap").expect("ok"), None);
+        let many: Vec<String> = (0..129).map(|i| i.to_string()).collect();
+        assert!(matches!(
+            s.get_many(many).expect("no trap"),
+            Err(Error::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn reads_see_the_hooks_own_writes() {
+        let mut s = room_state();
+        s.put_many(vec![
+            ("b".into(), b"2".to_vec()),
+            ("a".into(), b"1".to_vec()),
+        ])
+        .expect("no trap")
+        .expect("ok");
+        let got = s
+            .get_many(vec!["b".into(), "a".into(), "zz".into()])
+            .expect("no trap")
+            .expect("ok");
+        assert_eq!(
+            got,
+            [("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())]
+        );
+        assert_eq!(
+            s.delete_many(vec!["a".into(), "zz".into()])
+                .expect("no trap")
+                .expect("ok"),
+            1
+        );
+        let options = wit::ListOptions {
+            prefix: None,
+            start: None,
+            end: None,
+            limit: None,
+            reverse: false,
+        };
+        let listed = Host::list(&mut s, options).expect("no trap").expect("ok");
+        assert_eq!(listed, [("b".into(), b"2".to_vec())]);
+    }
+}
