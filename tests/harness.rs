@@ -25,7 +25,7 @@ pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The guests the tests use: the examples and the test guests.
-const GUESTS: [&str; 4] = ["relay", "counter", "chat", "probe"];
+const GUESTS: [&str; 5] = ["relay", "counter", "chat", "alarm-clock", "probe"];
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -79,6 +79,9 @@ pub struct Options {
     /// Bind this address (to restart on the same port); default: port 0.
     pub listen: Option<SocketAddr>,
     pub limits: Limits,
+    /// Vars given to every party.
+    pub vars: Vec<(&'static str, &'static str)>,
+    pub ping_interval_ms: u64,
 }
 
 impl Options {
@@ -93,6 +96,8 @@ impl Options {
                 awake_rooms: 50,
                 ..Limits::default()
             },
+            vars: Vec::new(),
+            ping_interval_ms: 30_000,
         }
     }
 
@@ -137,14 +142,20 @@ impl Server {
             idle_timeout_ms: options.idle_timeout_ms,
             data_dir: options.data_dir.clone(),
             limits: options.limits.clone(),
+            ping_interval_ms: options.ping_interval_ms,
             ..Config::default()
         };
         for (party, g) in &options.parties {
             config.parties.insert(
                 (*party).to_owned(),
                 PartyConfig {
-                    component: guest(g),
-                    vars: Default::default(),
+                    component: Some(guest(g)),
+                    krate: None,
+                    vars: options
+                        .vars
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
                 },
             );
         }

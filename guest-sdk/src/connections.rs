@@ -161,3 +161,26 @@ pub fn list(tag: Option<&str>) -> Vec<Connection> {
 pub fn infos(tag: Option<&str>) -> Vec<ConnectionInfo> {
     wit::list(tag)
 }
+
+/// Have the host answer `request` with `response` by itself, without waking
+/// the room, for every connection (text or binary, each <= 2048 bytes).
+/// `None` clears it. Lasts across hibernation while the host runs; set it
+/// again in [`crate::Room::on_start`] to have it after a restart too.
+///
+/// ```no_run
+/// use dormouse_sdk::{connections, Message};
+/// connections::set_auto_response(Some((Message::Text("ping".into()), Message::Text("pong".into())))).ok();
+/// ```
+pub fn set_auto_response(pair: Option<(Message, Message)>) -> Result<(), Error> {
+    let pair = pair.map(|(request, response)| wit::AutoResponse { request, response });
+    wit::set_auto_response(pair.as_ref())
+}
+
+/// The room's auto-response pair, if set.
+///
+/// ```no_run
+/// let pair = dormouse_sdk::connections::auto_response();
+/// ```
+pub fn auto_response() -> Option<(Message, Message)> {
+    wit::get_auto_response().map(|p| (p.request, p.response))
+}

@@ -62,6 +62,7 @@ pub mod alarm;
 pub mod connections;
 pub mod context;
 pub mod hooks;
+pub mod rooms;
 pub mod storage;
 mod types;
 

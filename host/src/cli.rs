@@ -35,7 +35,8 @@ enum Command {
         /// The room crate (default: the current directory).
         dir: Option<PathBuf>,
     },
-    /// Build and serve one room project as party `main`, rebuilding on change.
+    /// Build and serve a room crate as party `main` (or a project's
+    /// dormouse.toml with `crate = ...` parties), rebuilding on change.
     Dev {
         /// The room crate (default: the current directory).
         dir: Option<PathBuf>,
@@ -120,7 +121,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.parties.insert(
             name.to_owned(),
             PartyConfig {
-                component: file.into(),
+                component: Some(file.into()),
+                krate: None,
                 vars: Default::default(),
             },
         );
@@ -135,30 +137,46 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     serve_host(host, |_| {}).await
 }
 
+/// `dormouse dev DIR`: DIR is a room crate (served as party `main`), or a
+/// project with a `dormouse.toml` whose parties name room crates (`crate =
+/// "rooms/chat"`). Every crate is rebuilt and redeployed when it changes.
 async fn dev(dir: PathBuf, server: ServerArgs) -> anyhow::Result<()> {
-    let wasm = build_and_check(&dir).await?;
-    let mut config = Config::default();
-    let public = dir.join("public");
-    if public.is_dir() {
-        config.public = Some(public);
-    }
-    config.parties.insert(
-        "main".into(),
-        PartyConfig {
-            component: wasm,
-            vars: Default::default(),
-        },
-    );
+    let project = dir.join("dormouse.toml");
+    let mut config = if project.is_file() {
+        Config::load(&project)?
+    } else {
+        let mut config = Config::default();
+        let public = dir.join("public");
+        if public.is_dir() {
+            config.public = Some(public);
+        }
+        config.parties.insert(
+            "main".into(),
+            PartyConfig {
+                component: None,
+                krate: Some(dir.clone()),
+                vars: Default::default(),
+            },
+        );
+        config
+    };
     server.apply(&mut config);
-    let host = Host::new(config)?;
+    let crates: Vec<(String, PathBuf)> = config
+        .parties
+        .iter()
+        .filter_map(|(name, p)| Some((name.clone(), p.krate.clone()?)))
+        .collect();
+    let host = tokio::task::spawn_blocking(move || Host::new(config)).await??;
     serve_host(host, move |host| {
-        host.tasks.spawn(watch(dir, host.clone()));
+        for (name, dir) in crates {
+            host.tasks.spawn(watch(name, dir, host.clone()));
+        }
     })
     .await
 }
 
-/// Rebuild the project when its sources change and deploy the result.
-async fn watch(dir: PathBuf, host: Arc<Host>) {
+/// Rebuild a party's crate when its sources change and deploy the result.
+async fn watch(party: String, dir: PathBuf, host: Arc<Host>) {
     let mut seen = project::last_change(&dir);
     loop {
         tokio::select! {
@@ -170,22 +188,34 @@ async fn watch(dir: PathBuf, host: Arc<Host>) {
             continue;
         }
         seen = now;
-        info!("change seen; rebuilding {}", dir.display());
+        info!(party, "change seen; rebuilding {}", dir.display());
         let d = dir.clone();
         let built = tokio::task::spawn_blocking(move || project::build(&d)).await;
+        let vars = host
+            .config
+            .parties
+            .get(&party)
+            .map(|p| p.vars.clone())
+            .unwrap_or_default();
         let loaded = match built {
             Ok(Ok(wasm)) => std::fs::read(&wasm)
                 .map_err(anyhow::Error::from)
-                .and_then(|bytes| Party::load(&host.runtime, "main", &bytes, Default::default())),
+                .and_then(|bytes| Party::load(&host.runtime, &party, &bytes, vars)),
             Ok(Err(e)) => Err(e),
             Err(e) => Err(e.into()),
         };
         match loaded {
-            Ok(party) => {
-                host.deploy(party).await;
-                info!("new version of party main is live; rooms pick it up on their next wake");
+            Ok(p) => {
+                host.deploy(p).await;
+                info!(
+                    party,
+                    "new version is live; rooms pick it up on their next wake"
+                );
             }
-            Err(e) => error!("rebuild failed, the old version keeps serving: {e:#}"),
+            Err(e) => error!(
+                party,
+                "rebuild failed, the old version keeps serving: {e:#}"
+            ),
         }
     }
 }

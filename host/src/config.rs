@@ -21,17 +21,23 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// A folder served at `/` for paths that name no room (the PartyKit "static assets").
     pub public: Option<PathBuf>,
+    /// How often the host pings each client; a client silent for two
+    /// intervals is taken as gone (half-open TCP) and its room gets on-close.
+    pub ping_interval_ms: u64,
     pub limits: Limits,
     /// Parties by name.
     pub parties: BTreeMap<String, PartyConfig>,
 }
 
-/// One party: a component and its vars.
+/// One party: a component (or a room crate to build into one) and its vars.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartyConfig {
     /// The `.wasm` component.
-    pub component: PathBuf,
+    pub component: Option<PathBuf>,
+    /// Or a room crate's folder, built at start (and on change in `dormouse dev`).
+    #[serde(rename = "crate")]
+    pub krate: Option<PathBuf>,
     /// Values the room reads with `context.var`.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
@@ -61,6 +67,8 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// Rooms awake at once (the pooling allocator's size).
     pub awake_rooms: u32,
+    /// The first retry of a failing on-alarm waits this long; each next one twice as long.
+    pub alarm_retry_ms: u64,
 }
 
 impl Default for Limits {
@@ -76,6 +84,7 @@ impl Default for Limits {
             instance_memory_bytes: 128 << 20,
             outbound_queue: 1024,
             awake_rooms: 1000,
+            alarm_retry_ms: 2_000,
         }
     }
 }
@@ -87,6 +96,7 @@ impl Default for Config {
             data_dir: PathBuf::from(".dormouse"),
             idle_timeout_ms: 10_000,
             public: None,
+            ping_interval_ms: 30_000,
             limits: Limits::default(),
             parties: BTreeMap::new(),
         }
@@ -94,6 +104,20 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The component of each party: its `component`, or its `crate` built now.
+    pub fn component(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let party = self
+            .parties
+            .get(name)
+            .with_context(|| format!("no party named {name}"))?;
+        match (&party.component, &party.krate) {
+            (Some(c), _) => Ok(c.clone()),
+            (None, Some(dir)) => crate::project::build(dir)
+                .with_context(|| format!("party {name}: cannot build {}", dir.display())),
+            (None, None) => bail!("party {name}: give `component` or `crate`"),
+        }
+    }
+
     /// Read `dormouse.toml`. Relative paths in it are relative to the file.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
@@ -104,7 +128,8 @@ impl Config {
         config.data_dir = base.join(&config.data_dir);
         config.public = config.public.map(|p| base.join(p));
         for party in config.parties.values_mut() {
-            party.component = base.join(&party.component);
+            party.component = party.component.as_ref().map(|c| base.join(c));
+            party.krate = party.krate.as_ref().map(|c| base.join(c));
         }
         config.validate()?;
         Ok(config)
@@ -112,9 +137,14 @@ impl Config {
 
     /// Check what serde cannot: party names and limit ranges.
     pub fn validate(&self) -> anyhow::Result<()> {
-        for name in self.parties.keys() {
+        for (name, party) in &self.parties {
             if !crate::route::valid_party_name(name) {
                 bail!("party name {name:?} does not match ^[a-z0-9_-]{{1,64}}$");
+            }
+            if party.component.is_some() == party.krate.is_some() {
+                bail!(
+                    "party {name}: give either `component` (a .wasm file) or `crate` (a room crate folder)"
+                );
             }
         }
         let l = &self.limits;
@@ -126,6 +156,9 @@ impl Config {
         }
         if l.outbound_queue == 0 {
             bail!("limits.outbound_queue must be at least 1");
+        }
+        if self.ping_interval_ms == 0 {
+            bail!("ping_interval_ms must be at least 1");
         }
         if l.hook_cpu_ms == 0 {
             bail!("limits.hook_cpu_ms must be at least 1");
@@ -157,6 +190,10 @@ mod tests {
         )
         .expect("config parses");
         assert_eq!(config.parties["main"].vars["K"], "v");
+        config.validate().expect("valid");
+        let mut both = config.clone();
+        both.parties.get_mut("main").expect("main").krate = Some("x".into());
+        assert!(both.validate().is_err());
         assert!(toml::from_str::<Config>("listen_on = 1").is_err());
         let mut bad = config.clone();
         bad.parties

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::alarms::Alarms;
 use crate::config::{Config, Limits};
 use crate::instance::{Party, Runtime};
 use crate::metrics::Metrics;
@@ -32,6 +33,7 @@ pub struct Host {
     pub runtime: Arc<Runtime>,
     pub storage: Arc<Storage>,
     pub metrics: Arc<Metrics>,
+    pub alarms: Alarms,
     /// Cancelled to shut down: the accept loop, the sockets and the rooms stop.
     pub shutdown: CancellationToken,
     /// Every task the host spawned, to wait for them at shutdown.
@@ -56,15 +58,20 @@ impl Host {
         let storage = Storage::open(&config.data_dir, metrics.clone())?;
         let mut parties = HashMap::new();
         for (name, p) in &config.parties {
-            let bytes = std::fs::read(&p.component).map_err(|e| {
+            let component = config.component(name)?;
+            let bytes = std::fs::read(&component).map_err(|e| {
                 anyhow::anyhow!(
                     "party {name}: cannot read component {}: {e}",
-                    p.component.display()
+                    component.display()
                 )
             })?;
             let party = Party::load(&runtime, name, &bytes, p.vars.clone())?;
             metrics.party(name);
             parties.insert(name.clone(), Arc::new(party));
+        }
+        let alarms = Alarms::default();
+        for (party, room, at) in storage.alarms()? {
+            alarms.set((party.into(), room.into()), at, 0);
         }
         Ok(Arc::new(Host {
             config,
@@ -72,6 +79,7 @@ impl Host {
             runtime,
             storage,
             metrics,
+            alarms,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             parties: Mutex::new(parties),

@@ -18,6 +18,7 @@
 //! | [`wit`] | the one `bindgen!` site |
 //! | `imports` | the WIT imports, one file per interface, implemented on `RoomState` |
 //! | [`storage`] | SQLite: per-hook batches, group commit, alarms |
+//! | [`alarms`] | the one scheduler that fires every room's alarm |
 //! | [`project`] | building room crates to components |
 //! | [`config`], [`metrics`] | `dormouse.toml` and limits; Prometheus names |
 //!
@@ -31,6 +32,7 @@
 //! # }
 //! ```
 
+pub mod alarms;
 pub mod cli;
 pub mod config;
 pub mod host;

@@ -25,10 +25,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{Instrument, error, warn};
 
+use crate::alarms::{MAX_RETRIES, now_ms};
 use crate::host::{Host, RoomKey};
 use crate::instance::{Call, Failure, Instance, Reply};
 use crate::metrics::HOOKS;
-use crate::room_state::{Connection, Outbound, RoomState};
+use crate::room_state::{AutoResponse, Connection, Outbound, RoomState};
 use crate::storage::RoomStorage;
 use crate::wit::{self, ConnectionInfo};
 
@@ -52,7 +53,13 @@ pub enum Event {
     },
     Request {
         request: Box<wit::Request>,
+        /// Rooms waiting on this request (a room-to-room call), outermost first.
+        chain: Vec<RoomKey>,
         reply: oneshot::Sender<wit::Response>,
+    },
+    /// The room's alarm is due; `retry` counts earlier failed attempts.
+    Alarm {
+        retry: u32,
     },
     /// Drop the instance after the current event (a new version was deployed).
     Hibernate,
@@ -70,7 +77,8 @@ pub struct Connect {
     pub conn: ConnRef,
     pub request: wit::Request,
     pub outbound: Outbound,
-    pub reply: oneshot::Sender<Result<(), wit::Response>>,
+    /// `Ok` carries the room's auto-response pair for the socket to answer.
+    pub reply: oneshot::Sender<Result<AutoResponse, wit::Response>>,
 }
 
 enum Life {
@@ -95,6 +103,9 @@ impl Room {
         let state = RoomState {
             party: key.0.clone(),
             id: key.1.clone(),
+            host: Arc::downgrade(&host),
+            chain: Vec::new(),
+            auto_response: Default::default(),
             vars: Arc::default(),
             limits: host.limits.clone(),
             connections: Default::default(),
@@ -226,13 +237,20 @@ impl Room {
                         .await;
                 }
             }
-            Event::Request { request, reply } => {
+            Event::Request {
+                request,
+                chain,
+                reply,
+            } => {
+                self.state().chain = chain;
                 let response = match self.hook(Call::Request(*request)).await {
                     Ok(Reply::Response(r)) => r,
                     _ => failed_response(),
                 };
+                self.state().chain.clear();
                 let _ = reply.send(response);
             }
+            Event::Alarm { retry } => self.alarm(retry).await,
             Event::Hibernate => self.hibernate(),
         }
     }
@@ -275,7 +293,8 @@ impl Room {
         if verdict.is_err() {
             self.state().remove(&id);
         }
-        let _ = c.reply.send(verdict);
+        let auto = self.state().auto_response.clone();
+        let _ = c.reply.send(verdict.map(|()| auto));
     }
 
     /// Wake if needed, then run one hook.
@@ -337,7 +356,12 @@ impl Room {
             }
         };
         let state = instance.state();
+        // An alarm that on-alarm handled is done, unless the hook set a new one.
+        if hook == "on-alarm" && !state.storage.alarm_touched() {
+            state.storage.set_alarm(None);
+        }
         let batch = state.storage.take_batch();
+        let alarm = batch.alarm_change();
         if !batch.is_empty()
             && let Err(e) = state.storage.commit(batch).await
         {
@@ -349,7 +373,65 @@ impl Room {
             return Err(());
         }
         instance.state().release(&self.host.metrics);
+        match alarm {
+            Some(Some(at)) => self.host.alarms.set(self.key.clone(), at, 0),
+            Some(None) => self.host.alarms.clear(&self.key),
+            None => {}
+        }
         Ok(reply)
+    }
+
+    /// The alarm fired: run on-alarm if it is still due; retry with backoff
+    /// when it fails, and drop it after [`MAX_RETRIES`] retries.
+    async fn alarm(&mut self, retry: u32) {
+        // The schedule may be stale: the alarm may have moved or gone since.
+        let at = match self.state().storage.alarm() {
+            Ok(at) => at,
+            Err(e) => {
+                error!(error = %e, "cannot read the alarm; retrying");
+                self.retry_alarm(retry).await;
+                return;
+            }
+        };
+        match at {
+            None => return,
+            Some(at) if at > now_ms() => {
+                self.host.alarms.set(self.key.clone(), at, retry);
+                return;
+            }
+            Some(_) => {}
+        }
+        if self.hook(Call::Alarm(retry)).await.is_err() {
+            self.retry_alarm(retry).await;
+        }
+    }
+
+    async fn retry_alarm(&mut self, retry: u32) {
+        if retry < MAX_RETRIES {
+            let backoff = self.host.limits.alarm_retry_ms.saturating_mul(1 << retry);
+            warn!(
+                retry = retry + 1,
+                backoff_ms = backoff,
+                "on-alarm failed; retrying"
+            );
+            self.host.alarms.set(
+                self.key.clone(),
+                now_ms().saturating_add(backoff),
+                retry + 1,
+            );
+            return;
+        }
+        error!(
+            retries = MAX_RETRIES,
+            "on-alarm failed every retry; the alarm is dropped"
+        );
+        let state = self.state();
+        state.storage.rollback();
+        state.storage.set_alarm(None);
+        let batch = state.storage.take_batch();
+        if let Err(e) = state.storage.commit(batch).await {
+            error!(error = %e, "cannot delete the failed alarm");
+        }
     }
 
     /// Log a guest failure once, with party, room and hook, and count it.

@@ -6,8 +6,8 @@
 //! taken back out and the `Store` is dropped. Guest memory goes; this stays.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
 
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
+use crate::host::{Host, RoomKey};
 use crate::metrics::{Metrics, PartyMetrics};
 use crate::storage::RoomStorage;
 
@@ -81,10 +82,40 @@ pub enum Outgoing {
     Close(String, u16, String),
 }
 
+/// The room's auto-response pair (request -> response), shared with its
+/// sockets so they answer it without waking the room.
+#[derive(Clone, Default)]
+pub struct AutoResponse(Arc<std::sync::RwLock<Option<(Message, Message)>>>);
+
+impl AutoResponse {
+    /// The response, when `message` is the request.
+    pub fn answer(&self, message: &Message) -> Option<Message> {
+        let pair = self.0.read().unwrap_or_else(|e| e.into_inner());
+        match &*pair {
+            Some((request, response)) if request == message => Some(response.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn get(&self) -> Option<(Message, Message)> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, pair: Option<(Message, Message)>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = pair;
+    }
+}
+
 /// The room's host-side state.
 pub struct RoomState {
     pub party: Arc<str>,
     pub id: Arc<str>,
+    /// The host, for calls to other rooms (weak: the host owns the rooms).
+    pub host: Weak<Host>,
+    /// The rooms waiting on the request being handled now, outermost first
+    /// (empty unless the current hook is on-request called by a room).
+    pub chain: Vec<RoomKey>,
+    pub auto_response: AutoResponse,
     pub vars: Arc<BTreeMap<String, String>>,
     pub limits: Arc<Limits>,
     pub connections: HashMap<String, Connection>,
@@ -165,6 +196,9 @@ pub(crate) mod test_support {
         RoomState {
             party: party.clone(),
             id: id.clone(),
+            host: Weak::new(),
+            chain: Vec::new(),
+            auto_response: AutoResponse::default(),
             vars: Arc::new(BTreeMap::from([("K".into(), "v".into())])),
             limits: Arc::new(Limits::default()),
             connections: HashMap::new(),

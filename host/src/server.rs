@@ -41,6 +41,7 @@ pub async fn run(listener: TcpListener, host: Arc<Host>) -> anyhow::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "dormouse listening");
     }
+    host.tasks.spawn(crate::alarms::run(host.clone()));
     loop {
         tokio::select! {
             () = host.shutdown.cancelled() => break,
@@ -215,8 +216,8 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
             "the server is shutting down".into(),
         );
     };
-    match verdict.await {
-        Ok(Ok(())) => {}
+    let auto_response = match verdict.await {
+        Ok(Ok(auto_response)) => auto_response,
         Ok(Err(refusal)) => return response(refusal),
         Err(_) => {
             return text(
@@ -224,7 +225,7 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
                 "the room is unavailable".into(),
             );
         }
-    }
+    };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let socket = Socket {
@@ -233,6 +234,8 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
         outbound: outbound_rx,
         overflow,
         shutdown: host.shutdown.clone(),
+        auto_response,
+        ping_interval: Duration::from_millis(host.config.ping_interval_ms),
     };
     let config = ws_config(host.limits.message_bytes);
     let span = tracing::info_span!("connection", party = %key.0, room = %key.1, id = %conn.id);
@@ -292,6 +295,7 @@ async fn request(req: Request<Incoming>, host: Arc<Host>, path: RoomPath) -> Res
     let (reply, answer) = oneshot::channel();
     let event = Event::Request {
         request: Box::new(request),
+        chain: Vec::new(),
         reply,
     };
     if host.dispatch(&room_key(path), event).await.is_none() {

@@ -3,17 +3,20 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::room::{ConnRef, Event, from_ws};
+use crate::room_state::AutoResponse;
 
 /// How long a closing socket waits for the peer's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -25,6 +28,9 @@ pub struct Socket {
     pub outbound: mpsc::Receiver<Message>,
     pub overflow: CancellationToken,
     pub shutdown: CancellationToken,
+    /// Answered here, without the room.
+    pub auto_response: AutoResponse,
+    pub ping_interval: Duration,
 }
 
 /// How the socket ended, for the room's on-close.
@@ -58,6 +64,10 @@ impl Socket {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let interval = self.ping_interval;
+        let mut pings = tokio::time::interval_at(Instant::now() + interval, interval);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -87,9 +97,28 @@ impl Socket {
                         return Some(Ended { code: 1006, reason: String::new(), was_clean: false });
                     }
                 }
+                _ = pings.tick() => {
+                    // Nothing heard for two intervals: the peer is gone
+                    // without a FIN (half-open TCP). No close frame can reach it.
+                    if last_heard.elapsed() >= interval * 2 {
+                        return Some(Ended { code: 1006, reason: "ping timeout".into(), was_clean: false });
+                    }
+                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                        return Some(Ended { code: 1006, reason: String::new(), was_clean: false });
+                    }
+                }
                 incoming = ws.next() => {
+                    if matches!(incoming, Some(Ok(_))) {
+                        last_heard = Instant::now();
+                    }
                     match incoming {
                         Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                            if let Some(reply) = self.auto_response.answer(&message) {
+                                if ws.send(reply).await.is_err() {
+                                    return Some(Ended { code: 1006, reason: String::new(), was_clean: false });
+                                }
+                                continue;
+                            }
                             let Some(message) = from_ws(message) else { continue };
                             let event = Event::Message { conn: self.conn.clone(), message };
                             if self.room.send(event).await.is_err() {
@@ -110,6 +139,10 @@ impl Socket {
                         }
                         Some(Err(e)) => {
                             let (code, reason) = match &e {
+                                // The peer vanished without a close frame.
+                                WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                                    return Some(Ended { code: 1006, reason: String::new(), was_clean: false });
+                                }
                                 WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
                                     (CloseCode::Size, "message too big")
                                 }

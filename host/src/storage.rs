@@ -52,6 +52,12 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         !self.delete_all && self.writes.is_empty() && self.alarm.is_none()
     }
+
+    /// What the batch does to the alarm: `Some(Some(at))` sets it,
+    /// `Some(None)` deletes it, `None` leaves it.
+    pub fn alarm_change(&self) -> Option<Option<u64>> {
+        self.alarm
+    }
 }
 
 /// Which keys a `list` returns.
@@ -136,6 +142,18 @@ impl Storage {
         }
         done.await
             .unwrap_or_else(|_| Err(StorageError("the storage writer stopped".into())))
+    }
+
+    /// Every stored alarm: (party, room, due time), to rebuild the schedule at start.
+    pub fn alarms(&self) -> Result<Vec<(String, String, u64)>, StorageError> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT party, room, at_ms FROM alarms")?;
+            let rows = stmt.query_map([], |r| {
+                let at: i64 = r.get(2)?;
+                Ok((r.get(0)?, r.get(1)?, u64::try_from(at).unwrap_or(0)))
+            })?;
+            rows.collect()
+        })
     }
 
     /// Run `f` on a reader connection. Reads are local page-cache hits in the
@@ -396,6 +414,11 @@ impl RoomStorage {
 
     pub fn set_alarm(&mut self, at: Option<u64>) {
         self.pending.alarm = Some(at);
+    }
+
+    /// Whether the current hook set or deleted the alarm.
+    pub fn alarm_touched(&self) -> bool {
+        self.pending.alarm.is_some()
     }
 }
 

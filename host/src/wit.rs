@@ -1,7 +1,8 @@
 //! The one `bindgen!` site: Rust types and traits generated from `wit/`.
 //!
 //! Imports are plain (not async) functions: they touch only host memory or a
-//! local SQLite page, and a sync host call is cheaper than an async one. They
+//! local SQLite page, and a sync host call is cheaper than an async one. The
+//! exception is `rooms.fetch`, which waits for another room. All
 //! are `trappable` so a host function can end a guest that breaks the
 //! contract beyond what a WIT error can say. Exports are async so hooks run on
 //! a fiber that yields to tokio at every epoch tick (see `instance.rs`).
@@ -9,7 +10,10 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "room",
-    imports: { default: trappable },
+    imports: {
+        "dormouse:room/rooms.fetch": async | trappable,
+        default: trappable,
+    },
     exports: { default: async },
 });
 

@@ -2,9 +2,11 @@
 //! real host on 127.0.0.1 with real compiled components and its own SQLite
 //! files, and talks to it with real WebSocket and HTTP clients.
 
+mod alarms;
 mod counter;
 mod guests;
 mod hibernation;
 mod http;
+mod lifecycle;
 mod partysocket;
 mod relay;

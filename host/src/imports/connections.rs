@@ -9,7 +9,7 @@ use super::check_size;
 #[cfg(test)]
 use crate::config::Limits;
 use crate::room_state::{MAX_OUTBOX_BYTES, Outgoing, RoomState};
-use crate::wit::dormouse::room::connections::Host;
+use crate::wit::dormouse::room::connections::{AutoResponse as AutoResponsePair, Host};
 use crate::wit::{ConnectionInfo, Error, Message};
 
 impl RoomState {
@@ -57,7 +57,53 @@ fn message_len(message: &Message) -> usize {
     }
 }
 
+/// The longest auto-response request or response, as Durable Objects allow.
+const MAX_AUTO_RESPONSE: usize = 2048;
+
+/// The WIT form of a WebSocket message (auto-responses are data frames).
+fn from_ws(message: &tungstenite::Message) -> Option<Message> {
+    match message {
+        tungstenite::Message::Text(t) => Some(Message::Text(t.to_string())),
+        tungstenite::Message::Binary(b) => Some(Message::Binary(b.to_vec())),
+        _ => None,
+    }
+}
+
 impl Host for RoomState {
+    fn set_auto_response(
+        &mut self,
+        pair: Option<AutoResponsePair>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        Ok((|| {
+            let Some(pair) = pair else {
+                self.auto_response.set(None);
+                return Ok(());
+            };
+            check_size(
+                "auto-response request",
+                message_len(&pair.request),
+                MAX_AUTO_RESPONSE,
+            )?;
+            check_size(
+                "auto-response response",
+                message_len(&pair.response),
+                MAX_AUTO_RESPONSE,
+            )?;
+            self.auto_response
+                .set(Some((to_ws(pair.request), to_ws(pair.response))));
+            Ok(())
+        })())
+    }
+
+    fn get_auto_response(&mut self) -> wasmtime::Result<Option<AutoResponsePair>> {
+        Ok(self.auto_response.get().and_then(|(request, response)| {
+            Some(AutoResponsePair {
+                request: from_ws(&request)?,
+                response: from_ws(&response)?,
+            })
+        }))
+    }
+
     fn send(&mut self, id: String, message: Message) -> wasmtime::Result<Result<(), Error>> {
         Ok((|| {
             self.known(&id)?;

@@ -8,6 +8,7 @@
 mod alarm;
 mod connections;
 mod context;
+mod rooms;
 mod storage;
 
 use crate::room_state::RoomState;

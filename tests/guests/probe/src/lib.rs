@@ -1,23 +1,65 @@
 //! Probe: a test guest that shows what the host does, and misbehaves on
-//! request. Not an example: tests drive it.
+//! request. Not an example: the end-to-end tests drive it.
 //!
 //! Text commands (answers go to the sender):
 //! - `starts`: how many times on-start ran in this room (counted in storage);
 //! - `state=X`: set the connection's state to X; `state?`: answer it;
-//! - `whoami`: answer the room's party and id;
+//! - `whoami`: the room's party and id; `var:K`: the party's var K;
+//! - `list` / `list:TAG`: the open connections' ids (with that tag), comma-separated;
+//! - `last-close`: `id:code:was_clean` of the last on-close;
+//! - `auto=REQ>RESP`: set the auto-response pair; `auto-off` clears it;
 //! - `panic`: panic (a trap); `loop`: spin forever (hits the CPU deadline);
-//! - `grow`: allocate without bound (hits the memory cap);
+//!   `grow`: allocate without bound (hits the memory cap);
 //! - anything else: echoed back.
+//!
+//! On connect: `?reject=1` refuses with HTTP 401; `?tag=T` tags the connection.
+//!
+//! HTTP (query `op`):
+//! - `op=alarm&in_ms=N&fail=K`: set the alarm N ms ahead; on-alarm will panic
+//!   while its retry count is below K, then record the count; answers 202;
+//! - `op=alarm-state`: `ok=<retry count of the success or none> at=<alarm or none>`;
+//! - `op=call&party=P&room=R[&next=P2/R2]`: fetch room P/R (passing `next`
+//!   on as its own call target) and answer with what it answered;
+//! - otherwise: `probe PARTY/ROOM`.
 
-use dormouse_sdk::{Connection, Message, Room, context, storage};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dormouse_sdk::{
+    Connection, Message, Request, Response, Room, alarm, connections, context, rooms, storage,
+};
 
 #[derive(Default)]
 struct Probe;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn ids(tag: Option<&str>) -> String {
+    let ids: Vec<String> = connections::list(tag)
+        .iter()
+        .map(|c| c.id().to_owned())
+        .collect();
+    ids.join(",")
+}
 
 impl Room for Probe {
     fn on_start(&mut self) {
         let n: u64 = storage::get_json("starts").ok().flatten().unwrap_or(0);
         storage::put_json("starts", &(n + 1)).expect("a small value fits");
+    }
+
+    fn on_connect(&mut self, conn: &Connection, request: &Request) -> Result<(), Response> {
+        if request.query("reject") == Some("1") {
+            return Err(Response::text(401, "go away"));
+        }
+        if let Some(tag) = request.query("tag") {
+            conn.set_tags(&[tag.to_owned()])
+                .map_err(|e| Response::text(400, e.to_string()))?;
+        }
+        Ok(())
     }
 
     fn on_message(&mut self, conn: &Connection, message: Message) {
@@ -36,6 +78,15 @@ impl Room for Probe {
                 |s| String::from_utf8_lossy(&s).into_owned(),
             ),
             "whoami" => format!("{}/{}", context::party(), context::id()),
+            "list" => ids(None),
+            "last-close" => storage::get_json::<String>("last_close")
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "none".into()),
+            "auto-off" => match connections::set_auto_response(None) {
+                Ok(()) => "ok".into(),
+                Err(e) => format!("error: {e}"),
+            },
             "panic" => panic!("the probe was asked to panic"),
             "loop" => {
                 let mut x: u64 = 0;
@@ -50,15 +101,97 @@ impl Room for Probe {
                     std::hint::black_box(&hoard);
                 }
             }
-            other => match other.strip_prefix("state=") {
-                Some(s) => match conn.set_state(Some(s.as_bytes())) {
-                    Ok(()) => "ok".into(),
-                    Err(e) => format!("error: {e}"),
-                },
-                None => other.to_owned(),
-            },
+            other => {
+                if let Some(s) = other.strip_prefix("state=") {
+                    match conn.set_state(Some(s.as_bytes())) {
+                        Ok(()) => "ok".into(),
+                        Err(e) => format!("error: {e}"),
+                    }
+                } else if let Some(tag) = other.strip_prefix("list:") {
+                    ids(Some(tag))
+                } else if let Some(k) = other.strip_prefix("var:") {
+                    context::var(k).unwrap_or_else(|| "none".into())
+                } else if let Some(pair) = other.strip_prefix("auto=") {
+                    let (req, resp) = pair.split_once('>').unwrap_or((pair, ""));
+                    let pair = (Message::Text(req.into()), Message::Text(resp.into()));
+                    match connections::set_auto_response(Some(pair)) {
+                        Ok(()) => "ok".into(),
+                        Err(e) => format!("error: {e}"),
+                    }
+                } else {
+                    other.to_owned()
+                }
+            }
         };
         let _ = conn.send_text(&reply);
+    }
+
+    fn on_close(&mut self, conn: &Connection, code: u16, _reason: &str, was_clean: bool) {
+        let record = format!("{}:{code}:{was_clean}", conn.id());
+        storage::put_json("last_close", &record).expect("a small value fits");
+    }
+
+    fn on_request(&mut self, request: Request) -> Response {
+        match request.query("op") {
+            Some("alarm") => {
+                let in_ms: u64 = request
+                    .query("in_ms")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let fail: u32 = request
+                    .query("fail")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                storage::put_json("alarm_fail", &fail).expect("a small value fits");
+                match alarm::set(now_ms() + in_ms) {
+                    Ok(()) => Response::text(202, "set"),
+                    Err(e) => Response::text(500, e.to_string()),
+                }
+            }
+            Some("alarm-state") => {
+                let ok = storage::get_json::<u32>("alarm_ok").ok().flatten();
+                let at = alarm::get().ok().flatten();
+                let show = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+                Response::text(
+                    200,
+                    format!(
+                        "ok={} at={}",
+                        show(ok.map(|v| v.to_string())),
+                        show(at.map(|v| v.to_string()))
+                    ),
+                )
+            }
+            Some("call") => {
+                let party = request.query("party").unwrap_or("main");
+                let room = request.query("room").unwrap_or("x");
+                // The callee calls on to `next`, if given.
+                let uri = match request.query("next").and_then(|n| n.split_once("%2F")) {
+                    Some((p, r)) => format!("/?op=call&party={p}&room={r}"),
+                    None => "/".into(),
+                };
+                let call = Request {
+                    method: "GET".into(),
+                    uri,
+                    headers: vec![],
+                    body: vec![],
+                };
+                match rooms::fetch(party, room, call) {
+                    Ok(r) => {
+                        Response::text(r.status, String::from_utf8_lossy(&r.body).into_owned())
+                    }
+                    Err(e) => Response::text(508, format!("call failed: {e}")),
+                }
+            }
+            _ => Response::text(200, format!("probe {}/{}", context::party(), context::id())),
+        }
+    }
+
+    fn on_alarm(&mut self, retry_count: u32) {
+        let fail: u32 = storage::get_json("alarm_fail").ok().flatten().unwrap_or(0);
+        if retry_count < fail {
+            panic!("on-alarm asked to fail (retry {retry_count})");
+        }
+        storage::put_json("alarm_ok", &retry_count).expect("a small value fits");
     }
 }
 

@@ -1,0 +1,149 @@
+//! The alarm scheduler: one task fires every room's alarm, so a sleeping
+//! room with an alarm costs an entry in a map, not a timer task.
+//!
+//! The truth is in storage (the alarm is committed with the hook that set
+//! it); this schedule is an index of it, rebuilt from storage at start and
+//! kept up to date by rooms after each commit. When an alarm is due the
+//! scheduler sends the room an `Alarm` event; the room checks storage again
+//! (the alarm may have moved), runs on-alarm, and on failure asks for a retry
+//! here with backoff.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+
+use crate::host::{Host, RoomKey};
+use crate::room::Event;
+
+/// How many times a failing on-alarm is retried before the alarm is dropped.
+pub const MAX_RETRIES: u32 = 6;
+
+/// Milliseconds since the Unix epoch: the unit of alarm times.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[derive(Default)]
+struct Schedule {
+    /// (due time, room): the earliest first.
+    by_time: BTreeSet<(u64, RoomKey)>,
+    /// room -> (due time, retry count).
+    by_room: HashMap<RoomKey, (u64, u32)>,
+}
+
+/// The host's alarm index.
+#[derive(Default)]
+pub struct Alarms {
+    schedule: Mutex<Schedule>,
+    changed: Notify,
+}
+
+impl Alarms {
+    /// Schedule (or move) a room's alarm.
+    pub fn set(&self, key: RoomKey, at_ms: u64, retry: u32) {
+        let mut s = self.lock();
+        if let Some((old, _)) = s.by_room.insert(key.clone(), (at_ms, retry)) {
+            s.by_time.remove(&(old, key.clone()));
+        }
+        let earliest = s.by_time.first().is_none_or(|(t, _)| at_ms < *t);
+        s.by_time.insert((at_ms, key));
+        drop(s);
+        if earliest {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Forget a room's alarm.
+    pub fn clear(&self, key: &RoomKey) {
+        let mut s = self.lock();
+        if let Some((at, _)) = s.by_room.remove(key) {
+            s.by_time.remove(&(at, key.clone()));
+        }
+    }
+
+    /// The alarms due at `now`, removed from the schedule, with their retry counts.
+    fn take_due(&self, now: u64) -> Vec<(RoomKey, u32)> {
+        let mut s = self.lock();
+        let mut due = Vec::new();
+        while let Some((at, key)) = s.by_time.first().cloned() {
+            if at > now {
+                break;
+            }
+            s.by_time.pop_first();
+            let retry = s.by_room.remove(&key).map_or(0, |(_, r)| r);
+            due.push((key, retry));
+        }
+        due
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        self.lock().by_time.first().map(|(t, _)| *t)
+    }
+
+    /// How many alarms are scheduled.
+    pub fn len(&self) -> usize {
+        self.lock().by_room.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.schedule.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The scheduler task: fire due alarms until shutdown.
+pub async fn run(host: Arc<Host>) {
+    loop {
+        for (key, retry) in host.alarms.take_due(now_ms()) {
+            let h = host.clone();
+            host.tasks.spawn(async move {
+                h.dispatch(&key, Event::Alarm { retry }).await;
+            });
+        }
+        // Sleep until the next alarm, or until an earlier one is set. Capped
+        // so a wall-clock jump is noticed within a second.
+        let wait = host
+            .alarms
+            .next_due()
+            .map_or(Duration::from_secs(1), |at| {
+                Duration::from_millis(at.saturating_sub(now_ms()))
+            })
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            () = host.shutdown.cancelled() => return,
+            () = host.alarms.changed.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(room: &str) -> RoomKey {
+        ("main".into(), room.into())
+    }
+
+    #[test]
+    fn due_in_time_order_and_moves_replace() {
+        let a = Alarms::default();
+        a.set(key("late"), 300, 0);
+        a.set(key("early"), 100, 2);
+        a.set(key("moved"), 50, 0);
+        a.set(key("moved"), 1000, 0);
+        assert_eq!(a.next_due(), Some(100));
+        assert!(a.take_due(99).is_empty());
+        assert_eq!(a.take_due(300), vec![(key("early"), 2), (key("late"), 0)]);
+        a.clear(&key("moved"));
+        assert!(a.is_empty());
+        assert_eq!(a.next_due(), None);
+    }
+}

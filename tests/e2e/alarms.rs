@@ -1,0 +1,117 @@
+//! Alarms: durable across restarts, delivered into hibernated and empty
+//! rooms, retried with backoff when on-alarm traps.
+
+use std::time::Duration;
+
+use dormouse::config::Limits;
+use dormouse_tests::*;
+
+/// Poll an HTTP GET until its body is `want`.
+async fn wait_body(server: &Server, path: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = server.http("GET", path, "").await;
+        if body == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} stayed {body:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarm_survives_a_restart_and_fires_once_into_a_hibernated_room() {
+    let server = Server::start(Options::main("alarm-clock").idle(50)).await;
+    let (status, _) = server
+        .http("POST", "/parties/main/kitchen?in_ms=1500", "")
+        .await;
+    assert_eq!(status, 202);
+    // Stopped (as SIGTERM does) before the alarm is due.
+    let options = server.stop().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let server = Server::start(options).await;
+    let mut client = server.ws("/parties/main/kitchen").await;
+    server
+        .wait_metric("dormouse_rooms{party=\"main\",state=\"hibernated\"}", 1.0)
+        .await;
+    assert_eq!(recv_text(&mut client).await, "ring");
+    assert_eq!(
+        server.http("GET", "/parties/main/kitchen", "").await,
+        (200, "1".into())
+    );
+    // Once: no second ring.
+    silent(&mut client, Duration::from_millis(700)).await;
+    assert_eq!(
+        server.http("GET", "/parties/main/kitchen", "").await,
+        (200, "1".into())
+    );
+    assert!(server.host.alarms.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarm_fires_in_a_room_with_no_connections() {
+    let server = Server::start(Options::main("alarm-clock").idle(50)).await;
+    let (status, _) = server
+        .http("POST", "/parties/main/empty?in_ms=500", "")
+        .await;
+    assert_eq!(status, 202);
+    // The room retires once it has no connections and no instance.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.host.live_rooms() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the room did not retire"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wakes = "dormouse_wakes_total{party=\"main\"}";
+    server.wait_metric(wakes, 2.0).await;
+    wait_body(&server, "/parties/main/empty", "1").await;
+    server.stop().await;
+}
+
+fn retry_options() -> Options {
+    Options {
+        limits: Limits {
+            alarm_retry_ms: 50,
+            awake_rooms: 50,
+            ..Limits::default()
+        },
+        ..Options::main("probe").idle(50)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_on_alarm_is_retried_with_its_retry_count() {
+    let server = Server::start(retry_options()).await;
+    let (status, _) = server
+        .http("POST", "/parties/main/r?op=alarm&in_ms=0&fail=3", "")
+        .await;
+    assert_eq!(status, 202);
+    // Attempts 0, 1 and 2 trap; attempt 3 succeeds and clears the alarm.
+    wait_body(&server, "/parties/main/r?op=alarm-state", "ok=3 at=none").await;
+    let traps = "dormouse_guest_traps_total{party=\"main\",kind=\"trap\"}";
+    assert_eq!(server.metric(traps).await, 3.0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_that_always_traps_is_dropped_after_six_retries() {
+    let server = Server::start(retry_options()).await;
+    let (status, _) = server
+        .http("POST", "/parties/main/r?op=alarm&in_ms=0&fail=100", "")
+        .await;
+    assert_eq!(status, 202);
+    let traps = "dormouse_guest_traps_total{party=\"main\",kind=\"trap\"}";
+    // 50 + 100 + ... + 1600 ms of backoff: the first try and six retries.
+    server.wait_metric(traps, 7.0).await;
+    wait_body(&server, "/parties/main/r?op=alarm-state", "ok=none at=none").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.metric(traps).await, 7.0);
+    assert!(server.host.alarms.is_empty());
+    server.stop().await;
+}
