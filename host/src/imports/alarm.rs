@@ -1,8 +1,7 @@
 //! `dormouse:room/alarm`: the room's one alarm, committed with its storage.
 //!
-//! TODO(issue 3): the scheduler that fires alarms. The time is stored here,
-//! durably and atomically with the hook's writes, so the scheduler only has
-//! to read it.
+//! The time is stored with the hook's other writes; after the commit the room
+//! tells the scheduler (`alarms.rs`), which fires it.
 
 use crate::room_state::RoomState;
 use crate::wit::Error;
