@@ -25,7 +25,14 @@ pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The guests the tests use: the examples and the test guests.
-const GUESTS: [&str; 5] = ["relay", "counter", "chat", "alarm-clock", "probe"];
+const GUESTS: [&str; 6] = [
+    "relay",
+    "counter",
+    "chat",
+    "alarm-clock",
+    "probe",
+    "counter-ten",
+];
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -82,6 +89,7 @@ pub struct Options {
     /// Vars given to every party.
     pub vars: Vec<(&'static str, &'static str)>,
     pub ping_interval_ms: u64,
+    pub admin_token: Option<String>,
 }
 
 impl Options {
@@ -98,6 +106,7 @@ impl Options {
             },
             vars: Vec::new(),
             ping_interval_ms: 30_000,
+            admin_token: None,
         }
     }
 
@@ -143,6 +152,7 @@ impl Server {
             data_dir: options.data_dir.clone(),
             limits: options.limits.clone(),
             ping_interval_ms: options.ping_interval_ms,
+            admin_token: options.admin_token.clone(),
             ..Config::default()
         };
         for (party, g) in &options.parties {
@@ -206,6 +216,25 @@ impl Server {
             .expect("http request")
     }
 
+    /// An admin API request with a bearer token (or none); status and body.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        token: Option<&str>,
+    ) -> (u16, String) {
+        let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        raw_http(self.addr, &request).await.expect("admin request")
+    }
+
     /// The value of one metric line (name with labels, as printed).
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, text) = self.http("GET", "/_dormouse/metrics", "").await;
@@ -238,12 +267,17 @@ pub async fn http(
     path: &str,
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
-    let mut tcp = TcpStream::connect(addr).await?;
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    tcp.write_all(req.as_bytes()).await?;
+    raw_http(addr, req.as_bytes()).await
+}
+
+/// Send raw request bytes; the status and body of the answer.
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> anyhow::Result<(u16, String)> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(request).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
         .await

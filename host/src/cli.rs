@@ -10,10 +10,12 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
+use crate::client::Admin;
 use crate::config::{Config, Limits, PartyConfig};
 use crate::host::Host;
 use crate::instance::{Party, Runtime};
 use crate::project;
+use hyper::Method;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +36,48 @@ enum Command {
     Build {
         /// The room crate (default: the current directory).
         dir: Option<PathBuf>,
+    },
+    /// Upload a room (a crate folder, built first, or a .wasm file) to a running server.
+    Deploy {
+        /// A room crate folder or a .wasm component [default: .].
+        path: Option<PathBuf>,
+        #[arg(long)]
+        party: String,
+        #[arg(long, default_value = "http://127.0.0.1:1999")]
+        server: String,
+    },
+    /// List a server's live rooms: state, connections, last event, storage.
+    Rooms {
+        #[arg(long, default_value = "http://127.0.0.1:1999")]
+        server: String,
+    },
+    /// Stream room logs (guest `log` calls and host events), live.
+    Tail {
+        #[arg(long, default_value = "http://127.0.0.1:1999")]
+        server: String,
+        #[arg(long)]
+        party: Option<String>,
+        #[arg(long)]
+        room: Option<String>,
+    },
+    /// List a server's parties and their versions.
+    Versions {
+        #[arg(long, default_value = "http://127.0.0.1:1999")]
+        server: String,
+    },
+    /// Serve an earlier version of a party again (the previous one by default).
+    Rollback {
+        #[arg(long)]
+        party: String,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long, default_value = "http://127.0.0.1:1999")]
+        server: String,
+    },
+    /// Make a new room crate that builds and deploys as it is.
+    New {
+        /// The crate's name (and folder).
+        name: String,
     },
     /// Build and serve a room crate as party `main` (or a project's
     /// dormouse.toml with `crate = ...` parties), rebuilding on change.
@@ -104,6 +148,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev { dir, server } => {
             dev(dir.unwrap_or_else(|| PathBuf::from(".")), server).await
         }
+        Command::Deploy {
+            path,
+            party,
+            server,
+        } => deploy(path.unwrap_or_else(|| PathBuf::from(".")), &party, &server).await,
+        Command::Rooms { server } => rooms(&server).await,
+        Command::Tail {
+            server,
+            party,
+            room,
+        } => tail(&server, party, room).await,
+        Command::Versions { server } => versions(&server).await,
+        Command::Rollback {
+            party,
+            version,
+            server,
+        } => rollback(&server, &party, version).await,
+        Command::New { name } => {
+            let dir = crate::scaffold::new_room(&name)?;
+            println!(
+                "made {}: build it with `dormouse build {name}`, serve it with `dormouse dev {name}`",
+                dir.display()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -128,12 +197,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     args.server.apply(&mut config);
-    if config.parties.is_empty() {
-        bail!(
-            "no parties to serve: add [parties.NAME] to dormouse.toml or pass --party NAME=FILE.wasm"
-        );
+    if config.admin_token.is_none() {
+        config.admin_token = std::env::var("DORMOUSE_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
     }
     let host = Host::new(config)?;
+    if host.parties()?.is_empty() {
+        info!("no parties yet: `dormouse deploy DIR --party NAME` uploads one");
+    }
     serve_host(host, |_| {}).await
 }
 
@@ -161,6 +233,11 @@ async fn dev(dir: PathBuf, server: ServerArgs) -> anyhow::Result<()> {
         config
     };
     server.apply(&mut config);
+    if config.admin_token.is_none() {
+        config.admin_token = std::env::var("DORMOUSE_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+    }
     let crates: Vec<(String, PathBuf)> = config
         .parties
         .iter()
@@ -218,6 +295,136 @@ async fn watch(party: String, dir: PathBuf, host: Arc<Host>) {
             ),
         }
     }
+}
+
+async fn rooms(server: &str) -> anyhow::Result<()> {
+    let body = Admin::new(server)?
+        .call(Method::GET, "/_dormouse/rooms", Vec::new())
+        .await?;
+    let rooms: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+    println!(
+        "{:<12} {:<24} {:<11} {:>6} {:>10} LAST EVENT",
+        "PARTY", "ROOM", "STATE", "CONNS", "STORAGE"
+    );
+    for r in rooms {
+        let last = r["last_event_ms"].as_u64().unwrap_or(0);
+        let ago = crate::alarms::now_ms().saturating_sub(last);
+        println!(
+            "{:<12} {:<24} {:<11} {:>6} {:>10} {:.1}s ago",
+            r["party"].as_str().unwrap_or(""),
+            r["room"].as_str().unwrap_or(""),
+            r["state"].as_str().unwrap_or(""),
+            r["connections"].as_u64().unwrap_or(0),
+            r["storage_bytes"].as_u64().unwrap_or(0),
+            ago as f64 / 1000.0
+        );
+    }
+    Ok(())
+}
+
+async fn tail(server: &str, party: Option<String>, room: Option<String>) -> anyhow::Result<()> {
+    let encode = |v: &str| {
+        percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let mut path = "/_dormouse/logs?".to_owned();
+    if let Some(p) = party {
+        path += &format!("party={}&", encode(&p));
+    }
+    if let Some(r) = room {
+        path += &format!("room={}&", encode(&r));
+    }
+    eprintln!("dormouse: tailing {server} (Ctrl-C to stop)");
+    Admin::new(server)?
+        .stream(&path, |line| {
+            match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(l) if l.get("message").is_some() => println!(
+                    "{:<5} {}/{} {}",
+                    l["level"].as_str().unwrap_or(""),
+                    l["party"].as_str().unwrap_or(""),
+                    l["room"].as_str().unwrap_or(""),
+                    l["message"].as_str().unwrap_or("")
+                ),
+                _ => println!("{line}"),
+            }
+        })
+        .await
+}
+
+/// The first 12 hex digits of a version's hash.
+fn short(hash: &serde_json::Value) -> &str {
+    let h = hash.as_str().unwrap_or("");
+    &h[..h.len().min(12)]
+}
+
+async fn versions(server: &str) -> anyhow::Result<()> {
+    let body = Admin::new(server)?
+        .call(Method::GET, "/_dormouse/parties", Vec::new())
+        .await?;
+    let parties: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+    for p in parties {
+        let name = p["party"].as_str().unwrap_or("");
+        println!("party {name} ({})", p["source"].as_str().unwrap_or(""));
+        for v in p["versions"].as_array().into_iter().flatten() {
+            let active = if v["version"] == p["active"] {
+                "*"
+            } else {
+                " "
+            };
+            println!(
+                "  {active} v{:<4} {} {:>9} bytes  by {}",
+                v["version"].as_u64().unwrap_or(0),
+                short(&v["hash"]),
+                v["size"].as_u64().unwrap_or(0),
+                v["token"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn rollback(server: &str, party: &str, version: Option<u32>) -> anyhow::Result<()> {
+    let path = match version {
+        Some(v) => format!("/_dormouse/parties/{party}/rollback?version={v}"),
+        None => format!("/_dormouse/parties/{party}/rollback"),
+    };
+    let body = Admin::new(server)?
+        .call(Method::POST, &path, Vec::new())
+        .await?;
+    let d: serde_json::Value = serde_json::from_slice(&body)?;
+    println!(
+        "party {party} is back on version {}; {} live rooms pick it up at their next wake",
+        d["version"], d["rooms"]
+    );
+    Ok(())
+}
+
+/// `dormouse deploy`: build when given a crate, upload, report.
+async fn deploy(path: PathBuf, party: &str, server: &str) -> anyhow::Result<()> {
+    let admin = Admin::new(server)?;
+    let wasm = if path.extension().is_some_and(|e| e == "wasm") {
+        path
+    } else {
+        eprintln!("dormouse: building {}", path.display());
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || project::build(&p)).await??
+    };
+    let bytes = std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+    eprintln!(
+        "dormouse: uploading {} ({} KiB) to {server}; it compiles there",
+        wasm.display(),
+        bytes.len() / 1024
+    );
+    let body = admin
+        .call(Method::PUT, &format!("/_dormouse/parties/{party}"), bytes)
+        .await?;
+    let d: serde_json::Value = serde_json::from_slice(&body)?;
+    println!(
+        "party {party} version {} ({}) is live; {} live rooms pick it up at their next wake, no connection dropped",
+        d["version"],
+        short(&d["hash"]),
+        d["rooms"]
+    );
+    Ok(())
 }
 
 /// Bind, serve until Ctrl-C or SIGTERM, shut down cleanly.

@@ -24,6 +24,10 @@ pub struct Config {
     /// How often the host pings each client; a client silent for two
     /// intervals is taken as gone (half-open TCP) and its room gets on-close.
     pub ping_interval_ms: u64,
+    /// The admin API's bearer token, as `NAME:SECRET` or `SECRET` (named
+    /// `default`); `dormouse serve` takes it from `DORMOUSE_TOKEN`. Without
+    /// one, the admin API answers only on loopback.
+    pub admin_token: Option<String>,
     pub limits: Limits,
     /// Parties by name.
     pub parties: BTreeMap<String, PartyConfig>,
@@ -97,6 +101,7 @@ impl Default for Config {
             idle_timeout_ms: 10_000,
             public: None,
             ping_interval_ms: 30_000,
+            admin_token: None,
             limits: Limits::default(),
             parties: BTreeMap::new(),
         }

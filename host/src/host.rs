@@ -6,7 +6,7 @@
 //! rooms. Lookups hold a std `Mutex` for a map access, never across `.await`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -17,9 +17,11 @@ use tracing::Instrument;
 use crate::alarms::Alarms;
 use crate::config::{Config, Limits};
 use crate::instance::{Party, Runtime};
+use crate::logs::Logs;
 use crate::metrics::Metrics;
 use crate::room::{self, Event};
 use crate::storage::Storage;
+use crate::versions::Versions;
 
 /// A room's key in the registry: (party, room id).
 pub type RoomKey = (Arc<str>, Arc<str>);
@@ -34,6 +36,8 @@ pub struct Host {
     pub storage: Arc<Storage>,
     pub metrics: Arc<Metrics>,
     pub alarms: Alarms,
+    pub versions: Versions,
+    pub logs: Logs,
     /// Cancelled to shut down: the accept loop, the sockets and the rooms stop.
     pub shutdown: CancellationToken,
     /// Every task the host spawned, to wait for them at shutdown.
@@ -46,6 +50,37 @@ pub struct Host {
 struct RoomEntry {
     tx: mpsc::Sender<Event>,
     generation: u64,
+    status: Arc<RoomStatus>,
+}
+
+/// What a room actor publishes about itself, for `dormouse rooms`.
+#[derive(Default)]
+pub struct RoomStatus {
+    pub awake: AtomicBool,
+    pub connections: AtomicU64,
+    pub last_event_ms: AtomicU64,
+}
+
+/// One line of `GET /_dormouse/rooms`.
+#[derive(serde::Serialize)]
+pub struct RoomInfo {
+    pub party: String,
+    pub room: String,
+    pub state: &'static str,
+    pub connections: u64,
+    pub last_event_ms: u64,
+    pub storage_bytes: u64,
+}
+
+/// What a deploy did, for the one who deployed.
+#[derive(serde::Serialize)]
+pub struct Deployed {
+    pub party: String,
+    pub version: u32,
+    pub hash: String,
+    pub size: usize,
+    /// Live rooms of the party: each picks the version up at its next wake.
+    pub rooms: usize,
 }
 
 impl Host {
@@ -69,6 +104,23 @@ impl Host {
             metrics.party(name);
             parties.insert(name.clone(), Arc::new(party));
         }
+        // Versions deployed through the admin API win over the config file.
+        let versions = Versions::open(&config.data_dir)?;
+        for (name, v) in storage.deployed()? {
+            let vars = config
+                .parties
+                .get(&name)
+                .map(|p| p.vars.clone())
+                .unwrap_or_default();
+            let party = versions.load(&runtime, &metrics, &name, &v.hash, vars)?;
+            metrics.party(&name);
+            tracing::info!(
+                party = name,
+                version = v.version,
+                "serving the deployed version"
+            );
+            parties.insert(name, Arc::new(party));
+        }
         let alarms = Alarms::default();
         for (party, room, at) in storage.alarms()? {
             alarms.set((party.into(), room.into()), at, 0);
@@ -80,6 +132,8 @@ impl Host {
             storage,
             metrics,
             alarms,
+            versions,
+            logs: Logs::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             parties: Mutex::new(parties),
@@ -96,18 +150,17 @@ impl Host {
     /// Serve a new version of a party. Awake rooms of the party finish their
     /// current event and hibernate; their next wake runs the new version.
     /// No connection is touched.
-    pub async fn deploy(&self, party: Party) {
+    /// Returns how many live rooms will pick it up.
+    pub async fn deploy(&self, party: Party) -> usize {
         let name = party.name.clone();
         self.metrics.party(&name);
         lock(&self.parties).insert(name.clone(), Arc::new(party));
-        let rooms: Vec<mpsc::Sender<Event>> = lock(&self.rooms)
-            .iter()
-            .filter(|((p, _), _)| **p == *name)
-            .map(|(_, e)| e.tx.clone())
-            .collect();
+        let rooms = self.rooms_of(&name);
+        let n = rooms.len();
         for tx in rooms {
             let _ = tx.send(Event::Hibernate).await;
         }
+        n
     }
 
     /// A fresh serial number, to tell connections with the same id apart.
@@ -143,6 +196,151 @@ impl Host {
         }
     }
 
+    /// Validate, store and serve an uploaded component as the party's next
+    /// version. A refusal changes nothing: the old version keeps serving.
+    pub async fn upload(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: Vec<u8>,
+        token: &str,
+    ) -> anyhow::Result<Deployed> {
+        if !crate::route::valid_party_name(name) {
+            anyhow::bail!("party names match ^[a-z0-9_-]{{1,64}}$");
+        }
+        let vars = self
+            .config
+            .parties
+            .get(name)
+            .map(|p| p.vars.clone())
+            .unwrap_or_default();
+        let host = self.clone();
+        let (name_, token_) = (name.to_owned(), token.to_owned());
+        // Compiling takes a while: keep it off the event loop.
+        let (party, version, hash) = tokio::task::spawn_blocking(move || {
+            let party = Party::load(&host.runtime, &name_, &bytes, vars)?;
+            let hash = crate::versions::hash(&bytes);
+            host.versions.save(&host.runtime, &hash, &bytes, &party)?;
+            let version = host
+                .storage
+                .add_version(&name_, &hash, bytes.len(), &token_)?;
+            anyhow::Ok((party, version, hash))
+        })
+        .await??;
+        let size = party.size;
+        let rooms = self.deploy(party).await;
+        Ok(Deployed {
+            party: name.to_owned(),
+            version,
+            hash,
+            size,
+            rooms,
+        })
+    }
+
+    /// Serve an earlier version again (the one before the active one by default).
+    pub async fn rollback(
+        self: &Arc<Self>,
+        name: &str,
+        to: Option<u32>,
+    ) -> anyhow::Result<Deployed> {
+        let (versions, active) = self.storage.versions(name)?;
+        let target = match to {
+            Some(v) => versions.iter().find(|x| x.version == v),
+            None => versions.iter().rev().find(|x| Some(x.version) < active),
+        };
+        let Some(target) = target.cloned() else {
+            anyhow::bail!("party {name} has no such earlier version");
+        };
+        let vars = self
+            .config
+            .parties
+            .get(name)
+            .map(|p| p.vars.clone())
+            .unwrap_or_default();
+        let host = self.clone();
+        let (name_, hash) = (name.to_owned(), target.hash.clone());
+        let party = tokio::task::spawn_blocking(move || {
+            host.versions
+                .load(&host.runtime, &host.metrics, &name_, &hash, vars)
+        })
+        .await??;
+        self.storage.activate(name, target.version)?;
+        let rooms = self.deploy(party).await;
+        Ok(Deployed {
+            party: name.to_owned(),
+            version: target.version,
+            hash: target.hash,
+            size: target.size,
+            rooms,
+        })
+    }
+
+    /// Stop serving a party: its rooms close their connections (1001) and
+    /// its versions and storage are deleted.
+    pub async fn delete_party(&self, name: &str) -> anyhow::Result<()> {
+        if lock(&self.parties).remove(name).is_none() {
+            anyhow::bail!("no party named {name:?} is deployed");
+        }
+        for tx in self.rooms_of(name) {
+            let _ = tx.send(Event::Evict).await;
+        }
+        self.storage.delete_party(name)?;
+        Ok(())
+    }
+
+    fn rooms_of(&self, party: &str) -> Vec<mpsc::Sender<Event>> {
+        lock(&self.rooms)
+            .iter()
+            .filter(|((p, _), _)| **p == *party)
+            .map(|(_, e)| e.tx.clone())
+            .collect()
+    }
+
+    /// The live rooms and their state.
+    pub fn rooms(&self) -> Vec<RoomInfo> {
+        let live: Vec<(RoomKey, Arc<RoomStatus>)> = lock(&self.rooms)
+            .iter()
+            .map(|(k, e)| (k.clone(), e.status.clone()))
+            .collect();
+        let mut out: Vec<RoomInfo> = live
+            .into_iter()
+            .map(|((party, room), s)| RoomInfo {
+                storage_bytes: self.storage.room_size(&party, &room).unwrap_or(0),
+                party: party.to_string(),
+                room: room.to_string(),
+                state: if s.awake.load(Relaxed) {
+                    "awake"
+                } else {
+                    "hibernated"
+                },
+                connections: s.connections.load(Relaxed),
+                last_event_ms: s.last_event_ms.load(Relaxed),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.party, &a.room).cmp(&(&b.party, &b.room)));
+        out
+    }
+
+    /// Deployed and configured parties with their versions.
+    pub fn parties(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut names: Vec<String> = lock(&self.parties).keys().cloned().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| {
+                let (versions, active) = self.storage.versions(&name)?;
+                let size = self.party(&name).map_or(0, |p| p.size);
+                Ok(serde_json::json!({
+                    "party": name,
+                    "active": active,
+                    "size": size,
+                    "source": if active.is_some() { "deployed" } else { "config" },
+                    "versions": versions,
+                }))
+            })
+            .collect()
+    }
+
     fn room(self: &Arc<Self>, key: &RoomKey) -> (mpsc::Sender<Event>, u64) {
         let mut rooms = lock(&self.rooms);
         if let Some(e) = rooms.get(key) {
@@ -150,14 +348,16 @@ impl Host {
         }
         let (tx, rx) = mpsc::channel(ROOM_QUEUE);
         let generation = self.next_serial();
+        let status = Arc::new(RoomStatus::default());
         rooms.insert(
             key.clone(),
             RoomEntry {
                 tx: tx.clone(),
                 generation,
+                status: status.clone(),
             },
         );
-        let actor = room::Room::new(self.clone(), key.clone(), generation, rx);
+        let actor = room::Room::new(self.clone(), key.clone(), generation, rx, status);
         // Every log line of the room (hook failures, guest logs) carries this span.
         let span = tracing::info_span!("room", party = %key.0, room = %key.1);
         self.tasks.spawn(actor.serve().instrument(span));

@@ -90,6 +90,10 @@ impl Runtime {
         }))
     }
 
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Ticks of budget for one hook call.
     fn hook_ticks(&self) -> u64 {
         (self.limits.hook_cpu_ms / TICK.as_millis() as u64).max(1)
@@ -99,6 +103,8 @@ impl Runtime {
 /// One version of a party: compiled, linked, checked against the world.
 pub struct Party {
     pub name: String,
+    /// Kept to write its precompiled form to the version cache.
+    pub component: Component,
     pre: wit::RoomPre<InstanceState>,
     pub vars: Arc<BTreeMap<String, String>>,
     /// Size of the component, bytes.
@@ -125,6 +131,18 @@ impl Party {
         }
         let component = Component::new(&runtime.engine, bytes)
             .why(|| format!("party {name}: the component does not compile"))?;
+        Party::from_component(runtime, name, component, vars, bytes.len())
+    }
+
+    /// Link a compiled component (fresh, or from the precompiled cache) and
+    /// check it against the world.
+    pub fn from_component(
+        runtime: &Runtime,
+        name: &str,
+        component: Component,
+        vars: BTreeMap<String, String>,
+        size: usize,
+    ) -> anyhow::Result<Party> {
         let pre = runtime.linker.instantiate_pre(&component).why(|| {
             format!("party {name}: the component imports something the host does not give")
         })?;
@@ -136,9 +154,10 @@ impl Party {
             .why(|| format!("party {name}: cannot prepare the memory image"))?;
         Ok(Party {
             name: name.to_owned(),
+            component,
             pre,
             vars: Arc::new(vars),
-            size: bytes.len(),
+            size,
         })
     }
 }

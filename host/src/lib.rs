@@ -9,6 +9,8 @@
 //! | --- | --- |
 //! | [`cli`] | the command line (`serve`, `build`, `dev`); `main.rs` only calls it |
 //! | [`server`] | accept loop, routing, WebSocket upgrade, on-request, health, metrics, static files |
+//! | `admin` | the admin API under `/_dormouse/`: deploy, versions, rollback, rooms, logs |
+//! | [`client`] | the CLI's side of the admin API |
 //! | [`route`] | URL parsing: party, room, `_pk` |
 //! | [`socket`] | one task per WebSocket: frames in, outbound queue out |
 //! | [`host`] | parties and the registry of room actors; shutdown |
@@ -17,9 +19,12 @@
 //! | [`instance`] | engine, compiled parties, an instance with its deadline and memory cap |
 //! | [`wit`] | the one `bindgen!` site |
 //! | `imports` | the WIT imports, one file per interface, implemented on `RoomState` |
-//! | [`storage`] | SQLite: per-hook batches, group commit, alarms |
+//! | [`storage`] | SQLite: per-hook batches, group commit, alarms, version metadata |
+//! | [`versions`] | deployed components and their precompiled forms on disk |
+//! | [`logs`] | room log lines for `dormouse tail` |
 //! | [`alarms`] | the one scheduler that fires every room's alarm |
 //! | [`project`] | building room crates to components |
+//! | [`scaffold`] | `dormouse new`: a room crate that builds as it is |
 //! | [`config`], [`metrics`] | `dormouse.toml` and limits; Prometheus names |
 //!
 //! Run a server in-process the way `main` does:
@@ -32,18 +37,23 @@
 //! # }
 //! ```
 
+mod admin;
 pub mod alarms;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod host;
 mod imports;
 pub mod instance;
+pub mod logs;
 pub mod metrics;
 pub mod project;
 pub mod room;
 pub mod room_state;
 pub mod route;
+pub mod scaffold;
 pub mod server;
 pub mod socket;
 pub mod storage;
+pub mod versions;
 pub mod wit;

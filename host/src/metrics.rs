@@ -36,6 +36,8 @@ pub struct Metrics {
     pub messages_in: AtomicU64,
     pub messages_out: AtomicU64,
     pub storage_commits: AtomicU64,
+    pub component_cache_hits: AtomicU64,
+    pub component_cache_misses: AtomicU64,
     pub wake_seconds: Histogram,
     pub hook_seconds: [Histogram; HOOKS.len()],
 }
@@ -128,6 +130,23 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE dormouse_storage_commits_total counter");
         let commits = self.storage_commits.load(Relaxed);
         let _ = writeln!(out, "dormouse_storage_commits_total {commits}");
+        let _ = writeln!(
+            out,
+            "# HELP dormouse_component_cache_total Deployed versions loaded at start: precompiled (hit) or compiled (miss)."
+        );
+        let _ = writeln!(out, "# TYPE dormouse_component_cache_total counter");
+        let (hit, miss) = (
+            self.component_cache_hits.load(Relaxed),
+            self.component_cache_misses.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "dormouse_component_cache_total{{result=\"hit\"}} {hit}"
+        );
+        let _ = writeln!(
+            out,
+            "dormouse_component_cache_total{{result=\"miss\"}} {miss}"
+        );
         let _ = writeln!(
             out,
             "# HELP dormouse_wake_seconds Time to wake a room: instantiate and on-start."

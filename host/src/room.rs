@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{Instrument, error, warn};
 
 use crate::alarms::{MAX_RETRIES, now_ms};
-use crate::host::{Host, RoomKey};
+use crate::host::{Host, RoomKey, RoomStatus};
 use crate::instance::{Call, Failure, Instance, Reply};
 use crate::metrics::HOOKS;
 use crate::room_state::{AutoResponse, Connection, Outbound, RoomState};
@@ -63,6 +63,8 @@ pub enum Event {
     },
     /// Drop the instance after the current event (a new version was deployed).
     Hibernate,
+    /// The party was deleted: close every connection (1001) and hibernate.
+    Evict,
 }
 
 /// Which socket an event comes from: the id, and the serial that tells it
@@ -93,11 +95,18 @@ pub struct Room {
     key: RoomKey,
     generation: u64,
     rx: mpsc::Receiver<Event>,
+    status: Arc<RoomStatus>,
     life: Life,
 }
 
 impl Room {
-    pub fn new(host: Arc<Host>, key: RoomKey, generation: u64, rx: mpsc::Receiver<Event>) -> Room {
+    pub fn new(
+        host: Arc<Host>,
+        key: RoomKey,
+        generation: u64,
+        rx: mpsc::Receiver<Event>,
+        status: Arc<RoomStatus>,
+    ) -> Room {
         let party_metrics = host.metrics.party(&key.0);
         party_metrics.rooms_hibernated.fetch_add(1, Relaxed);
         let state = RoomState {
@@ -119,6 +128,7 @@ impl Room {
             key,
             generation,
             rx,
+            status,
             life: Life::Hibernated(state),
         }
     }
@@ -152,6 +162,9 @@ impl Room {
                     if idle.is_zero() {
                         self.hibernate();
                     }
+                    let connections = self.state().connections.len() as u64;
+                    self.status.connections.store(connections, Relaxed);
+                    self.status.last_event_ms.store(now_ms(), Relaxed);
                     idle_until = self.awake().then(|| tokio::time::Instant::now() + idle);
                 }
                 () = sleep => {
@@ -204,6 +217,10 @@ impl Room {
             unreachable!("checked awake above")
         };
         let state = instance.into_state();
+        self.status.awake.store(false, Relaxed);
+        self.host
+            .logs
+            .emit(&self.key.0, &self.key.1, "host", "hibernated");
         state.party_metrics.rooms_awake.fetch_sub(1, Relaxed);
         state.party_metrics.rooms_hibernated.fetch_add(1, Relaxed);
         self.life = Life::Hibernated(state);
@@ -226,6 +243,8 @@ impl Room {
             } => {
                 if self.current(&conn) {
                     self.state().remove(&conn.id);
+                    let line = format!("connection {} closed: {code} {reason}", conn.id);
+                    self.host.logs.emit(&self.key.0, &self.key.1, "host", line);
                     let call = Call::Close(conn.id.to_string(), code, reason, was_clean);
                     let _ = self.hook(call).await;
                 }
@@ -252,6 +271,12 @@ impl Room {
             }
             Event::Alarm { retry } => self.alarm(retry).await,
             Event::Hibernate => self.hibernate(),
+            Event::Evict => {
+                self.hibernate();
+                for c in self.state().connections.values() {
+                    c.outbound.close(1001, "party deleted");
+                }
+            }
         }
     }
 
@@ -293,6 +318,11 @@ impl Room {
         if verdict.is_err() {
             self.state().remove(&id);
         }
+        let line = match &verdict {
+            Ok(()) => format!("connection {id} opened"),
+            Err(r) => format!("connection {id} refused with {}", r.status),
+        };
+        self.host.logs.emit(&self.key.0, &self.key.1, "host", line);
         let auto = self.state().auto_response.clone();
         let _ = c.reply.send(verdict.map(|()| auto));
     }
@@ -322,6 +352,7 @@ impl Room {
                 m.rooms_hibernated.fetch_sub(1, Relaxed);
                 m.rooms_awake.fetch_add(1, Relaxed);
                 m.wakes.fetch_add(1, Relaxed);
+                self.status.awake.store(true, Relaxed);
                 self.life = Life::Awake(instance);
             }
             Err((state, failure)) => {
@@ -331,7 +362,10 @@ impl Room {
             }
         }
         self.run(Call::Start).await?;
-        self.host.metrics.wake_seconds.observe(started.elapsed());
+        let took = started.elapsed();
+        self.host.metrics.wake_seconds.observe(took);
+        let line = format!("woke in {} us", took.as_micros());
+        self.host.logs.emit(&self.key.0, &self.key.1, "host", line);
         Ok(())
     }
 
@@ -444,6 +478,8 @@ impl Room {
             "guest failed; instance dropped, connections kept"
         );
         self.state().party_metrics.trap(kind);
+        let line = format!("{hook} failed ({kind}): {error:#}; instance dropped");
+        self.host.logs.emit(&self.key.0, &self.key.1, "error", line);
     }
 }
 

@@ -21,6 +21,8 @@ pub enum Route {
     Health,
     /// `/_dormouse/metrics`.
     Metrics,
+    /// Any other `/_dormouse/...` path: the admin API.
+    Admin,
     /// Any other path: a static file, if the host serves a public folder.
     Static,
 }
@@ -41,8 +43,6 @@ pub enum RouteError {
     BadRoom,
     #[error("the path names no room: use /parties/:party/:room")]
     MissingRoom,
-    #[error("no such host endpoint under /_dormouse/")]
-    UnknownEndpoint,
     #[error("_pk must be 1 to 256 bytes of UTF-8")]
     BadConnectionId,
 }
@@ -63,7 +63,7 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
         Some("_dormouse") => match (segments.next(), segments.next()) {
             (Some("health"), None) => Ok(Route::Health),
             (Some("metrics"), None) => Ok(Route::Metrics),
-            _ => Err(RouteError::UnknownEndpoint),
+            _ => Ok(Route::Admin),
         },
         _ => Ok(Route::Static),
     }
@@ -161,7 +161,7 @@ mod tests {
     fn host_endpoints() {
         assert_eq!(parse("/_dormouse/health"), Ok(Route::Health));
         assert_eq!(parse("/_dormouse/metrics"), Ok(Route::Metrics));
-        assert_eq!(parse("/_dormouse/nope"), Err(RouteError::UnknownEndpoint));
+        assert_eq!(parse("/_dormouse/parties"), Ok(Route::Admin));
         assert_eq!(parse("/"), Ok(Route::Static));
         assert_eq!(parse("/index.html"), Ok(Route::Static));
     }

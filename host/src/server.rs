@@ -3,10 +3,12 @@
 //! and the tests both drive.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -28,7 +30,12 @@ use crate::route::{self, RoomPath, Route, RouteError};
 use crate::socket::Socket;
 use crate::wit;
 
-type Body = Full<Bytes>;
+/// Response bodies: whole (most) or streamed (`/_dormouse/logs`).
+pub type Body = BoxBody<Bytes, Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
 
 /// How long a client may take to send its request headers (slowloris).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,15 +48,20 @@ pub async fn run(listener: TcpListener, host: Arc<Host>) -> anyhow::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "dormouse listening");
     }
+    if host.config.admin_token.is_none() {
+        info!(
+            "no DORMOUSE_TOKEN: the admin API (/_dormouse/parties, rooms, logs) answers only on loopback"
+        );
+    }
     host.tasks.spawn(crate::alarms::run(host.clone()));
     loop {
         tokio::select! {
             () = host.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => {
+                Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
                     let h = host.clone();
-                    host.tasks.spawn(serve_connection(tcp, h));
+                    host.tasks.spawn(serve_connection(tcp, peer, h));
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: back off, keep serving.
@@ -71,12 +83,12 @@ pub async fn run(listener: TcpListener, host: Arc<Host>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve_connection(tcp: tokio::net::TcpStream, host: Arc<Host>) {
+async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, host: Arc<Host>) {
     let io = TokioIo::new(tcp);
     let h = host.clone();
     let service = service_fn(move |req| {
         let h = h.clone();
-        async move { Ok::<_, Infallible>(handle(req, h).await) }
+        async move { Ok::<_, Infallible>(handle(req, h, peer).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -98,11 +110,11 @@ async fn serve_connection(tcp: tokio::net::TcpStream, host: Arc<Host>) {
     }
 }
 
-async fn handle(req: Request<Incoming>, host: Arc<Host>) -> Response<Body> {
+async fn handle(req: Request<Incoming>, host: Arc<Host>, peer: SocketAddr) -> Response<Body> {
     match route::parse(req.uri().path()) {
         Err(e) => {
             let status = match e {
-                RouteError::MissingRoom | RouteError::UnknownEndpoint => StatusCode::NOT_FOUND,
+                RouteError::MissingRoom => StatusCode::NOT_FOUND,
                 _ => StatusCode::BAD_REQUEST,
             };
             text(status, e.to_string())
@@ -116,6 +128,7 @@ async fn handle(req: Request<Incoming>, host: Arc<Host>) -> Response<Body> {
             );
             r
         }
+        Ok(Route::Admin) => crate::admin::handle(req, host, peer).await,
         Ok(Route::Static) => static_file(&host, req.uri().path()).await,
         Ok(Route::Room(path)) => {
             if host.party(&path.party).is_none() {
@@ -262,7 +275,7 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
     host.tasks.spawn(task.instrument(span));
 
     let accept = derive_accept_key(ws_key.as_bytes());
-    let mut r = Response::new(Body::default());
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -321,7 +334,7 @@ fn response(r: wit::Response) -> Response<Body> {
             format!("the room answered with an invalid status {}", r.status),
         );
     };
-    let mut out = Response::new(Body::new(Bytes::from(r.body)));
+    let mut out = Response::new(full(r.body));
     *out.status_mut() = status;
     for (name, value) in r.headers {
         match (
@@ -337,12 +350,23 @@ fn response(r: wit::Response) -> Response<Body> {
     out
 }
 
-fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut r = Response::new(Body::new(Bytes::from(body + "\n")));
+pub(crate) fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(full(body + "\n"));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     r
 }
@@ -374,7 +398,7 @@ async fn static_file(host: &Host, path: &str) -> Response<Body> {
     }
     match tokio::fs::read(&file).await {
         Ok(bytes) => {
-            let mut r = Response::new(Body::new(Bytes::from(bytes)));
+            let mut r = Response::new(full(bytes));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(content_type(&file)),

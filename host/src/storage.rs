@@ -24,6 +24,7 @@ use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+use crate::alarms::now_ms;
 use crate::metrics::Metrics;
 
 /// Storage failed; the text is for the guest and the log.
@@ -58,6 +59,18 @@ impl Batch {
     pub fn alarm_change(&self) -> Option<Option<u64>> {
         self.alarm
     }
+}
+
+/// One deployed version of a party.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Version {
+    pub version: u32,
+    /// SHA-256 of the component, hex.
+    pub hash: String,
+    pub size: usize,
+    pub created_ms: u64,
+    /// The name of the admin token that deployed it.
+    pub token: String,
 }
 
 /// Which keys a `list` returns.
@@ -103,7 +116,13 @@ impl Storage {
                  PRIMARY KEY (party, room, key));
              CREATE TABLE IF NOT EXISTS alarms (
                  party TEXT NOT NULL, room TEXT NOT NULL, at_ms INTEGER NOT NULL,
-                 PRIMARY KEY (party, room));",
+                 PRIMARY KEY (party, room));
+             CREATE TABLE IF NOT EXISTS versions (
+                 party TEXT NOT NULL, version INTEGER NOT NULL, hash TEXT NOT NULL,
+                 size INTEGER NOT NULL, created_ms INTEGER NOT NULL, token TEXT NOT NULL,
+                 PRIMARY KEY (party, version));
+             CREATE TABLE IF NOT EXISTS parties (
+                 party TEXT PRIMARY KEY, version INTEGER NOT NULL);",
         )
         .with_context(|| format!("cannot set up storage {}", path.display()))?;
         let (tx, rx) = mpsc::channel();
@@ -156,9 +175,131 @@ impl Storage {
         })
     }
 
+    /// Record a new version of a party and make it the active one; its number.
+    pub fn add_version(
+        &self,
+        party: &str,
+        hash: &str,
+        size: usize,
+        token: &str,
+    ) -> Result<u32, StorageError> {
+        self.read(|c| {
+            let tx = c.unchecked_transaction()?;
+            let version: u32 = tx.query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE party = ?1",
+                params![party],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO versions (party, version, hash, size, created_ms, token)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![party, version, hash, size as i64, now_ms() as i64, token],
+            )?;
+            tx.execute(
+                "INSERT INTO parties (party, version) VALUES (?1, ?2)
+                 ON CONFLICT (party) DO UPDATE SET version = excluded.version",
+                params![party, version],
+            )?;
+            tx.commit()?;
+            Ok(version)
+        })
+    }
+
+    /// Make an earlier version of a party the active one.
+    pub fn activate(&self, party: &str, version: u32) -> Result<(), StorageError> {
+        self.read(|c| {
+            c.execute(
+                "UPDATE parties SET version = ?2 WHERE party = ?1",
+                params![party, version],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Forget a deployed party: its versions and its rooms' data and alarms.
+    pub fn delete_party(&self, party: &str) -> Result<(), StorageError> {
+        self.read(|c| {
+            let tx = c.unchecked_transaction()?;
+            for table in ["parties", "versions", "kv", "alarms"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE party = ?1"),
+                    params![party],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    /// Every version of a party, oldest first, and which one is active.
+    pub fn versions(&self, party: &str) -> Result<(Vec<Version>, Option<u32>), StorageError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT version, hash, size, created_ms, token FROM versions
+                 WHERE party = ?1 ORDER BY version",
+            )?;
+            let versions = stmt
+                .query_map(params![party], |r| {
+                    Ok(Version {
+                        version: r.get(0)?,
+                        hash: r.get(1)?,
+                        size: r.get::<_, i64>(2)? as usize,
+                        created_ms: r.get::<_, i64>(3)? as u64,
+                        token: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let active = c
+                .query_row(
+                    "SELECT version FROM parties WHERE party = ?1",
+                    params![party],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok((versions, active))
+        })
+    }
+
+    /// Deployed parties with their active version.
+    pub fn deployed(&self) -> Result<Vec<(String, Version)>, StorageError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT p.party, v.version, v.hash, v.size, v.created_ms, v.token
+                 FROM parties p JOIN versions v ON v.party = p.party AND v.version = p.version
+                 ORDER BY p.party",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    Version {
+                        version: r.get(1)?,
+                        hash: r.get(2)?,
+                        size: r.get::<_, i64>(3)? as usize,
+                        created_ms: r.get::<_, i64>(4)? as u64,
+                        token: r.get(5)?,
+                    },
+                ))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Bytes a room keeps in storage (keys and values).
+    pub fn room_size(&self, party: &str, room: &str) -> Result<u64, StorageError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT COALESCE(SUM(length(key) + length(value)), 0) FROM kv
+                 WHERE party = ?1 AND room = ?2",
+                params![party, room],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+        })
+    }
+
     /// Run `f` on a reader connection. Reads are local page-cache hits in the
     /// common case, so they run inline on the room's task, as Durable Objects'
-    /// synchronous storage reads do.
+    /// synchronous storage reads do. The admin's rare metadata writes use it
+    /// too (SQLite serializes them with the writer thread's commits).
     fn read<R>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R>,

@@ -4,6 +4,7 @@
 
 mod alarms;
 mod counter;
+mod deploy;
 mod guests;
 mod hibernation;
 mod http;

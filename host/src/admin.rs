@@ -1,0 +1,181 @@
+//! The admin API under `/_dormouse/`: deploy, list and roll back versions,
+//! delete a party, list rooms, stream room logs.
+//!
+//! Every request carries `Authorization: Bearer TOKEN`, compared in constant
+//! time with the configured token. With no token configured, the API answers
+//! only to loopback clients (the server says so in its log at start).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::host::Host;
+use crate::server::{Body, json, text};
+
+/// The largest component an upload may carry.
+const MAX_UPLOAD: usize = 64 << 20;
+
+pub async fn handle(req: Request<Incoming>, host: Arc<Host>, peer: SocketAddr) -> Response<Body> {
+    let token = match authorize(&req, &host, peer) {
+        Ok(name) => name,
+        Err(r) => return *r,
+    };
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let segments: Vec<&str> = path.split('/').skip(2).collect();
+    match (req.method().clone(), segments.as_slice()) {
+        (Method::GET, ["parties"]) => match host.parties() {
+            Ok(list) => json(StatusCode::OK, &list),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        },
+        (Method::PUT | Method::POST, ["parties", name]) => {
+            let name = (*name).to_owned();
+            let body = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
+                Ok(b) => b.to_bytes().to_vec(),
+                Err(_) => {
+                    let msg = format!("uploads are limited to {MAX_UPLOAD} bytes");
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, msg);
+                }
+            };
+            match host.upload(&name, body, &token).await {
+                Ok(d) => json(StatusCode::OK, &d),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e:#}")),
+            }
+        }
+        (Method::POST, ["parties", name, "rollback"]) => {
+            let to = param(&query, "version").and_then(|v| v.parse().ok());
+            match host.rollback(name, to).await {
+                Ok(d) => json(StatusCode::OK, &d),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e:#}")),
+            }
+        }
+        (Method::DELETE, ["parties", name]) => match host.delete_party(name).await {
+            Ok(()) => text(StatusCode::OK, format!("party {name} deleted")),
+            Err(e) => text(StatusCode::NOT_FOUND, format!("{e:#}")),
+        },
+        (Method::GET, ["rooms"]) => json(StatusCode::OK, &host.rooms()),
+        (Method::GET, ["logs"]) => logs(&host, &query),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "no such admin endpoint: see /_dormouse/{parties,rooms,logs}".into(),
+        ),
+    }
+}
+
+/// The token's name, or the refusal.
+fn authorize(
+    req: &Request<Incoming>,
+    host: &Host,
+    peer: SocketAddr,
+) -> Result<String, Box<Response<Body>>> {
+    let Some(expected) = &host.config.admin_token else {
+        if peer.ip().is_loopback() {
+            return Ok("local".into());
+        }
+        return Err(Box::new(text(
+            StatusCode::FORBIDDEN,
+            "the admin API has no token configured, so it answers only on loopback".into(),
+        )));
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "a valid DORMOUSE_TOKEN is needed (Authorization: Bearer TOKEN)".into(),
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Err(Box::new(r));
+    }
+    Ok(token_name(expected).to_owned())
+}
+
+/// `NAME:SECRET` is named NAME; a bare secret is `default`.
+pub fn token_name(token: &str) -> &str {
+    token.split_once(':').map_or("default", |(name, _)| name)
+}
+
+/// Equal bytes, in time that depends only on the lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+/// Stream log lines (JSON, one per line) for the rooms the query selects.
+fn logs(host: &Host, query: &str) -> Response<Body> {
+    let decode = |v: &str| {
+        percent_encoding::percent_decode_str(v)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let party = param(query, "party").map(decode);
+    let room = param(query, "room").map(decode);
+    let rx = host.logs.subscribe();
+    let shutdown = host.shutdown.clone();
+    let stream = futures_util::stream::unfold(rx, move |mut rx| {
+        let (party, room, shutdown) = (party.clone(), room.clone(), shutdown.clone());
+        async move {
+            loop {
+                let line = tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    line = rx.recv() => line,
+                };
+                let text = match line {
+                    Ok(l) => {
+                        if party.as_deref().is_some_and(|p| p != &*l.party)
+                            || room.as_deref().is_some_and(|r| r != &*l.room)
+                        {
+                            continue;
+                        }
+                        serde_json::to_string(&*l).unwrap_or_default()
+                    }
+                    Err(RecvError::Lagged(n)) => format!("{{\"missed\":{n}}}"),
+                    Err(RecvError::Closed) => return None,
+                };
+                let frame = Frame::data(Bytes::from(text + "\n"));
+                return Some((Ok::<_, std::convert::Infallible>(frame), rx));
+            }
+        }
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert_eq!(token_name("ci:s3cret"), "ci");
+        assert_eq!(token_name("s3cret"), "default");
+        assert_eq!(param("a=1&version=3", "version"), Some("3"));
+    }
+}

@@ -1,0 +1,128 @@
+//! Deployed versions on disk: each component, and its precompiled form for
+//! this engine, under `DATA/versions/`. The metadata (which versions, which
+//! is active) lives in storage.
+//!
+//! A restart loads the precompiled form, so it compiles nothing; when the
+//! engine changed (a new Dormouse build or other settings), the form is
+//! rebuilt from the component once.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use crate::instance::{Party, Runtime};
+use crate::metrics::Metrics;
+
+pub struct Versions {
+    dir: PathBuf,
+}
+
+/// The SHA-256 of a component, hex: its name on disk and in listings.
+pub fn hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Versions {
+    pub fn open(data_dir: &Path) -> anyhow::Result<Versions> {
+        let dir = data_dir.join("versions");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Versions { dir })
+    }
+
+    fn wasm(&self, hash: &str) -> PathBuf {
+        self.dir.join(format!("{hash}.wasm"))
+    }
+
+    /// The precompiled form's file: the engine's compatibility hash is in
+    /// the name, so an engine never picks up another engine's code.
+    fn cwasm(&self, runtime: &Runtime, hash: &str) -> PathBuf {
+        let mut h = std::hash::DefaultHasher::new();
+        runtime
+            .engine()
+            .precompile_compatibility_hash()
+            .hash(&mut h);
+        self.dir.join(format!("{hash}-{:016x}.cwasm", h.finish()))
+    }
+
+    /// Keep a validated component and its precompiled form.
+    pub fn save(
+        &self,
+        runtime: &Runtime,
+        hash: &str,
+        bytes: &[u8],
+        party: &Party,
+    ) -> anyhow::Result<()> {
+        write_atomic(&self.wasm(hash), bytes)?;
+        let compiled = party
+            .component
+            .serialize()
+            .map_err(anyhow::Error::from)
+            .context("cannot serialize the compiled component")?;
+        write_atomic(&self.cwasm(runtime, hash), &compiled)
+    }
+
+    /// Load a stored version: from its precompiled form when there is one for
+    /// this engine (a cache hit), else compiled from the component and cached.
+    pub fn load(
+        &self,
+        runtime: &Runtime,
+        metrics: &Metrics,
+        name: &str,
+        hash: &str,
+        vars: BTreeMap<String, String>,
+    ) -> anyhow::Result<Party> {
+        let size = std::fs::metadata(self.wasm(hash)).map_or(0, |m| m.len() as usize);
+        let cwasm = self.cwasm(runtime, hash);
+        if cwasm.is_file() {
+            match deserialize(runtime, &cwasm) {
+                Ok(component) => {
+                    metrics.component_cache_hits.fetch_add(1, Relaxed);
+                    tracing::info!(
+                        party = name,
+                        hash,
+                        "loaded the precompiled component (cache hit)"
+                    );
+                    return Party::from_component(runtime, name, component, vars, size);
+                }
+                Err(e) => tracing::warn!(
+                    party = name,
+                    "precompiled form unusable, recompiling: {e:#}"
+                ),
+            }
+        }
+        metrics.component_cache_misses.fetch_add(1, Relaxed);
+        let bytes = std::fs::read(self.wasm(hash)).with_context(|| {
+            format!("party {name}: version {hash} is missing from the data dir")
+        })?;
+        let party = Party::load(runtime, name, &bytes, vars)?;
+        self.save(runtime, hash, &bytes, &party)?;
+        tracing::info!(party = name, hash, "compiled the component (cache miss)");
+        Ok(party)
+    }
+}
+
+/// Load a precompiled component written by [`Versions::save`].
+#[allow(unsafe_code)]
+fn deserialize(runtime: &Runtime, path: &Path) -> anyhow::Result<Component> {
+    // SAFETY: wasmtime runs precompiled code as it is, so it must come from
+    // a trusted compiler. This file was written by this host's own engine
+    // into its own data dir (never uploaded), and its name carries the
+    // engine's compatibility hash; wasmtime checks compatibility again.
+    unsafe { Component::deserialize_file(runtime.engine(), path) }.map_err(anyhow::Error::from)
+}
+
+/// Write a file so a crash never leaves half of it.
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
