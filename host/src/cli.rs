@@ -268,12 +268,7 @@ async fn watch(party: String, dir: PathBuf, host: Arc<Host>) {
         info!(party, "change seen; rebuilding {}", dir.display());
         let d = dir.clone();
         let built = tokio::task::spawn_blocking(move || project::build(&d)).await;
-        let vars = host
-            .config
-            .parties
-            .get(&party)
-            .map(|p| p.vars.clone())
-            .unwrap_or_default();
+        let vars = host.config.vars(&party);
         let loaded = match built {
             Ok(Ok(wasm)) => std::fs::read(&wasm)
                 .map_err(anyhow::Error::from)

@@ -109,6 +109,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// A party's vars; none for a party the config does not name (deployed only).
+    pub fn vars(&self, party: &str) -> BTreeMap<String, String> {
+        self.parties
+            .get(party)
+            .map(|p| p.vars.clone())
+            .unwrap_or_default()
+    }
+
     /// The component of each party: its `component`, or its `crate` built now.
     pub fn component(&self, name: &str) -> anyhow::Result<PathBuf> {
         let party = self

@@ -107,11 +107,7 @@ impl Host {
         // Versions deployed through the admin API win over the config file.
         let versions = Versions::open(&config.data_dir)?;
         for (name, v) in storage.deployed()? {
-            let vars = config
-                .parties
-                .get(&name)
-                .map(|p| p.vars.clone())
-                .unwrap_or_default();
+            let vars = config.vars(&name);
             let party = versions.load(&runtime, &metrics, &name, &v.hash, vars)?;
             metrics.party(&name);
             tracing::info!(
@@ -207,12 +203,7 @@ impl Host {
         if !crate::route::valid_party_name(name) {
             anyhow::bail!("party names match ^[a-z0-9_-]{{1,64}}$");
         }
-        let vars = self
-            .config
-            .parties
-            .get(name)
-            .map(|p| p.vars.clone())
-            .unwrap_or_default();
+        let vars = self.config.vars(name);
         let host = self.clone();
         let (name_, token_) = (name.to_owned(), token.to_owned());
         // Compiling takes a while: keep it off the event loop.
@@ -251,12 +242,7 @@ impl Host {
         let Some(target) = target.cloned() else {
             anyhow::bail!("party {name} has no such earlier version");
         };
-        let vars = self
-            .config
-            .parties
-            .get(name)
-            .map(|p| p.vars.clone())
-            .unwrap_or_default();
+        let vars = self.config.vars(name);
         let host = self.clone();
         let (name_, hash) = (name.to_owned(), target.hash.clone());
         let party = tokio::task::spawn_blocking(move || {
