@@ -282,6 +282,19 @@ impl Host {
             .collect()
     }
 
+    /// Ask the awake room with the oldest last event to hibernate (it does
+    /// after its current event). For a wake that found the pool full.
+    pub fn hibernate_least_recent(&self) {
+        let rooms = lock(&self.rooms);
+        let lru = rooms
+            .values()
+            .filter(|e| e.status.awake.load(Relaxed))
+            .min_by_key(|e| e.status.last_event_ms.load(Relaxed));
+        if let Some(e) = lru {
+            let _ = e.tx.try_send(Event::Hibernate);
+        }
+    }
+
     /// The live rooms and their state.
     pub fn rooms(&self) -> Vec<RoomInfo> {
         let live: Vec<(RoomKey, Arc<RoomStatus>)> = lock(&self.rooms)

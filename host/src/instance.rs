@@ -249,6 +249,10 @@ pub struct Instance {
     ticks: u64,
 }
 
+/// The `kind` of a wake that failed because every pool slot is taken: not
+/// the guest's fault; the room makes room by hibernating another one.
+pub const POOL_FULL: &str = "pool-full";
+
 /// Why a hook or a wake failed: the `kind` label and the error for the log.
 pub struct Failure {
     pub kind: &'static str,
@@ -295,7 +299,14 @@ impl Instance {
                 ticks: runtime.hook_ticks(),
             }),
             Err(error) => {
-                let kind = classify(&error, store.data()).unwrap_or("instantiate");
+                let pool_full = error
+                    .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some();
+                let kind = match classify(&error, store.data()) {
+                    Some(kind) => kind,
+                    None if pool_full => POOL_FULL,
+                    None => "instantiate",
+                };
                 let error = anyhow::Error::from(error);
                 Err((store.into_data().room, Failure { kind, error }))
             }

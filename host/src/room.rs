@@ -27,11 +27,14 @@ use tracing::{Instrument, error, warn};
 
 use crate::alarms::{MAX_RETRIES, now_ms};
 use crate::host::{Host, RoomKey, RoomStatus};
-use crate::instance::{Call, Failure, Instance, Reply};
+use crate::instance::{Call, Failure, Instance, POOL_FULL, Reply};
 use crate::metrics::HOOKS;
 use crate::room_state::{AutoResponse, Connection, Outbound, RoomState};
 use crate::storage::RoomStorage;
 use crate::wit::{self, ConnectionInfo};
+
+/// How many 1 ms waits a wake spends for a slot to free before it fails.
+const MAX_EVICTION_WAITS: u32 = 5_000;
 
 /// An event for a room.
 pub enum Event {
@@ -347,18 +350,38 @@ impl Room {
         };
         state.vars = party.vars.clone();
         let m = state.party_metrics.clone();
-        match Instance::new(&self.host.runtime, &party, state).await {
-            Ok(instance) => {
-                m.rooms_hibernated.fetch_sub(1, Relaxed);
-                m.rooms_awake.fetch_add(1, Relaxed);
-                m.wakes.fetch_add(1, Relaxed);
-                self.status.awake.store(true, Relaxed);
-                self.life = Life::Awake(instance);
-            }
-            Err((state, failure)) => {
-                self.life = Life::Hibernated(state);
-                self.failed("instantiate", failure);
-                return Err(());
+        let mut attempts = 0;
+        loop {
+            match Instance::new(&self.host.runtime, &party, state).await {
+                Ok(instance) => {
+                    m.rooms_hibernated.fetch_sub(1, Relaxed);
+                    m.rooms_awake.fetch_add(1, Relaxed);
+                    m.wakes.fetch_add(1, Relaxed);
+                    self.status.awake.store(true, Relaxed);
+                    self.life = Life::Awake(instance);
+                    break;
+                }
+                // Every slot is taken: past `awake_rooms`, the least recently
+                // used awake room hibernates early, rather than this wake
+                // failing. Its slot frees once it finishes its current event.
+                Err((back, failure))
+                    if failure.kind == POOL_FULL && attempts < MAX_EVICTION_WAITS =>
+                {
+                    state = back;
+                    if attempts == 0 {
+                        warn!(
+                            "every awake-room slot is taken; hibernating the least recently used room"
+                        );
+                    }
+                    self.host.hibernate_least_recent();
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                Err((back, failure)) => {
+                    self.life = Life::Hibernated(back);
+                    self.failed("instantiate", failure);
+                    return Err(());
+                }
             }
         }
         self.run(Call::Start).await?;

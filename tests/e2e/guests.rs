@@ -58,3 +58,39 @@ async fn an_endless_loop_hits_the_deadline() {
 async fn unbounded_memory_hits_the_cap() {
     misbehave("grow", "memory").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_awake_limit_the_least_recent_room_hibernates_early() {
+    let server = Server::start(Options {
+        limits: Limits {
+            awake_rooms: 2,
+            ..Limits::default()
+        },
+        ..Options::main("relay")
+    })
+    .await;
+    // Three rooms, two slots, a long idle timeout: every wake past the
+    // second must push another room to hibernate, and no message is lost.
+    let mut rooms = Vec::new();
+    for r in 0..3 {
+        let a = server.ws(&format!("/parties/main/slot-{r}")).await;
+        let b = server.ws(&format!("/parties/main/slot-{r}")).await;
+        rooms.push((a, b));
+    }
+    for round in 0..4 {
+        for (a, b) in rooms.iter_mut() {
+            let text = format!("round {round}");
+            send_text(a, &text).await;
+            assert_eq!(recv_text(b).await, text);
+        }
+    }
+    assert!(
+        server
+            .metric("dormouse_rooms{party=\"main\",state=\"awake\"}")
+            .await
+            <= 2.0
+    );
+    let instantiate = "dormouse_guest_traps_total{party=\"main\",kind=\"instantiate\"}";
+    assert_eq!(server.metric(instantiate).await, 0.0);
+    server.stop().await;
+}
