@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use dormouse::config::{Config, Limits, PartyConfig};
+use dormouse::config::{Config, Limits, PartyConfig, PartyLimits};
 use dormouse::host::Host;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -86,6 +86,8 @@ pub struct Options {
     /// Bind this address (to restart on the same port); default: port 0.
     pub listen: Option<SocketAddr>,
     pub limits: Limits,
+    /// Limits of one party, over `limits`.
+    pub party_limits: Vec<(&'static str, PartyLimits)>,
     /// Vars given to every party.
     pub vars: Vec<(&'static str, &'static str)>,
     pub ping_interval_ms: u64,
@@ -104,6 +106,7 @@ impl Options {
                 awake_rooms: 50,
                 ..Limits::default()
             },
+            party_limits: Vec::new(),
             vars: Vec::new(),
             ping_interval_ms: 30_000,
             admin_token: None,
@@ -166,6 +169,12 @@ impl Server {
                         .iter()
                         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                         .collect(),
+                    limits: options
+                        .party_limits
+                        .iter()
+                        .find(|(p, _)| p == party)
+                        .map(|(_, l)| l.clone())
+                        .unwrap_or_default(),
                 },
             );
         }

@@ -193,6 +193,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 component: Some(file.into()),
                 krate: None,
                 vars: Default::default(),
+                limits: Default::default(),
             },
         );
     }
@@ -228,6 +229,7 @@ async fn dev(dir: PathBuf, server: ServerArgs) -> anyhow::Result<()> {
                 component: None,
                 krate: Some(dir.clone()),
                 vars: Default::default(),
+                limits: Default::default(),
             },
         );
         config
@@ -467,7 +469,7 @@ async fn build_and_check(dir: &Path) -> anyhow::Result<PathBuf> {
         awake_rooms: 1,
         ..Limits::default()
     };
-    let runtime = Runtime::new(Arc::new(limits))?;
+    let runtime = Runtime::new(&limits)?;
     Party::load(&runtime, "main", &bytes, Default::default())?;
     Ok(wasm)
 }

@@ -45,7 +45,29 @@ pub struct PartyConfig {
     /// Values the room reads with `context.var`.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// This party's own bounds, where they differ from `[limits]`.
+    #[serde(default)]
+    pub limits: PartyLimits,
 }
+
+/// The limits a party may set for itself (`[parties.NAME.limits]`). The rest
+/// are the host's alone: key and value sizes are the storage contract, and
+/// awake rooms, header timeout and alarm backoff are shared by every party.
+/// Memory per instance may only be lowered: the host's value sizes the pool.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartyLimits {
+    pub hook_cpu_ms: Option<u64>,
+    pub instance_memory_bytes: Option<usize>,
+    pub message_bytes: Option<usize>,
+    pub connection_state_bytes: Option<usize>,
+    pub outbound_queue_bytes: Option<usize>,
+    pub connections_per_room: Option<usize>,
+}
+
+/// What a queued message costs beyond its payload, for the outbound queue's
+/// byte count: so a flood of empty messages is bounded too.
+pub const MESSAGE_OVERHEAD: usize = 64;
 
 /// Bounds on guests and clients. Defaults follow DESIGN.md.
 #[derive(Debug, Clone, Deserialize)]
@@ -67,8 +89,14 @@ pub struct Limits {
     pub hook_cpu_ms: u64,
     /// Linear memory one instance may grow to, bytes.
     pub instance_memory_bytes: usize,
-    /// Messages queued to one connection before it is closed as too slow (1008).
-    pub outbound_queue: usize,
+    /// Bytes queued to one connection (each message counted with
+    /// [`MESSAGE_OVERHEAD`]) before it is closed as too slow (1008).
+    pub outbound_queue_bytes: usize,
+    /// Open connections one room may hold; past it an upgrade gets 503.
+    /// None (the default): no cap below the machine's.
+    pub connections_per_room: Option<usize>,
+    /// How long a client may take to send its request headers (slowloris).
+    pub header_timeout_ms: u64,
     /// Rooms awake at once (the pooling allocator's size).
     pub awake_rooms: u32,
     /// The first retry of a failing on-alarm waits this long; each next one twice as long.
@@ -86,7 +114,9 @@ impl Default for Limits {
             value_bytes: 2 << 20,
             hook_cpu_ms: 5_000,
             instance_memory_bytes: 128 << 20,
-            outbound_queue: 1024,
+            outbound_queue_bytes: 4 << 20,
+            connections_per_room: None,
+            header_timeout_ms: 10_000,
             awake_rooms: 1000,
             alarm_retry_ms: 2_000,
         }
@@ -135,8 +165,18 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
-        let mut config: Config =
-            toml::from_str(&text).with_context(|| format!("bad config {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
+            // toml's own Display draws the line with a caret, over several
+            // lines; a refusal here is one sentence with the line number.
+            let line = e
+                .span()
+                .map_or(1, |s| text[..s.start].matches('\n').count() + 1);
+            anyhow::anyhow!(
+                "bad config {}, line {line}: {}",
+                path.display(),
+                e.message().trim_end()
+            )
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
         config.public = config.public.map(|p| base.join(p));
@@ -144,7 +184,9 @@ impl Config {
             party.component = party.component.as_ref().map(|c| base.join(c));
             party.krate = party.krate.as_ref().map(|c| base.join(c));
         }
-        config.validate()?;
+        config
+            .validate()
+            .with_context(|| format!("bad config {}", path.display()))?;
         Ok(config)
     }
 
@@ -160,28 +202,68 @@ impl Config {
                 );
             }
         }
-        let l = &self.limits;
-        if l.message_bytes == 0 || l.message_bytes > 32 << 20 {
-            bail!("limits.message_bytes must be 1 byte to 32 MiB");
-        }
-        if l.awake_rooms == 0 {
-            bail!("limits.awake_rooms must be at least 1");
-        }
-        if l.outbound_queue == 0 {
-            bail!("limits.outbound_queue must be at least 1");
+        check_limits(&self.limits, "limits")?;
+        for name in self.parties.keys() {
+            let l = self.party_limits(name);
+            check_limits(&l, &format!("parties.{name}.limits"))?;
+            if l.instance_memory_bytes > self.limits.instance_memory_bytes {
+                bail!(
+                    "parties.{name}.limits.instance_memory_bytes may not exceed limits.instance_memory_bytes ({})",
+                    self.limits.instance_memory_bytes
+                );
+            }
         }
         if self.ping_interval_ms == 0 {
             bail!("ping_interval_ms must be at least 1");
         }
-        if l.hook_cpu_ms == 0 {
-            bail!("limits.hook_cpu_ms must be at least 1");
-        }
         Ok(())
+    }
+
+    /// The limits of one party: `[limits]` with its own overrides applied.
+    pub fn party_limits(&self, name: &str) -> Limits {
+        let mut l = self.limits.clone();
+        let Some(p) = self.parties.get(name) else {
+            return l;
+        };
+        let o = &p.limits;
+        l.hook_cpu_ms = o.hook_cpu_ms.unwrap_or(l.hook_cpu_ms);
+        l.instance_memory_bytes = o.instance_memory_bytes.unwrap_or(l.instance_memory_bytes);
+        l.message_bytes = o.message_bytes.unwrap_or(l.message_bytes);
+        l.connection_state_bytes = o.connection_state_bytes.unwrap_or(l.connection_state_bytes);
+        l.outbound_queue_bytes = o.outbound_queue_bytes.unwrap_or(l.outbound_queue_bytes);
+        l.connections_per_room = o.connections_per_room.or(l.connections_per_room);
+        l
     }
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
     }
+}
+
+/// Ranges serde cannot check; `at` names the table in the message.
+fn check_limits(l: &Limits, at: &str) -> anyhow::Result<()> {
+    if l.message_bytes == 0 || l.message_bytes > 32 << 20 {
+        bail!("{at}.message_bytes must be 1 byte to 32 MiB");
+    }
+    if l.awake_rooms == 0 {
+        bail!("{at}.awake_rooms must be at least 1");
+    }
+    if l.outbound_queue_bytes == 0 {
+        bail!("{at}.outbound_queue_bytes must be at least 1");
+    }
+    if l.hook_cpu_ms == 0 {
+        bail!("{at}.hook_cpu_ms must be at least 1");
+    }
+    if l.instance_memory_bytes < 1 << 20 {
+        bail!("{at}.instance_memory_bytes must be at least 1 MiB");
+    }
+    if l.connections_per_room == Some(0) {
+        bail!("{at}.connections_per_room must be at least 1 (leave it out for no cap)");
+    }
+    if l.header_timeout_ms == 0 {
+        bail!("{at}.header_timeout_ms must be at least 1");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -212,5 +294,48 @@ mod tests {
         bad.parties
             .insert("Bad".into(), config.parties["main"].clone());
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn a_bad_file_is_refused_in_one_sentence() {
+        let dir = std::env::temp_dir().join(format!("dormouse-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let cases = [
+            ("this is not toml", "line 1"),
+            ("listen_on = 1", "unknown field `listen_on`"),
+            ("idle_timeout_ms = \"soon\"", "invalid type"),
+            ("\n\n[limits]\nhook_cpu_ms = -1", "line 4"),
+            (
+                "[parties.Main]\ncomponent = \"a.wasm\"",
+                "party name \"Main\"",
+            ),
+            ("[parties.main]", "give either `component`"),
+            ("[limits]\nmessage_bytes = 0", "limits.message_bytes"),
+            ("[limits]\nconnections_per_room = 0", "connections_per_room"),
+            (
+                "[parties.main]\ncomponent = \"a.wasm\"\n[parties.main.limits]\ninstance_memory_bytes = 999999999999",
+                "may not exceed",
+            ),
+            (
+                "[parties.main]\ncomponent = \"a.wasm\"\n[parties.main.limits]\nkey_bytes = 1",
+                "unknown field `key_bytes`",
+            ),
+        ];
+        for (text, want) in cases {
+            let path = dir.join("dormouse.toml");
+            std::fs::write(&path, text).expect("write");
+            let e = format!("{:#}", Config::load(&path).expect_err(text));
+            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(e.contains("dormouse.toml"), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "{text:?}: one line: {e}");
+        }
+        let path = dir.join("dormouse.toml");
+        let good = "[parties.main]\ncomponent = \"a.wasm\"\n[parties.main.limits]\nhook_cpu_ms = 50\nconnections_per_room = 3";
+        std::fs::write(&path, good).expect("write");
+        let config = Config::load(&path).expect("a good file loads");
+        let l = config.party_limits("main");
+        assert_eq!((l.hook_cpu_ms, l.connections_per_room), (50, Some(3)));
+        assert_eq!(config.party_limits("other").hook_cpu_ms, 5_000);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -31,7 +31,9 @@ const ROOM_QUEUE: usize = 64;
 
 pub struct Host {
     pub config: Config,
+    /// The host's limits; [`Host::limits_for`] gives a party's.
     pub limits: Arc<Limits>,
+    party_limits: HashMap<String, Arc<Limits>>,
     pub runtime: Arc<Runtime>,
     pub storage: Arc<Storage>,
     pub metrics: Arc<Metrics>,
@@ -89,7 +91,7 @@ impl Host {
         config.validate()?;
         let limits = Arc::new(config.limits.clone());
         let metrics = Arc::new(Metrics::default());
-        let runtime = Runtime::new(limits.clone())?;
+        let runtime = Runtime::new(&limits)?;
         let storage = Storage::open(&config.data_dir, metrics.clone())?;
         let mut parties = HashMap::new();
         for (name, p) in &config.parties {
@@ -121,9 +123,15 @@ impl Host {
         for (party, room, at) in storage.alarms()? {
             alarms.set((party.into(), room.into()), at, 0);
         }
+        let party_limits = config
+            .parties
+            .keys()
+            .map(|name| (name.clone(), Arc::new(config.party_limits(name))))
+            .collect();
         Ok(Arc::new(Host {
             config,
             limits,
+            party_limits,
             runtime,
             storage,
             metrics,
@@ -141,6 +149,11 @@ impl Host {
     /// The current version of a party.
     pub fn party(&self, name: &str) -> Option<Arc<Party>> {
         lock(&self.parties).get(name).cloned()
+    }
+
+    /// A party's limits: its `[parties.NAME.limits]` over the host's.
+    pub fn limits_for(&self, party: &str) -> Arc<Limits> {
+        self.party_limits.get(party).unwrap_or(&self.limits).clone()
     }
 
     /// Serve a new version of a party. Awake rooms of the party finish their

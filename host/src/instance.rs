@@ -36,11 +36,11 @@ pub const TICK: Duration = Duration::from_millis(10);
 pub struct Runtime {
     engine: Engine,
     linker: Linker<InstanceState>,
-    limits: Arc<Limits>,
 }
 
 impl Runtime {
-    pub fn new(limits: Arc<Limits>) -> anyhow::Result<Arc<Runtime>> {
+    /// The pool is sized by the host's limits (awake rooms, memory per instance).
+    pub fn new(limits: &Limits) -> anyhow::Result<Arc<Runtime>> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
@@ -84,21 +84,17 @@ impl Runtime {
                 }
             })
             .context("cannot start the epoch ticker")?;
-        Ok(Arc::new(Runtime {
-            engine,
-            linker,
-            limits,
-        }))
+        Ok(Arc::new(Runtime { engine, linker }))
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+}
 
-    /// Ticks of budget for one hook call.
-    fn hook_ticks(&self) -> u64 {
-        (self.limits.hook_cpu_ms / TICK.as_millis() as u64).max(1)
-    }
+/// Ticks of budget for one hook call.
+fn hook_ticks(limits: &Limits) -> u64 {
+    (limits.hook_cpu_ms / TICK.as_millis() as u64).max(1)
 }
 
 /// One version of a party: compiled, linked, checked against the world.
@@ -266,13 +262,16 @@ impl Instance {
         party: &Party,
         room: RoomState,
     ) -> Result<Instance, (RoomState, Failure)> {
+        // The party's own limits (the room carries them); the pool's slot
+        // size is the host's cap.
+        let ticks = hook_ticks(&room.limits);
         let state = InstanceState {
+            memory_cap: room.limits.instance_memory_bytes,
             room,
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            memory_cap: runtime.limits.instance_memory_bytes,
             memory_refused: false,
-            ticks_left: runtime.hook_ticks(),
+            ticks_left: ticks,
             started: std::time::Instant::now(),
         };
         let mut store = Store::new(&runtime.engine, state);
@@ -289,15 +288,18 @@ impl Instance {
             if s.started.elapsed() < TICK {
                 return Ok(UpdateDeadline::Continue(1));
             }
-            Ok(UpdateDeadline::Yield(1))
+            // tokio's `yield_now` puts the task at the back of the run queue;
+            // wasmtime's plain `Yield` wakes it at once, and tokio then polls
+            // it again before the tasks that waited (seen: a neighbour room
+            // stalled ~500 ms behind a spinning guest on one worker thread).
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
         });
         store.set_epoch_deadline(1);
         match party.pre.instantiate_async(&mut store).await {
-            Ok(room) => Ok(Instance {
-                store,
-                room,
-                ticks: runtime.hook_ticks(),
-            }),
+            Ok(room) => Ok(Instance { store, room, ticks }),
             Err(error) => {
                 let pool_full = error
                     .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()

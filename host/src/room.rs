@@ -119,7 +119,7 @@ impl Room {
             chain: Vec::new(),
             auto_response: Default::default(),
             vars: Arc::default(),
-            limits: host.limits.clone(),
+            limits: host.limits_for(&key.0),
             connections: Default::default(),
             storage: RoomStorage::new(host.storage.clone(), key.0.clone(), key.1.clone()),
             outbox: Vec::new(),
@@ -293,6 +293,19 @@ impl Room {
 
     async fn connect(&mut self, c: Connect) {
         let id = c.conn.id.to_string();
+        let state = self.state();
+        if let Some(max) = state.limits.connections_per_room
+            && state.connections.len() >= max
+            && !state.connections.contains_key(&id)
+        {
+            let body = format!("this room is full ({max} connections)\n");
+            let _ = c.reply.send(Err(wit::Response {
+                status: 503,
+                headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
+                body: body.into_bytes(),
+            }));
+            return;
+        }
         let connection = Connection {
             serial: c.conn.serial,
             uri: c.request.uri.clone(),

@@ -6,6 +6,7 @@
 //! taken back out and the `Store` is dropped. Guest memory goes; this stays.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 
@@ -14,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Limits;
+use crate::config::{Limits, MESSAGE_OVERHEAD};
 use crate::host::{Host, RoomKey};
 use crate::metrics::{Metrics, PartyMetrics};
 use crate::storage::RoomStorage;
@@ -34,36 +35,59 @@ pub struct Connection {
     pub outbound: Outbound,
 }
 
-/// The sending half of a connection's outbound queue.
+/// The sending half of a connection's outbound queue. The queue is bounded
+/// in bytes, not messages: a burst of many small messages (10,000 broadcasts
+/// in one hook) is fine, a client that stops reading is not.
 #[derive(Clone)]
 pub struct Outbound {
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::UnboundedSender<Message>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
     /// Cancelled when the queue overflows: the socket task then closes with 1008.
     overflow: CancellationToken,
 }
 
+/// The receiving half, owned by the socket task.
+pub struct OutboundQueue {
+    rx: mpsc::UnboundedReceiver<Message>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// What a queued message counts for against the queue's limit.
+fn cost(message: &Message) -> usize {
+    message.len() + MESSAGE_OVERHEAD
+}
+
 impl Outbound {
-    /// A queue of `capacity` messages; the receiver goes to the socket task.
-    pub fn new(capacity: usize) -> (Outbound, mpsc::Receiver<Message>, CancellationToken) {
-        let (tx, rx) = mpsc::channel(capacity);
+    /// A queue of at most `limit` bytes; the receiver goes to the socket task.
+    pub fn new(limit: usize) -> (Outbound, OutboundQueue, CancellationToken) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let overflow = CancellationToken::new();
         let out = Outbound {
             tx,
+            queued: queued.clone(),
+            limit,
             overflow: overflow.clone(),
         };
-        (out, rx, overflow)
+        (out, OutboundQueue { rx, queued }, overflow)
     }
 
-    /// Queue a message without waiting; a full queue marks the client too slow.
+    /// Queue a message without waiting; past the limit the client is marked
+    /// too slow. One message always fits an empty queue, whatever its size.
     pub fn push(&self, message: Message) -> bool {
-        match self.tx.try_send(message) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflow.cancel();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        let c = cost(&message);
+        let before = self.queued.fetch_add(c, Relaxed);
+        if before > 0 && before + c > self.limit {
+            self.queued.fetch_sub(c, Relaxed);
+            self.overflow.cancel();
+            return false;
         }
+        if self.tx.send(message).is_err() {
+            self.queued.fetch_sub(c, Relaxed);
+            return false;
+        }
+        true
     }
 
     /// Ask the socket to close with this code and reason.
@@ -72,6 +96,22 @@ impl Outbound {
             code: code.into(),
             reason: reason.into(),
         })));
+    }
+}
+
+impl OutboundQueue {
+    /// The next message to write; `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<Message> {
+        let message = self.rx.recv().await?;
+        self.queued.fetch_sub(cost(&message), Relaxed);
+        Some(message)
+    }
+
+    #[cfg(test)]
+    pub fn try_recv(&mut self) -> Result<Message, mpsc::error::TryRecvError> {
+        let message = self.rx.try_recv()?;
+        self.queued.fetch_sub(cost(&message), Relaxed);
+        Ok(message)
     }
 }
 
@@ -209,9 +249,25 @@ pub(crate) mod test_support {
         }
     }
 
+    #[test]
+    fn the_outbound_queue_is_bounded_in_bytes() {
+        let (out, mut queue, overflow) = Outbound::new(1000);
+        // One message always fits an empty queue.
+        assert!(out.push(Message::binary(vec![0; 5000])));
+        assert!(!out.push(Message::text("x")));
+        assert!(overflow.is_cancelled());
+        let (out, mut small, overflow) = Outbound::new(1000);
+        for _ in 0..10 {
+            assert!(out.push(Message::text("tiny")));
+        }
+        assert!(!overflow.is_cancelled());
+        assert!(small.try_recv().is_ok());
+        assert!(queue.try_recv().is_ok());
+    }
+
     /// Add a connection; its outbound queue's receiver.
-    pub fn connect(state: &mut RoomState, id: &str) -> mpsc::Receiver<Message> {
-        let (outbound, rx, _) = Outbound::new(16);
+    pub fn connect(state: &mut RoomState, id: &str) -> OutboundQueue {
+        let (outbound, rx, _) = Outbound::new(1 << 20);
         let c = Connection {
             serial: 1,
             uri: format!("/parties/main/test?_pk={id}"),

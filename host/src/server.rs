@@ -37,8 +37,6 @@ fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
-/// How long a client may take to send its request headers (slowloris).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for rooms and sockets to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -92,7 +90,7 @@ async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, host: Ar
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(Duration::from_millis(host.limits.header_timeout_ms))
         .max_buf_size(64 << 10)
         .serve_connection(io, service)
         .with_upgrades();
@@ -214,7 +212,8 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
         id: id.into(),
         serial: host.next_serial(),
     };
-    let (outbound, outbound_rx, overflow) = Outbound::new(host.limits.outbound_queue);
+    let limits = host.limits_for(&path.party);
+    let (outbound, outbound_rx, overflow) = Outbound::new(limits.outbound_queue_bytes);
     let (reply, verdict) = oneshot::channel();
     let connect = Connect {
         conn: conn.clone(),
@@ -250,7 +249,7 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
         auto_response,
         ping_interval: Duration::from_millis(host.config.ping_interval_ms),
     };
-    let config = ws_config(host.limits.message_bytes);
+    let config = ws_config(limits.message_bytes);
     let span = tracing::info_span!("connection", party = %key.0, room = %key.1, id = %conn.id);
     let task = async move {
         match on_upgrade.await {
@@ -293,7 +292,7 @@ fn ws_config(message_bytes: usize) -> WebSocketConfig {
 }
 
 async fn request(req: Request<Incoming>, host: Arc<Host>, path: RoomPath) -> Response<Body> {
-    let limit = host.limits.message_bytes;
+    let limit = host.limits_for(&path.party).message_bytes;
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, limit).collect().await {
         Ok(b) => b.to_bytes().to_vec(),
@@ -326,13 +325,18 @@ async fn request(req: Request<Incoming>, host: Arc<Host>, path: RoomPath) -> Res
     }
 }
 
-/// A guest's response as HTTP; what HTTP cannot carry is refused with a 500.
-fn response(r: wit::Response) -> Response<Body> {
-    let Ok(status) = StatusCode::from_u16(r.status) else {
-        return text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the room answered with an invalid status {}", r.status),
-        );
+/// A guest's response as HTTP; what HTTP cannot carry is refused with a
+/// 500 or dropped. Public for the fuzz target.
+pub fn response(r: wit::Response) -> Response<Body> {
+    // 1xx are not final answers (101 would claim an upgrade that never happens).
+    let status = match StatusCode::from_u16(r.status) {
+        Ok(s) if !s.is_informational() => s,
+        _ => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the room answered with an invalid status {}", r.status),
+            );
+        }
     };
     let mut out = Response::new(full(r.body));
     *out.status_mut() = status;
@@ -341,6 +345,11 @@ fn response(r: wit::Response) -> Response<Body> {
             header::HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),
         ) {
+            // The host frames the body and owns the connection: a guest's
+            // length or hop-by-hop headers could desynchronise the stream.
+            (Ok(n), Ok(_)) if HOST_HEADERS.contains(&n) => {
+                warn!(header = %name, "the room may not set this header; dropped");
+            }
             (Ok(n), Ok(v)) => {
                 out.headers_mut().append(n, v);
             }
@@ -349,6 +358,16 @@ fn response(r: wit::Response) -> Response<Body> {
     }
     out
 }
+
+/// Headers the host sets itself, never taken from a room's response.
+const HOST_HEADERS: [header::HeaderName; 6] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
+];
 
 pub(crate) fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(full(body + "\n"));

@@ -16,16 +16,18 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::room::{ConnRef, Event, from_ws};
-use crate::room_state::AutoResponse;
+use crate::room_state::{AutoResponse, OutboundQueue};
 
 /// How long a closing socket waits for the peer's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+const TOO_SLOW: &str = "too slow: outbound queue full";
 
 /// What the socket task needs.
 pub struct Socket {
     pub conn: ConnRef,
     pub room: mpsc::Sender<Event>,
-    pub outbound: mpsc::Receiver<Message>,
+    pub outbound: OutboundQueue,
     pub overflow: CancellationToken,
     pub shutdown: CancellationToken,
     /// Answered here, without the room.
@@ -76,9 +78,8 @@ impl Socket {
                     return None;
                 }
                 () = self.overflow.cancelled() => {
-                    let reason = "too slow: outbound queue full";
-                    close(ws, CloseCode::Policy, reason).await;
-                    return Some(Ended { code: 1008, reason: reason.into(), was_clean: false });
+                    close(ws, CloseCode::Policy, TOO_SLOW).await;
+                    return Some(Ended { code: 1008, reason: TOO_SLOW.into(), was_clean: false });
                 }
                 out = self.outbound.recv() => {
                     let Some(message) = out else {
@@ -93,8 +94,8 @@ impl Socket {
                         close(ws, CloseCode::from(code), &reason).await;
                         return Some(Ended { code, reason, was_clean: true });
                     }
-                    if ws.send(message).await.is_err() {
-                        return Some(Ended { code: 1006, reason: String::new(), was_clean: false });
+                    if let Err(ended) = self.write(ws, message).await {
+                        return ended;
                     }
                 }
                 _ = pings.tick() => {
@@ -103,8 +104,8 @@ impl Socket {
                     if last_heard.elapsed() >= interval * 2 {
                         return Some(Ended { code: 1006, reason: "ping timeout".into(), was_clean: false });
                     }
-                    if ws.send(Message::Ping(Default::default())).await.is_err() {
-                        return Some(Ended { code: 1006, reason: String::new(), was_clean: false });
+                    if let Err(ended) = self.write(ws, Message::Ping(Default::default())).await {
+                        return ended;
                     }
                 }
                 incoming = ws.next() => {
@@ -114,8 +115,8 @@ impl Socket {
                     match incoming {
                         Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                             if let Some(reply) = self.auto_response.answer(&message) {
-                                if ws.send(reply).await.is_err() {
-                                    return Some(Ended { code: 1006, reason: String::new(), was_clean: false });
+                                if let Err(ended) = self.write(ws, reply).await {
+                                    return ended;
                                 }
                                 continue;
                             }
@@ -164,6 +165,32 @@ impl Socket {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Socket {
+    /// Write one message. A client that stops reading blocks this write, so
+    /// it also gives up when the outbound queue overflows meanwhile (1008,
+    /// no close frame: the write half is stuck mid-frame) or the host stops.
+    async fn write<S>(
+        &self,
+        ws: &mut WebSocketStream<S>,
+        message: Message,
+    ) -> Result<(), Option<Ended>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        tokio::select! {
+            sent = ws.send(message) => sent.map_err(|_| {
+                Some(Ended { code: 1006, reason: String::new(), was_clean: false })
+            }),
+            () = self.overflow.cancelled() => Err(Some(Ended {
+                code: 1008,
+                reason: TOO_SLOW.into(),
+                was_clean: false,
+            })),
+            () = self.shutdown.cancelled() => Err(None),
         }
     }
 }

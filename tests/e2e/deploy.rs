@@ -73,19 +73,6 @@ async fn a_deploy_drops_no_connection_and_v2_takes_over() {
         .wait_metric("dormouse_connections{party=\"main\"}", 200.0)
         .await;
 
-    // Bad uploads are refused with one sentence; v2 keeps serving.
-    let (status, body) = upload(&server, "main", b"hello, not wasm").await;
-    assert_eq!(status, 400);
-    assert!(body.contains("not WebAssembly"), "{body}");
-    let core_module = b"\0asm\x01\0\0\0";
-    let (status, body) = upload(&server, "main", core_module).await;
-    assert_eq!(status, 400);
-    assert!(body.contains("core Wasm module, not a component"), "{body}");
-    let mut broken = component("counter");
-    broken.truncate(broken.len() / 2);
-    let (status, body) = upload(&server, "main", &broken).await;
-    assert_eq!(status, 400);
-    assert!(body.contains("does not compile"), "{body}");
     inc_everywhere(&mut rooms, "21").await;
 
     // Tokens: none or a wrong one is refused, and nothing changes.
@@ -176,5 +163,69 @@ async fn deleting_a_party_closes_its_rooms() {
         other => panic!("expected a close, got {other:?}"),
     }
     assert_eq!(server.http("GET", "/parties/doomed/r", "").await.0, 404);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_are_refused_in_one_sentence_and_the_old_version_serves_on() {
+    let server = Server::start(options()).await;
+    let (status, body) = upload(&server, "main", &component("counter")).await;
+    assert_eq!(status, 200, "{body}");
+    let mut rooms = vec![vec![server.ws("/parties/main/steady").await]];
+    assert_eq!(recv_text(&mut rooms[0][0]).await, "0");
+
+    let wat = |text: &str| wat::parse_str(text).expect("valid text format");
+    let mut truncated = component("counter");
+    truncated.truncate(truncated.len() / 2);
+    let cases: [(&str, Vec<u8>, &str); 6] = [
+        ("empty", Vec::new(), "the file is not WebAssembly"),
+        (
+            "text",
+            b"hello, not wasm".to_vec(),
+            "the file is not WebAssembly",
+        ),
+        (
+            "core module",
+            wat("(module)"),
+            "a core Wasm module, not a component",
+        ),
+        ("truncated", truncated, "the component does not compile"),
+        (
+            "wrong world",
+            wat("(component)"),
+            "the component does not export dormouse:room/hooks@0.1.0",
+        ),
+        (
+            "unknown import",
+            wat(r#"(component (import "acme:rocket/launch" (instance (export "fire" (func)))))"#),
+            "the component imports something the host does not give",
+        ),
+    ];
+    for (n, (case, bytes, want)) in cases.into_iter().enumerate() {
+        let (status, body) = upload(&server, "main", &bytes).await;
+        assert_eq!(status, 400, "{case}: {body}");
+        assert!(body.contains(want), "{case}: {body}");
+        assert_eq!(
+            body.trim_end().lines().count(),
+            1,
+            "{case}: one line: {body}"
+        );
+        // Version 1 still serves, on the same socket.
+        inc_everywhere(&mut rooms, &(n + 1).to_string()).await;
+    }
+    let (_, body) = upload(
+        &server,
+        "main",
+        &wat(r#"(component (import "acme:rocket/launch" (instance (export "fire" (func)))))"#),
+    )
+    .await;
+    assert!(
+        body.contains("acme:rocket/launch"),
+        "the refusal names the import: {body}"
+    );
+    let (_, parties) = server
+        .admin("GET", "/_dormouse/parties", b"", Some(TOKEN))
+        .await;
+    assert!(parties.contains("\"active\": 1"), "{parties}");
     server.stop().await;
 }

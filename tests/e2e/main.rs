@@ -5,8 +5,10 @@
 mod alarms;
 mod counter;
 mod deploy;
+mod durability;
 mod guests;
 mod hibernation;
+mod hostile;
 mod http;
 mod lifecycle;
 mod partysocket;

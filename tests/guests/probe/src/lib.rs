@@ -8,15 +8,21 @@
 //! - `list` / `list:TAG`: the open connections' ids (with that tag), comma-separated;
 //! - `last-close`: `id:code:was_clean` of the last on-close;
 //! - `auto=REQ>RESP`: set the auto-response pair; `auto-off` clears it;
-//! - `panic`: panic (a trap); `loop`: spin forever (hits the CPU deadline);
-//!   `grow`: allocate without bound (hits the memory cap);
+//! - `panic`: panic (a trap); `unreachable`: a Wasm `unreachable`;
+//!   `loop`: spin forever (hits the CPU deadline); `grow`: allocate without
+//!   bound (hits the memory cap); `recurse`: recurse without bound (stack overflow);
+//! - `misuse`: call imports with bad arguments; answers one `name=outcome`
+//!   per call, `;`-separated (each outcome should be a WIT error);
+//! - `flood`: 10,000 broadcasts (`f0` .. `f9999`) in one hook;
 //! - anything else: echoed back.
 //!
 //! On connect: `?reject=1` refuses with HTTP 401; `?tag=T` tags the connection.
+//! On start: spins forever while a connection tagged `spin-start` is open.
 //!
 //! HTTP (query `op`):
-//! - `op=alarm&in_ms=N&fail=K`: set the alarm N ms ahead; on-alarm will panic
-//!   while its retry count is below K, then record the count; answers 202;
+//! - `op=alarm&in_ms=N&fail=K[&spin=1]`: set the alarm N ms ahead; on-alarm
+//!   will panic while its retry count is below K (or spin forever, with
+//!   `spin=1`), then record the count; answers 202;
 //! - `op=alarm-state`: `ok=<retry count of the success or none> at=<alarm or none>`;
 //! - `op=call&party=P&room=R[&next=P2/R2]`: fetch room P/R (passing `next`
 //!   on as its own call target) and answer with what it answered;
@@ -45,8 +51,71 @@ fn ids(tag: Option<&str>) -> String {
     ids.join(",")
 }
 
+/// Burn CPU until the host's deadline stops the hook.
+fn spin() -> ! {
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+/// Recurse until the Wasm stack runs out.
+#[allow(unconditional_recursion, reason = "running out of stack is the point")]
+fn recurse(depth: u64) -> u64 {
+    // An indirect call LLVM cannot see through: no rewrite into a loop, and
+    // next to nothing on Rust's shadow stack (in linear memory) per frame,
+    // so the Wasm stack itself runs out first.
+    let next: fn(u64) -> u64 = std::hint::black_box(recurse);
+    next(depth + 1).wrapping_mul(31).wrapping_add(depth)
+}
+
+/// Call every import with arguments the host must refuse, and report how
+/// each call came back: `name=error` is what the tests want, never a trap.
+fn misuse(me: &Connection) -> String {
+    let outcome = |r: Result<(), dormouse_sdk::Error>| match r {
+        Ok(()) => "ok".to_owned(),
+        Err(_) => "error".to_owned(),
+    };
+    let ghost = Connection::new("no-such-connection");
+    let big_key = "k".repeat(2049);
+    let big_value = vec![0u8; (2 << 20) + 1];
+    let too_many: Vec<String> = (0..129).map(|i| i.to_string()).collect();
+    let calls = [
+        ("send-unknown", outcome(ghost.send_text("hello"))),
+        ("close-unknown", outcome(ghost.close(1000, "bye"))),
+        ("state-unknown", outcome(ghost.set_state(Some(b"x")))),
+        (
+            "state-oversized",
+            outcome(me.set_state(Some(&vec![0; (16 << 10) + 1]))),
+        ),
+        ("close-code", outcome(me.close(999, "bad code"))),
+        ("tags-too-many", outcome(me.set_tags(&too_many[..11]))),
+        ("tag-too-long", outcome(me.set_tags(&["t".repeat(257)]))),
+        ("key-over-2k", outcome(storage::put(&big_key, b"v"))),
+        ("get-key-over-2k", outcome(storage::get(&big_key).map(drop))),
+        ("value-over-2m", outcome(storage::put("k", &big_value))),
+        (
+            "get-many-129",
+            outcome(storage::get_many(&too_many).map(drop)),
+        ),
+        (
+            "delete-many-129",
+            outcome(storage::delete_many(&too_many).map(drop)),
+        ),
+        (
+            "message-oversized",
+            outcome(me.send(Message::Binary(vec![0; (1 << 20) + 1]))),
+        ),
+    ];
+    let report: Vec<String> = calls.iter().map(|(n, o)| format!("{n}={o}")).collect();
+    report.join(";")
+}
+
 impl Room for Probe {
     fn on_start(&mut self) {
+        if !connections::list(Some("spin-start")).is_empty() {
+            spin();
+        }
         let n: u64 = storage::get_json("starts").ok().flatten().unwrap_or(0);
         storage::put_json("starts", &(n + 1)).expect("a small value fits");
     }
@@ -88,12 +157,18 @@ impl Room for Probe {
                 Err(e) => format!("error: {e}"),
             },
             "panic" => panic!("the probe was asked to panic"),
-            "loop" => {
-                let mut x: u64 = 0;
-                loop {
-                    x = std::hint::black_box(x.wrapping_add(1));
-                }
-            }
+            // On Wasm, `abort` is the `unreachable` instruction.
+            "unreachable" => std::process::abort(),
+            "loop" => spin(),
+            "recurse" => recurse(0).to_string(),
+            "misuse" => misuse(conn),
+            "flood" => (0..10_000)
+                .find_map(|i| {
+                    let m = Message::Text(format!("f{i}"));
+                    let e = connections::broadcast(m, &[]).err()?;
+                    Some(format!("flood failed at {i}: {e}"))
+                })
+                .unwrap_or_else(|| "flooded".into()),
             "grow" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
@@ -143,6 +218,8 @@ impl Room for Probe {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
                 storage::put_json("alarm_fail", &fail).expect("a small value fits");
+                let spin = request.query("spin") == Some("1");
+                storage::put_json("alarm_spin", &spin).expect("a small value fits");
                 match alarm::set(now_ms() + in_ms) {
                     Ok(()) => Response::text(202, "set"),
                     Err(e) => Response::text(500, e.to_string()),
@@ -187,6 +264,9 @@ impl Room for Probe {
     }
 
     fn on_alarm(&mut self, retry_count: u32) {
+        if storage::get_json("alarm_spin").ok().flatten() == Some(true) {
+            spin();
+        }
         let fail: u32 = storage::get_json("alarm_fail").ok().flatten().unwrap_or(0);
         if retry_count < fail {
             panic!("on-alarm asked to fail (retry {retry_count})");
