@@ -86,6 +86,8 @@ pub struct Options {
     /// Bind this address (to restart on the same port); default: port 0.
     pub listen: Option<SocketAddr>,
     pub limits: Limits,
+    /// Builtin relay parties (no Wasm), by name.
+    pub builtins: Vec<&'static str>,
     /// Limits of one party, over `limits`.
     pub party_limits: Vec<(&'static str, PartyLimits)>,
     /// Vars given to every party.
@@ -106,6 +108,7 @@ impl Options {
                 awake_rooms: 50,
                 ..Limits::default()
             },
+            builtins: Vec::new(),
             party_limits: Vec::new(),
             vars: Vec::new(),
             ping_interval_ms: 30_000,
@@ -164,6 +167,7 @@ impl Server {
                 PartyConfig {
                     component: Some(guest(g)),
                     krate: None,
+                    builtin: None,
                     vars: options
                         .vars
                         .iter()
@@ -177,6 +181,16 @@ impl Server {
                         .unwrap_or_default(),
                 },
             );
+        }
+        for name in &options.builtins {
+            let party = PartyConfig {
+                component: None,
+                krate: None,
+                builtin: Some(dormouse::config::BUILTIN_RELAY.into()),
+                vars: Default::default(),
+                limits: Default::default(),
+            };
+            config.parties.insert((*name).to_owned(), party);
         }
         let host = Host::new(config).expect("host starts");
         let listen = options

@@ -79,6 +79,11 @@ enum Command {
         /// The crate's name (and folder).
         name: String,
     },
+    /// Load a server and report figures (see BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
+    /// Hold connections for `dormouse bench` (started by it).
+    #[command(hide = true)]
+    BenchWorker(crate::bench::WorkerArgs),
     /// Build and serve a room crate as party `main` (or a project's
     /// dormouse.toml with `crate = ...` parties), rebuilding on change.
     Dev {
@@ -139,6 +144,8 @@ impl ServerArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
+        Command::BenchWorker(args) => crate::bench::worker(args).await,
         Command::Build { dir } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from("."));
             let wasm = build_and_check(&dir).await?;
@@ -177,6 +184,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let fds = raise_fd_limit();
+    info!(open_files = fds, "file descriptor limit");
     let default = Path::new("dormouse.toml");
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
@@ -192,6 +201,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             PartyConfig {
                 component: Some(file.into()),
                 krate: None,
+                builtin: None,
                 vars: Default::default(),
                 limits: Default::default(),
             },
@@ -214,6 +224,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// project with a `dormouse.toml` whose parties name room crates (`crate =
 /// "rooms/chat"`). Every crate is rebuilt and redeployed when it changes.
 async fn dev(dir: PathBuf, server: ServerArgs) -> anyhow::Result<()> {
+    raise_fd_limit();
     let project = dir.join("dormouse.toml");
     let mut config = if project.is_file() {
         Config::load(&project)?
@@ -228,6 +239,7 @@ async fn dev(dir: PathBuf, server: ServerArgs) -> anyhow::Result<()> {
             PartyConfig {
                 component: None,
                 krate: Some(dir.clone()),
+                builtin: None,
                 vars: Default::default(),
                 limits: Default::default(),
             },
@@ -458,6 +470,18 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Raise this process's open-file soft limit to its hard limit: a server
+/// (or a load generator) holds a socket per connection. The limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 /// `dormouse build`: compile, then load the component as the server would.

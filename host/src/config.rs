@@ -42,6 +42,11 @@ pub struct PartyConfig {
     /// Or a room crate's folder, built at start (and on change in `dormouse dev`).
     #[serde(rename = "crate")]
     pub krate: Option<PathBuf>,
+    /// Or a room built into the host, with no Wasm: only `"relay"`, the
+    /// relay example in plain Rust, the baseline `dormouse bench` measures
+    /// Wasm against.
+    #[serde(default)]
+    pub builtin: Option<String>,
     /// Values the room reads with `context.var`.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
@@ -64,6 +69,9 @@ pub struct PartyLimits {
     pub outbound_queue_bytes: Option<usize>,
     pub connections_per_room: Option<usize>,
 }
+
+/// The one builtin party: the relay example in plain Rust.
+pub const BUILTIN_RELAY: &str = "relay";
 
 /// What a queued message costs beyond its payload, for the outbound queue's
 /// byte count: so a flood of empty messages is bounded too.
@@ -196,10 +204,18 @@ impl Config {
             if !crate::route::valid_party_name(name) {
                 bail!("party name {name:?} does not match ^[a-z0-9_-]{{1,64}}$");
             }
-            if party.component.is_some() == party.krate.is_some() {
+            let sources = [
+                party.component.is_some(),
+                party.krate.is_some(),
+                party.builtin.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() != 1 {
                 bail!(
                     "party {name}: give either `component` (a .wasm file) or `crate` (a room crate folder)"
                 );
+            }
+            if party.builtin.as_deref().is_some_and(|b| b != BUILTIN_RELAY) {
+                bail!("party {name}: the only builtin is \"{BUILTIN_RELAY}\"");
             }
         }
         check_limits(&self.limits, "limits")?;

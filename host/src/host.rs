@@ -95,6 +95,10 @@ impl Host {
         let storage = Storage::open(&config.data_dir, metrics.clone())?;
         let mut parties = HashMap::new();
         for (name, p) in &config.parties {
+            if p.builtin.is_some() {
+                metrics.party(name);
+                continue;
+            }
             let component = config.component(name)?;
             let bytes = std::fs::read(&component).map_err(|e| {
                 anyhow::anyhow!(
@@ -149,6 +153,19 @@ impl Host {
     /// The current version of a party.
     pub fn party(&self, name: &str) -> Option<Arc<Party>> {
         lock(&self.parties).get(name).cloned()
+    }
+
+    /// Whether the party is served, by a component or built in.
+    pub fn serves(&self, party: &str) -> bool {
+        self.is_builtin(party) || self.party(party).is_some()
+    }
+
+    /// Whether the party is the builtin relay (no Wasm; for benchmarks).
+    pub fn is_builtin(&self, party: &str) -> bool {
+        self.config
+            .parties
+            .get(party)
+            .is_some_and(|p| p.builtin.is_some())
     }
 
     /// A party's limits: its `[parties.NAME.limits]` over the host's.

@@ -25,6 +25,7 @@
 //! | [`alarms`] | the one scheduler that fires every room's alarm |
 //! | [`project`] | building room crates to components |
 //! | [`scaffold`] | `dormouse new`: a room crate that builds as it is |
+//! | [`bench`] | `dormouse bench`: the load generator behind BENCHMARKS.md |
 //! | [`config`], [`metrics`] | `dormouse.toml` and limits; Prometheus names |
 //!
 //! Run a server in-process the way `main` does:
@@ -39,6 +40,7 @@
 
 mod admin;
 pub mod alarms;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

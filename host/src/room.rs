@@ -22,14 +22,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Message;
 use tracing::{Instrument, error, warn};
 
 use crate::alarms::{MAX_RETRIES, now_ms};
 use crate::host::{Host, RoomKey, RoomStatus};
+use crate::imports::connections::to_ws;
 use crate::instance::{Call, Failure, Instance, POOL_FULL, Reply};
 use crate::metrics::HOOKS;
-use crate::room_state::{AutoResponse, Connection, Outbound, RoomState};
+use crate::room_state::{AutoResponse, Connection, Outbound, Outgoing, RoomState};
 use crate::storage::RoomStorage;
 use crate::wit::{self, ConnectionInfo};
 
@@ -100,6 +100,8 @@ pub struct Room {
     rx: mpsc::Receiver<Event>,
     status: Arc<RoomStatus>,
     life: Life,
+    /// The builtin relay party: hooks run in Rust, nothing wakes.
+    builtin: bool,
 }
 
 impl Room {
@@ -127,6 +129,7 @@ impl Room {
             party_metrics,
         };
         Room {
+            builtin: host.is_builtin(&key.0),
             host,
             key,
             generation,
@@ -345,6 +348,9 @@ impl Room {
 
     /// Wake if needed, then run one hook.
     async fn hook(&mut self, call: Call) -> Result<Reply, ()> {
+        if self.builtin {
+            return Ok(self.builtin_relay(call));
+        }
         self.wake().await?;
         self.run(call).await
     }
@@ -504,6 +510,28 @@ impl Room {
         }
     }
 
+    /// The builtin party: the relay example's logic in plain Rust, on the
+    /// same actor, queues and sockets, with no instance (and so no wake).
+    /// Only `dormouse bench` uses it, to measure what Wasm costs.
+    fn builtin_relay(&mut self, call: Call) -> Reply {
+        let metrics = self.host.metrics.clone();
+        let state = self.state();
+        match call {
+            Call::Connect(..) => Reply::Connect(Ok(())),
+            Call::Message(id, message) => {
+                state.outbox.push(Outgoing::All(to_ws(message), vec![id]));
+                state.release(&metrics);
+                Reply::Done
+            }
+            Call::Request(_) => Reply::Response(wit::Response {
+                status: 200,
+                headers: Vec::new(),
+                body: b"builtin relay\n".to_vec(),
+            }),
+            Call::Start | Call::Close(..) | Call::Error(..) | Call::Alarm(_) => Reply::Done,
+        }
+    }
+
     /// Log a guest failure once, with party, room and hook, and count it.
     fn failed(&mut self, hook: &str, failure: Failure) {
         let Failure { kind, error } = failure;
@@ -525,14 +553,5 @@ fn failed_response() -> wit::Response {
         status: 500,
         headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
         body: b"the room failed to handle this request\n".to_vec(),
-    }
-}
-
-/// A WebSocket message in WIT form; `None` for control frames.
-pub fn from_ws(message: Message) -> Option<wit::Message> {
-    match message {
-        Message::Text(t) => Some(wit::Message::Text(t.as_str().to_owned())),
-        Message::Binary(b) => Some(wit::Message::Binary(b.to_vec())),
-        _ => None,
     }
 }

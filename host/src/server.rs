@@ -129,7 +129,7 @@ async fn handle(req: Request<Incoming>, host: Arc<Host>, peer: SocketAddr) -> Re
         Ok(Route::Admin) => crate::admin::handle(req, host, peer).await,
         Ok(Route::Static) => static_file(&host, req.uri().path()).await,
         Ok(Route::Room(path)) => {
-            if host.party(&path.party).is_none() {
+            if !host.serves(&path.party) {
                 let msg = format!("no party named {:?} is deployed", path.party);
                 return text(StatusCode::NOT_FOUND, msg);
             }

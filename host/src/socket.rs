@@ -15,7 +15,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use crate::room::{ConnRef, Event, from_ws};
+use crate::imports::connections::from_ws;
+use crate::room::{ConnRef, Event};
 use crate::room_state::{AutoResponse, OutboundQueue};
 
 /// How long a closing socket waits for the peer's close frame.
@@ -120,7 +121,7 @@ impl Socket {
                                 }
                                 continue;
                             }
-                            let Some(message) = from_ws(message) else { continue };
+                            let Some(message) = from_ws(&message) else { continue };
                             let event = Event::Message { conn: self.conn.clone(), message };
                             if self.room.send(event).await.is_err() {
                                 close(ws, CloseCode::Error, "room unavailable").await;

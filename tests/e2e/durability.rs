@@ -45,6 +45,7 @@ async fn serve_until_killed() {
         PartyConfig {
             component: Some(component.into()),
             krate: None,
+            builtin: None,
             vars: Default::default(),
             limits: Default::default(),
         },

@@ -1,4 +1,5 @@
-//! The relay example between several clients, text and binary.
+//! The relay example between several clients, text and binary; and the
+//! builtin relay (`dormouse bench`'s baseline), which must behave the same.
 
 use std::time::Duration;
 
@@ -9,10 +10,38 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_text_and_binary_to_every_other_client() {
     let server = Server::start(Options::main("relay")).await;
-    let mut a = server.ws("/parties/main/room-1").await;
-    let mut b = server.ws("/parties/main/room-1?_pk=bee").await;
-    let mut c = server.ws("/party/room-1").await;
-    let mut elsewhere = server.ws("/parties/main/room-2").await;
+    relays(&server, "main").await;
+    // `/party/:room` is `/parties/main/:room`.
+    let mut alias = server.ws("/party/room-9").await;
+    let mut full = server.ws("/parties/main/room-9").await;
+    send_text(&mut full, "via the alias").await;
+    assert_eq!(recv_text(&mut alias).await, "via the alias");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builtin_relay_behaves_like_the_example() {
+    let server = Server::start(Options {
+        builtins: vec!["native"],
+        ..Options::main("relay")
+    })
+    .await;
+    relays(&server, "native").await;
+    assert_eq!(
+        server
+            .metric("dormouse_wakes_total{party=\"native\"}")
+            .await,
+        0.0,
+        "nothing to wake"
+    );
+    server.stop().await;
+}
+
+async fn relays(server: &Server, party: &str) {
+    let mut a = server.ws(&format!("/parties/{party}/room-1")).await;
+    let mut b = server.ws(&format!("/parties/{party}/room-1?_pk=bee")).await;
+    let mut c = server.ws(&format!("/parties/{party}/room-1")).await;
+    let mut elsewhere = server.ws(&format!("/parties/{party}/room-2")).await;
 
     send_text(&mut a, "hello").await;
     assert_eq!(recv_text(&mut b).await, "hello");
@@ -33,10 +62,8 @@ async fn relays_text_and_binary_to_every_other_client() {
     // The sender never hears its own message; another room hears nothing.
     silent(&mut b, Duration::from_millis(200)).await;
     silent(&mut elsewhere, Duration::from_millis(50)).await;
-    server
-        .wait_metric("dormouse_connections{party=\"main\"}", 4.0)
-        .await;
-    server.stop().await;
+    let connections = format!("dormouse_connections{{party=\"{party}\"}}");
+    server.wait_metric(&connections, 4.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,7 +61,8 @@ fn message_len(message: &Message) -> usize {
 const MAX_AUTO_RESPONSE: usize = 2048;
 
 /// The WIT form of a WebSocket message (auto-responses are data frames).
-fn from_ws(message: &tungstenite::Message) -> Option<Message> {
+/// A WebSocket message in WIT form; `None` for control frames.
+pub fn from_ws(message: &tungstenite::Message) -> Option<Message> {
     match message {
         tungstenite::Message::Text(t) => Some(Message::Text(t.to_string())),
         tungstenite::Message::Binary(b) => Some(Message::Binary(b.to_vec())),
