@@ -5,12 +5,12 @@
 //! (the host imports in `imports/` work on it); when the room hibernates it is
 //! taken back out and the `Store` is dropped. Guest memory goes; this stays.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
@@ -38,19 +38,29 @@ pub struct Connection {
 /// The sending half of a connection's outbound queue. The queue is bounded
 /// in bytes, not messages: a burst of many small messages (10,000 broadcasts
 /// in one hook) is fine, a client that stops reading is not.
-#[derive(Clone)]
+///
+/// An idle queue allocates nothing but its shared header (a channel would
+/// allocate a block of slots per socket up front: ~1.8 KiB each at tens of
+/// thousands of idle sockets).
 pub struct Outbound {
-    tx: mpsc::UnboundedSender<Message>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     limit: usize,
     /// Cancelled when the queue overflows: the socket task then closes with 1008.
     overflow: CancellationToken,
 }
 
+struct Shared {
+    messages: std::sync::Mutex<VecDeque<Message>>,
+    /// Wakes the socket task: a message came, or the last sender went.
+    ready: Notify,
+    /// Bytes queued, each message counted with [`MESSAGE_OVERHEAD`].
+    queued: AtomicUsize,
+    senders: AtomicUsize,
+}
+
 /// The receiving half, owned by the socket task.
 pub struct OutboundQueue {
-    rx: mpsc::UnboundedReceiver<Message>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 /// What a queued message counts for against the queue's limit.
@@ -61,32 +71,33 @@ fn cost(message: &Message) -> usize {
 impl Outbound {
     /// A queue of at most `limit` bytes; the receiver goes to the socket task.
     pub fn new(limit: usize) -> (Outbound, OutboundQueue, CancellationToken) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared {
+            messages: std::sync::Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            queued: AtomicUsize::new(0),
+            senders: AtomicUsize::new(1),
+        });
         let overflow = CancellationToken::new();
         let out = Outbound {
-            tx,
-            queued: queued.clone(),
+            shared: shared.clone(),
             limit,
             overflow: overflow.clone(),
         };
-        (out, OutboundQueue { rx, queued }, overflow)
+        (out, OutboundQueue { shared }, overflow)
     }
 
     /// Queue a message without waiting; past the limit the client is marked
     /// too slow. One message always fits an empty queue, whatever its size.
     pub fn push(&self, message: Message) -> bool {
         let c = cost(&message);
-        let before = self.queued.fetch_add(c, Relaxed);
+        let before = self.shared.queued.fetch_add(c, Relaxed);
         if before > 0 && before + c > self.limit {
-            self.queued.fetch_sub(c, Relaxed);
+            self.shared.queued.fetch_sub(c, Relaxed);
             self.overflow.cancel();
             return false;
         }
-        if self.tx.send(message).is_err() {
-            self.queued.fetch_sub(c, Relaxed);
-            return false;
-        }
+        lock(&self.shared.messages).push_back(message);
+        self.shared.ready.notify_one();
         true
     }
 
@@ -99,19 +110,55 @@ impl Outbound {
     }
 }
 
+impl Clone for Outbound {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Relaxed);
+        Outbound {
+            shared: self.shared.clone(),
+            limit: self.limit,
+            overflow: self.overflow.clone(),
+        }
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Relaxed) == 1 {
+            self.shared.ready.notify_one();
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl OutboundQueue {
-    /// The next message to write; `None` once every sender is gone.
+    /// The next message to write; `None` once the queue is empty and every
+    /// sender is gone (the room dropped the connection).
     pub async fn recv(&mut self) -> Option<Message> {
-        let message = self.rx.recv().await?;
-        self.queued.fetch_sub(cost(&message), Relaxed);
-        Some(message)
+        loop {
+            if let Some(message) = self.try_recv() {
+                return Some(message);
+            }
+            if self.shared.senders.load(Relaxed) == 0 {
+                return None;
+            }
+            // A notify_one before this point left a permit: no lost wakeup.
+            self.shared.ready.notified().await;
+        }
     }
 
-    #[cfg(test)]
-    pub fn try_recv(&mut self) -> Result<Message, mpsc::error::TryRecvError> {
-        let message = self.rx.try_recv()?;
-        self.queued.fetch_sub(cost(&message), Relaxed);
-        Ok(message)
+    pub fn try_recv(&mut self) -> Option<Message> {
+        let mut messages = lock(&self.shared.messages);
+        let message = messages.pop_front()?;
+        // Give a burst's memory back once it has drained.
+        if messages.is_empty() && messages.capacity() > 64 {
+            *messages = VecDeque::new();
+        }
+        drop(messages);
+        self.shared.queued.fetch_sub(cost(&message), Relaxed);
+        Some(message)
     }
 }
 
@@ -261,8 +308,18 @@ pub(crate) mod test_support {
             assert!(out.push(Message::text("tiny")));
         }
         assert!(!overflow.is_cancelled());
-        assert!(small.try_recv().is_ok());
-        assert!(queue.try_recv().is_ok());
+        assert!(small.try_recv().is_some());
+        assert!(queue.try_recv().is_some());
+        // The last sender gone and the queue drained: the socket hears `None`.
+        drop(out);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut n = 0;
+        while rt.block_on(small.recv()).is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 9);
     }
 
     /// Add a connection; its outbound queue's receiver.

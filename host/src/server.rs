@@ -286,10 +286,20 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
 }
 
 fn ws_config(message_bytes: usize) -> WebSocketConfig {
+    // tungstenite's defaults reserve 128 KiB to read into per socket, and
+    // buffer writes up to 128 KiB: at tens of thousands of idle sockets that
+    // is most of the server's memory. The read buffer grows when a frame
+    // needs it; each message is written out at once (the socket task
+    // flushes every message anyway).
     WebSocketConfig::default()
         .max_message_size(Some(message_bytes))
         .max_frame_size(Some(message_bytes))
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
 }
+
+/// Bytes reserved to read a socket's frames into; grows for larger frames.
+const READ_BUFFER: usize = 256;
 
 async fn request(req: Request<Incoming>, host: Arc<Host>, path: RoomPath) -> Response<Body> {
     let limit = host.limits_for(&path.party).message_bytes;
