@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -19,7 +18,7 @@ use crate::config::{Config, Limits};
 use crate::instance::{Party, Runtime};
 use crate::logs::Logs;
 use crate::metrics::Metrics;
-use crate::room::{self, Event};
+use crate::room::{self, Event, RoomRx, RoomTx};
 use crate::storage::Storage;
 use crate::versions::Versions;
 
@@ -50,7 +49,7 @@ pub struct Host {
 }
 
 struct RoomEntry {
-    tx: mpsc::Sender<Event>,
+    tx: RoomTx,
     generation: u64,
     status: Arc<RoomStatus>,
 }
@@ -197,11 +196,7 @@ impl Host {
     /// Deliver an event to a room, starting its actor if needed. Returns the
     /// room's sender (sockets keep it for their later events), or `None` when
     /// the host is shutting down.
-    pub async fn dispatch(
-        self: &Arc<Self>,
-        key: &RoomKey,
-        mut event: Event,
-    ) -> Option<mpsc::Sender<Event>> {
+    pub async fn dispatch(self: &Arc<Self>, key: &RoomKey, mut event: Event) -> Option<RoomTx> {
         loop {
             if self.shutdown.is_cancelled() {
                 return None;
@@ -209,7 +204,7 @@ impl Host {
             let (tx, generation) = self.room(key);
             match tx.send(event).await {
                 Ok(()) => return Some(tx),
-                Err(mpsc::error::SendError(back)) => {
+                Err(back) => {
                     // The actor retired (or died) after we looked it up:
                     // forget that entry and start a fresh actor.
                     event = back;
@@ -304,7 +299,7 @@ impl Host {
         Ok(())
     }
 
-    fn rooms_of(&self, party: &str) -> Vec<mpsc::Sender<Event>> {
+    fn rooms_of(&self, party: &str) -> Vec<RoomTx> {
         lock(&self.rooms)
             .iter()
             .filter(|((p, _), _)| **p == *party)
@@ -370,12 +365,12 @@ impl Host {
             .collect()
     }
 
-    fn room(self: &Arc<Self>, key: &RoomKey) -> (mpsc::Sender<Event>, u64) {
+    fn room(self: &Arc<Self>, key: &RoomKey) -> (RoomTx, u64) {
         let mut rooms = lock(&self.rooms);
         if let Some(e) = rooms.get(key) {
             return (e.tx.clone(), e.generation);
         }
-        let (tx, rx) = mpsc::channel(ROOM_QUEUE);
+        let (tx, rx) = RoomTx::channel(ROOM_QUEUE);
         let generation = self.next_serial();
         let status = Arc::new(RoomStatus::default());
         rooms.insert(
@@ -397,12 +392,7 @@ impl Host {
     /// the registry unless an event is waiting. Runs under the registry lock,
     /// so no new sender can be handed out meanwhile; a sender handed out
     /// before finds the channel closed and `dispatch` starts a new actor.
-    pub(crate) fn retire(
-        &self,
-        key: &RoomKey,
-        generation: u64,
-        rx: &mut mpsc::Receiver<Event>,
-    ) -> bool {
+    pub(crate) fn retire(&self, key: &RoomKey, generation: u64, rx: &mut RoomRx) -> bool {
         let mut rooms = lock(&self.rooms);
         if !rx.is_empty() {
             return false;

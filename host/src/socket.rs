@@ -7,7 +7,6 @@ use tokio::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -16,7 +15,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::imports::connections::from_ws;
-use crate::room::{ConnRef, Event};
+use crate::room::{ConnRef, Event, RoomTx};
 use crate::room_state::{AutoResponse, OutboundQueue};
 
 /// How long a closing socket waits for the peer's close frame.
@@ -27,7 +26,7 @@ const TOO_SLOW: &str = "too slow: outbound queue full";
 /// What the socket task needs.
 pub struct Socket {
     pub conn: ConnRef,
-    pub room: mpsc::Sender<Event>,
+    pub room: RoomTx,
     pub outbound: OutboundQueue,
     pub overflow: CancellationToken,
     pub shutdown: CancellationToken,
