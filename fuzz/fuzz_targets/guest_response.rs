@@ -14,7 +14,15 @@ fuzz_target!(|input: (u16, Vec<(String, String)>, Vec<u8>)| {
         body,
     });
     assert!(!r.status().is_informational());
-    for name in ["content-length", "transfer-encoding", "connection", "upgrade"] {
-        assert!(r.headers().get(name).is_none(), "{name} came from the guest");
+    for name in [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+    ] {
+        assert!(
+            r.headers().get(name).is_none(),
+            "{name} came from the guest"
+        );
     }
 });

@@ -11,7 +11,10 @@ fuzz_target!(|input: &str| {
     };
     if let Ok(Route::Room(r)) = route::parse(path) {
         assert!(route::valid_party_name(&r.party), "{input:?}");
-        assert!(!r.room.is_empty() && r.room.len() <= MAX_ROOM_ID, "{input:?}");
+        assert!(
+            !r.room.is_empty() && r.room.len() <= MAX_ROOM_ID,
+            "{input:?}"
+        );
         assert!(!r.room.contains('/'), "{input:?}");
     }
     if let Ok(Some(id)) = route::connection_id(query) {

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use dormouse::storage::{ListOptions, RoomStorage, Storage};
 use arbitrary::Arbitrary;
+use dormouse::storage::{ListOptions, RoomStorage, Storage};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -76,7 +76,12 @@ fuzz_target!(|ops: Vec<Op>| {
                     limit: limit.map(u32::from),
                     reverse,
                 };
-                let got: Vec<String> = room.list(&o).expect("list").into_iter().map(|(k, _)| k).collect();
+                let got: Vec<String> = room
+                    .list(&o)
+                    .expect("list")
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect();
                 let mut want: Vec<String> = model
                     .keys()
                     .filter(|k| prefix.as_deref().is_none_or(|p| k.starts_with(p)))
