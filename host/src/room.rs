@@ -195,6 +195,9 @@ impl Room {
                     // large, and an idle actor should not carry their space.
                     Box::pin(self.handle(*event)).await;
                     if idle.is_zero() {
+                        // Let the sockets this event woke write first:
+                        // dropping the instance takes longer than sending.
+                        tokio::task::yield_now().await;
                         self.hibernate();
                     }
                     let connections = self.state().connections.len() as u64;
