@@ -419,99 +419,107 @@ async fn connections(args: &BenchArgs, out: &mut Report) -> anyhow::Result<()> {
 
 /// Hold `count` idle connections in one (hibernated) room; RSS per connection.
 async fn per_connection(parties: &Parties, count: usize, out: &mut Report) -> anyhow::Result<u64> {
-    let server = Server::start(parties, 1000, "").await?;
-    let before = server.quiet_rss().await?;
-    let (workers, held) = Workers::hold(server.addr, "/parties/relay/idle", count).await?;
-    server
-        .settle("dormouse_connections{party=\"relay\"}", held as f64)
-        .await?;
-    server
-        .settle("dormouse_rooms{party=\"relay\",state=\"awake\"}", 0.0)
-        .await?;
-    let after = server.quiet_rss().await?;
-    out.figure("connections", "held", held as f64, "connections");
+    let held = Held::measure(parties, 1000, "", "/parties/relay/idle", count, false).await?;
+    out.figure("connections", "held", held.count as f64, "connections");
     out.figure(
         "connections",
         "server_rss_before",
-        before as f64 / 1024.0,
+        held.before as f64 / 1024.0,
         "KiB",
     );
     out.figure(
         "connections",
         "server_rss_after",
-        after as f64 / 1024.0,
+        held.after as f64 / 1024.0,
         "KiB",
     );
-    workers.stop().await;
-    server.stop().await;
-    Ok(after.saturating_sub(before) / held.max(1) as u64)
+    Ok(held.per())
+}
+
+/// A server's RSS before and after worker processes opened `count` idle
+/// connections (and the rooms settled).
+struct Held {
+    count: usize,
+    before: u64,
+    after: u64,
+}
+
+impl Held {
+    /// Start a server, hold the connections to `path` (`{}` = connection
+    /// number), wait until every room is hibernated (or, with `awake`, until
+    /// each connection's room is awake), and read the RSS.
+    async fn measure(
+        parties: &Parties,
+        idle_timeout_ms: u64,
+        extra: &str,
+        path: &str,
+        count: usize,
+        awake: bool,
+    ) -> anyhow::Result<Held> {
+        let server = Server::start(parties, idle_timeout_ms, extra).await?;
+        let before = server.quiet_rss().await?;
+        let (workers, held) = Workers::hold(server.addr, path, count).await?;
+        server
+            .settle("dormouse_connections{party=\"relay\"}", held as f64)
+            .await?;
+        let awake_rooms = if awake { held } else { 0 };
+        server
+            .settle(
+                "dormouse_rooms{party=\"relay\",state=\"awake\"}",
+                awake_rooms as f64,
+            )
+            .await?;
+        let after = server.quiet_rss().await?;
+        workers.stop().await;
+        server.stop().await;
+        Ok(Held {
+            count: held,
+            before,
+            after,
+        })
+    }
+
+    /// Bytes of RSS each held connection added.
+    fn per(&self) -> u64 {
+        self.after.saturating_sub(self.before) / self.count.max(1) as u64
+    }
 }
 
 async fn rooms(args: &BenchArgs, out: &mut Report) -> anyhow::Result<()> {
     let parties = Parties::build(&args.examples)?;
     // What a connection costs alone (all in one room), to subtract.
-    let per_conn = per_connection(&parties, args.rooms, out).await?;
-    out.figure(
-        "rooms",
-        "server_rss_per_connection",
-        per_conn as f64,
-        "bytes",
-    );
+    let per_conn = per_connection(&parties, args.rooms, out).await? as f64;
+    out.figure("rooms", "server_rss_per_connection", per_conn, "bytes");
 
-    let server = Server::start(&parties, 1000, "").await?;
-    let before = server.quiet_rss().await?;
-    let (workers, held) = Workers::hold(server.addr, "/parties/relay/room-{}", args.rooms).await?;
-    server
-        .settle("dormouse_connections{party=\"relay\"}", held as f64)
-        .await?;
-    server
-        .settle("dormouse_rooms{party=\"relay\",state=\"awake\"}", 0.0)
-        .await?;
-    let after = server.quiet_rss().await?;
-    let per_room = after.saturating_sub(before) / held.max(1) as u64;
-    out.figure("rooms", "hibernated_rooms", held as f64, "rooms");
+    let path = "/parties/relay/room-{}";
+    let hibernated = Held::measure(&parties, 1000, "", path, args.rooms, false).await?;
+    let per_room = hibernated.per() as f64;
     out.figure(
         "rooms",
-        "server_rss_per_hibernated_room",
-        per_room as f64,
-        "bytes",
+        "hibernated_rooms",
+        hibernated.count as f64,
+        "rooms",
     );
+    out.figure("rooms", "server_rss_per_hibernated_room", per_room, "bytes");
     out.figure(
         "rooms",
         "beyond_its_connection",
-        per_room as f64 - per_conn as f64,
+        per_room - per_conn,
         "bytes",
     );
-    workers.stop().await;
-    server.stop().await;
 
     let extra = format!("[limits]\nawake_rooms = {}\n", args.awake.max(1));
-    let server = Server::start(&parties, 600_000, &extra).await?;
-    let before = server.quiet_rss().await?;
-    let (workers, held) = Workers::hold(server.addr, "/parties/relay/awake-{}", args.awake).await?;
-    server
-        .settle(
-            "dormouse_rooms{party=\"relay\",state=\"awake\"}",
-            held as f64,
-        )
-        .await?;
-    let after = server.quiet_rss().await?;
-    let per_awake = after.saturating_sub(before) / held.max(1) as u64;
-    out.figure("rooms", "awake_rooms", held as f64, "rooms");
-    out.figure(
-        "rooms",
-        "server_rss_per_awake_room",
-        per_awake as f64,
-        "bytes",
-    );
+    let path = "/parties/relay/awake-{}";
+    let awake = Held::measure(&parties, 600_000, &extra, path, args.awake, true).await?;
+    let per_awake = awake.per() as f64;
+    out.figure("rooms", "awake_rooms", awake.count as f64, "rooms");
+    out.figure("rooms", "server_rss_per_awake_room", per_awake, "bytes");
     out.figure(
         "rooms",
         "awake_beyond_its_connection",
-        per_awake as f64 - per_conn as f64,
+        per_awake - per_conn,
         "bytes",
     );
-    workers.stop().await;
-    server.stop().await;
     Ok(())
 }
 
