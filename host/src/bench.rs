@@ -743,22 +743,23 @@ async fn wake(args: &BenchArgs, out: &mut Report) -> anyhow::Result<()> {
 async fn relay_trip((a, b): &mut (Ws, Ws)) -> anyhow::Result<u64> {
     let t = Instant::now();
     a.send(Message::text("wake")).await?;
-    loop {
-        match b.next().await.context("closed")?? {
-            Message::Text(_) => return Ok(t.elapsed().as_nanos() as u64),
-            Message::Close(_) => bail!("closed"),
-            _ => {}
-        }
-    }
+    next_text(b).await?;
+    Ok(t.elapsed().as_nanos() as u64)
 }
 
 /// `inc` and its answer; nanoseconds.
 async fn inc(ws: &mut Ws) -> anyhow::Result<u64> {
     let t = Instant::now();
     ws.send(Message::text("inc")).await?;
+    next_text(ws).await?;
+    Ok(t.elapsed().as_nanos() as u64)
+}
+
+/// Wait for the next text message (pings and pongs skipped).
+async fn next_text(ws: &mut Ws) -> anyhow::Result<()> {
     loop {
         match ws.next().await.context("closed")?? {
-            Message::Text(_) => return Ok(t.elapsed().as_nanos() as u64),
+            Message::Text(_) => return Ok(()),
             Message::Close(_) => bail!("closed"),
             _ => {}
         }

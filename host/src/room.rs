@@ -333,12 +333,8 @@ impl Room {
             && state.connections.len() >= max
             && !state.connections.contains_key(&id)
         {
-            let body = format!("this room is full ({max} connections)\n");
-            let _ = c.reply.send(Err(wit::Response {
-                status: 503,
-                headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
-                body: body.into_bytes(),
-            }));
+            let line = format!("this room is full ({max} connections)");
+            let _ = c.reply.send(Err(text_response(503, &line)));
             return;
         }
         let connection = Connection {
@@ -555,11 +551,7 @@ impl Room {
                 state.release(&metrics);
                 Reply::Done
             }
-            Call::Request(_) => Reply::Response(wit::Response {
-                status: 200,
-                headers: Vec::new(),
-                body: b"builtin relay\n".to_vec(),
-            }),
+            Call::Request(_) => Reply::Response(text_response(200, "builtin relay")),
             Call::Start | Call::Close(..) | Call::Error(..) | Call::Alarm(_) => Reply::Done,
         }
     }
@@ -581,9 +573,14 @@ impl Room {
 
 /// What a client gets when the room's hook failed.
 fn failed_response() -> wit::Response {
+    text_response(500, "the room failed to handle this request")
+}
+
+/// A one-line plain-text answer from the host on a room's behalf.
+fn text_response(status: u16, line: &str) -> wit::Response {
     wit::Response {
-        status: 500,
+        status,
         headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
-        body: b"the room failed to handle this request\n".to_vec(),
+        body: format!("{line}\n").into_bytes(),
     }
 }

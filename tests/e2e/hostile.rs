@@ -10,14 +10,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
-/// A WebSocket handshake by hand, so the test can then write any bytes at all.
-async fn raw_ws(server: &Server, path: &str) -> TcpStream {
-    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
-    let request = format!(
+/// The bytes of a WebSocket upgrade request for `path`.
+fn upgrade_request(server: &Server, path: &str) -> String {
+    format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
         server.addr
-    );
+    )
+}
+
+/// A WebSocket handshake by hand, so the test can then write any bytes at all.
+async fn raw_ws(server: &Server, path: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let request = upgrade_request(server, path);
     tcp.write_all(request.as_bytes()).await.expect("write");
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
@@ -154,11 +159,7 @@ async fn a_client_that_never_reads_is_closed_1008_and_the_room_carries_on() {
     let socket = TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("rcvbuf");
     let mut stalled = socket.connect(server.addr).await.expect("connect");
-    let request = format!(
-        "GET /parties/main/busy HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        server.addr
-    );
+    let request = upgrade_request(&server, "/parties/main/busy");
     stalled.write_all(request.as_bytes()).await.expect("write");
     server
         .wait_metric("dormouse_connections{party=\"main\"}", 3.0)
