@@ -411,6 +411,6 @@ impl Host {
 }
 
 /// Lock a mutex; a panic elsewhere while holding it does not poison the host.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

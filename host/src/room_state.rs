@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Limits, MESSAGE_OVERHEAD};
-use crate::host::{Host, RoomKey};
+use crate::host::{Host, RoomKey, lock};
 use crate::metrics::{Metrics, PartyMetrics};
 use crate::storage::RoomStorage;
 
@@ -127,10 +127,6 @@ impl Drop for Outbound {
             self.shared.ready.notify_one();
         }
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl OutboundQueue {
