@@ -15,7 +15,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::host::Host;
+use crate::host::{AdminError, Host};
 use crate::server::{Body, json, text};
 
 /// The largest component an upload may carry.
@@ -30,10 +30,7 @@ pub async fn handle(req: Request<Incoming>, host: Arc<Host>, peer: SocketAddr) -
     let query = req.uri().query().unwrap_or("").to_owned();
     let segments: Vec<&str> = path.split('/').skip(2).collect();
     match (req.method().clone(), segments.as_slice()) {
-        (Method::GET, ["parties"]) => match host.parties() {
-            Ok(list) => json(StatusCode::OK, &list),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-        },
+        (Method::GET, ["parties"]) => answer(host.parties().map_err(AdminError::Failed)),
         (Method::PUT | Method::POST, ["parties", name]) => {
             let name = (*name).to_owned();
             let body = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
@@ -43,29 +40,45 @@ pub async fn handle(req: Request<Incoming>, host: Arc<Host>, peer: SocketAddr) -
                     return text(StatusCode::PAYLOAD_TOO_LARGE, msg);
                 }
             };
-            match host.upload(&name, body, &token).await {
-                Ok(d) => json(StatusCode::OK, &d),
-                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e:#}")),
-            }
+            answer(host.upload(&name, body, &token).await)
         }
         (Method::POST, ["parties", name, "rollback"]) => {
             let to = param(&query, "version").and_then(|v| v.parse().ok());
-            match host.rollback(name, to).await {
-                Ok(d) => json(StatusCode::OK, &d),
-                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e:#}")),
-            }
+            answer(host.rollback(name, to).await)
         }
         (Method::DELETE, ["parties", name]) => match host.delete_party(name).await {
             Ok(()) => text(StatusCode::OK, format!("party {name} deleted")),
-            Err(e) => text(StatusCode::NOT_FOUND, format!("{e:#}")),
+            Err(e) => failure(e),
         },
-        (Method::GET, ["rooms"]) => json(StatusCode::OK, &host.rooms()),
+        (Method::GET, ["rooms"]) => answer(host.rooms().await),
         (Method::GET, ["logs"]) => logs(&host, &query),
         _ => text(
             StatusCode::NOT_FOUND,
             "no such admin endpoint: see /_dormouse/{parties,rooms,logs}".into(),
         ),
     }
+}
+
+/// An operation's result as JSON, or its failure.
+fn answer<T: serde::Serialize>(result: Result<T, AdminError>) -> Response<Body> {
+    match result {
+        Ok(value) => json(StatusCode::OK, &value),
+        Err(e) => failure(e),
+    }
+}
+
+/// The caller's mistakes are 4xx and theirs to read; the host's own
+/// failures are 500 and logged here, once.
+fn failure(e: AdminError) -> Response<Body> {
+    let status = match &e {
+        AdminError::Refused(_) => StatusCode::BAD_REQUEST,
+        AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+        AdminError::Failed(error) => {
+            tracing::error!(error = format!("{error:#}"), "admin operation failed");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    text(status, e.to_string())
 }
 
 /// The token's name, or the refusal.

@@ -65,6 +65,13 @@ impl Alarms {
         }
     }
 
+    /// Forget every alarm of a party (it was deleted).
+    pub fn clear_party(&self, party: &str) {
+        let mut s = self.lock();
+        s.by_room.retain(|(p, _), _| &**p != party);
+        s.by_time.retain(|(_, (p, _))| &**p != party);
+    }
+
     /// The alarms due at `now`, removed from the schedule, with their retry counts.
     fn take_due(&self, now: u64) -> Vec<(RoomKey, u32)> {
         let mut s = self.lock();
@@ -145,5 +152,10 @@ mod tests {
         a.clear(&key("moved"));
         assert!(a.is_empty());
         assert_eq!(a.next_due(), None);
+        a.set(key("x"), 5, 0);
+        a.set(("other".into(), "x".into()), 6, 0);
+        a.clear_party("main");
+        assert_eq!(a.len(), 1);
+        assert_eq!(a.next_due(), Some(6));
     }
 }

@@ -213,6 +213,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .ok()
             .filter(|t| !t.is_empty());
     }
+    if config.admin_token.is_none() {
+        let (token, path) = crate::admin_token::ensure(&config.data_dir)?;
+        info!(
+            file = %path.display(),
+            "admin token: in this file, readable by this user only (the CLI here finds it; elsewhere set DORMOUSE_TOKEN)"
+        );
+        config.admin_token = Some(token);
+    }
     let host = Host::new(config)?;
     if host.parties()?.is_empty() {
         info!("no parties yet: `dormouse deploy DIR --party NAME` uploads one");
@@ -441,6 +449,14 @@ async fn serve_host(host: Arc<Host>, start: impl FnOnce(&Arc<Host>)) -> anyhow::
     let listener = TcpListener::bind(host.config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", host.config.listen))?;
+    let metrics = match host.config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?,
+        ),
+        None => None,
+    };
     start(&host);
     let token = host.shutdown.clone();
     tokio::spawn(async move {
@@ -448,7 +464,10 @@ async fn serve_host(host: Arc<Host>, start: impl FnOnce(&Arc<Host>)) -> anyhow::
         info!("shutting down: closing sockets with 1001");
         token.cancel();
     });
-    crate::server::run(listener, host).await
+    match metrics {
+        Some(metrics) => crate::server::run_with_metrics(listener, metrics, host).await,
+        None => crate::server::run(listener, host).await,
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,5 +1,6 @@
 //! The CLI's side of the admin API: one HTTP/1.1 request per call, over
-//! hyper, with the bearer token from `DORMOUSE_TOKEN`.
+//! hyper, with the bearer token from `DORMOUSE_TOKEN` or the data dir
+//! (`admin_token`).
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -32,9 +33,7 @@ impl Admin {
             .authority()
             .with_context(|| format!("no host in {url:?}"))?
             .to_string();
-        let token = std::env::var("DORMOUSE_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty());
+        let token = crate::admin_token::find();
         Ok(Admin { authority, token })
     }
 

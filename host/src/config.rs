@@ -15,6 +15,10 @@ use serde::Deserialize;
 pub struct Config {
     /// Where the server listens.
     pub listen: SocketAddr,
+    /// Where to serve `/_dormouse/metrics` and `/_dormouse/health` alone,
+    /// for a scraper on a private port; `listen` then answers metrics with
+    /// 404 (health stays on both, for load balancers).
+    pub metrics_listen: Option<SocketAddr>,
     /// Where SQLite keeps room storage.
     pub data_dir: PathBuf,
     /// How long an awake room waits for an event before it hibernates.
@@ -68,6 +72,8 @@ pub struct PartyLimits {
     pub connection_state_bytes: Option<usize>,
     pub outbound_queue_bytes: Option<usize>,
     pub connections_per_room: Option<usize>,
+    pub hook_write_bytes: Option<usize>,
+    pub storage_bytes_per_room: Option<u64>,
 }
 
 /// The one builtin party: the relay example in plain Rust.
@@ -109,6 +115,12 @@ pub struct Limits {
     pub awake_rooms: u32,
     /// The first retry of a failing on-alarm waits this long; each next one twice as long.
     pub alarm_retry_ms: u64,
+    /// Bytes of keys and values one hook may write (its batch is held in
+    /// host memory until it commits); past it a write gets `too-large`.
+    pub hook_write_bytes: usize,
+    /// Bytes of keys and values one room may keep in storage; past it a
+    /// write gets `too-large`.
+    pub storage_bytes_per_room: u64,
 }
 
 impl Default for Limits {
@@ -127,6 +139,8 @@ impl Default for Limits {
             header_timeout_ms: 10_000,
             awake_rooms: 1000,
             alarm_retry_ms: 2_000,
+            hook_write_bytes: 64 << 20,
+            storage_bytes_per_room: 1 << 30,
         }
     }
 }
@@ -135,6 +149,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 1999)),
+            metrics_listen: None,
             data_dir: PathBuf::from(".dormouse"),
             idle_timeout_ms: 10_000,
             public: None,
@@ -248,6 +263,8 @@ impl Config {
         l.connection_state_bytes = o.connection_state_bytes.unwrap_or(l.connection_state_bytes);
         l.outbound_queue_bytes = o.outbound_queue_bytes.unwrap_or(l.outbound_queue_bytes);
         l.connections_per_room = o.connections_per_room.or(l.connections_per_room);
+        l.hook_write_bytes = o.hook_write_bytes.unwrap_or(l.hook_write_bytes);
+        l.storage_bytes_per_room = o.storage_bytes_per_room.unwrap_or(l.storage_bytes_per_room);
         l
     }
 
@@ -275,6 +292,9 @@ fn check_limits(l: &Limits, at: &str) -> anyhow::Result<()> {
     }
     if l.connections_per_room == Some(0) {
         bail!("{at}.connections_per_room must be at least 1 (leave it out for no cap)");
+    }
+    if l.hook_write_bytes < l.key_bytes + l.value_bytes {
+        bail!("{at}.hook_write_bytes must hold at least one largest key and value");
     }
     if l.header_timeout_ms == 0 {
         bail!("{at}.header_timeout_ms must be at least 1");

@@ -44,8 +44,27 @@ pub struct Host {
     /// Every task the host spawned, to wait for them at shutdown.
     pub tasks: TaskTracker,
     parties: Mutex<HashMap<String, Arc<Party>>>,
+    /// One lock per party name: its deploys, rollbacks and delete run one
+    /// at a time, so storage's active version and the served one agree.
+    deploying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     rooms: Mutex<HashMap<RoomKey, RoomEntry>>,
+    /// Notified whenever an instance is dropped, for wakes waiting on a slot.
+    pub(crate) slot_freed: tokio::sync::Notify,
     serial: AtomicU64,
+}
+
+/// Why an admin operation failed: the caller's fault, or the host's.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// A bad upload, an unknown version: nothing changed (HTTP 400).
+    #[error("{0}")]
+    Refused(String),
+    /// No such party (HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The disk or the database failed (HTTP 500; logged).
+    #[error("{0:#}")]
+    Failed(#[from] anyhow::Error),
 }
 
 struct RoomEntry {
@@ -58,6 +77,9 @@ struct RoomEntry {
 #[derive(Default)]
 pub struct RoomStatus {
     pub awake: AtomicBool,
+    /// A wake waiting for a pool slot asked this room to hibernate early
+    /// (at most one such request waits in its queue).
+    pub hibernate_asked: AtomicBool,
     pub connections: AtomicU64,
     pub last_event_ms: AtomicU64,
 }
@@ -111,15 +133,37 @@ impl Host {
         }
         // Versions deployed through the admin API win over the config file.
         let versions = Versions::open(&config.data_dir)?;
-        for (name, v) in storage.deployed()? {
-            let vars = config.vars(&name);
-            let party = versions.load(&runtime, &metrics, &name, &v.hash, vars)?;
+        for (name, active) in storage.deployed()? {
+            let (all, _) = storage.versions(&name)?;
+            // The active version first, then the earlier ones, newest first:
+            // a torn or missing file costs that party its newest version,
+            // never the host its start.
+            let candidates = all.iter().rev().filter(|v| v.version <= active.version);
+            let mut loaded = None;
+            for v in candidates {
+                let vars = config.vars(&name);
+                match versions.load(&runtime, &metrics, &name, &v.hash, vars) {
+                    Ok(party) => {
+                        loaded = Some((party, v.version));
+                        break;
+                    }
+                    Err(e) => tracing::error!(
+                        party = name,
+                        version = v.version,
+                        "version {} of party {name} cannot be loaded, trying the one before: {e:#}",
+                        v.version
+                    ),
+                }
+            }
+            let Some((party, version)) = loaded else {
+                tracing::error!(
+                    party = name,
+                    "no version of party {name} can be loaded; it is not served"
+                );
+                continue;
+            };
             metrics.party(&name);
-            tracing::info!(
-                party = name,
-                version = v.version,
-                "serving the deployed version"
-            );
+            tracing::info!(party = name, version, "serving the deployed version");
             parties.insert(name, Arc::new(party));
         }
         let alarms = Alarms::default();
@@ -144,7 +188,9 @@ impl Host {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             parties: Mutex::new(parties),
+            deploying: Mutex::default(),
             rooms: Mutex::new(HashMap::new()),
+            slot_freed: tokio::sync::Notify::new(),
             serial: AtomicU64::new(1),
         }))
     }
@@ -193,17 +239,18 @@ impl Host {
         self.serial.fetch_add(1, Relaxed)
     }
 
-    /// Deliver an event to a room, starting its actor if needed. Returns the
-    /// room's sender (sockets keep it for their later events), or `None` when
-    /// the host is shutting down.
-    pub async fn dispatch(self: &Arc<Self>, key: &RoomKey, mut event: Event) -> Option<RoomTx> {
+    /// Deliver an event to a room, starting its actor if needed; `false`
+    /// when the host is shutting down. A socket learns which actor to talk
+    /// to from its connect's reply ([`crate::room::Accepted`]), never from
+    /// here: the actor this reaches may retire and hand the event on.
+    pub async fn dispatch(self: &Arc<Self>, key: &RoomKey, mut event: Event) -> bool {
         loop {
             if self.shutdown.is_cancelled() {
-                return None;
+                return false;
             }
             let (tx, generation) = self.room(key);
             match tx.send(event).await {
-                Ok(()) => return Some(tx),
+                Ok(()) => return true,
                 Err(back) => {
                     // The actor retired (or died) after we looked it up:
                     // forget that entry and start a fresh actor.
@@ -217,6 +264,15 @@ impl Host {
         }
     }
 
+    /// Hold a party's deploy lock.
+    async fn deploying(&self, party: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock_ = lock(&self.deploying)
+            .entry(party.to_owned())
+            .or_default()
+            .clone();
+        lock_.lock_owned().await
+    }
+
     /// Validate, store and serve an uploaded component as the party's next
     /// version. A refusal changes nothing: the old version keeps serving.
     pub async fn upload(
@@ -224,24 +280,30 @@ impl Host {
         name: &str,
         bytes: Vec<u8>,
         token: &str,
-    ) -> anyhow::Result<Deployed> {
+    ) -> Result<Deployed, AdminError> {
         if !crate::route::valid_party_name(name) {
-            anyhow::bail!("party names match ^[a-z0-9_-]{{1,64}}$");
+            return Err(AdminError::Refused(
+                "party names match ^[a-z0-9_-]{1,64}$".into(),
+            ));
         }
+        let _deploying = self.deploying(name).await;
         let vars = self.config.vars(name);
         let host = self.clone();
         let (name_, token_) = (name.to_owned(), token.to_owned());
         // Compiling takes a while: keep it off the event loop.
         let (party, version, hash) = tokio::task::spawn_blocking(move || {
-            let party = Party::load(&host.runtime, &name_, &bytes, vars)?;
+            let party = Party::load(&host.runtime, &name_, &bytes, vars)
+                .map_err(|e| AdminError::Refused(format!("{e:#}")))?;
             let hash = crate::versions::hash(&bytes);
             host.versions.save(&host.runtime, &hash, &bytes, &party)?;
             let version = host
                 .storage
-                .add_version(&name_, &hash, bytes.len(), &token_)?;
-            anyhow::Ok((party, version, hash))
+                .add_version(&name_, &hash, bytes.len(), &token_)
+                .map_err(anyhow::Error::from)?;
+            Ok::<_, AdminError>((party, version, hash))
         })
-        .await??;
+        .await
+        .map_err(anyhow::Error::from)??;
         let size = party.size;
         let rooms = self.deploy(party).await;
         Ok(Deployed {
@@ -258,14 +320,17 @@ impl Host {
         self: &Arc<Self>,
         name: &str,
         to: Option<u32>,
-    ) -> anyhow::Result<Deployed> {
-        let (versions, active) = self.storage.versions(name)?;
+    ) -> Result<Deployed, AdminError> {
+        let _deploying = self.deploying(name).await;
+        let (versions, active) = self.storage.versions(name).map_err(anyhow::Error::from)?;
         let target = match to {
             Some(v) => versions.iter().find(|x| x.version == v),
             None => versions.iter().rev().find(|x| Some(x.version) < active),
         };
         let Some(target) = target.cloned() else {
-            anyhow::bail!("party {name} has no such earlier version");
+            return Err(AdminError::Refused(format!(
+                "party {name} has no such earlier version"
+            )));
         };
         let vars = self.config.vars(name);
         let host = self.clone();
@@ -274,8 +339,11 @@ impl Host {
             host.versions
                 .load(&host.runtime, &host.metrics, &name_, &hash, vars)
         })
-        .await??;
-        self.storage.activate(name, target.version)?;
+        .await
+        .map_err(anyhow::Error::from)??;
+        self.storage
+            .activate(name, target.version)
+            .map_err(anyhow::Error::from)?;
         let rooms = self.deploy(party).await;
         Ok(Deployed {
             party: name.to_owned(),
@@ -286,16 +354,31 @@ impl Host {
         })
     }
 
-    /// Stop serving a party: its rooms close their connections (1001) and
-    /// its versions and storage are deleted.
-    pub async fn delete_party(&self, name: &str) -> anyhow::Result<()> {
+    /// Stop serving a party and forget it: its rooms close their
+    /// connections (1001) and leave the registry, and its storage, alarms
+    /// and version files are deleted. Hooks still running cannot commit
+    /// after this (storage fences them), so a redeploy starts empty.
+    pub async fn delete_party(&self, name: &str) -> Result<(), AdminError> {
+        let _deploying = self.deploying(name).await;
         if lock(&self.parties).remove(name).is_none() {
-            anyhow::bail!("no party named {name:?} is deployed");
+            return Err(AdminError::NotFound(format!(
+                "no party named {name:?} is deployed"
+            )));
         }
-        for tx in self.rooms_of(name) {
+        // Out of the registry first: a later connect starts a fresh actor.
+        let evicted: Vec<RoomTx> = lock(&self.rooms)
+            .extract_if(|(p, _), _| **p == *name)
+            .map(|(_, e)| e.tx)
+            .collect();
+        for tx in evicted {
             let _ = tx.send(Event::Evict).await;
         }
-        self.storage.delete_party(name)?;
+        self.alarms.clear_party(name);
+        let orphans = self
+            .storage
+            .delete_party(name)
+            .map_err(anyhow::Error::from)?;
+        self.versions.remove(&orphans)?;
         Ok(())
     }
 
@@ -308,20 +391,31 @@ impl Host {
     }
 
     /// Ask the awake room with the oldest last event to hibernate (it does
-    /// after its current event). For a wake that found the pool full.
+    /// after its current event), unless it was asked already. For a wake
+    /// that found the pool full.
     pub fn hibernate_least_recent(&self) {
         let rooms = lock(&self.rooms);
         let lru = rooms
             .values()
-            .filter(|e| e.status.awake.load(Relaxed))
+            .filter(|e| e.status.awake.load(Relaxed) && !e.status.hibernate_asked.load(Relaxed))
             .min_by_key(|e| e.status.last_event_ms.load(Relaxed));
-        if let Some(e) = lru {
-            let _ = e.tx.try_send(Event::Hibernate);
+        if let Some(e) = lru
+            && !e.status.hibernate_asked.swap(true, Relaxed)
+            && !e.tx.try_send(Event::Hibernate)
+        {
+            // Its queue is full: it is busy, and will be asked again.
+            e.status.hibernate_asked.store(false, Relaxed);
         }
     }
 
-    /// The live rooms and their state.
-    pub fn rooms(&self) -> Vec<RoomInfo> {
+    /// The live rooms and their state. Storage sizes come from one query,
+    /// off the async runtime.
+    pub async fn rooms(self: &Arc<Self>) -> Result<Vec<RoomInfo>, AdminError> {
+        let host = self.clone();
+        let sizes = tokio::task::spawn_blocking(move || host.storage.room_sizes())
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(anyhow::Error::from)?;
         let live: Vec<(RoomKey, Arc<RoomStatus>)> = lock(&self.rooms)
             .iter()
             .map(|(k, e)| (k.clone(), e.status.clone()))
@@ -329,7 +423,10 @@ impl Host {
         let mut out: Vec<RoomInfo> = live
             .into_iter()
             .map(|((party, room), s)| RoomInfo {
-                storage_bytes: self.storage.room_size(&party, &room).unwrap_or(0),
+                storage_bytes: sizes
+                    .get(&(party.to_string(), room.to_string()))
+                    .copied()
+                    .unwrap_or(0),
                 party: party.to_string(),
                 room: room.to_string(),
                 state: if s.awake.load(Relaxed) {
@@ -342,7 +439,7 @@ impl Host {
             })
             .collect();
         out.sort_by(|a, b| (&a.party, &a.room).cmp(&(&b.party, &b.room)));
-        out
+        Ok(out)
     }
 
     /// Deployed and configured parties with their versions.
@@ -381,7 +478,13 @@ impl Host {
                 status: status.clone(),
             },
         );
-        let actor = room::Room::new(self.clone(), key.clone(), generation, rx, status);
+        let actor = room::Room::new(
+            self.clone(),
+            key.clone(),
+            generation,
+            (tx.clone(), rx),
+            status,
+        );
         // Every log line of the room (hook failures, guest logs) carries this span.
         let span = tracing::info_span!("room", party = %key.0, room = %key.1);
         self.tasks.spawn(actor.serve().instrument(span));
@@ -390,8 +493,10 @@ impl Host {
 
     /// Called by a room with no connections and no instance: remove it from
     /// the registry unless an event is waiting. Runs under the registry lock,
-    /// so no new sender can be handed out meanwhile; a sender handed out
-    /// before finds the channel closed and `dispatch` starts a new actor.
+    /// so no new sender can be handed out meanwhile. A sender handed out
+    /// before may still land an event between the check and the close; the
+    /// retiring actor drains those and hands them on in order. Any later
+    /// send finds the channel closed and `dispatch` starts a new actor.
     pub(crate) fn retire(&self, key: &RoomKey, generation: u64, rx: &mut RoomRx) -> bool {
         let mut rooms = lock(&self.rooms);
         if !rx.is_empty() {

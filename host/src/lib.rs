@@ -10,6 +10,7 @@
 //! | [`cli`] | the command line (`serve`, `build`, `dev`); `main.rs` only calls it |
 //! | [`server`] | accept loop, routing, WebSocket upgrade, on-request, health, metrics, static files |
 //! | `admin` | the admin API under `/_dormouse/`: deploy, versions, rollback, rooms, logs |
+//! | [`admin_token`] | the token `serve` makes in its data dir, and where the CLI finds it |
 //! | [`client`] | the CLI's side of the admin API |
 //! | [`route`] | URL parsing: party, room, `_pk` |
 //! | [`socket`] | one task per WebSocket: frames in, outbound queue out |
@@ -39,6 +40,7 @@
 //! ```
 
 mod admin;
+pub mod admin_token;
 pub mod alarms;
 pub mod bench;
 pub mod cli;

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub storage_commits: AtomicU64,
     pub component_cache_hits: AtomicU64,
     pub component_cache_misses: AtomicU64,
+    /// Wakes that found every awake-room slot taken and waited for one.
+    pub pool_full_waits: AtomicU64,
     pub wake_seconds: Histogram,
     pub hook_seconds: [Histogram; HOOKS.len()],
 }
@@ -147,6 +149,13 @@ impl Metrics {
             out,
             "dormouse_component_cache_total{{result=\"miss\"}} {miss}"
         );
+        let _ = writeln!(
+            out,
+            "# HELP dormouse_pool_full_waits_total Wakes that waited for an awake-room slot (past limits.awake_rooms)."
+        );
+        let _ = writeln!(out, "# TYPE dormouse_pool_full_waits_total counter");
+        let waits = self.pool_full_waits.load(Relaxed);
+        let _ = writeln!(out, "dormouse_pool_full_waits_total {waits}");
         let _ = writeln!(
             out,
             "# HELP dormouse_wake_seconds Time to wake a room: instantiate and on-start."

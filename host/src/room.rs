@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::{Instrument, error, warn};
+use tracing::{error, warn};
 
 use crate::alarms::{MAX_RETRIES, now_ms};
 use crate::host::{Host, RoomKey, RoomStatus};
@@ -33,8 +33,10 @@ use crate::room_state::{AutoResponse, Connection, Outbound, Outgoing, RoomState}
 use crate::storage::RoomStorage;
 use crate::wit::{self, ConnectionInfo};
 
-/// How many 1 ms waits a wake spends for a slot to free before it fails.
-const MAX_EVICTION_WAITS: u32 = 5_000;
+/// How long a wake waits for an awake-room slot to free before it fails.
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often a waiting wake looks again without a notification.
+const POOL_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// An event for a room.
 pub enum Event {
@@ -64,9 +66,11 @@ pub enum Event {
     Alarm {
         retry: u32,
     },
-    /// Drop the instance after the current event (a new version was deployed).
+    /// Drop the instance after the current event (a new version was
+    /// deployed, or a wake needs its slot).
     Hibernate,
-    /// The party was deleted: close every connection (1001) and hibernate.
+    /// The party was deleted: close every connection (1001) and stop; the
+    /// registry has already forgotten this actor.
     Evict,
 }
 
@@ -82,8 +86,17 @@ pub struct Connect {
     pub conn: ConnRef,
     pub request: wit::Request,
     pub outbound: Outbound,
-    /// `Ok` carries the room's auto-response pair for the socket to answer.
-    pub reply: oneshot::Sender<Result<AutoResponse, wit::Response>>,
+    pub reply: oneshot::Sender<Result<Accepted, wit::Response>>,
+}
+
+/// A connection the room accepted: the socket talks to this actor, the one
+/// that ran its on-connect and holds it, for the rest of its life. (The
+/// actor a connect was first sent to may have retired meanwhile and handed
+/// the connect on to its successor.)
+pub struct Accepted {
+    pub room: RoomTx,
+    /// The room's auto-response pair, answered by the socket itself.
+    pub auto_response: AutoResponse,
 }
 
 enum Life {
@@ -124,6 +137,8 @@ pub struct Room {
     host: Arc<Host>,
     key: RoomKey,
     generation: u64,
+    /// This actor's own queue, handed to the sockets it accepts.
+    tx: RoomTx,
     rx: RoomRx,
     status: Arc<RoomStatus>,
     life: Life,
@@ -136,11 +151,12 @@ impl Room {
         host: Arc<Host>,
         key: RoomKey,
         generation: u64,
-        rx: RoomRx,
+        (tx, rx): (RoomTx, RoomRx),
         status: Arc<RoomStatus>,
     ) -> Room {
         let party_metrics = host.metrics.party(&key.0);
         party_metrics.rooms_hibernated.fetch_add(1, Relaxed);
+        let limits = host.limits_for(&key.0);
         let state = RoomState {
             party: key.0.clone(),
             id: key.1.clone(),
@@ -148,11 +164,18 @@ impl Room {
             chain: Vec::new(),
             auto_response: Default::default(),
             vars: Arc::default(),
-            limits: host.limits_for(&key.0),
             connections: Default::default(),
-            storage: RoomStorage::new(host.storage.clone(), key.0.clone(), key.1.clone()),
+            storage: RoomStorage::new(
+                host.storage.clone(),
+                key.0.clone(),
+                key.1.clone(),
+                limits.clone(),
+            ),
+            limits,
             outbox: Vec::new(),
             outbox_bytes: 0,
+            undo: Vec::new(),
+            auto_response_pending: None,
             party_metrics,
         };
         Room {
@@ -160,6 +183,7 @@ impl Room {
             host,
             key,
             generation,
+            tx,
             rx,
             status,
             life: Life::Hibernated(state),
@@ -191,6 +215,10 @@ impl Room {
                 () = shutdown.cancelled() => break,
                 event = self.rx.recv() => {
                     let Some(event) = event else { break };
+                    if matches!(*event, Event::Evict) {
+                        self.evict();
+                        break;
+                    }
                     // Boxed: the hook futures (instantiation included) are
                     // large, and an idle actor should not carry their space.
                     Box::pin(self.handle(*event)).await;
@@ -210,7 +238,7 @@ impl Room {
                     idle_until = None;
                 }
             }
-            if !self.awake() && self.state().connections.is_empty() && self.retire() {
+            if !self.awake() && self.state().connections.is_empty() && self.retire().await {
                 return;
             }
         }
@@ -225,8 +253,10 @@ impl Room {
         matches!(self.life, Life::Awake(_))
     }
 
-    /// Leave the registry; hand any event that raced in to a new actor.
-    fn retire(&mut self) -> bool {
+    /// Leave the registry. Events that raced in before the queue closed go
+    /// to the room's next actor, in the order they came: a connect among
+    /// them is accepted there, and its socket talks to that actor.
+    async fn retire(&mut self) -> bool {
         if !self.host.retire(&self.key, self.generation, &mut self.rx) {
             return false;
         }
@@ -234,14 +264,17 @@ impl Room {
             .party_metrics
             .rooms_hibernated
             .fetch_sub(1, Relaxed);
+        let mut late = Vec::new();
         while let Ok(event) = self.rx.try_recv() {
-            let (host, key) = (self.host.clone(), self.key.clone());
-            self.host.tasks.spawn(
-                async move {
-                    host.dispatch(&key, *event).await;
-                }
-                .in_current_span(),
-            );
+            late.push(event);
+        }
+        for event in late {
+            // Asked of this actor alone, and moot now: it has no instance
+            // and no connections.
+            if matches!(*event, Event::Hibernate | Event::Evict) {
+                continue;
+            }
+            self.host.dispatch(&self.key, *event).await;
         }
         true
     }
@@ -255,7 +288,9 @@ impl Room {
             unreachable!("checked awake above")
         };
         let state = instance.into_state();
+        self.host.slot_freed.notify_waiters();
         self.status.awake.store(false, Relaxed);
+        self.status.hibernate_asked.store(false, Relaxed);
         self.host
             .logs
             .emit(&self.key.0, &self.key.1, "host", "hibernated");
@@ -309,11 +344,18 @@ impl Room {
             }
             Event::Alarm { retry } => self.alarm(retry).await,
             Event::Hibernate => self.hibernate(),
-            Event::Evict => {
-                self.hibernate();
-                for c in self.state().connections.values() {
-                    c.outbound.close(1001, "party deleted");
-                }
+            Event::Evict => self.evict(),
+        }
+    }
+
+    /// The party was deleted: close and forget every connection.
+    fn evict(&mut self) {
+        self.hibernate();
+        let state = self.state();
+        let ids: Vec<String> = state.connections.keys().cloned().collect();
+        for id in ids {
+            if let Some(c) = state.remove(&id) {
+                c.outbound.close(1001, "party deleted");
             }
         }
     }
@@ -370,8 +412,11 @@ impl Room {
             Err(r) => format!("connection {id} refused with {}", r.status),
         };
         self.host.logs.emit(&self.key.0, &self.key.1, "host", line);
-        let auto = self.state().auto_response.clone();
-        let _ = c.reply.send(verdict.map(|()| auto));
+        let accepted = Accepted {
+            room: self.tx.clone(),
+            auto_response: self.state().auto_response.clone(),
+        };
+        let _ = c.reply.send(verdict.map(|()| accepted));
     }
 
     /// Wake if needed, then run one hook.
@@ -397,8 +442,11 @@ impl Room {
         };
         state.vars = party.vars.clone();
         let m = state.party_metrics.clone();
-        let mut attempts = 0;
+        let mut waiting_since: Option<Instant> = None;
+        let host = self.host.clone();
         loop {
+            // Registered before the attempt, so a slot freed meanwhile is seen.
+            let freed = host.slot_freed.notified();
             match Instance::new(&self.host.runtime, &party, state).await {
                 Ok(instance) => {
                     m.rooms_hibernated.fetch_sub(1, Relaxed);
@@ -410,19 +458,24 @@ impl Room {
                 }
                 // Every slot is taken: past `awake_rooms`, the least recently
                 // used awake room hibernates early, rather than this wake
-                // failing. Its slot frees once it finishes its current event.
-                Err((back, failure))
-                    if failure.kind == POOL_FULL && attempts < MAX_EVICTION_WAITS =>
-                {
+                // failing. Its slot frees once it finishes its current event;
+                // this wake waits for that notification.
+                Err((back, failure)) if failure.kind == POOL_FULL => {
                     state = back;
-                    if attempts == 0 {
-                        warn!(
-                            "every awake-room slot is taken; hibernating the least recently used room"
-                        );
-                    }
+                    let since = *waiting_since.get_or_insert_with(|| {
+                        self.host.metrics.pool_full_waits.fetch_add(1, Relaxed);
+                        warn!("every awake-room slot is taken; hibernating the least recently used room");
+                        Instant::now()
+                    });
+                    let Some(left) = POOL_WAIT.checked_sub(since.elapsed()) else {
+                        self.life = Life::Hibernated(state);
+                        self.failed("instantiate", failure);
+                        return Err(());
+                    };
                     self.host.hibernate_least_recent();
-                    attempts += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    // A slot may also free without a notification we can
+                    // see (a room that retired mid-wake): look again soon.
+                    let _ = tokio::time::timeout(left.min(POOL_RETRY), freed).await;
                 }
                 Err((back, failure)) => {
                     self.life = Life::Hibernated(back);

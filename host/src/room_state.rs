@@ -189,6 +189,13 @@ impl AutoResponse {
     }
 }
 
+/// What a hook changed in a connection, with the value before: a hook is
+/// all-or-nothing, so a failed one puts these back.
+pub enum Undo {
+    State(String, Option<Vec<u8>>),
+    Tags(String, Vec<String>),
+}
+
 /// The room's host-side state.
 pub struct RoomState {
     pub party: Arc<str>,
@@ -206,6 +213,11 @@ pub struct RoomState {
     /// Messages of the current hook, released by [`RoomState::release`].
     pub outbox: Vec<Outgoing>,
     pub outbox_bytes: usize,
+    /// Connection changes of the current hook, undone by [`RoomState::discard`].
+    pub undo: Vec<Undo>,
+    /// The auto-response the current hook set: the sockets answer with it
+    /// only once the hook's writes commit (boxed: most rooms never set one).
+    pub auto_response_pending: Option<Box<Option<(Message, Message)>>>,
     pub party_metrics: Arc<PartyMetrics>,
 }
 
@@ -237,13 +249,33 @@ impl RoomState {
         }
         self.outbox_bytes = 0;
         metrics.messages_out.fetch_add(sent, Relaxed);
+        self.undo = Vec::new();
+        if let Some(pair) = self.auto_response_pending.take() {
+            self.auto_response.set(*pair);
+        }
     }
 
-    /// Forget the outbox (the hook failed, or its commit did).
+    /// Undo everything the hook did (it failed, or its commit did): its
+    /// messages, writes, connection state and tags, and auto-response.
     pub fn discard(&mut self) {
         self.outbox.clear();
         self.outbox_bytes = 0;
         self.storage.rollback();
+        self.auto_response_pending = None;
+        for undo in std::mem::take(&mut self.undo).into_iter().rev() {
+            match undo {
+                Undo::State(id, old) => {
+                    if let Some(c) = self.connections.get_mut(&id) {
+                        c.state = old;
+                    }
+                }
+                Undo::Tags(id, old) => {
+                    if let Some(c) = self.connections.get_mut(&id) {
+                        c.tags = old;
+                    }
+                }
+            }
+        }
     }
 
     /// Remove a connection; the metrics follow.
@@ -276,6 +308,7 @@ pub(crate) mod test_support {
         let dir = std::env::temp_dir().join(format!("dormouse-room-{}", uuid::Uuid::new_v4()));
         let storage = Storage::open(&dir, Arc::default()).expect("storage opens");
         let (party, id): (Arc<str>, Arc<str>) = ("main".into(), "test".into());
+        let limits = Arc::new(Limits::default());
         RoomState {
             party: party.clone(),
             id: id.clone(),
@@ -283,11 +316,13 @@ pub(crate) mod test_support {
             chain: Vec::new(),
             auto_response: AutoResponse::default(),
             vars: Arc::new(BTreeMap::from([("K".into(), "v".into())])),
-            limits: Arc::new(Limits::default()),
+            limits: limits.clone(),
             connections: HashMap::new(),
-            storage: RoomStorage::new(storage, party, id),
+            storage: RoomStorage::new(storage, party, id, limits),
             outbox: Vec::new(),
             outbox_bytes: 0,
+            undo: Vec::new(),
+            auto_response_pending: None,
             party_metrics: Arc::default(),
         }
     }

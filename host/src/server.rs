@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::host::{Host, RoomKey};
-use crate::room::{ConnRef, Connect, Event};
+use crate::room::{Accepted, ConnRef, Connect, Event};
 use crate::room_state::Outbound;
 use crate::route::{self, RoomPath, Route, RouteError};
 use crate::socket::Socket;
@@ -40,36 +40,56 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 /// How long shutdown waits for rooms and sockets to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Which listener a request came in on.
+#[derive(Clone, Copy, PartialEq)]
+enum Port {
+    /// Rooms, admin, health; metrics too unless they have their own port.
+    Public { metrics: bool },
+    /// Metrics and health only (`metrics_listen`).
+    Metrics,
+}
+
 /// Serve until `host.shutdown` is cancelled, then close every socket with
 /// 1001, let rooms finish their current event, and return.
 pub async fn run(listener: TcpListener, host: Arc<Host>) -> anyhow::Result<()> {
+    serve(listener, None, host).await
+}
+
+/// As [`run`], with `/_dormouse/metrics` served only on `metrics` (a
+/// private port for the scraper) and health on both.
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics: TcpListener,
+    host: Arc<Host>,
+) -> anyhow::Result<()> {
+    serve(listener, Some(metrics), host).await
+}
+
+async fn serve(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    host: Arc<Host>,
+) -> anyhow::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "dormouse listening");
     }
+    if let Some(addr) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
+        info!(%addr, "metrics and health listening");
+    }
     if host.config.admin_token.is_none() {
         info!(
-            "no DORMOUSE_TOKEN: the admin API (/_dormouse/parties, rooms, logs) answers only on loopback"
+            "no admin token: the admin API (/_dormouse/parties, rooms, logs) answers only on loopback"
         );
     }
     host.tasks.spawn(crate::alarms::run(host.clone()));
-    loop {
-        tokio::select! {
-            () = host.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    let h = host.clone();
-                    host.tasks.spawn(serve_connection(tcp, peer, h));
-                }
-                Err(e) => {
-                    // Out of file descriptors, most likely: back off, keep serving.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+    let public = Port::Public {
+        metrics: metrics.is_none(),
+    };
+    if let Some(metrics) = metrics {
+        host.tasks
+            .spawn(accept(metrics, Port::Metrics, host.clone()));
     }
-    drop(listener);
+    accept(listener, public, host.clone()).await;
     host.tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, host.tasks.wait())
         .await
@@ -81,12 +101,38 @@ pub async fn run(listener: TcpListener, host: Arc<Host>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, host: Arc<Host>) {
+/// Accept connections on one listener until shutdown.
+async fn accept(listener: TcpListener, port: Port, host: Arc<Host>) {
+    loop {
+        tokio::select! {
+            () = host.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let h = host.clone();
+                    host.tasks.spawn(serve_connection(tcp, peer, h, port));
+                }
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    host: Arc<Host>,
+    port: Port,
+) {
     let io = TokioIo::new(tcp);
     let h = host.clone();
     let service = service_fn(move |req| {
         let h = h.clone();
-        async move { Ok::<_, Infallible>(handle(req, h, peer).await) }
+        async move { Ok::<_, Infallible>(handle(req, h, peer, port).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -108,8 +154,30 @@ async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, host: Ar
     }
 }
 
-async fn handle(req: Request<Incoming>, host: Arc<Host>, peer: SocketAddr) -> Response<Body> {
-    match route::parse(req.uri().path()) {
+async fn handle(
+    req: Request<Incoming>,
+    host: Arc<Host>,
+    peer: SocketAddr,
+    port: Port,
+) -> Response<Body> {
+    let route = route::parse(req.uri().path());
+    match (&route, port) {
+        (Ok(Route::Health | Route::Metrics), Port::Metrics) => {}
+        (_, Port::Metrics) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "this port serves /_dormouse/metrics and /_dormouse/health only".into(),
+            );
+        }
+        (Ok(Route::Metrics), Port::Public { metrics: false }) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "metrics are served on the metrics address (metrics_listen)".into(),
+            );
+        }
+        _ => {}
+    }
+    match route {
         Err(e) => {
             let status = match e {
                 RouteError::MissingRoom => StatusCode::NOT_FOUND,
@@ -222,14 +290,17 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
         reply,
     };
     let key = room_key(path);
-    let Some(room) = host.dispatch(&key, Event::Connect(Box::new(connect))).await else {
+    if !host.dispatch(&key, Event::Connect(Box::new(connect))).await {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down".into(),
         );
-    };
-    let auto_response = match verdict.await {
-        Ok(Ok(auto_response)) => auto_response,
+    }
+    let Accepted {
+        room,
+        auto_response,
+    } = match verdict.await {
+        Ok(Ok(accepted)) => accepted,
         Ok(Err(refusal)) => return response(refusal),
         Err(_) => {
             return text(
@@ -320,7 +391,7 @@ async fn request(req: Request<Incoming>, host: Arc<Host>, path: RoomPath) -> Res
         chain: Vec::new(),
         reply,
     };
-    if host.dispatch(&room_key(path), event).await.is_none() {
+    if !host.dispatch(&room_key(path), event).await {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down".into(),

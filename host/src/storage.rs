@@ -15,7 +15,7 @@
 //!   gate lives in `room.rs`, and depends only on `commit` having returned).
 //! - If the hook traps, the batch is dropped: none of its writes happen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, mpsc};
@@ -25,16 +25,27 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::alarms::now_ms;
+use crate::config::Limits;
 use crate::metrics::Metrics;
 
-/// Storage failed; the text is for the guest and the log.
+/// Why a storage call failed; the text is for the guest and the log.
 #[derive(Debug, thiserror::Error)]
-#[error("storage unavailable: {0}")]
-pub struct StorageError(String);
+pub enum StorageError {
+    /// The store failed (disk, database).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A write past a bound (per hook or per room); the text names it.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The party was deleted while the hook ran: its writes must not
+    /// outlive the delete.
+    #[error("the party was deleted")]
+    Fenced,
+}
 
 impl From<rusqlite::Error> for StorageError {
     fn from(e: rusqlite::Error) -> Self {
-        StorageError(e.to_string())
+        StorageError::Unavailable(e.to_string())
     }
 }
 
@@ -45,6 +56,8 @@ pub struct Batch {
     delete_all: bool,
     /// Key -> new value, or `None` for a delete.
     writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// Bytes of keys and values held in `writes` (the per-hook bound).
+    bytes: usize,
     /// `Some(at)` sets the alarm, `Some(None)` deletes it.
     alarm: Option<Option<u64>>,
 }
@@ -88,14 +101,42 @@ pub struct Storage {
     path: PathBuf,
     writer: Mutex<mpsc::Sender<Commit>>,
     readers: Mutex<Vec<Connection>>,
+    generations: Arc<Generations>,
+}
+
+/// Each party's generation, bumped when the party is deleted. A room's
+/// storage carries the generation it was made in, and the writer refuses a
+/// batch from an older one: a hook that was running when its party was
+/// deleted cannot bring rows back after the delete.
+#[derive(Default)]
+struct Generations(Mutex<HashMap<String, u64>>);
+
+impl Generations {
+    fn get(&self, party: &str) -> u64 {
+        lock(&self.0).get(party).copied().unwrap_or(0)
+    }
+
+    fn bump(&self, party: &str) {
+        *lock(&self.0).entry(party.to_owned()).or_default() += 1;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Commit {
     party: Arc<str>,
     room: Arc<str>,
+    generation: u64,
     batch: Batch,
-    reply: oneshot::Sender<Result<(), StorageError>>,
+    /// The room's stored bytes after the batch.
+    reply: oneshot::Sender<Result<u64, StorageError>>,
 }
+
+/// Rows one step of a `list` reads, so a room of any size is listed in
+/// bounded host memory.
+const LIST_PAGE: i64 = 256;
 
 /// How many batches one transaction may group.
 const MAX_GROUP: usize = 512;
@@ -125,42 +166,66 @@ impl Storage {
                  party TEXT PRIMARY KEY, version INTEGER NOT NULL);",
         )
         .with_context(|| format!("cannot set up storage {}", path.display()))?;
+        // Version 1: each room's stored bytes, kept up to date by every
+        // commit (for the per-room quota and `dormouse rooms`); counted once
+        // here for data dirs written before it existed.
+        let schema: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .with_context(|| format!("cannot read storage {}", path.display()))?;
+        if schema < 1 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS room_sizes (
+                     party TEXT NOT NULL, room TEXT NOT NULL, bytes INTEGER NOT NULL,
+                     PRIMARY KEY (party, room));
+                 DELETE FROM room_sizes;
+                 INSERT INTO room_sizes (party, room, bytes)
+                     SELECT party, room, SUM(length(CAST(key AS BLOB)) + length(value))
+                     FROM kv GROUP BY party, room;
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )
+            .with_context(|| format!("cannot upgrade storage {}", path.display()))?;
+        }
+        let generations = Arc::new(Generations::default());
         let (tx, rx) = mpsc::channel();
+        let g = generations.clone();
         std::thread::Builder::new()
             .name("dormouse-storage".into())
-            .spawn(move || write_loop(conn, rx, metrics))
+            .spawn(move || write_loop(conn, rx, &g, metrics))
             .context("cannot start the storage writer")?;
         Ok(Arc::new(Storage {
             path,
             writer: Mutex::new(tx),
             readers: Mutex::new(Vec::new()),
+            generations,
         }))
     }
 
-    /// Commit one room's batch durably; returns when it is on disk.
-    pub async fn commit(
+    /// Commit one room's batch durably; returns when it is on disk, with
+    /// the bytes the room now stores.
+    async fn commit(
         &self,
-        party: &Arc<str>,
-        room: &Arc<str>,
-        batch: Batch,
-    ) -> Result<(), StorageError> {
-        let (reply, done) = oneshot::channel();
-        let commit = Commit {
-            party: party.clone(),
-            room: room.clone(),
-            batch,
-            reply,
-        };
-        let sent = self
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(commit);
-        if sent.is_err() {
-            return Err(StorageError("the storage writer stopped".into()));
+        commit: Commit,
+        done: oneshot::Receiver<Result<u64, StorageError>>,
+    ) -> Result<u64, StorageError> {
+        let stopped = || StorageError::Unavailable("the storage writer stopped".into());
+        if lock(&self.writer).send(commit).is_err() {
+            return Err(stopped());
         }
-        done.await
-            .unwrap_or_else(|_| Err(StorageError("the storage writer stopped".into())))
+        done.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// The stored bytes of every room that stores any: one query, for
+    /// `dormouse rooms` (run it off the async runtime).
+    pub fn room_sizes(&self) -> Result<HashMap<(String, String), u64>, StorageError> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT party, room, bytes FROM room_sizes")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(((r.get(0)?, r.get(1)?), r.get::<_, i64>(2)?.max(0) as u64))
+            })?;
+            rows.collect()
+        })
     }
 
     /// Every stored alarm: (party, room, due time), to rebuild the schedule at start.
@@ -216,17 +281,32 @@ impl Storage {
         })
     }
 
-    /// Forget a deployed party: its versions and its rooms' data and alarms.
-    pub fn delete_party(&self, party: &str) -> Result<(), StorageError> {
+    /// Forget a party: its versions and its rooms' data, sizes and alarms.
+    /// Batches of hooks still running are refused from now on (see
+    /// [`Generations`]). Returns the component hashes no other party uses,
+    /// whose files can go.
+    pub fn delete_party(&self, party: &str) -> Result<Vec<String>, StorageError> {
+        // Before the delete: the writer checks a batch's generation inside
+        // its write transaction, so a batch checked before this bump commits
+        // before the delete below can take the write lock, and is deleted.
+        self.generations.bump(party);
         self.read(|c| {
             let tx = c.unchecked_transaction()?;
-            for table in ["parties", "versions", "kv", "alarms"] {
+            let orphans = tx
+                .prepare(
+                    "SELECT DISTINCT hash FROM versions WHERE party = ?1
+                     AND hash NOT IN (SELECT hash FROM versions WHERE party != ?1)",
+                )?
+                .query_map(params![party], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            for table in ["parties", "versions", "kv", "alarms", "room_sizes"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE party = ?1"),
                     params![party],
                 )?;
             }
-            tx.commit()
+            tx.commit()?;
+            Ok(orphans)
         })
     }
 
@@ -283,19 +363,6 @@ impl Storage {
         })
     }
 
-    /// Bytes a room keeps in storage (keys and values).
-    pub fn room_size(&self, party: &str, room: &str) -> Result<u64, StorageError> {
-        self.read(|c| {
-            c.query_row(
-                "SELECT COALESCE(SUM(length(key) + length(value)), 0) FROM kv
-                 WHERE party = ?1 AND room = ?2",
-                params![party, room],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-        })
-    }
-
     /// Run `f` on a reader connection. Reads are local page-cache hits in the
     /// common case, so they run inline on the room's task, as Durable Objects'
     /// synchronous storage reads do. The admin's rare metadata writes use it
@@ -304,7 +371,7 @@ impl Storage {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
     ) -> Result<R, StorageError> {
-        let conn = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = lock(&self.readers).pop();
         let conn = match conn {
             Some(c) => c,
             None => {
@@ -314,15 +381,17 @@ impl Storage {
             }
         };
         let result = f(&conn);
-        self.readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(conn);
+        lock(&self.readers).push(conn);
         Ok(result?)
     }
 }
 
-fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Commit>, metrics: Arc<Metrics>) {
+fn write_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Commit>,
+    generations: &Generations,
+    metrics: Arc<Metrics>,
+) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -331,7 +400,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Commit>, metrics: Arc<Met
                 Err(_) => break,
             }
         }
-        let results = commit_group(&mut conn, &group);
+        let results = commit_group(&mut conn, &group, generations);
         match results {
             Ok(results) => {
                 metrics.storage_commits.fetch_add(1, Relaxed);
@@ -342,7 +411,9 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Commit>, metrics: Arc<Met
             Err(e) => {
                 let msg = e.to_string();
                 for commit in group {
-                    let _ = commit.reply.send(Err(StorageError(msg.clone())));
+                    let _ = commit
+                        .reply
+                        .send(Err(StorageError::Unavailable(msg.clone())));
                 }
             }
         }
@@ -357,15 +428,21 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Commit>, metrics: Arc<Met
 fn commit_group(
     conn: &mut Connection,
     group: &[Commit],
-) -> rusqlite::Result<Vec<Result<(), StorageError>>> {
+    generations: &Generations,
+) -> rusqlite::Result<Vec<Result<u64, StorageError>>> {
     let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(group.len());
     for commit in group {
+        // Checked inside the write transaction: see `Storage::delete_party`.
+        if commit.generation != generations.get(&commit.party) {
+            results.push(Err(StorageError::Fenced));
+            continue;
+        }
         let mut sp = tx.savepoint()?;
         match apply(&sp, commit) {
-            Ok(()) => {
+            Ok(bytes) => {
                 sp.commit()?;
-                results.push(Ok(()));
+                results.push(Ok(bytes));
             }
             Err(e) => {
                 sp.rollback()?;
@@ -377,24 +454,52 @@ fn commit_group(
     Ok(results)
 }
 
-fn apply(conn: &Connection, c: &Commit) -> rusqlite::Result<()> {
+/// Apply one batch; the room's stored bytes after it.
+fn apply(conn: &Connection, c: &Commit) -> rusqlite::Result<u64> {
     let (party, room) = (&*c.party, &*c.room);
-    if c.batch.delete_all {
+    let mut bytes: i64 = if c.batch.delete_all {
         conn.prepare_cached("DELETE FROM kv WHERE party = ?1 AND room = ?2")?
             .execute(params![party, room])?;
-    }
+        0
+    } else {
+        conn.prepare_cached("SELECT bytes FROM room_sizes WHERE party = ?1 AND room = ?2")?
+            .query_row(params![party, room], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0)
+    };
     for (key, value) in &c.batch.writes {
+        let old: Option<i64> = conn
+            .prepare_cached(
+                "SELECT length(value) FROM kv WHERE party = ?1 AND room = ?2 AND key = ?3",
+            )?
+            .query_row(params![party, room, key], |r| r.get(0))
+            .optional()?;
+        if let Some(old) = old {
+            bytes -= key.len() as i64 + old;
+        }
         match value {
-            Some(v) => conn
-                .prepare_cached(
+            Some(v) => {
+                conn.prepare_cached(
                     "INSERT INTO kv (party, room, key, value) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (party, room, key) DO UPDATE SET value = excluded.value",
                 )?
-                .execute(params![party, room, key, v])?,
-            None => conn
-                .prepare_cached("DELETE FROM kv WHERE party = ?1 AND room = ?2 AND key = ?3")?
-                .execute(params![party, room, key])?,
-        };
+                .execute(params![party, room, key, v])?;
+                bytes += (key.len() + v.len()) as i64;
+            }
+            None if old.is_some() => {
+                conn.prepare_cached("DELETE FROM kv WHERE party = ?1 AND room = ?2 AND key = ?3")?
+                    .execute(params![party, room, key])?;
+            }
+            None => {}
+        }
+    }
+    let bytes = bytes.max(0);
+    if c.batch.delete_all || !c.batch.writes.is_empty() {
+        conn.prepare_cached(
+            "INSERT INTO room_sizes (party, room, bytes) VALUES (?1, ?2, ?3)
+             ON CONFLICT (party, room) DO UPDATE SET bytes = excluded.bytes",
+        )?
+        .execute(params![party, room, bytes])?;
     }
     match c.batch.alarm {
         Some(Some(at)) => conn
@@ -408,7 +513,7 @@ fn apply(conn: &Connection, c: &Commit) -> rusqlite::Result<()> {
             .execute(params![party, room])?,
         None => 0,
     };
-    Ok(())
+    Ok(bytes as u64)
 }
 
 fn at_ms_to_sql(at: u64) -> i64 {
@@ -420,16 +525,30 @@ pub struct RoomStorage {
     storage: Arc<Storage>,
     party: Arc<str>,
     room: Arc<str>,
+    /// The party's generation when this room's actor started.
+    generation: u64,
+    /// The party's limits: bytes per hook, per room, per list.
+    limits: Arc<Limits>,
     pending: Batch,
+    /// The room's stored bytes as of its last commit; read on first need.
+    stored: Option<u64>,
 }
 
 impl RoomStorage {
-    pub fn new(storage: Arc<Storage>, party: Arc<str>, room: Arc<str>) -> Self {
+    pub fn new(
+        storage: Arc<Storage>,
+        party: Arc<str>,
+        room: Arc<str>,
+        limits: Arc<Limits>,
+    ) -> Self {
         RoomStorage {
+            generation: storage.generations.get(&party),
             storage,
             party,
             room,
+            limits,
             pending: Batch::default(),
+            stored: None,
         }
     }
 
@@ -443,9 +562,20 @@ impl RoomStorage {
         self.pending = Batch::default();
     }
 
-    /// Commit a batch taken with [`RoomStorage::take_batch`].
-    pub async fn commit(&self, batch: Batch) -> Result<(), StorageError> {
-        self.storage.commit(&self.party, &self.room, batch).await
+    /// Commit a batch taken with [`RoomStorage::take_batch`]; returns once
+    /// it is durable.
+    pub async fn commit(&mut self, batch: Batch) -> Result<(), StorageError> {
+        let (reply, done) = oneshot::channel();
+        let commit = Commit {
+            party: self.party.clone(),
+            room: self.room.clone(),
+            generation: self.generation,
+            batch,
+            reply,
+        };
+        let bytes = self.storage.commit(commit, done).await?;
+        self.stored = Some(bytes);
+        Ok(())
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -463,23 +593,147 @@ impl RoomStorage {
         })
     }
 
-    pub fn put(&mut self, key: String, value: Vec<u8>) {
-        self.pending.writes.insert(key, Some(value));
+    /// Stage a write; refused past the hook's or the room's bound.
+    pub fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), StorageError> {
+        let size = key.len() + value.len();
+        self.check_hook_bytes(&key, size)?;
+        self.check_room_bytes(&key, size)?;
+        self.stage(key, Some(value));
+        Ok(())
     }
 
-    /// Delete a key; whether it existed.
+    /// Stage several writes, all or none: past a bound, none is staged.
+    pub fn put_many(&mut self, entries: Vec<(String, Vec<u8>)>) -> Result<(), StorageError> {
+        let before: Vec<(String, Option<Option<Vec<u8>>>)> = entries
+            .iter()
+            .map(|(k, _)| (k.clone(), self.pending.writes.get(k).cloned()))
+            .collect();
+        for (k, v) in entries {
+            if let Err(e) = self.put(k, v) {
+                for (k, old) in before.into_iter().rev() {
+                    self.pending.bytes -= self.staged_bytes(&k);
+                    match old {
+                        Some(v) => {
+                            self.pending.bytes += entry_bytes(&k, &v);
+                            self.pending.writes.insert(k, v);
+                        }
+                        None => {
+                            self.pending.writes.remove(&k);
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stage a delete; whether the key existed.
     pub fn delete(&mut self, key: &str) -> Result<bool, StorageError> {
+        self.check_hook_bytes(key, key.len())?;
         let existed = self.get(key)?.is_some();
-        self.pending.writes.insert(key.to_owned(), None);
+        self.stage(key.to_owned(), None);
         Ok(existed)
     }
 
     pub fn delete_all(&mut self) {
         self.pending.writes.clear();
+        self.pending.bytes = 0;
         self.pending.delete_all = true;
     }
 
-    /// Entries in key order (or reversed), overlay merged over committed data.
+    fn stage(&mut self, key: String, value: Option<Vec<u8>>) {
+        self.pending.bytes -= self.staged_bytes(&key);
+        self.pending.bytes += entry_bytes(&key, &value);
+        self.pending.writes.insert(key, value);
+    }
+
+    /// Bytes the batch holds for one key (0 when it holds none).
+    fn staged_bytes(&self, key: &str) -> usize {
+        self.pending
+            .writes
+            .get(key)
+            .map_or(0, |v| entry_bytes(key, v))
+    }
+
+    /// The hook's writes wait in host memory until it returns: bound them.
+    fn check_hook_bytes(&self, key: &str, size: usize) -> Result<(), StorageError> {
+        let max = self.limits.hook_write_bytes;
+        if self.pending.bytes - self.staged_bytes(key) + size > max {
+            return Err(StorageError::TooLarge(format!(
+                "one hook may write at most {max} bytes of keys and values"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The room's quota. Cheap while far from it (an upper bound: stored
+    /// bytes plus everything pending); exact near it.
+    fn check_room_bytes(&mut self, key: &str, size: usize) -> Result<(), StorageError> {
+        let max = self.limits.storage_bytes_per_room;
+        let base = if self.pending.delete_all {
+            0
+        } else {
+            self.stored()?
+        };
+        if base + (self.pending.bytes + size) as u64 <= max {
+            return Ok(());
+        }
+        let mut after = base as i64;
+        let staged = self
+            .pending
+            .writes
+            .iter()
+            .filter(|(k, _)| k.as_str() != key)
+            .map(|(k, v)| (k.as_str(), entry_bytes(k, v)));
+        for (k, new) in staged.chain([(key, size)]) {
+            after += new as i64 - self.stored_entry(k)? as i64;
+        }
+        if after > max as i64 {
+            return Err(StorageError::TooLarge(format!(
+                "this room's storage would hold {after} bytes; the limit is {max} (storage_bytes_per_room)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The room's stored bytes as of its last commit.
+    fn stored(&mut self) -> Result<u64, StorageError> {
+        if let Some(n) = self.stored {
+            return Ok(n);
+        }
+        let (party, room) = (&*self.party, &*self.room);
+        let n: Option<i64> = self.storage.read(|c| {
+            c.prepare_cached("SELECT bytes FROM room_sizes WHERE party = ?1 AND room = ?2")?
+                .query_row(params![party, room], |r| r.get(0))
+                .optional()
+        })?;
+        let n = n.unwrap_or(0).max(0) as u64;
+        self.stored = Some(n);
+        Ok(n)
+    }
+
+    /// Bytes one committed entry takes (0 when absent, or deleted by the batch).
+    fn stored_entry(&self, key: &str) -> Result<usize, StorageError> {
+        if self.pending.delete_all {
+            return Ok(0);
+        }
+        let (party, room) = (&*self.party, &*self.room);
+        let len: Option<i64> = self.storage.read(|c| {
+            c.prepare_cached(
+                "SELECT length(value) FROM kv WHERE party = ?1 AND room = ?2 AND key = ?3",
+            )?
+            .query_row(params![party, room, key], |r| r.get(0))
+            .optional()
+        })?;
+        Ok(len.map_or(0, |l| key.len() + l.max(0) as usize))
+    }
+
+    /// Entries in key order (or reversed), overlay merged over committed
+    /// data. Committed rows are read a page at a time and merged as they
+    /// come, so host memory holds the answer and one page, never the room;
+    /// an answer larger than an instance's memory could not reach the guest
+    /// anyway, and is refused.
     pub fn list(&self, o: &ListOptions) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
         let mut lo = o.start.clone();
         let mut hi = o.end.clone();
@@ -498,44 +752,93 @@ impl RoomStorage {
                 && hi.as_deref().is_none_or(|h| k < h)
                 && o.prefix.as_deref().is_none_or(|p| k.starts_with(p))
         };
-        // Pending deletes may hide committed rows, so fetch that many more.
-        let hidden = self.pending.writes.values().filter(|v| v.is_none()).count() as i64;
-        let limit = o.limit.map_or(-1, |l| i64::from(l) + hidden);
-        let mut merged: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        if !self.pending.delete_all {
-            let (party, room) = (&*self.party, &*self.room);
-            let sql = if o.reverse {
-                "SELECT key, value FROM kv WHERE party = ?1 AND room = ?2
-                 AND (?3 IS NULL OR key >= ?3) AND (?4 IS NULL OR key < ?4)
-                 ORDER BY key DESC LIMIT ?5"
-            } else {
-                "SELECT key, value FROM kv WHERE party = ?1 AND room = ?2
-                 AND (?3 IS NULL OR key >= ?3) AND (?4 IS NULL OR key < ?4)
-                 ORDER BY key ASC LIMIT ?5"
-            };
-            let rows = self.storage.read(|c| {
-                let mut stmt = c.prepare_cached(sql)?;
-                let rows = stmt.query_map(params![party, room, lo, hi, limit], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-                })?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
-            })?;
-            merged.extend(rows);
+        let mut staged: Vec<(&String, &Option<Vec<u8>>)> = self
+            .pending
+            .writes
+            .iter()
+            .filter(|(k, _)| in_range(k))
+            .collect();
+        if o.reverse {
+            staged.reverse();
         }
-        for (k, v) in &self.pending.writes {
-            if !in_range(k) {
-                continue;
+        let mut staged = staged.into_iter().peekable();
+        let mut page: VecDeque<(String, Vec<u8>)> = VecDeque::new();
+        // The last committed key read: the next page starts past it.
+        let mut cursor: Option<String> = None;
+        let mut committed_done = self.pending.delete_all;
+        let limit = o.limit.map_or(usize::MAX, |l| l as usize);
+        let max_bytes = self.limits.instance_memory_bytes;
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        // Whether key `a` comes before `b` in the listing's order.
+        let before = |a: &str, b: &str| if o.reverse { a > b } else { a < b };
+        while out.len() < limit {
+            if page.is_empty() && !committed_done {
+                page = self.list_page(&lo, &hi, cursor.as_deref(), o.reverse)?;
+                committed_done = page.len() < LIST_PAGE as usize;
+                cursor = page.back().map(|(k, _)| k.clone());
             }
-            match v {
-                Some(v) => merged.insert(k.clone(), v.clone()),
-                None => merged.remove(k),
+            let take_staged = match (page.front(), staged.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((c, _)), Some((s, _))) => {
+                    if c == *s {
+                        // The staged write replaces the committed row.
+                        page.pop_front();
+                        true
+                    } else {
+                        before(s, c)
+                    }
+                }
             };
+            let entry = if take_staged {
+                match staged.next() {
+                    Some((k, Some(v))) => (k.clone(), v.clone()),
+                    _ => continue,
+                }
+            } else {
+                match page.pop_front() {
+                    Some(e) => e,
+                    None => continue,
+                }
+            };
+            bytes += entry.0.len() + entry.1.len();
+            if bytes > max_bytes {
+                return Err(StorageError::TooLarge(format!(
+                    "this list would return more than {max_bytes} bytes (an instance's memory); pass a limit, or list in pages with start"
+                )));
+            }
+            out.push(entry);
         }
-        let take = o.limit.map_or(usize::MAX, |l| l as usize);
-        Ok(if o.reverse {
-            merged.into_iter().rev().take(take).collect()
+        Ok(out)
+    }
+
+    /// One page of committed rows in `[lo, hi)` past `cursor`, in order.
+    fn list_page(
+        &self,
+        lo: &Option<String>,
+        hi: &Option<String>,
+        cursor: Option<&str>,
+        reverse: bool,
+    ) -> Result<VecDeque<(String, Vec<u8>)>, StorageError> {
+        let sql = if reverse {
+            "SELECT key, value FROM kv WHERE party = ?1 AND room = ?2
+             AND (?3 IS NULL OR key >= ?3) AND (?4 IS NULL OR key < ?4)
+             AND (?5 IS NULL OR key < ?5)
+             ORDER BY key DESC LIMIT ?6"
         } else {
-            merged.into_iter().take(take).collect()
+            "SELECT key, value FROM kv WHERE party = ?1 AND room = ?2
+             AND (?3 IS NULL OR key >= ?3) AND (?4 IS NULL OR key < ?4)
+             AND (?5 IS NULL OR key > ?5)
+             ORDER BY key ASC LIMIT ?6"
+        };
+        let (party, room) = (&*self.party, &*self.room);
+        self.storage.read(|c| {
+            let mut stmt = c.prepare_cached(sql)?;
+            let rows = stmt.query_map(params![party, room, lo, hi, cursor, LIST_PAGE], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            rows.collect()
         })
     }
 
@@ -563,6 +866,11 @@ impl RoomStorage {
     }
 }
 
+/// Bytes a stored entry counts for: its key and value (a delete, its key).
+fn entry_bytes(key: &str, value: &Option<Vec<u8>>) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len)
+}
+
 /// The smallest string above every string that starts with `prefix`, if any.
 fn prefix_upper_bound(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
@@ -584,8 +892,17 @@ mod tests {
     use super::*;
 
     fn room(dir: &Path) -> RoomStorage {
+        room_with(dir, Limits::default())
+    }
+
+    fn room_with(dir: &Path, limits: Limits) -> RoomStorage {
         let storage = Storage::open(dir, Arc::default()).expect("storage opens");
-        RoomStorage::new(storage, "main".into(), "r1".into())
+        RoomStorage::new(storage, "main".into(), "r1".into(), Arc::new(limits))
+    }
+
+    async fn commit(r: &mut RoomStorage) {
+        let batch = r.take_batch();
+        r.commit(batch).await.expect("commit");
     }
 
     fn keys(entries: Vec<(String, Vec<u8>)>) -> Vec<String> {
@@ -596,20 +913,25 @@ mod tests {
     async fn reads_own_writes_and_commits_atomically() {
         let dir = tempdir();
         let mut r = room(&dir);
-        r.put("a".into(), b"1".to_vec());
+        r.put("a".into(), b"1".to_vec()).expect("put");
         assert_eq!(r.get("a").expect("get"), Some(b"1".to_vec()));
         let batch = r.take_batch();
         r.commit(batch).await.expect("commit");
         assert_eq!(r.get("a").expect("get"), Some(b"1".to_vec()));
 
-        r.put("b".into(), b"2".to_vec());
+        r.put("b".into(), b"2".to_vec()).expect("put");
         assert!(r.delete("a").expect("delete"));
         r.rollback();
         assert_eq!(r.get("a").expect("get"), Some(b"1".to_vec()));
         assert_eq!(r.get("b").expect("get"), None);
 
         // Another room sees nothing of this one.
-        let other = RoomStorage::new(r.storage.clone(), "main".into(), "r2".into());
+        let other = RoomStorage::new(
+            r.storage.clone(),
+            "main".into(),
+            "r2".into(),
+            r.limits.clone(),
+        );
         assert_eq!(other.get("a").expect("get"), None);
     }
 
@@ -618,12 +940,12 @@ mod tests {
         let dir = tempdir();
         let mut r = room(&dir);
         for k in ["msg:1", "msg:2", "msg:3", "other", "msh"] {
-            r.put(k.into(), k.as_bytes().to_vec());
+            r.put(k.into(), k.as_bytes().to_vec()).expect("put");
         }
         let batch = r.take_batch();
         r.commit(batch).await.expect("commit");
         r.delete("msg:2").expect("delete");
-        r.put("msg:4".into(), vec![]);
+        r.put("msg:4".into(), vec![]).expect("put");
         let prefix = ListOptions {
             prefix: Some("msg:".into()),
             ..Default::default()
@@ -666,6 +988,162 @@ mod tests {
         }
         let r = room(&dir);
         assert_eq!(r.alarm().expect("alarm"), Some(1234));
+    }
+
+    #[tokio::test]
+    async fn list_pages_through_a_large_room_with_writes_pending() {
+        let dir = tempdir();
+        let mut r = room(&dir);
+        // More rows than several pages, committed in batches.
+        for chunk in 0..5 {
+            for i in 0..300 {
+                let k = format!("k{:05}", chunk * 300 + i);
+                r.put(k, vec![1]).expect("put");
+            }
+            commit(&mut r).await;
+        }
+        // Pending: a delete in the middle, an overwrite and two new keys,
+        // one between committed keys and one past them.
+        r.delete("k00700").expect("delete");
+        r.put("k00010".into(), vec![2]).expect("put");
+        r.put("k00700a".into(), vec![3]).expect("put");
+        r.put("z".into(), vec![4]).expect("put");
+        let all = r.list(&ListOptions::default()).expect("list");
+        let mut want: Vec<String> = (0..1500).map(|i| format!("k{i:05}")).collect();
+        want.retain(|k| k != "k00700");
+        want.push("k00700a".into());
+        want.push("z".into());
+        want.sort();
+        assert_eq!(keys(all.clone()), want);
+        assert_eq!(all[10].1, vec![2]);
+        let back = r
+            .list(&ListOptions {
+                reverse: true,
+                limit: Some(600),
+                ..Default::default()
+            })
+            .expect("list");
+        let mut rev = want.clone();
+        rev.reverse();
+        rev.truncate(600);
+        assert_eq!(keys(back), rev);
+        let ranged = r
+            .list(&ListOptions {
+                start: Some("k00690".into()),
+                end: Some("k00705".into()),
+                ..Default::default()
+            })
+            .expect("list");
+        assert_eq!(keys(ranged).len(), 15);
+    }
+
+    #[tokio::test]
+    async fn a_list_larger_than_an_instance_could_hold_is_refused() {
+        let dir = tempdir();
+        let limits = Limits {
+            instance_memory_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let mut r = room_with(&dir, limits);
+        for i in 0..3 {
+            r.put(format!("big{i}"), vec![0; 512 << 10]).expect("put");
+        }
+        commit(&mut r).await;
+        assert!(matches!(
+            r.list(&ListOptions::default()),
+            Err(StorageError::TooLarge(_))
+        ));
+        let one = ListOptions {
+            limit: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(r.list(&one).expect("list").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_hook_writes_at_most_its_bound() {
+        let dir = tempdir();
+        let limits = Limits {
+            hook_write_bytes: 3 << 20,
+            ..Limits::default()
+        };
+        let mut r = room_with(&dir, limits);
+        r.put("a".into(), vec![0; 2 << 20]).expect("put");
+        // Overwriting a key replaces its bytes rather than adding them.
+        r.put("a".into(), vec![0; 2 << 20]).expect("put");
+        assert!(matches!(
+            r.put("b".into(), vec![0; 2 << 20]),
+            Err(StorageError::TooLarge(m)) if m.contains("3145728")
+        ));
+        r.put("b".into(), vec![0; 512 << 10]).expect("put");
+        commit(&mut r).await;
+        // The next hook starts from zero.
+        r.put("c".into(), vec![0; 2 << 20]).expect("put");
+    }
+
+    #[tokio::test]
+    async fn a_room_stores_at_most_its_quota_and_its_size_is_kept() {
+        let dir = tempdir();
+        let limits = Limits {
+            storage_bytes_per_room: 1000,
+            ..Limits::default()
+        };
+        let mut r = room_with(&dir, limits);
+        r.put("a".into(), vec![0; 499]).expect("put"); // 500 bytes with its key
+        r.put("b".into(), vec![0; 399]).expect("put"); // 400
+        commit(&mut r).await;
+        assert_eq!(r.stored().expect("size"), 900);
+        let over = r.put("c".into(), vec![0; 100]);
+        assert!(
+            matches!(&over, Err(StorageError::TooLarge(m)) if m.contains("1001") && m.contains("1000")),
+            "{over:?}"
+        );
+        // Replacing or deleting makes room; the exact count allows it.
+        r.put("a".into(), vec![0; 99]).expect("put");
+        r.put("c".into(), vec![0; 499]).expect("put");
+        commit(&mut r).await;
+        assert_eq!(r.stored().expect("size"), 100 + 400 + 500);
+        r.delete("b").expect("delete");
+        commit(&mut r).await;
+        assert_eq!(r.stored().expect("size"), 600);
+        // What the host lists, and what a reopened store knows.
+        let sizes = r.storage.room_sizes().expect("sizes");
+        assert_eq!(sizes[&("main".to_owned(), "r1".to_owned())], 600);
+        r.delete_all();
+        commit(&mut r).await;
+        assert_eq!(r.stored().expect("size"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_from_before_its_party_was_deleted_is_refused() {
+        let dir = tempdir();
+        let mut r = room(&dir);
+        r.put("kept".into(), vec![1]).expect("put");
+        commit(&mut r).await;
+        // A hook is running when its party is deleted.
+        r.put("late".into(), vec![1]).expect("put");
+        r.storage.delete_party("main").expect("delete");
+        let batch = r.take_batch();
+        assert!(matches!(r.commit(batch).await, Err(StorageError::Fenced)));
+        // A room of the party deployed again starts empty and can write.
+        let mut fresh = RoomStorage::new(
+            r.storage.clone(),
+            "main".into(),
+            "r1".into(),
+            r.limits.clone(),
+        );
+        assert!(
+            fresh
+                .list(&ListOptions::default())
+                .expect("list")
+                .is_empty()
+        );
+        fresh.put("new".into(), vec![1]).expect("put");
+        commit(&mut fresh).await;
+        assert_eq!(
+            keys(fresh.list(&ListOptions::default()).expect("list")),
+            ["new"]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -35,7 +36,35 @@ impl Versions {
         let dir = data_dir.join("versions");
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
+        // Temporary files of writes a crash cut short: never renamed, never read.
+        for entry in std::fs::read_dir(&dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(Versions { dir })
+    }
+
+    /// Delete the files of components no party uses any more.
+    pub fn remove(&self, hashes: &[String]) -> anyhow::Result<()> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        for entry in std::fs::read_dir(&self.dir)
+            .with_context(|| format!("cannot read {}", self.dir.display()))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let hash = name.split(['.', '-']).next().unwrap_or_default();
+            if hashes.iter().any(|h| h == hash) {
+                std::fs::remove_file(entry.path())
+                    .with_context(|| format!("cannot delete {}", entry.path().display()))?;
+            }
+        }
+        sync_dir(&self.dir)
     }
 
     fn wasm(&self, hash: &str) -> PathBuf {
@@ -120,9 +149,29 @@ fn deserialize(runtime: &Runtime, path: &Path) -> anyhow::Result<Component> {
     unsafe { Component::deserialize_file(runtime.engine(), path) }.map_err(anyhow::Error::from)
 }
 
-/// Write a file so a crash never leaves half of it.
+/// Write a file as SQLite would, so a crash leaves the old file or the new
+/// one, never half of it: a temporary name of its own (two uploads of the
+/// same component never share one), fsync, rename, fsync the directory.
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    let dir = path.parent().context("a version file has a directory")?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!("{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    sync_dir(dir)
+}
+
+/// Make a directory's entries (a rename, a delete) durable.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
 }

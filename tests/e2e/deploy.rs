@@ -229,3 +229,150 @@ async fn bad_uploads_are_refused_in_one_sentence_and_the_old_version_serves_on()
     assert!(parties.contains("\"active\": 1"), "{parties}");
     server.stop().await;
 }
+
+/// The active version, per `/_dormouse/parties`.
+async fn active_version(server: &Server, party: &str) -> (u64, String) {
+    let (status, body) = server
+        .admin("GET", "/_dormouse/parties", b"", Some(TOKEN))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let parties: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let p = parties
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|p| p["party"] == party)
+        .expect("the party is listed");
+    let active = p["active"].as_u64().expect("an active version");
+    let hash = p["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .find(|v| v["version"] == active)
+        .expect("the active version is listed")["hash"]
+        .as_str()
+        .expect("a hash")
+        .to_owned();
+    (active, hash)
+}
+
+/// What one POST adds in a fresh room: 1 (counter) or 10 (counter-ten).
+async fn step(server: &Server, room: &str) -> u64 {
+    let path = format!("/parties/main/{room}");
+    let (status, body) = server.http("POST", &path, "").await;
+    assert_eq!(status, 200, "{body}");
+    body.trim().parse().expect("a count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deploys_and_rollbacks_leave_storage_and_serving_agreeing() {
+    let server = Server::start(options()).await;
+    let (one, ten) = (component("counter"), component("counter-ten"));
+    let hash_of = |bytes: &[u8]| dormouse::versions::hash(bytes);
+    let steps = |hash: &str| if hash == hash_of(&ten) { 10 } else { 1 };
+    assert_eq!(upload(&server, "main", &one).await.0, 200);
+    for round in 0..6 {
+        // Two uploads and a rollback at once; whichever lands last must be
+        // both the active version in storage and the one that serves.
+        let (a, b, c) = tokio::join!(
+            upload(&server, "main", &one),
+            upload(&server, "main", &ten),
+            server.admin("POST", "/_dormouse/parties/main/rollback", b"", Some(TOKEN)),
+        );
+        assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+        assert!(c.0 == 200 || c.0 == 400, "{c:?}");
+        let (version, hash) = active_version(&server, "main").await;
+        assert_eq!(
+            step(&server, &format!("round-{round}")).await,
+            steps(&hash),
+            "round {round}: version {version} is active but another serves"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_party_leaves_nothing_behind() {
+    let server = Server::start(options()).await;
+    let probe = component("probe");
+    assert_eq!(upload(&server, "gone", &probe).await.0, 200);
+    let mut c = server.ws("/parties/gone/r").await;
+    send_text(&mut c, "starts").await;
+    assert_eq!(recv_text(&mut c).await, "1");
+    let (status, _) = server
+        .http("GET", "/parties/gone/r?op=alarm&in_ms=600000", "")
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(server.host.alarms.len(), 1);
+    let versions = server.options.data_dir.join("versions");
+    let files = || std::fs::read_dir(&versions).expect("versions dir").count();
+    assert!(files() >= 2, "the component and its precompiled form");
+
+    let (status, body) = server
+        .admin("DELETE", "/_dormouse/parties/gone", b"", Some(TOKEN))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        matches!(recv(&mut c).await, tokio_tungstenite::tungstenite::Message::Close(Some(f)) if u16::from(f.code) == 1001)
+    );
+    assert_eq!(server.host.alarms.len(), 0, "the alarm index forgot it");
+    assert_eq!(files(), 0, "the version files are gone");
+    assert_eq!(server.host.live_rooms(), 0);
+    let (status, _) = server
+        .admin("DELETE", "/_dormouse/parties/gone", b"", Some(TOKEN))
+        .await;
+    assert_eq!(status, 404);
+
+    // The same name deployed again starts empty.
+    assert_eq!(upload(&server, "gone", &probe).await.0, 200);
+    let mut c = server.ws("/parties/gone/r").await;
+    send_text(&mut c, "starts").await;
+    assert_eq!(recv_text(&mut c).await, "1");
+    let (_, state) = server
+        .http("GET", "/parties/gone/r?op=alarm-state", "")
+        .await;
+    assert_eq!(state.trim(), "ok=none at=none");
+    let (_, listed) = server
+        .admin("GET", "/_dormouse/parties", b"", Some(TOKEN))
+        .await;
+    assert!(
+        listed.contains("\"active\": 1"),
+        "versions start again: {listed}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_version_file_costs_that_version_not_the_host() {
+    let server = Server::start(options()).await;
+    let (one, ten) = (component("counter"), component("counter-ten"));
+    assert_eq!(upload(&server, "main", &one).await.0, 200);
+    assert_eq!(upload(&server, "main", &ten).await.0, 200);
+    assert_eq!(upload(&server, "other", &component("probe")).await.0, 200);
+    assert_eq!(step(&server, "before").await, 10);
+    let options = server.stop().await;
+
+    // Tear the active version's component and drop its precompiled form.
+    let versions = options.data_dir.join("versions");
+    let torn = dormouse::versions::hash(&ten);
+    for entry in std::fs::read_dir(&versions)
+        .expect("versions dir")
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == format!("{torn}.wasm") {
+            std::fs::write(entry.path(), &ten[..ten.len() / 3]).expect("tear");
+        } else if name.starts_with(&torn) {
+            std::fs::remove_file(entry.path()).expect("remove");
+        }
+    }
+    let server = Server::start(options).await;
+    let (status, body) = server.http("GET", "/parties/other/r", "").await;
+    assert_eq!(
+        (status, body.trim()),
+        (200, "probe other/r"),
+        "the other party serves"
+    );
+    assert_eq!(step(&server, "after").await, 1, "main serves version 1");
+    server.stop().await;
+}

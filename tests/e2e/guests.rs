@@ -277,3 +277,39 @@ async fn a_party_sets_its_own_limits() {
     }
     server.stop().await;
 }
+
+/// A hook is all-or-nothing: each kind of change, made by a hook that then
+/// traps, is undone (storage, messages, connection state, tags,
+/// auto-response, alarm), and the connection stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapped_hook_leaves_no_trace() {
+    let server = Server::start(Options::main("probe")).await;
+    let mut a = server.ws("/parties/main/doom?_pk=a").await;
+    send_text(&mut a, "state=before").await;
+    assert_eq!(recv_text(&mut a).await, "ok");
+    let traps = "dormouse_guest_traps_total{party=\"main\",kind=\"trap\"}";
+    let checks: [(&str, &str, &str); 5] = [
+        ("state", "state?", "before"),
+        ("tag", "list:doomed", ""),
+        // Echoed by the guest, not answered by an auto-response.
+        ("auto", "doomed?", "doomed?"),
+        ("put", "has:doomed", "false"),
+        // The doomed message never arrives: the next one is this answer.
+        ("send", "whoami", "main/doom"),
+    ];
+    for (n, (what, ask, want)) in checks.into_iter().enumerate() {
+        send_text(&mut a, &format!("doom:{what}")).await;
+        send_text(&mut a, ask).await;
+        assert_eq!(recv_text(&mut a).await, want, "after doom:{what}");
+        assert_eq!(server.metric(traps).await, (n + 1) as f64);
+    }
+    send_text(&mut a, "doom:alarm").await;
+    send_text(&mut a, "whoami").await;
+    assert_eq!(recv_text(&mut a).await, "main/doom");
+    let (_, body) = server
+        .http("GET", "/parties/main/doom?op=alarm-state", "")
+        .await;
+    assert_eq!(body.trim(), "ok=none at=none", "after doom:alarm");
+    assert_eq!(server.metric(traps).await, 6.0);
+    server.stop().await;
+}

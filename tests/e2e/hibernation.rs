@@ -88,3 +88,34 @@ async fn connection_state_survives_hibernation() {
     assert_eq!(recv_text(&mut a).await, "alice");
     server.stop().await;
 }
+
+/// Past `awake_rooms`, a wake waits for the least recently used room to
+/// hibernate and takes its slot: every room answers, no more than the pool
+/// holds are awake at once, and each wait is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_awake_room_limit_wakes_wait_for_a_slot() {
+    let mut options = Options::main("probe");
+    options.limits.awake_rooms = 2;
+    let server = Server::start(options).await;
+    let mut clients = Vec::new();
+    for round in 0..2 {
+        for r in 0..5 {
+            if round == 0 {
+                clients.push(server.ws(&format!("/parties/main/pool-{r}")).await);
+            }
+            let c = &mut clients[r];
+            send_text(c, "whoami").await;
+            assert_eq!(recv_text(c).await, format!("main/pool-{r}"));
+            let awake = server
+                .metric("dormouse_rooms{party=\"main\",state=\"awake\"}")
+                .await;
+            assert!(awake <= 2.0, "{awake} rooms awake with a pool of 2");
+        }
+    }
+    let waits = server.metric("dormouse_pool_full_waits_total").await;
+    assert!(
+        waits >= 8.0,
+        "{waits} waits counted for 10 wakes past the pool"
+    );
+    server.stop().await;
+}

@@ -86,3 +86,43 @@ async fn chat_keeps_history_and_names_across_hibernation() {
     );
     server.stop().await;
 }
+
+/// `metrics_listen`: a private port serves metrics and health alone; the
+/// public one keeps health (for load balancers) and stops serving metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_live_on_a_private_port() {
+    let config = dormouse::config::Config {
+        data_dir: data_dir(),
+        ..dormouse::config::Config::default()
+    };
+    let host = dormouse::host::Host::new(config).expect("host starts");
+    let public = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let private = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (pa, ma) = (
+        public.local_addr().expect("addr"),
+        private.local_addr().expect("addr"),
+    );
+    let task = tokio::spawn(dormouse::server::run_with_metrics(
+        public,
+        private,
+        host.clone(),
+    ));
+    let get = |addr, path: &'static str| async move {
+        http(addr, "GET", path, "").await.expect("http request")
+    };
+    assert_eq!(get(pa, "/_dormouse/metrics").await.0, 404);
+    assert_eq!(get(pa, "/_dormouse/health").await.0, 200);
+    let (status, body) = get(ma, "/_dormouse/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("dormouse_storage_commits_total"), "{body}");
+    assert_eq!(get(ma, "/_dormouse/health").await.0, 200);
+    assert_eq!(get(ma, "/_dormouse/parties").await.0, 404);
+    assert_eq!(get(ma, "/parties/main/x").await.0, 404);
+    host.shutdown.cancel();
+    let stopped = tokio::time::timeout(WAIT, task).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "server stops cleanly");
+}

@@ -12,4 +12,5 @@ mod hostile;
 mod http;
 mod lifecycle;
 mod partysocket;
+mod races;
 mod relay;

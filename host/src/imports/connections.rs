@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite;
 use super::check_size;
 #[cfg(test)]
 use crate::config::Limits;
-use crate::room_state::{MAX_OUTBOX_BYTES, Outgoing, RoomState};
+use crate::room_state::{MAX_OUTBOX_BYTES, Outgoing, RoomState, Undo};
 use crate::wit::dormouse::room::connections::{AutoResponse as AutoResponsePair, Host};
 use crate::wit::{ConnectionInfo, Error, Message};
 
@@ -77,7 +77,7 @@ impl Host for RoomState {
     ) -> wasmtime::Result<Result<(), Error>> {
         Ok((|| {
             let Some(pair) = pair else {
-                self.auto_response.set(None);
+                self.auto_response_pending = Some(Box::new(None));
                 return Ok(());
             };
             check_size(
@@ -90,14 +90,18 @@ impl Host for RoomState {
                 message_len(&pair.response),
                 MAX_AUTO_RESPONSE,
             )?;
-            self.auto_response
-                .set(Some((to_ws(pair.request), to_ws(pair.response))));
+            let pair = (to_ws(pair.request), to_ws(pair.response));
+            self.auto_response_pending = Some(Box::new(Some(pair)));
             Ok(())
         })())
     }
 
     fn get_auto_response(&mut self) -> wasmtime::Result<Option<AutoResponsePair>> {
-        Ok(self.auto_response.get().and_then(|(request, response)| {
+        let pair = match &self.auto_response_pending {
+            Some(pending) => (**pending).clone(),
+            None => self.auto_response.get(),
+        };
+        Ok(pair.and_then(|(request, response)| {
             Some(AutoResponsePair {
                 request: from_ws(&request)?,
                 response: from_ws(&response)?,
@@ -178,8 +182,12 @@ impl Host for RoomState {
         let max = self.limits.connection_state_bytes;
         Ok(match self.connections.get_mut(&id) {
             None => Err(Error::UnknownConnection(id)),
-            Some(c) => check_size("connection state", state.as_ref().map_or(0, Vec::len), max)
-                .map(|()| c.state = state),
+            Some(c) => {
+                check_size("connection state", state.as_ref().map_or(0, Vec::len), max).map(|()| {
+                    let old = std::mem::replace(&mut c.state, state);
+                    self.undo.push(Undo::State(id, old));
+                })
+            }
         })
     }
 
@@ -202,7 +210,8 @@ impl Host for RoomState {
                 .connections
                 .get_mut(&id)
                 .ok_or_else(|| Error::UnknownConnection(id.clone()))?;
-            c.tags = tags;
+            let old = std::mem::replace(&mut c.tags, tags);
+            self.undo.push(Undo::Tags(id, old));
             Ok(())
         })())
     }
@@ -253,6 +262,55 @@ mod tests {
         s.discard();
         s.release(&Metrics::default());
         assert!(a.try_recv().is_none());
+    }
+
+    #[test]
+    fn discard_undoes_state_tags_and_auto_response() {
+        let mut s = room_state();
+        let _a = connect(&mut s, "a");
+        s.set_state("a".into(), Some(b"kept".to_vec()))
+            .expect("no trap")
+            .expect("ok");
+        s.set_tags("a".into(), vec!["old".into()])
+            .expect("no trap")
+            .expect("ok");
+        s.release(&Metrics::default());
+        // A failed hook changes state twice, tags and the auto-response.
+        s.set_state("a".into(), Some(b"x".to_vec()))
+            .expect("no trap")
+            .expect("ok");
+        s.set_state("a".into(), Some(b"y".to_vec()))
+            .expect("no trap")
+            .expect("ok");
+        s.set_tags("a".into(), vec!["new".into()])
+            .expect("no trap")
+            .expect("ok");
+        let pair = AutoResponsePair {
+            request: text("ping"),
+            response: text("pong"),
+        };
+        s.set_auto_response(Some(pair))
+            .expect("no trap")
+            .expect("ok");
+        // The hook sees its own auto-response; the sockets do not yet.
+        assert!(s.get_auto_response().expect("no trap").is_some());
+        assert!(s.auto_response.get().is_none());
+        s.discard();
+        assert_eq!(
+            s.get_state("a".into()).expect("no trap").expect("ok"),
+            Some(b"kept".to_vec())
+        );
+        assert_eq!(s.connections["a"].tags, ["old"]);
+        assert!(s.get_auto_response().expect("no trap").is_none());
+        // A hook that succeeds keeps what it set.
+        s.set_auto_response(Some(AutoResponsePair {
+            request: text("ping"),
+            response: text("pong"),
+        }))
+        .expect("no trap")
+        .expect("ok");
+        s.release(&Metrics::default());
+        assert!(s.auto_response.get().is_some());
     }
 
     #[test]

@@ -71,7 +71,9 @@ impl Host for RoomState {
         // the timeout ends that case with an error instead of a hang.
         let timeout = Duration::from_millis(self.limits.hook_cpu_ms);
         let call = async {
-            host.dispatch(&target, event).await?;
+            if !host.dispatch(&target, event).await {
+                return None;
+            }
             answer.await.ok()
         };
         Ok(match tokio::time::timeout(timeout, call).await {

@@ -11,7 +11,12 @@ const MAX_MANY: usize = 128;
 
 impl From<StorageError> for Error {
     fn from(e: StorageError) -> Self {
-        Error::Unavailable(e.to_string())
+        match e {
+            StorageError::TooLarge(m) => Error::TooLarge(m),
+            e @ (StorageError::Unavailable(_) | StorageError::Fenced) => {
+                Error::Unavailable(e.to_string())
+            }
+        }
     }
 }
 
@@ -61,9 +66,10 @@ impl Host for RoomState {
     }
 
     fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self
-            .check_entry(&key, &value)
-            .map(|()| self.storage.put(key, value)))
+        Ok((|| {
+            self.check_entry(&key, &value)?;
+            Ok(self.storage.put(key, value)?)
+        })())
     }
 
     fn put_many(&mut self, entries: Vec<wit::Entry>) -> wasmtime::Result<Result<(), Error>> {
@@ -73,10 +79,7 @@ impl Host for RoomState {
             for (k, v) in &entries {
                 self.check_entry(k, v)?;
             }
-            for (k, v) in entries {
-                self.storage.put(k, v);
-            }
-            Ok(())
+            Ok(self.storage.put_many(entries)?)
         })())
     }
 

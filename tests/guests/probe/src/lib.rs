@@ -14,6 +14,10 @@
 //! - `misuse`: call imports with bad arguments; answers one `name=outcome`
 //!   per call, `;`-separated (each outcome should be a WIT error);
 //! - `flood`: 10,000 broadcasts (`f0` .. `f9999`) in one hook;
+//! - `doom:WHAT`: make one change, then panic; WHAT is `state`, `tag`
+//!   (`doomed`), `auto` (`doomed?>doomed!`), `put` (key `doomed`), `send`
+//!   or `alarm`. The host must undo the change;
+//! - `has:K`: whether storage holds key K;
 //! - anything else: echoed back.
 //!
 //! On connect: `?reject=1` refuses with HTTP 401; `?tag=T` tags the connection.
@@ -111,6 +115,24 @@ fn misuse(me: &Connection) -> String {
     report.join(";")
 }
 
+/// Make one change, then fail: a trapped hook must leave no trace.
+fn doom(conn: &Connection, what: &str) -> ! {
+    let done = match what {
+        "state" => conn.set_state(Some(b"doomed")),
+        "tag" => conn.set_tags(&["doomed".to_owned()]),
+        "auto" => connections::set_auto_response(Some((
+            Message::Text("doomed?".into()),
+            Message::Text("doomed!".into()),
+        ))),
+        "put" => storage::put("doomed", b"1"),
+        "send" => conn.send_text("doomed"),
+        "alarm" => alarm::set(now_ms() + 60_000),
+        other => panic!("no such change: {other}"),
+    };
+    done.expect("the change is allowed");
+    panic!("doomed after {what}");
+}
+
 impl Room for Probe {
     fn on_start(&mut self) {
         if !connections::list(Some("spin-start")).is_empty() {
@@ -184,6 +206,10 @@ impl Room for Probe {
                     }
                 } else if let Some(tag) = other.strip_prefix("list:") {
                     ids(Some(tag))
+                } else if let Some(what) = other.strip_prefix("doom:") {
+                    doom(conn, what)
+                } else if let Some(k) = other.strip_prefix("has:") {
+                    storage::get(k).ok().flatten().is_some().to_string()
                 } else if let Some(k) = other.strip_prefix("var:") {
                     context::var(k).unwrap_or_else(|| "none".into())
                 } else if let Some(pair) = other.strip_prefix("auto=") {
