@@ -209,7 +209,7 @@ impl Server {
 
     /// Shut down as SIGTERM would, and wait for it.
     pub async fn stop(self) -> Options {
-        self.host.shutdown.cancel();
+        self.host.shutdown().cancel();
         let r = tokio::time::timeout(WAIT, self.task).await;
         assert!(matches!(r, Ok(Ok(Ok(())))), "server stops cleanly");
         assert_eq!(

@@ -16,7 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::host::{AdminError, Host};
-use crate::server::{Body, json, text};
+use crate::http::{Body, json, text};
 
 /// The largest component an upload may carry.
 const MAX_UPLOAD: usize = 64 << 20;
@@ -87,7 +87,7 @@ fn authorize(
     host: &Host,
     peer: SocketAddr,
 ) -> Result<String, Box<Response<Body>>> {
-    let Some(expected) = &host.config.admin_token else {
+    let Some(expected) = &host.config().admin_token else {
         if peer.ip().is_loopback() {
             return Ok("local".into());
         }
@@ -143,8 +143,8 @@ fn logs(host: &Host, query: &str) -> Response<Body> {
     };
     let party = param(query, "party").map(decode);
     let room = param(query, "room").map(decode);
-    let rx = host.logs.subscribe();
-    let shutdown = host.shutdown.clone();
+    let rx = host.logs().subscribe();
+    let shutdown = host.shutdown().clone();
     let stream = futures_util::stream::unfold(rx, move |mut rx| {
         let (party, room, shutdown) = (party.clone(), room.clone(), shutdown.clone());
         async move {

@@ -1,5 +1,6 @@
-//! The alarm scheduler: one task fires every room's alarm, so a sleeping
-//! room with an alarm costs an entry in a map, not a timer task.
+//! The alarm index: every room's next alarm in one map, so a sleeping room
+//! with an alarm costs an entry here, not a timer task. The host's one
+//! alarm loop (`Host::start`) fires what falls due.
 //!
 //! The truth is in storage (the alarm is committed with the hook that set
 //! it); this schedule is an index of it, rebuilt from storage at start and
@@ -9,23 +10,15 @@
 //! here with backoff.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::host::{Host, RoomKey};
-use crate::room::Event;
+use crate::route::RoomKey;
 
 /// How many times a failing on-alarm is retried before the alarm is dropped.
 pub const MAX_RETRIES: u32 = 6;
-
-/// Milliseconds since the Unix epoch: the unit of alarm times.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 #[derive(Default)]
 struct Schedule {
@@ -73,7 +66,7 @@ impl Alarms {
     }
 
     /// The alarms due at `now`, removed from the schedule, with their retry counts.
-    fn take_due(&self, now: u64) -> Vec<(RoomKey, u32)> {
+    pub fn take_due(&self, now: u64) -> Vec<(RoomKey, u32)> {
         let mut s = self.lock();
         let mut due = Vec::new();
         while let Some((at, key)) = s.by_time.first().cloned() {
@@ -91,6 +84,21 @@ impl Alarms {
         self.lock().by_time.first().map(|(t, _)| *t)
     }
 
+    /// How long to sleep before the next alarm is due: capped at a second,
+    /// so a wall-clock jump is noticed soon.
+    pub fn until_next(&self, now_ms: u64) -> Duration {
+        self.next_due()
+            .map_or(Duration::from_secs(1), |at| {
+                Duration::from_millis(at.saturating_sub(now_ms))
+            })
+            .min(Duration::from_secs(1))
+    }
+
+    /// Returns when an alarm earlier than all others was set.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
     /// How many alarms are scheduled.
     pub fn len(&self) -> usize {
         self.lock().by_room.len()
@@ -102,32 +110,6 @@ impl Alarms {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Schedule> {
         self.schedule.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// The scheduler task: fire due alarms until shutdown.
-pub async fn run(host: Arc<Host>) {
-    loop {
-        for (key, retry) in host.alarms.take_due(now_ms()) {
-            let h = host.clone();
-            host.tasks.spawn(async move {
-                h.dispatch(&key, Event::Alarm { retry }).await;
-            });
-        }
-        // Sleep until the next alarm, or until an earlier one is set. Capped
-        // so a wall-clock jump is noticed within a second.
-        let wait = host
-            .alarms
-            .next_due()
-            .map_or(Duration::from_secs(1), |at| {
-                Duration::from_millis(at.saturating_sub(now_ms()))
-            })
-            .min(Duration::from_secs(1));
-        tokio::select! {
-            () = host.shutdown.cancelled() => return,
-            () = host.alarms.changed.notified() => {}
-            () = tokio::time::sleep(wait) => {}
-        }
     }
 }
 

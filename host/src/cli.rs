@@ -1,4 +1,5 @@
-//! The `dormouse` command line: argument parsing and the commands' wiring.
+//! The `dormouse` command line: argument parsing and the commands' wiring,
+//! over the `dormouse` library (the server) and `dormouse-bench`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,11 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-use crate::client::Admin;
-use crate::config::{Config, Limits, PartyConfig};
-use crate::host::Host;
-use crate::instance::{Party, Runtime};
-use crate::project;
+use dormouse::client::Admin;
+use dormouse::config::{Config, Limits, PartyConfig};
+use dormouse::host::Host;
+use dormouse::instance::{Party, Runtime};
+use dormouse::project;
 use hyper::Method;
 
 #[derive(Parser)]
@@ -80,10 +81,10 @@ enum Command {
         name: String,
     },
     /// Load a server and report figures (see BENCHMARKS.md).
-    Bench(crate::bench::BenchArgs),
+    Bench(dormouse_bench::BenchArgs),
     /// Hold connections for `dormouse bench` (started by it).
     #[command(hide = true)]
-    BenchWorker(crate::bench::WorkerArgs),
+    BenchWorker(dormouse_bench::WorkerArgs),
     /// Build and serve a room crate as party `main` (or a project's
     /// dormouse.toml with `crate = ...` parties), rebuilding on change.
     Dev {
@@ -144,8 +145,14 @@ impl ServerArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Bench(args) => crate::bench::run(args).await,
-        Command::BenchWorker(args) => crate::bench::worker(args).await,
+        Command::Bench(args) => {
+            raise_fd_limit();
+            dormouse_bench::run(args).await
+        }
+        Command::BenchWorker(args) => {
+            raise_fd_limit();
+            dormouse_bench::worker(args).await
+        }
         Command::Build { dir } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from("."));
             let wasm = build_and_check(&dir).await?;
@@ -173,7 +180,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             server,
         } => rollback(&server, &party, version).await,
         Command::New { name } => {
-            let dir = crate::scaffold::new_room(&name)?;
+            let dir = dormouse::scaffold::new_room(&name)?;
             println!(
                 "made {}: build it with `dormouse build {name}`, serve it with `dormouse dev {name}`",
                 dir.display()
@@ -214,7 +221,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .filter(|t| !t.is_empty());
     }
     if config.admin_token.is_none() {
-        let (token, path) = crate::admin_token::ensure(&config.data_dir)?;
+        let (token, path) = dormouse::admin_token::ensure(&config.data_dir)?;
         info!(
             file = %path.display(),
             "admin token: in this file, readable by this user only (the CLI here finds it; elsewhere set DORMOUSE_TOKEN)"
@@ -268,7 +275,7 @@ async fn dev(dir: PathBuf, server: ServerArgs) -> anyhow::Result<()> {
     let host = tokio::task::spawn_blocking(move || Host::new(config)).await??;
     serve_host(host, move |host| {
         for (name, dir) in crates {
-            host.tasks.spawn(watch(name, dir, host.clone()));
+            host.tasks().spawn(watch(name, dir, host.clone()));
         }
     })
     .await
@@ -279,7 +286,7 @@ async fn watch(party: String, dir: PathBuf, host: Arc<Host>) {
     let mut seen = project::last_change(&dir);
     loop {
         tokio::select! {
-            () = host.shutdown.cancelled() => return,
+            () = host.shutdown().cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         let now = project::last_change(&dir);
@@ -290,11 +297,11 @@ async fn watch(party: String, dir: PathBuf, host: Arc<Host>) {
         info!(party, "change seen; rebuilding {}", dir.display());
         let d = dir.clone();
         let built = tokio::task::spawn_blocking(move || project::build(&d)).await;
-        let vars = host.config.vars(&party);
+        let vars = host.config().vars(&party);
         let loaded = match built {
             Ok(Ok(wasm)) => std::fs::read(&wasm)
                 .map_err(anyhow::Error::from)
-                .and_then(|bytes| Party::load(&host.runtime, &party, &bytes, vars)),
+                .and_then(|bytes| Party::load(host.runtime(), &party, &bytes, vars)),
             Ok(Err(e)) => Err(e),
             Err(e) => Err(e.into()),
         };
@@ -325,7 +332,7 @@ async fn rooms(server: &str) -> anyhow::Result<()> {
     );
     for r in rooms {
         let last = r["last_event_ms"].as_u64().unwrap_or(0);
-        let ago = crate::alarms::now_ms().saturating_sub(last);
+        let ago = dormouse::clock::now_ms().saturating_sub(last);
         println!(
             "{:<12} {:<24} {:<11} {:>6} {:>10} {:.1}s ago",
             r["party"].as_str().unwrap_or(""),
@@ -446,10 +453,10 @@ async fn deploy(path: PathBuf, party: &str, server: &str) -> anyhow::Result<()> 
 
 /// Bind, serve until Ctrl-C or SIGTERM, shut down cleanly.
 async fn serve_host(host: Arc<Host>, start: impl FnOnce(&Arc<Host>)) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(host.config.listen)
+    let listener = TcpListener::bind(host.config().listen)
         .await
-        .with_context(|| format!("cannot listen on {}", host.config.listen))?;
-    let metrics = match host.config.metrics_listen {
+        .with_context(|| format!("cannot listen on {}", host.config().listen))?;
+    let metrics = match host.config().metrics_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
                 .await
@@ -458,15 +465,15 @@ async fn serve_host(host: Arc<Host>, start: impl FnOnce(&Arc<Host>)) -> anyhow::
         None => None,
     };
     start(&host);
-    let token = host.shutdown.clone();
+    let token = host.shutdown().clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         info!("shutting down: closing sockets with 1001");
         token.cancel();
     });
     match metrics {
-        Some(metrics) => crate::server::run_with_metrics(listener, metrics, host).await,
-        None => crate::server::run(listener, host).await,
+        Some(metrics) => dormouse::server::run_with_metrics(listener, metrics, host).await,
+        None => dormouse::server::run(listener, host).await,
     }
 }
 

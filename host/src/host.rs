@@ -1,56 +1,66 @@
-//! The host: parties, the registry of room actors, and what they share
-//! (runtime, storage, metrics, shutdown).
+//! The host: parties and their deploys, the registry of room actors, the
+//! alarm loop, and shutdown.
 //!
 //! A room actor exists while the room has connections or work; a room with
-//! neither retires (see [`Host::retire`]), so the registry holds only live
-//! rooms. Lookups hold a std `Mutex` for a map access, never across `.await`.
+//! neither retires (see [`Registry::retire`]), so the registry holds only
+//! live rooms. Lookups hold a std `Mutex` for a map access, never across
+//! `.await`. Rooms reach the host only through the narrow [`Shared`] and
+//! [`Registry`] (and guest code through [`Capabilities`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
 
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::alarms::Alarms;
+use crate::clock::now_ms;
 use crate::config::{Config, Limits};
+use crate::deploys::Deploys;
 use crate::instance::{Party, Runtime};
 use crate::logs::Logs;
 use crate::metrics::Metrics;
-use crate::room::{self, Event, RoomRx, RoomTx};
+use crate::room::{self, Event, Registry, RoomRx, RoomStatus, RoomTx, Shared};
+use crate::room_state::{Capabilities, RoomCalls};
+use crate::route::RoomKey;
 use crate::storage::Storage;
+use crate::sync::lock;
 use crate::versions::Versions;
-
-/// A room's key in the registry: (party, room id).
-pub type RoomKey = (Arc<str>, Arc<str>);
+use crate::wit;
 
 /// How many events may wait for a room before senders wait too.
 const ROOM_QUEUE: usize = 64;
 
 pub struct Host {
-    pub config: Config,
+    config: Config,
     /// The host's limits; [`Host::limits_for`] gives a party's.
-    pub limits: Arc<Limits>,
+    limits: Arc<Limits>,
     party_limits: HashMap<String, Arc<Limits>>,
-    pub runtime: Arc<Runtime>,
-    pub storage: Arc<Storage>,
-    pub metrics: Arc<Metrics>,
-    pub alarms: Alarms,
-    pub versions: Versions,
-    pub logs: Logs,
-    /// Cancelled to shut down: the accept loop, the sockets and the rooms stop.
-    pub shutdown: CancellationToken,
+    /// What rooms share (runtime, storage, metrics, logs, alarms, shutdown).
+    shared: Arc<Shared>,
+    deploys: Deploys,
+    versions: Versions,
     /// Every task the host spawned, to wait for them at shutdown.
-    pub tasks: TaskTracker,
+    tasks: TaskTracker,
     parties: Mutex<HashMap<String, Arc<Party>>>,
     /// One lock per party name: its deploys, rollbacks and delete run one
     /// at a time, so storage's active version and the served one agree.
     deploying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     rooms: Mutex<HashMap<RoomKey, RoomEntry>>,
-    /// Notified whenever an instance is dropped, for wakes waiting on a slot.
-    pub(crate) slot_freed: tokio::sync::Notify,
     serial: AtomicU64,
+    /// This host, for the tasks the registry spawns on a room's behalf.
+    me: Weak<Host>,
+}
+
+struct RoomEntry {
+    tx: RoomTx,
+    generation: u64,
+    status: Arc<RoomStatus>,
 }
 
 /// Why an admin operation failed: the caller's fault, or the host's.
@@ -65,23 +75,6 @@ pub enum AdminError {
     /// The disk or the database failed (HTTP 500; logged).
     #[error("{0:#}")]
     Failed(#[from] anyhow::Error),
-}
-
-struct RoomEntry {
-    tx: RoomTx,
-    generation: u64,
-    status: Arc<RoomStatus>,
-}
-
-/// What a room actor publishes about itself, for `dormouse rooms`.
-#[derive(Default)]
-pub struct RoomStatus {
-    pub awake: AtomicBool,
-    /// A wake waiting for a pool slot asked this room to hibernate early
-    /// (at most one such request waits in its queue).
-    pub hibernate_asked: AtomicBool,
-    pub connections: AtomicU64,
-    pub last_event_ms: AtomicU64,
 }
 
 /// One line of `GET /_dormouse/rooms`.
@@ -108,12 +101,14 @@ pub struct Deployed {
 
 impl Host {
     /// Open storage, make the engine and compile the configured parties.
+    /// Nothing runs until [`Host::start`].
     pub fn new(config: Config) -> anyhow::Result<Arc<Host>> {
         config.validate()?;
         let limits = Arc::new(config.limits.clone());
         let metrics = Arc::new(Metrics::default());
         let runtime = Runtime::new(&limits)?;
         let storage = Storage::open(&config.data_dir, metrics.clone())?;
+        let deploys = Deploys::open(&config.data_dir)?;
         let mut parties = HashMap::new();
         for (name, p) in &config.parties {
             if p.builtin.is_some() {
@@ -133,12 +128,12 @@ impl Host {
         }
         // Versions deployed through the admin API win over the config file.
         let versions = Versions::open(&config.data_dir)?;
-        for (name, active) in storage.deployed()? {
-            let (all, _) = storage.versions(&name)?;
+        for (name, active) in deploys.deployed()? {
+            let (all, _) = deploys.versions(&name)?;
             // The active version first, then the earlier ones, newest first:
             // a torn or missing file costs that party its newest version,
             // never the host its start.
-            let candidates = all.iter().rev().filter(|v| v.version <= active.version);
+            let candidates = all.iter().rev().filter(|v| v.version <= active);
             let mut loaded = None;
             for v in candidates {
                 let vars = config.vars(&name);
@@ -175,24 +170,92 @@ impl Host {
             .keys()
             .map(|name| (name.clone(), Arc::new(config.party_limits(name))))
             .collect();
-        Ok(Arc::new(Host {
-            config,
-            limits,
-            party_limits,
-            runtime,
-            storage,
-            metrics,
-            alarms,
-            versions,
-            logs: Logs::default(),
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            parties: Mutex::new(parties),
-            deploying: Mutex::default(),
-            rooms: Mutex::new(HashMap::new()),
-            slot_freed: tokio::sync::Notify::new(),
-            serial: AtomicU64::new(1),
+        let logs = Arc::new(Logs::default());
+        Ok(Arc::new_cyclic(|host: &Weak<Host>| {
+            let registry: Weak<dyn Registry> = host.clone();
+            let rooms: Weak<dyn RoomCalls> = host.clone();
+            let shared = Arc::new(Shared {
+                runtime,
+                storage,
+                metrics,
+                logs: logs.clone(),
+                alarms: Arc::new(alarms),
+                caps: Arc::new(Capabilities { logs, rooms }),
+                idle_timeout: config.idle_timeout(),
+                alarm_retry_ms: limits.alarm_retry_ms,
+                shutdown: CancellationToken::new(),
+                slot_freed: tokio::sync::Notify::new(),
+                registry,
+            });
+            Host {
+                config,
+                limits,
+                party_limits,
+                shared,
+                deploys,
+                versions,
+                tasks: TaskTracker::new(),
+                parties: Mutex::new(parties),
+                deploying: Mutex::default(),
+                rooms: Mutex::new(HashMap::new()),
+                serial: AtomicU64::new(1),
+                me: host.clone(),
+            }
         }))
+    }
+
+    /// Start what runs beside the rooms: the alarm loop.
+    pub fn start(self: &Arc<Self>) {
+        self.tasks.spawn(self.clone().fire_alarms());
+    }
+
+    /// The alarm loop: send each room its due alarm, until shutdown.
+    async fn fire_alarms(self: Arc<Self>) {
+        let alarms = self.shared.alarms.clone();
+        loop {
+            for (key, retry) in alarms.take_due(now_ms()) {
+                let host = self.clone();
+                self.tasks.spawn(async move {
+                    host.dispatch(&key, Event::Alarm { retry }).await;
+                });
+            }
+            // Sleep until the next alarm, or until an earlier one is set.
+            tokio::select! {
+                () = self.shared.shutdown.cancelled() => return,
+                () = alarms.changed() => {}
+                () = tokio::time::sleep(alarms.until_next(now_ms())) => {}
+            }
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    pub fn logs(&self) -> &Logs {
+        &self.shared.logs
+    }
+
+    pub fn alarms(&self) -> &Alarms {
+        &self.shared.alarms
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.shared.runtime
+    }
+
+    /// Cancel it to shut down: the accept loop, the sockets and the rooms stop.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shared.shutdown
+    }
+
+    /// Every task the host and its server spawned, to wait for at shutdown.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
     }
 
     /// The current version of a party.
@@ -224,7 +287,7 @@ impl Host {
     /// Returns how many live rooms will pick it up.
     pub async fn deploy(&self, party: Party) -> usize {
         let name = party.name.clone();
-        self.metrics.party(&name);
+        self.metrics().party(&name);
         lock(&self.parties).insert(name.clone(), Arc::new(party));
         let rooms = self.rooms_of(&name);
         let n = rooms.len();
@@ -245,7 +308,7 @@ impl Host {
     /// here: the actor this reaches may retire and hand the event on.
     pub async fn dispatch(self: &Arc<Self>, key: &RoomKey, mut event: Event) -> bool {
         loop {
-            if self.shutdown.is_cancelled() {
+            if self.shared.shutdown.is_cancelled() {
                 return false;
             }
             let (tx, generation) = self.room(key);
@@ -292,14 +355,13 @@ impl Host {
         let (name_, token_) = (name.to_owned(), token.to_owned());
         // Compiling takes a while: keep it off the event loop.
         let (party, version, hash) = tokio::task::spawn_blocking(move || {
-            let party = Party::load(&host.runtime, &name_, &bytes, vars)
+            let party = Party::load(host.runtime(), &name_, &bytes, vars)
                 .map_err(|e| AdminError::Refused(format!("{e:#}")))?;
             let hash = crate::versions::hash(&bytes);
-            host.versions.save(&host.runtime, &hash, &bytes, &party)?;
+            host.versions.save(host.runtime(), &hash, &bytes, &party)?;
             let version = host
-                .storage
-                .add_version(&name_, &hash, bytes.len(), &token_)
-                .map_err(anyhow::Error::from)?;
+                .deploys
+                .add_version(&name_, &hash, bytes.len(), &token_)?;
             Ok::<_, AdminError>((party, version, hash))
         })
         .await
@@ -322,7 +384,7 @@ impl Host {
         to: Option<u32>,
     ) -> Result<Deployed, AdminError> {
         let _deploying = self.deploying(name).await;
-        let (versions, active) = self.storage.versions(name).map_err(anyhow::Error::from)?;
+        let (versions, active) = self.deploys.versions(name)?;
         let target = match to {
             Some(v) => versions.iter().find(|x| x.version == v),
             None => versions.iter().rev().find(|x| Some(x.version) < active),
@@ -337,13 +399,11 @@ impl Host {
         let (name_, hash) = (name.to_owned(), target.hash.clone());
         let party = tokio::task::spawn_blocking(move || {
             host.versions
-                .load(&host.runtime, &host.metrics, &name_, &hash, vars)
+                .load(host.runtime(), host.metrics(), &name_, &hash, vars)
         })
         .await
         .map_err(anyhow::Error::from)??;
-        self.storage
-            .activate(name, target.version)
-            .map_err(anyhow::Error::from)?;
+        self.deploys.activate(name, target.version)?;
         let rooms = self.deploy(party).await;
         Ok(Deployed {
             party: name.to_owned(),
@@ -373,11 +433,12 @@ impl Host {
         for tx in evicted {
             let _ = tx.send(Event::Evict).await;
         }
-        self.alarms.clear_party(name);
-        let orphans = self
+        self.shared.alarms.clear_party(name);
+        self.shared
             .storage
             .delete_party(name)
             .map_err(anyhow::Error::from)?;
+        let orphans = self.deploys.delete(name)?;
         self.versions.remove(&orphans)?;
         Ok(())
     }
@@ -390,29 +451,11 @@ impl Host {
             .collect()
     }
 
-    /// Ask the awake room with the oldest last event to hibernate (it does
-    /// after its current event), unless it was asked already. For a wake
-    /// that found the pool full.
-    pub fn hibernate_least_recent(&self) {
-        let rooms = lock(&self.rooms);
-        let lru = rooms
-            .values()
-            .filter(|e| e.status.awake.load(Relaxed) && !e.status.hibernate_asked.load(Relaxed))
-            .min_by_key(|e| e.status.last_event_ms.load(Relaxed));
-        if let Some(e) = lru
-            && !e.status.hibernate_asked.swap(true, Relaxed)
-            && !e.tx.try_send(Event::Hibernate)
-        {
-            // Its queue is full: it is busy, and will be asked again.
-            e.status.hibernate_asked.store(false, Relaxed);
-        }
-    }
-
     /// The live rooms and their state. Storage sizes come from one query,
     /// off the async runtime.
     pub async fn rooms(self: &Arc<Self>) -> Result<Vec<RoomInfo>, AdminError> {
         let host = self.clone();
-        let sizes = tokio::task::spawn_blocking(move || host.storage.room_sizes())
+        let sizes = tokio::task::spawn_blocking(move || host.shared.storage.room_sizes())
             .await
             .map_err(anyhow::Error::from)?
             .map_err(anyhow::Error::from)?;
@@ -449,7 +492,7 @@ impl Host {
         names
             .into_iter()
             .map(|name| {
-                let (versions, active) = self.storage.versions(&name)?;
+                let (versions, active) = self.deploys.versions(&name)?;
                 let size = self.party(&name).map_or(0, |p| p.size);
                 Ok(serde_json::json!({
                     "party": name,
@@ -479,16 +522,29 @@ impl Host {
             },
         );
         let actor = room::Room::new(
-            self.clone(),
+            self.shared.clone(),
             key.clone(),
             generation,
             (tx.clone(), rx),
             status,
+            self.limits_for(&key.0),
+            self.is_builtin(&key.0),
         );
         // Every log line of the room (hook failures, guest logs) carries this span.
         let span = tracing::info_span!("room", party = %key.0, room = %key.1);
         self.tasks.spawn(actor.serve().instrument(span));
         (tx, generation)
+    }
+
+    /// How many room actors are live (for tests and `rooms` later).
+    pub fn live_rooms(&self) -> usize {
+        lock(&self.rooms).len()
+    }
+}
+
+impl Registry for Host {
+    fn party(&self, name: &str) -> Option<Arc<Party>> {
+        Host::party(self, name)
     }
 
     /// Called by a room with no connections and no instance: remove it from
@@ -497,7 +553,7 @@ impl Host {
     /// before may still land an event between the check and the close; the
     /// retiring actor drains those and hands them on in order. Any later
     /// send finds the channel closed and `dispatch` starts a new actor.
-    pub(crate) fn retire(&self, key: &RoomKey, generation: u64, rx: &mut RoomRx) -> bool {
+    fn retire(&self, key: &RoomKey, generation: u64, rx: &mut RoomRx) -> bool {
         let mut rooms = lock(&self.rooms);
         if !rx.is_empty() {
             return false;
@@ -509,13 +565,64 @@ impl Host {
         true
     }
 
-    /// How many room actors are live (for tests and `rooms` later).
-    pub fn live_rooms(&self) -> usize {
-        lock(&self.rooms).len()
+    fn hand_on(&self, key: RoomKey, late: Vec<Event>) {
+        let Some(host) = self.me.upgrade() else {
+            return;
+        };
+        // One task for all of them: they reach the next actor in order.
+        self.tasks.spawn(
+            async move {
+                for event in late {
+                    host.dispatch(&key, event).await;
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Ask the awake room with the oldest last event to hibernate (it does
+    /// after its current event), unless it was asked already. For a wake
+    /// that found the pool full.
+    fn hibernate_least_recent(&self) {
+        let rooms = lock(&self.rooms);
+        let lru = rooms
+            .values()
+            .filter(|e| e.status.awake.load(Relaxed) && !e.status.hibernate_asked.load(Relaxed))
+            .min_by_key(|e| e.status.last_event_ms.load(Relaxed));
+        if let Some(e) = lru
+            && !e.status.hibernate_asked.swap(true, Relaxed)
+            && !e.tx.try_send(Event::Hibernate)
+        {
+            // Its queue is full: it is busy, and will be asked again.
+            e.status.hibernate_asked.store(false, Relaxed);
+        }
     }
 }
 
-/// Lock a mutex; a panic elsewhere while holding it does not poison the host.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+impl RoomCalls for Host {
+    fn serves(&self, party: &str) -> bool {
+        Host::serves(self, party)
+    }
+
+    fn call(
+        &self,
+        target: RoomKey,
+        request: wit::Request,
+        chain: Vec<RoomKey>,
+    ) -> Pin<Box<dyn Future<Output = Option<wit::Response>> + Send>> {
+        let host = self.me.upgrade();
+        Box::pin(async move {
+            let host = host?;
+            let (reply, answer) = oneshot::channel();
+            let event = Event::Request {
+                request: Box::new(request),
+                chain,
+                reply,
+            };
+            if !host.dispatch(&target, event).await {
+                return None;
+            }
+            answer.await.ok()
+        })
+    }
 }

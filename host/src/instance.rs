@@ -25,6 +25,7 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::Limits;
+use crate::metrics::{FailureKind, Hook};
 use crate::room_state::RoomState;
 use crate::wit::{self, ConnectionInfo, Message, Request, Response};
 
@@ -217,16 +218,15 @@ pub enum Call {
 }
 
 impl Call {
-    /// The hook's WIT name (the `hook` label of the metrics).
-    pub fn hook(&self) -> &'static str {
+    pub fn hook(&self) -> Hook {
         match self {
-            Call::Start => "on-start",
-            Call::Connect(..) => "on-connect",
-            Call::Message(..) => "on-message",
-            Call::Close(..) => "on-close",
-            Call::Error(..) => "on-error",
-            Call::Request(..) => "on-request",
-            Call::Alarm(..) => "on-alarm",
+            Call::Start => Hook::Start,
+            Call::Connect(..) => Hook::Connect,
+            Call::Message(..) => Hook::Message,
+            Call::Close(..) => Hook::Close,
+            Call::Error(..) => Hook::Error,
+            Call::Request(..) => Hook::Request,
+            Call::Alarm(..) => Hook::Alarm,
         }
     }
 }
@@ -245,13 +245,9 @@ pub struct Instance {
     ticks: u64,
 }
 
-/// The `kind` of a wake that failed because every pool slot is taken: not
-/// the guest's fault; the room makes room by hibernating another one.
-pub const POOL_FULL: &str = "pool-full";
-
 /// Why a hook or a wake failed: the `kind` label and the error for the log.
 pub struct Failure {
-    pub kind: &'static str,
+    pub kind: FailureKind,
     pub error: anyhow::Error,
 }
 
@@ -306,8 +302,8 @@ impl Instance {
                     .is_some();
                 let kind = match classify(&error, store.data()) {
                     Some(kind) => kind,
-                    None if pool_full => POOL_FULL,
-                    None => "instantiate",
+                    None if pool_full => FailureKind::PoolFull,
+                    None => FailureKind::Instantiate,
                 };
                 let error = anyhow::Error::from(error);
                 Err((store.into_data().room, Failure { kind, error }))
@@ -344,7 +340,7 @@ impl Instance {
             Call::Alarm(n) => hooks.call_on_alarm(s, n).await.map(|()| Reply::Done),
         };
         result.map_err(|error| Failure {
-            kind: classify(&error, self.store.data()).unwrap_or("trap"),
+            kind: classify(&error, self.store.data()).unwrap_or(FailureKind::Trap),
             error: anyhow::Error::from(error),
         })
     }
@@ -362,13 +358,13 @@ impl<T> Why<T> for wasmtime::Result<T> {
 }
 
 /// The `kind` of a guest failure, when it is more than a plain trap.
-fn classify(error: &wasmtime::Error, state: &InstanceState) -> Option<&'static str> {
+fn classify(error: &wasmtime::Error, state: &InstanceState) -> Option<FailureKind> {
     if state.memory_refused {
-        return Some("memory");
+        return Some(FailureKind::Memory);
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => Some("deadline"),
-        Some(Trap::StackOverflow) => Some("stack-overflow"),
+        Some(Trap::Interrupt) => Some(FailureKind::Deadline),
+        Some(Trap::StackOverflow) => Some(FailureKind::StackOverflow),
         _ => None,
     }
 }

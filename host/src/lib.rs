@@ -3,31 +3,33 @@
 //!
 //! # Layout
 //!
-//! Layers from the edge inwards; each talks only to the next.
+//! Layers from the edge inwards. A module uses only modules in the rows
+//! below its own (`python3 ../shared/tools/modcycles.py host/src` checks
+//! that no two import each other, even through others).
 //!
-//! | module | owns |
-//! | --- | --- |
-//! | [`cli`] | the command line (`serve`, `build`, `dev`); `main.rs` only calls it |
-//! | [`server`] | accept loop, routing, WebSocket upgrade, on-request, health, metrics, static files |
-//! | `admin` | the admin API under `/_dormouse/`: deploy, versions, rollback, rooms, logs |
-//! | [`admin_token`] | the token `serve` makes in its data dir, and where the CLI finds it |
-//! | [`client`] | the CLI's side of the admin API |
-//! | [`route`] | URL parsing: party, room, `_pk` |
-//! | [`socket`] | one task per WebSocket: frames in, outbound queue out |
-//! | [`host`] | parties and the registry of room actors; shutdown |
-//! | [`room`] | the room actor: events in order, wake, hibernate, output gate |
-//! | [`room_state`] | what a room keeps across hibernation: connections, state, tags, outbox |
-//! | [`instance`] | engine, compiled parties, an instance with its deadline and memory cap |
-//! | [`wit`] | the one `bindgen!` site |
-//! | `imports` | the WIT imports, one file per interface, implemented on `RoomState` |
-//! | [`storage`] | SQLite: per-hook batches, group commit, alarms, version metadata |
-//! | [`versions`] | deployed components and their precompiled forms on disk |
-//! | [`logs`] | room log lines for `dormouse tail` |
-//! | [`alarms`] | the one scheduler that fires every room's alarm |
-//! | [`project`] | building room crates to components |
-//! | [`scaffold`] | `dormouse new`: a room crate that builds as it is |
-//! | [`bench`] | `dormouse bench`: the load generator behind BENCHMARKS.md |
-//! | [`config`], [`metrics`] | `dormouse.toml` and limits; Prometheus names |
+//! | layer | module | owns |
+//! | --- | --- | --- |
+//! | edge | [`server`] | accept loops, routing, WebSocket upgrade, on-request, health, metrics, static files |
+//! | edge | `admin` | the admin API under `/_dormouse/`: deploy, versions, rollback, rooms, logs |
+//! | edge | [`socket`] | one task per WebSocket: frames in, outbound queue out |
+//! | host | [`host`] | parties and deploys, the registry of room actors, the alarm loop, shutdown |
+//! | host | [`versions`] | deployed components and their precompiled forms on disk |
+//! | room | [`room`] | the room actor: events in order, wake, hibernate, output gate; what it may use of the host ([`room::Shared`], [`room::Registry`]) |
+//! | room | [`instance`] | engine, compiled parties, an instance with its deadline and memory cap |
+//! | room | `imports` | the WIT imports, one file per interface, implemented on `RoomState` |
+//! | room | [`room_state`] | what a room keeps across hibernation; what guest code may reach ([`room_state::Capabilities`]) |
+//! | store | [`storage`] | room data in SQLite: per-hook batches, group commit, sizes, alarms |
+//! | store | [`deploys`] | deploy metadata in SQLite: versions, the active one |
+//! | leaf | [`alarms`] | the alarm index the host's alarm loop fires from |
+//! | leaf | [`logs`], [`metrics`] | room log lines for `dormouse tail`; Prometheus names, hook and failure kinds |
+//! | leaf | [`config`], [`route`] | `dormouse.toml` and limits; URL parsing, room keys |
+//! | leaf | [`wit`], [`ws`], [`http`] | the one `bindgen!` site; WebSocket <-> WIT messages; the host's own HTTP answers |
+//! | leaf | [`clock`], [`sync`] | the wall clock; locks that survive a panic |
+//! | tools | [`project`], [`scaffold`] | building room crates to components; `dormouse new` |
+//! | tools | [`client`], [`admin_token`] | the CLI's side of the admin API; the token `serve` makes and the CLI finds |
+//!
+//! The command line is the binary's (`main.rs`, `cli.rs`); the load
+//! generator is its own crate, `dormouse-bench`.
 //!
 //! Run a server in-process the way `main` does:
 //!
@@ -42,11 +44,12 @@
 mod admin;
 pub mod admin_token;
 pub mod alarms;
-pub mod bench;
-pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
+pub mod deploys;
 pub mod host;
+pub mod http;
 mod imports;
 pub mod instance;
 pub mod logs;
@@ -59,5 +62,7 @@ pub mod scaffold;
 pub mod server;
 pub mod socket;
 pub mod storage;
+pub mod sync;
 pub mod versions;
 pub mod wit;
+pub mod ws;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::alarms::now_ms;
+use crate::clock::now_ms;
 
 /// One line of a room's log.
 #[derive(Debug, Clone, Serialize)]

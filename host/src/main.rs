@@ -1,5 +1,7 @@
 //! The `dormouse` binary: parse the command line, set up logging, run.
 
+mod cli;
+
 use clap::Parser;
 
 #[tokio::main]
@@ -7,7 +9,7 @@ async fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    match dormouse::cli::run(dormouse::cli::Cli::parse()).await {
+    match cli::run(cli::Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dormouse: {e:#}");

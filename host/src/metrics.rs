@@ -9,25 +9,78 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The hooks, in the order of the `hook` label values.
-pub const HOOKS: [&str; 7] = [
-    "on-start",
-    "on-connect",
-    "on-message",
-    "on-close",
-    "on-error",
-    "on-request",
-    "on-alarm",
-];
+/// A room's hooks; the `hook` label of `dormouse_hook_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Start,
+    Connect,
+    Message,
+    Close,
+    Error,
+    Request,
+    Alarm,
+}
 
-/// Why a guest's instance was dropped (label `kind` of `dormouse_guest_traps_total`).
-pub const TRAP_KINDS: [&str; 5] = [
-    "trap",
-    "deadline",
-    "memory",
-    "stack-overflow",
-    "instantiate",
-];
+impl Hook {
+    pub const ALL: [Hook; 7] = [
+        Hook::Start,
+        Hook::Connect,
+        Hook::Message,
+        Hook::Close,
+        Hook::Error,
+        Hook::Request,
+        Hook::Alarm,
+    ];
+
+    /// The hook's WIT name, as logs and labels show it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Hook::Start => "on-start",
+            Hook::Connect => "on-connect",
+            Hook::Message => "on-message",
+            Hook::Close => "on-close",
+            Hook::Error => "on-error",
+            Hook::Request => "on-request",
+            Hook::Alarm => "on-alarm",
+        }
+    }
+}
+
+/// Why a hook or a wake failed; the `kind` label of
+/// `dormouse_guest_traps_total` for the guest's own failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    Trap,
+    Deadline,
+    Memory,
+    StackOverflow,
+    Instantiate,
+    /// Every awake-room slot stayed taken: not the guest's fault, so not
+    /// a trap (`dormouse_pool_full_waits_total` counts the waits).
+    PoolFull,
+}
+
+impl FailureKind {
+    /// The kinds `dormouse_guest_traps_total` counts: the guest's failures.
+    pub const TRAPS: [FailureKind; 5] = [
+        FailureKind::Trap,
+        FailureKind::Deadline,
+        FailureKind::Memory,
+        FailureKind::StackOverflow,
+        FailureKind::Instantiate,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Trap => "trap",
+            FailureKind::Deadline => "deadline",
+            FailureKind::Memory => "memory",
+            FailureKind::StackOverflow => "stack-overflow",
+            FailureKind::Instantiate => "instantiate",
+            FailureKind::PoolFull => "pool-full",
+        }
+    }
+}
 
 /// All of the host's metrics.
 #[derive(Default)]
@@ -41,7 +94,8 @@ pub struct Metrics {
     /// Wakes that found every awake-room slot taken and waited for one.
     pub pool_full_waits: AtomicU64,
     pub wake_seconds: Histogram,
-    pub hook_seconds: [Histogram; HOOKS.len()],
+    /// By [`Hook`], in the order of [`Hook::ALL`].
+    pub hook_seconds: [Histogram; Hook::ALL.len()],
 }
 
 /// The metrics labelled by party; a room keeps its party's `Arc`.
@@ -51,7 +105,8 @@ pub struct PartyMetrics {
     pub rooms_awake: AtomicI64,
     pub rooms_hibernated: AtomicI64,
     pub wakes: AtomicU64,
-    pub traps: [AtomicU64; TRAP_KINDS.len()],
+    /// By [`FailureKind`], in the order of [`FailureKind::TRAPS`].
+    traps: [AtomicU64; FailureKind::TRAPS.len()],
 }
 
 impl Metrics {
@@ -109,8 +164,8 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE dormouse_guest_traps_total counter");
         for (party, m) in &parties {
-            for (kind, v) in TRAP_KINDS.iter().zip(&m.traps) {
-                let v = v.load(Relaxed);
+            for (kind, v) in FailureKind::TRAPS.iter().zip(&m.traps) {
+                let (kind, v) = (kind.label(), v.load(Relaxed));
                 let _ = writeln!(
                     out,
                     "dormouse_guest_traps_total{{party=\"{party}\",kind=\"{kind}\"}} {v}"
@@ -165,7 +220,8 @@ impl Metrics {
             .render(&mut out, "dormouse_wake_seconds", "");
         let _ = writeln!(out, "# HELP dormouse_hook_seconds Time spent in each hook.");
         let _ = writeln!(out, "# TYPE dormouse_hook_seconds histogram");
-        for (hook, h) in HOOKS.iter().zip(&self.hook_seconds) {
+        for (hook, h) in Hook::ALL.iter().zip(&self.hook_seconds) {
+            let hook = hook.label();
             h.render(
                 &mut out,
                 "dormouse_hook_seconds",
@@ -177,8 +233,9 @@ impl Metrics {
 }
 
 impl PartyMetrics {
-    pub fn trap(&self, kind: &str) {
-        if let Some(i) = TRAP_KINDS.iter().position(|k| *k == kind) {
+    /// Count a guest failure (a pool-full wake is not one).
+    pub fn trap(&self, kind: FailureKind) {
+        if let Some(i) = FailureKind::TRAPS.iter().position(|k| *k == kind) {
             self.traps[i].fetch_add(1, Relaxed);
         }
     }
@@ -239,7 +296,8 @@ mod tests {
         let p = m.party("main");
         p.connections.fetch_add(2, Relaxed);
         p.wakes.fetch_add(1, Relaxed);
-        p.trap("deadline");
+        p.trap(FailureKind::Deadline);
+        p.trap(FailureKind::PoolFull);
         m.wake_seconds.observe(Duration::from_micros(30));
         let text = m.render();
         assert!(text.contains("dormouse_connections{party=\"main\"} 2"));
@@ -248,5 +306,6 @@ mod tests {
         assert!(text.contains("dormouse_wake_seconds_bucket{le=\"0.000035\"} 1"));
         assert!(text.contains("dormouse_wake_seconds_count 1"));
         assert!(text.contains("dormouse_hook_seconds_count{hook=\"on-alarm\"} 0"));
+        assert!(!text.contains("pool-full"), "not a guest failure");
     }
 }

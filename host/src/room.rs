@@ -17,26 +17,82 @@
 //! so no client ever sees a state that a crash could lose. The room handles
 //! its next event only after that, so it always reads its own writes.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use crate::alarms::{MAX_RETRIES, now_ms};
-use crate::host::{Host, RoomKey, RoomStatus};
-use crate::imports::connections::to_ws;
-use crate::instance::{Call, Failure, Instance, POOL_FULL, Reply};
-use crate::metrics::HOOKS;
+use crate::alarms::Alarms;
+use crate::alarms::MAX_RETRIES;
+use crate::clock::now_ms;
+use crate::config::Limits;
+use crate::instance::{Call, Failure, Instance, Reply};
+use crate::instance::{Party, Runtime};
+use crate::logs::Logs;
+use crate::metrics::Metrics;
+use crate::metrics::{FailureKind, Hook};
+use crate::room_state::Capabilities;
 use crate::room_state::{AutoResponse, Connection, Outbound, Outgoing, RoomState};
+use crate::route::RoomKey;
 use crate::storage::RoomStorage;
+use crate::storage::Storage;
 use crate::wit::{self, ConnectionInfo};
+use crate::ws::to_ws;
+
+/// What a room actor may use of the host: the services rooms share, and the
+/// few registry operations of [`Registry`]; never the host itself. One per
+/// host, shared by every room.
+pub struct Shared {
+    pub runtime: Arc<Runtime>,
+    pub storage: Arc<Storage>,
+    pub metrics: Arc<Metrics>,
+    pub logs: Arc<Logs>,
+    pub alarms: Arc<Alarms>,
+    /// What guest-facing code may reach (handed to each room's state).
+    pub caps: Arc<Capabilities>,
+    pub idle_timeout: Duration,
+    /// The first retry of a failed on-alarm waits this long, then doubles.
+    pub alarm_retry_ms: u64,
+    /// Cancelled at shutdown: every room stops after its current event.
+    pub shutdown: CancellationToken,
+    /// Notified whenever an instance is dropped, for wakes waiting on a slot.
+    pub slot_freed: Notify,
+    pub registry: Weak<dyn Registry>,
+}
+
+/// The registry operations a room actor needs; the host implements them.
+pub trait Registry: Send + Sync {
+    /// A party's current version.
+    fn party(&self, name: &str) -> Option<Arc<Party>>;
+    /// Leave the registry unless an event is waiting; `false` keeps the
+    /// actor serving. A `true` closes `rx`.
+    fn retire(&self, key: &RoomKey, generation: u64, rx: &mut RoomRx) -> bool;
+    /// Deliver events that reached a retired actor to its successor, in order.
+    fn hand_on(&self, key: RoomKey, late: Vec<Event>);
+    /// Ask the least recently used awake room to hibernate.
+    fn hibernate_least_recent(&self);
+}
+
+/// What a room actor publishes about itself, for `dormouse rooms` and for
+/// choosing which room hibernates when the pool is full.
+#[derive(Default)]
+pub struct RoomStatus {
+    pub awake: AtomicBool,
+    /// A wake waiting for a pool slot asked this room to hibernate early
+    /// (at most one such request waits in its queue).
+    pub hibernate_asked: AtomicBool,
+    pub connections: AtomicU64,
+    pub last_event_ms: AtomicU64,
+}
 
 /// How long a wake waits for an awake-room slot to free before it fails.
-const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const POOL_WAIT: Duration = Duration::from_secs(5);
 /// How often a waiting wake looks again without a notification.
-const POOL_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+const POOL_RETRY: Duration = Duration::from_millis(50);
 
 /// An event for a room.
 pub enum Event {
@@ -134,7 +190,7 @@ impl RoomTx {
 }
 
 pub struct Room {
-    host: Arc<Host>,
+    shared: Arc<Shared>,
     key: RoomKey,
     generation: u64,
     /// This actor's own queue, handed to the sockets it accepts.
@@ -147,26 +203,29 @@ pub struct Room {
 }
 
 impl Room {
+    /// A room actor, hibernated. `builtin` runs the relay in plain Rust
+    /// (no Wasm; `dormouse bench`'s baseline).
     pub fn new(
-        host: Arc<Host>,
+        shared: Arc<Shared>,
         key: RoomKey,
         generation: u64,
         (tx, rx): (RoomTx, RoomRx),
         status: Arc<RoomStatus>,
+        limits: Arc<Limits>,
+        builtin: bool,
     ) -> Room {
-        let party_metrics = host.metrics.party(&key.0);
+        let party_metrics = shared.metrics.party(&key.0);
         party_metrics.rooms_hibernated.fetch_add(1, Relaxed);
-        let limits = host.limits_for(&key.0);
         let state = RoomState {
             party: key.0.clone(),
             id: key.1.clone(),
-            host: Arc::downgrade(&host),
+            caps: shared.caps.clone(),
             chain: Vec::new(),
             auto_response: Default::default(),
             vars: Arc::default(),
             connections: Default::default(),
             storage: RoomStorage::new(
-                host.storage.clone(),
+                shared.storage.clone(),
                 key.0.clone(),
                 key.1.clone(),
                 limits.clone(),
@@ -179,8 +238,8 @@ impl Room {
             party_metrics,
         };
         Room {
-            builtin: host.is_builtin(&key.0),
-            host,
+            builtin,
+            shared,
             key,
             generation,
             tx,
@@ -200,8 +259,8 @@ impl Room {
 
     /// The actor loop.
     pub async fn serve(mut self) {
-        let idle = self.host.config.idle_timeout();
-        let shutdown = self.host.shutdown.clone();
+        let idle = self.shared.idle_timeout;
+        let shutdown = self.shared.shutdown.clone();
         let mut idle_until: Option<tokio::time::Instant> = None;
         loop {
             let sleep = async {
@@ -238,7 +297,7 @@ impl Room {
                     idle_until = None;
                 }
             }
-            if !self.awake() && self.state().connections.is_empty() && self.retire().await {
+            if !self.awake() && self.state().connections.is_empty() && self.retire() {
                 return;
             }
         }
@@ -256,8 +315,11 @@ impl Room {
     /// Leave the registry. Events that raced in before the queue closed go
     /// to the room's next actor, in the order they came: a connect among
     /// them is accepted there, and its socket talks to that actor.
-    async fn retire(&mut self) -> bool {
-        if !self.host.retire(&self.key, self.generation, &mut self.rx) {
+    fn retire(&mut self) -> bool {
+        let Some(registry) = self.shared.registry.upgrade() else {
+            return false;
+        };
+        if !registry.retire(&self.key, self.generation, &mut self.rx) {
             return false;
         }
         self.state()
@@ -266,15 +328,14 @@ impl Room {
             .fetch_sub(1, Relaxed);
         let mut late = Vec::new();
         while let Ok(event) = self.rx.try_recv() {
-            late.push(event);
-        }
-        for event in late {
             // Asked of this actor alone, and moot now: it has no instance
             // and no connections.
-            if matches!(*event, Event::Hibernate | Event::Evict) {
-                continue;
+            if !matches!(*event, Event::Hibernate | Event::Evict) {
+                late.push(*event);
             }
-            self.host.dispatch(&self.key, *event).await;
+        }
+        if !late.is_empty() {
+            registry.hand_on(self.key.clone(), late);
         }
         true
     }
@@ -288,10 +349,10 @@ impl Room {
             unreachable!("checked awake above")
         };
         let state = instance.into_state();
-        self.host.slot_freed.notify_waiters();
+        self.shared.slot_freed.notify_waiters();
         self.status.awake.store(false, Relaxed);
         self.status.hibernate_asked.store(false, Relaxed);
-        self.host
+        self.shared
             .logs
             .emit(&self.key.0, &self.key.1, "host", "hibernated");
         state.party_metrics.rooms_awake.fetch_sub(1, Relaxed);
@@ -304,7 +365,7 @@ impl Room {
             Event::Connect(c) => self.connect(*c).await,
             Event::Message { conn, message } => {
                 if self.current(&conn) {
-                    self.host.metrics.messages_in.fetch_add(1, Relaxed);
+                    self.shared.metrics.messages_in.fetch_add(1, Relaxed);
                     let _ = self.hook(Call::Message(conn.id.to_string(), message)).await;
                 }
             }
@@ -317,7 +378,9 @@ impl Room {
                 if self.current(&conn) {
                     self.state().remove(&conn.id);
                     let line = format!("connection {} closed: {code} {reason}", conn.id);
-                    self.host.logs.emit(&self.key.0, &self.key.1, "host", line);
+                    self.shared
+                        .logs
+                        .emit(&self.key.0, &self.key.1, "host", line);
                     let call = Call::Close(conn.id.to_string(), code, reason, was_clean);
                     let _ = self.hook(call).await;
                 }
@@ -411,7 +474,9 @@ impl Room {
             Ok(()) => format!("connection {id} opened"),
             Err(r) => format!("connection {id} refused with {}", r.status),
         };
-        self.host.logs.emit(&self.key.0, &self.key.1, "host", line);
+        self.shared
+            .logs
+            .emit(&self.key.0, &self.key.1, "host", line);
         let accepted = Accepted {
             room: self.tx.clone(),
             auto_response: self.state().auto_response.clone(),
@@ -432,7 +497,12 @@ impl Room {
         if self.awake() {
             return Ok(());
         }
-        let Some(party) = self.host.party(&self.key.0) else {
+        let party = self
+            .shared
+            .registry
+            .upgrade()
+            .and_then(|r| r.party(&self.key.0));
+        let Some(party) = party else {
             warn!("no such party is deployed");
             return Err(());
         };
@@ -443,11 +513,11 @@ impl Room {
         state.vars = party.vars.clone();
         let m = state.party_metrics.clone();
         let mut waiting_since: Option<Instant> = None;
-        let host = self.host.clone();
+        let shared = self.shared.clone();
         loop {
             // Registered before the attempt, so a slot freed meanwhile is seen.
-            let freed = host.slot_freed.notified();
-            match Instance::new(&self.host.runtime, &party, state).await {
+            let freed = shared.slot_freed.notified();
+            match Instance::new(&shared.runtime, &party, state).await {
                 Ok(instance) => {
                     m.rooms_hibernated.fetch_sub(1, Relaxed);
                     m.rooms_awake.fetch_add(1, Relaxed);
@@ -460,10 +530,10 @@ impl Room {
                 // used awake room hibernates early, rather than this wake
                 // failing. Its slot frees once it finishes its current event;
                 // this wake waits for that notification.
-                Err((back, failure)) if failure.kind == POOL_FULL => {
+                Err((back, failure)) if failure.kind == FailureKind::PoolFull => {
                     state = back;
                     let since = *waiting_since.get_or_insert_with(|| {
-                        self.host.metrics.pool_full_waits.fetch_add(1, Relaxed);
+                        self.shared.metrics.pool_full_waits.fetch_add(1, Relaxed);
                         warn!("every awake-room slot is taken; hibernating the least recently used room");
                         Instant::now()
                     });
@@ -472,7 +542,9 @@ impl Room {
                         self.failed("instantiate", failure);
                         return Err(());
                     };
-                    self.host.hibernate_least_recent();
+                    if let Some(registry) = shared.registry.upgrade() {
+                        registry.hibernate_least_recent();
+                    }
                     // A slot may also free without a notification we can
                     // see (a room that retired mid-wake): look again soon.
                     let _ = tokio::time::timeout(left.min(POOL_RETRY), freed).await;
@@ -486,9 +558,11 @@ impl Room {
         }
         self.run(Call::Start).await?;
         let took = started.elapsed();
-        self.host.metrics.wake_seconds.observe(took);
+        self.shared.metrics.wake_seconds.observe(took);
         let line = format!("woke in {} us", took.as_micros());
-        self.host.logs.emit(&self.key.0, &self.key.1, "host", line);
+        self.shared
+            .logs
+            .emit(&self.key.0, &self.key.1, "host", line);
         Ok(())
     }
 
@@ -500,21 +574,19 @@ impl Room {
         };
         let started = Instant::now();
         let result = instance.call(call).await;
-        if let Some(i) = HOOKS.iter().position(|h| *h == hook) {
-            self.host.metrics.hook_seconds[i].observe(started.elapsed());
-        }
+        self.shared.metrics.hook_seconds[hook as usize].observe(started.elapsed());
         let reply = match result {
             Ok(reply) => reply,
             Err(failure) => {
                 instance.state().discard();
-                self.failed(hook, failure);
+                self.failed(hook.label(), failure);
                 self.hibernate();
                 return Err(());
             }
         };
         let state = instance.state();
         // An alarm that on-alarm handled is done, unless the hook set a new one.
-        if hook == "on-alarm" && !state.storage.alarm_touched() {
+        if hook == Hook::Alarm && !state.storage.alarm_touched() {
             state.storage.set_alarm(None);
         }
         let batch = state.storage.take_batch();
@@ -524,15 +596,15 @@ impl Room {
         {
             // The guest believes its writes happened; its memory cannot be
             // trusted any more than the messages it sent.
-            error!(hook, error = %e, "commit failed; output dropped and instance dropped");
+            error!(hook = hook.label(), error = %e, "commit failed; output dropped and instance dropped");
             instance.state().discard();
             self.hibernate();
             return Err(());
         }
-        instance.state().release(&self.host.metrics);
+        instance.state().release(&self.shared.metrics);
         match alarm {
-            Some(Some(at)) => self.host.alarms.set(self.key.clone(), at, 0),
-            Some(None) => self.host.alarms.clear(&self.key),
+            Some(Some(at)) => self.shared.alarms.set(self.key.clone(), at, 0),
+            Some(None) => self.shared.alarms.clear(&self.key),
             None => {}
         }
         Ok(reply)
@@ -553,7 +625,7 @@ impl Room {
         match at {
             None => return,
             Some(at) if at > now_ms() => {
-                self.host.alarms.set(self.key.clone(), at, retry);
+                self.shared.alarms.set(self.key.clone(), at, retry);
                 return;
             }
             Some(_) => {}
@@ -565,13 +637,13 @@ impl Room {
 
     async fn retry_alarm(&mut self, retry: u32) {
         if retry < MAX_RETRIES {
-            let backoff = self.host.limits.alarm_retry_ms.saturating_mul(1 << retry);
+            let backoff = self.shared.alarm_retry_ms.saturating_mul(1 << retry);
             warn!(
                 retry = retry + 1,
                 backoff_ms = backoff,
                 "on-alarm failed; retrying"
             );
-            self.host.alarms.set(
+            self.shared.alarms.set(
                 self.key.clone(),
                 now_ms().saturating_add(backoff),
                 retry + 1,
@@ -595,7 +667,7 @@ impl Room {
     /// same actor, queues and sockets, with no instance (and so no wake).
     /// Only `dormouse bench` uses it, to measure what Wasm costs.
     fn builtin_relay(&mut self, call: Call) -> Reply {
-        let metrics = self.host.metrics.clone();
+        let metrics = self.shared.metrics.clone();
         let state = self.state();
         match call {
             Call::Connect(..) => Reply::Connect(Ok(())),
@@ -614,13 +686,18 @@ impl Room {
         let Failure { kind, error } = failure;
         error!(
             hook,
-            kind,
+            kind = kind.label(),
             error = format!("{error:#}"),
             "guest failed; instance dropped, connections kept"
         );
         self.state().party_metrics.trap(kind);
-        let line = format!("{hook} failed ({kind}): {error:#}; instance dropped");
-        self.host.logs.emit(&self.key.0, &self.key.1, "error", line);
+        let line = format!(
+            "{hook} failed ({}): {error:#}; instance dropped",
+            kind.label()
+        );
+        self.shared
+            .logs
+            .emit(&self.key.0, &self.key.1, "error", line);
     }
 }
 

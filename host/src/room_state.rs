@@ -6,6 +6,8 @@
 //! taken back out and the `Store` is dropped. Guest memory goes; this stays.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
@@ -16,9 +18,12 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Limits, MESSAGE_OVERHEAD};
-use crate::host::{Host, RoomKey, lock};
+use crate::logs::Logs;
 use crate::metrics::{Metrics, PartyMetrics};
+use crate::route::RoomKey;
 use crate::storage::RoomStorage;
+use crate::sync::lock;
+use crate::wit::{Request, Response};
 
 /// The most bytes one hook may queue for sending (all messages, all
 /// recipients counted once). Past it, sends fail with `too-large` instead of
@@ -196,12 +201,34 @@ pub enum Undo {
     Tags(String, Vec<String>),
 }
 
+/// What guest-facing code may reach beyond its own room, and no more: the
+/// log `dormouse tail` reads, and other rooms' on-request. Never the host:
+/// an import cannot deploy, delete or list anything. One per host, shared.
+pub struct Capabilities {
+    pub logs: Arc<Logs>,
+    pub rooms: Weak<dyn RoomCalls>,
+}
+
+/// Calls from one room to another (`rooms.fetch`); the host implements it.
+pub trait RoomCalls: Send + Sync {
+    /// Whether a party is served here.
+    fn serves(&self, party: &str) -> bool;
+    /// Run `request` through a room's on-request. `chain` is the rooms
+    /// waiting on it, outermost first. `None` when the room is unavailable.
+    fn call(
+        &self,
+        target: RoomKey,
+        request: Request,
+        chain: Vec<RoomKey>,
+    ) -> Pin<Box<dyn Future<Output = Option<Response>> + Send>>;
+}
+
 /// The room's host-side state.
 pub struct RoomState {
     pub party: Arc<str>,
     pub id: Arc<str>,
-    /// The host, for calls to other rooms (weak: the host owns the rooms).
-    pub host: Weak<Host>,
+    /// The log sink and calls to other rooms.
+    pub caps: Arc<Capabilities>,
     /// The rooms waiting on the request being handled now, outermost first
     /// (empty unless the current hook is on-request called by a room).
     pub chain: Vec<RoomKey>,
@@ -304,6 +331,24 @@ pub(crate) mod test_support {
     use super::*;
     use crate::storage::Storage;
 
+    /// No other rooms: these tests call no room.
+    struct NoRooms;
+
+    impl RoomCalls for NoRooms {
+        fn serves(&self, _: &str) -> bool {
+            false
+        }
+
+        fn call(
+            &self,
+            _: RoomKey,
+            _: Request,
+            _: Vec<RoomKey>,
+        ) -> Pin<Box<dyn Future<Output = Option<Response>> + Send>> {
+            Box::pin(async { None })
+        }
+    }
+
     pub fn room_state() -> RoomState {
         let dir = std::env::temp_dir().join(format!("dormouse-room-{}", uuid::Uuid::new_v4()));
         let storage = Storage::open(&dir, Arc::default()).expect("storage opens");
@@ -312,7 +357,10 @@ pub(crate) mod test_support {
         RoomState {
             party: party.clone(),
             id: id.clone(),
-            host: Weak::new(),
+            caps: Arc::new(Capabilities {
+                logs: Arc::default(),
+                rooms: Weak::<NoRooms>::new(),
+            }),
             chain: Vec::new(),
             auto_response: AutoResponse::default(),
             vars: Arc::new(BTreeMap::from([("K".into(), "v".into())])),

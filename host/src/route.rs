@@ -12,6 +12,10 @@ pub const MAX_PARTY_NAME: usize = 64;
 /// The longest connection id a client may choose with `_pk`.
 pub const MAX_CONNECTION_ID: usize = 256;
 
+/// A room's identity: (party, room id). The registry's key, and the alarm
+/// index's.
+pub type RoomKey = (std::sync::Arc<str>, std::sync::Arc<str>);
+
 /// Where a request path leads.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {

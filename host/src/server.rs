@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
@@ -23,19 +22,14 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::{Instrument, debug, info, warn};
 
-use crate::host::{Host, RoomKey};
+use crate::host::Host;
+use crate::http::{Body, full, text};
 use crate::room::{Accepted, ConnRef, Connect, Event};
 use crate::room_state::Outbound;
+use crate::route::RoomKey;
 use crate::route::{self, RoomPath, Route, RouteError};
 use crate::socket::Socket;
 use crate::wit;
-
-/// Response bodies: whole (most) or streamed (`/_dormouse/logs`).
-pub type Body = BoxBody<Bytes, Infallible>;
-
-fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).boxed()
-}
 
 /// How long shutdown waits for rooms and sockets to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -49,7 +43,7 @@ enum Port {
     Metrics,
 }
 
-/// Serve until `host.shutdown` is cancelled, then close every socket with
+/// Serve until `host.shutdown()` is cancelled, then close every socket with
 /// 1001, let rooms finish their current event, and return.
 pub async fn run(listener: TcpListener, host: Arc<Host>) -> anyhow::Result<()> {
     serve(listener, None, host).await
@@ -76,22 +70,22 @@ async fn serve(
     if let Some(addr) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
         info!(%addr, "metrics and health listening");
     }
-    if host.config.admin_token.is_none() {
+    if host.config().admin_token.is_none() {
         info!(
             "no admin token: the admin API (/_dormouse/parties, rooms, logs) answers only on loopback"
         );
     }
-    host.tasks.spawn(crate::alarms::run(host.clone()));
+    host.start();
     let public = Port::Public {
         metrics: metrics.is_none(),
     };
     if let Some(metrics) = metrics {
-        host.tasks
+        host.tasks()
             .spawn(accept(metrics, Port::Metrics, host.clone()));
     }
     accept(listener, public, host.clone()).await;
-    host.tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, host.tasks.wait())
+    host.tasks().close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, host.tasks().wait())
         .await
         .is_err()
     {
@@ -105,12 +99,12 @@ async fn serve(
 async fn accept(listener: TcpListener, port: Port, host: Arc<Host>) {
     loop {
         tokio::select! {
-            () = host.shutdown.cancelled() => return,
+            () = host.shutdown().cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
                     let h = host.clone();
-                    host.tasks.spawn(serve_connection(tcp, peer, h, port));
+                    host.tasks().spawn(serve_connection(tcp, peer, h, port));
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: back off, keep serving.
@@ -136,7 +130,9 @@ async fn serve_connection(
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(host.limits.header_timeout_ms))
+        .header_read_timeout(Duration::from_millis(
+            host.config().limits.header_timeout_ms,
+        ))
         .max_buf_size(64 << 10)
         .serve_connection(io, service)
         .with_upgrades();
@@ -147,7 +143,7 @@ async fn serve_connection(
                 debug!(error = %e, "http connection ended with an error");
             }
         }
-        () = host.shutdown.cancelled() => {
+        () = host.shutdown().cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
         }
@@ -187,7 +183,7 @@ async fn handle(
         }
         Ok(Route::Health) => text(StatusCode::OK, "ok".into()),
         Ok(Route::Metrics) => {
-            let mut r = text(StatusCode::OK, host.metrics.render());
+            let mut r = text(StatusCode::OK, host.metrics().render());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -316,9 +312,9 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
         room: room.clone(),
         outbound: outbound_rx,
         overflow,
-        shutdown: host.shutdown.clone(),
+        shutdown: host.shutdown().clone(),
         auto_response,
-        ping_interval: Duration::from_millis(host.config.ping_interval_ms),
+        ping_interval: Duration::from_millis(host.config().ping_interval_ms),
     };
     let config = ws_config(limits.message_bytes);
     let span = tracing::info_span!("connection", party = %key.0, room = %key.1, id = %conn.id);
@@ -342,7 +338,7 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
             }
         }
     };
-    host.tasks.spawn(task.instrument(span));
+    host.tasks().spawn(task.instrument(span));
 
     let accept = derive_accept_key(ws_key.as_bytes());
     let mut r = Response::new(full(Bytes::new()));
@@ -450,27 +446,6 @@ const HOST_HEADERS: [header::HeaderName; 6] = [
     header::TRAILER,
 ];
 
-pub(crate) fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut r = Response::new(full(body + "\n"));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-pub(crate) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
 /// A file from the public folder, if the host serves one.
 async fn static_file(host: &Host, path: &str) -> Response<Body> {
     let not_found = || {
@@ -479,7 +454,7 @@ async fn static_file(host: &Host, path: &str) -> Response<Body> {
             "nothing here; rooms live at /parties/:party/:room".into(),
         )
     };
-    let Some(public) = &host.config.public else {
+    let Some(public) = &host.config().public else {
         return not_found();
     };
     let Ok(decoded) = percent_encoding::percent_decode_str(path).decode_utf8() else {

@@ -14,9 +14,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use crate::imports::connections::from_ws;
 use crate::room::{ConnRef, Event, RoomTx};
 use crate::room_state::{AutoResponse, OutboundQueue};
+use crate::ws::from_ws;
 
 /// How long a closing socket waits for the peer's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);

@@ -1,4 +1,5 @@
-//! Room storage: key-value pairs and alarms in SQLite, behind one narrow interface.
+//! Room storage: each room's key-value pairs, size and alarm, in SQLite,
+//! behind one narrow interface (deploy metadata is `deploys.rs`).
 //!
 //! No SQLite type leaves this file, so another store of record (PostgreSQL,
 //! for several nodes) can stand behind the same interface later.
@@ -7,7 +8,7 @@
 //! - During a hook, writes go to the room's [`Batch`] (an overlay in memory);
 //!   reads look at the overlay first, then at SQLite, so a room reads its own
 //!   writes at once.
-//! - When the hook returns, the room hands the batch to [`Storage::commit`]
+//! - When the hook returns, the room hands the batch to `Storage::commit`
 //!   and waits. One writer thread commits every batch that is waiting in one
 //!   SQLite transaction (group commit), each batch in its own savepoint, so
 //!   one batch is all-or-nothing while many rooms share one fsync.
@@ -24,9 +25,9 @@ use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use crate::alarms::now_ms;
 use crate::config::Limits;
 use crate::metrics::Metrics;
+use crate::sync::lock;
 
 /// Why a storage call failed; the text is for the guest and the log.
 #[derive(Debug, thiserror::Error)]
@@ -74,18 +75,6 @@ impl Batch {
     }
 }
 
-/// One deployed version of a party.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Version {
-    pub version: u32,
-    /// SHA-256 of the component, hex.
-    pub hash: String,
-    pub size: usize,
-    pub created_ms: u64,
-    /// The name of the admin token that deployed it.
-    pub token: String,
-}
-
 /// Which keys a `list` returns.
 #[derive(Debug, Default, Clone)]
 pub struct ListOptions {
@@ -121,10 +110,6 @@ impl Generations {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 struct Commit {
     party: Arc<str>,
     room: Arc<str>,
@@ -158,12 +143,7 @@ impl Storage {
              CREATE TABLE IF NOT EXISTS alarms (
                  party TEXT NOT NULL, room TEXT NOT NULL, at_ms INTEGER NOT NULL,
                  PRIMARY KEY (party, room));
-             CREATE TABLE IF NOT EXISTS versions (
-                 party TEXT NOT NULL, version INTEGER NOT NULL, hash TEXT NOT NULL,
-                 size INTEGER NOT NULL, created_ms INTEGER NOT NULL, token TEXT NOT NULL,
-                 PRIMARY KEY (party, version));
-             CREATE TABLE IF NOT EXISTS parties (
-                 party TEXT PRIMARY KEY, version INTEGER NOT NULL);",
+",
         )
         .with_context(|| format!("cannot set up storage {}", path.display()))?;
         // Version 1: each room's stored bytes, kept up to date by every
@@ -240,133 +220,29 @@ impl Storage {
         })
     }
 
-    /// Record a new version of a party and make it the active one; its number.
-    pub fn add_version(
-        &self,
-        party: &str,
-        hash: &str,
-        size: usize,
-        token: &str,
-    ) -> Result<u32, StorageError> {
-        self.read(|c| {
-            let tx = c.unchecked_transaction()?;
-            let version: u32 = tx.query_row(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE party = ?1",
-                params![party],
-                |r| r.get(0),
-            )?;
-            tx.execute(
-                "INSERT INTO versions (party, version, hash, size, created_ms, token)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![party, version, hash, size as i64, now_ms() as i64, token],
-            )?;
-            tx.execute(
-                "INSERT INTO parties (party, version) VALUES (?1, ?2)
-                 ON CONFLICT (party) DO UPDATE SET version = excluded.version",
-                params![party, version],
-            )?;
-            tx.commit()?;
-            Ok(version)
-        })
-    }
-
-    /// Make an earlier version of a party the active one.
-    pub fn activate(&self, party: &str, version: u32) -> Result<(), StorageError> {
-        self.read(|c| {
-            c.execute(
-                "UPDATE parties SET version = ?2 WHERE party = ?1",
-                params![party, version],
-            )
-            .map(drop)
-        })
-    }
-
-    /// Forget a party: its versions and its rooms' data, sizes and alarms.
-    /// Batches of hooks still running are refused from now on (see
-    /// [`Generations`]). Returns the component hashes no other party uses,
-    /// whose files can go.
-    pub fn delete_party(&self, party: &str) -> Result<Vec<String>, StorageError> {
+    /// Forget a party's rooms: their data, sizes and alarms. Batches of
+    /// hooks still running are refused from now on (see `Generations`).
+    pub fn delete_party(&self, party: &str) -> Result<(), StorageError> {
         // Before the delete: the writer checks a batch's generation inside
         // its write transaction, so a batch checked before this bump commits
         // before the delete below can take the write lock, and is deleted.
         self.generations.bump(party);
         self.read(|c| {
             let tx = c.unchecked_transaction()?;
-            let orphans = tx
-                .prepare(
-                    "SELECT DISTINCT hash FROM versions WHERE party = ?1
-                     AND hash NOT IN (SELECT hash FROM versions WHERE party != ?1)",
-                )?
-                .query_map(params![party], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
-            for table in ["parties", "versions", "kv", "alarms", "room_sizes"] {
+            for table in ["kv", "alarms", "room_sizes"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE party = ?1"),
                     params![party],
                 )?;
             }
-            tx.commit()?;
-            Ok(orphans)
-        })
-    }
-
-    /// Every version of a party, oldest first, and which one is active.
-    pub fn versions(&self, party: &str) -> Result<(Vec<Version>, Option<u32>), StorageError> {
-        self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT version, hash, size, created_ms, token FROM versions
-                 WHERE party = ?1 ORDER BY version",
-            )?;
-            let versions = stmt
-                .query_map(params![party], |r| {
-                    Ok(Version {
-                        version: r.get(0)?,
-                        hash: r.get(1)?,
-                        size: r.get::<_, i64>(2)? as usize,
-                        created_ms: r.get::<_, i64>(3)? as u64,
-                        token: r.get(4)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let active = c
-                .query_row(
-                    "SELECT version FROM parties WHERE party = ?1",
-                    params![party],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            Ok((versions, active))
-        })
-    }
-
-    /// Deployed parties with their active version.
-    pub fn deployed(&self) -> Result<Vec<(String, Version)>, StorageError> {
-        self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT p.party, v.version, v.hash, v.size, v.created_ms, v.token
-                 FROM parties p JOIN versions v ON v.party = p.party AND v.version = p.version
-                 ORDER BY p.party",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    Version {
-                        version: r.get(1)?,
-                        hash: r.get(2)?,
-                        size: r.get::<_, i64>(3)? as usize,
-                        created_ms: r.get::<_, i64>(4)? as u64,
-                        token: r.get(5)?,
-                    },
-                ))
-            })?;
-            rows.collect()
+            tx.commit()
         })
     }
 
     /// Run `f` on a reader connection. Reads are local page-cache hits in the
     /// common case, so they run inline on the room's task, as Durable Objects'
-    /// synchronous storage reads do. The admin's rare metadata writes use it
-    /// too (SQLite serializes them with the writer thread's commits).
+    /// synchronous storage reads do. A party's delete writes through it too
+    /// (SQLite serializes it with the writer thread's commits).
     fn read<R>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R>,

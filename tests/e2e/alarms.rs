@@ -48,7 +48,7 @@ async fn alarm_survives_a_restart_and_fires_once_into_a_hibernated_room() {
         server.http("GET", "/parties/main/kitchen", "").await,
         (200, "1".into())
     );
-    assert!(server.host.alarms.is_empty());
+    assert!(server.host.alarms().is_empty());
     server.stop().await;
 }
 
@@ -112,6 +112,6 @@ async fn an_alarm_that_always_traps_is_dropped_after_six_retries() {
     wait_body(&server, "/parties/main/r?op=alarm-state", "ok=none at=none").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(server.metric(traps).await, 7.0);
-    assert!(server.host.alarms.is_empty());
+    assert!(server.host.alarms().is_empty());
     server.stop().await;
 }

@@ -303,7 +303,7 @@ async fn deleting_a_party_leaves_nothing_behind() {
         .http("GET", "/parties/gone/r?op=alarm&in_ms=600000", "")
         .await;
     assert_eq!(status, 202);
-    assert_eq!(server.host.alarms.len(), 1);
+    assert_eq!(server.host.alarms().len(), 1);
     let versions = server.options.data_dir.join("versions");
     let files = || std::fs::read_dir(&versions).expect("versions dir").count();
     assert!(files() >= 2, "the component and its precompiled form");
@@ -315,7 +315,7 @@ async fn deleting_a_party_leaves_nothing_behind() {
     assert!(
         matches!(recv(&mut c).await, tokio_tungstenite::tungstenite::Message::Close(Some(f)) if u16::from(f.code) == 1001)
     );
-    assert_eq!(server.host.alarms.len(), 0, "the alarm index forgot it");
+    assert_eq!(server.host.alarms().len(), 0, "the alarm index forgot it");
     assert_eq!(files(), 0, "the version files are gone");
     assert_eq!(server.host.live_rooms(), 0);
     let (status, _) = server

@@ -97,7 +97,7 @@ async fn logged_failure(
 /// Send `command` to a probe room and check the failure costs only its instance.
 async fn misbehave(command: &str, kind: &str) {
     let server = Server::start(options()).await;
-    let mut logs = server.host.logs.subscribe();
+    let mut logs = server.host.logs().subscribe();
     let mut bad = server.ws("/parties/main/bad").await;
     let mut neighbour = Neighbour::open(&server).await;
     send_text(&mut bad, "starts").await;
@@ -151,7 +151,7 @@ async fn deep_recursion_is_a_stack_overflow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn an_endless_loop_in_on_start_fails_each_wake_until_its_cause_goes() {
     let server = Server::start(options().idle(100)).await;
-    let mut logs = server.host.logs.subscribe();
+    let mut logs = server.host.logs().subscribe();
     let mut bad = server.ws("/parties/main/bad").await;
     // While this connection is open, the probe's on-start spins.
     let spinner = server.ws("/parties/main/bad?tag=spin-start").await;
@@ -188,7 +188,7 @@ async fn an_endless_loop_in_on_alarm_hits_the_deadline_and_is_retried() {
         ..options().idle(100)
     })
     .await;
-    let mut logs = server.host.logs.subscribe();
+    let mut logs = server.host.logs().subscribe();
     let mut neighbour = Neighbour::open(&server).await;
     let (status, _) = server
         .http("GET", "/parties/main/bad?op=alarm&in_ms=0&spin=1", "")

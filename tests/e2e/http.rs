@@ -122,7 +122,7 @@ async fn metrics_can_live_on_a_private_port() {
     assert_eq!(get(ma, "/_dormouse/health").await.0, 200);
     assert_eq!(get(ma, "/_dormouse/parties").await.0, 404);
     assert_eq!(get(ma, "/parties/main/x").await.0, 404);
-    host.shutdown.cancel();
+    host.shutdown().cancel();
     let stopped = tokio::time::timeout(WAIT, task).await;
     assert!(matches!(stopped, Ok(Ok(Ok(())))), "server stops cleanly");
 }

@@ -27,8 +27,15 @@ async fn connects_racing_retiring_rooms_lose_nothing() {
     let mut tasks = Vec::new();
     for t in 0..TASKS {
         tasks.push(tokio::spawn(async move {
+            // Each task walks the rooms in its own pseudo-random order, so
+            // tasks keep meeting in the same room: one closing the room's
+            // last connection while another connects.
+            let mut seed = 0x9E37_79B9_u64.wrapping_mul(t as u64 + 1);
             for c in 0..cycles {
-                let room = (t * 7 + c) % ROOMS;
+                seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let room = (seed >> 33) as usize % ROOMS;
                 let url = format!("ws://{addr}/parties/main/r{room}?_pk=t{t}c{c}");
                 let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
                     .await

@@ -3,6 +3,7 @@
 //! Sends are queued in the room's outbox and leave after the hook's writes
 //! commit (the output gate, see `room.rs`).
 
+#[cfg(test)]
 use tokio_tungstenite::tungstenite;
 
 use super::check_size;
@@ -11,6 +12,7 @@ use crate::config::Limits;
 use crate::room_state::{MAX_OUTBOX_BYTES, Outgoing, RoomState, Undo};
 use crate::wit::dormouse::room::connections::{AutoResponse as AutoResponsePair, Host};
 use crate::wit::{ConnectionInfo, Error, Message};
+use crate::ws::{from_ws, len as message_len, to_ws};
 
 impl RoomState {
     fn known(&self, id: &str) -> Result<(), Error> {
@@ -42,33 +44,8 @@ impl RoomState {
     }
 }
 
-/// The WebSocket form of a WIT message.
-pub fn to_ws(message: Message) -> tungstenite::Message {
-    match message {
-        Message::Text(t) => tungstenite::Message::text(t),
-        Message::Binary(b) => tungstenite::Message::binary(b),
-    }
-}
-
-fn message_len(message: &Message) -> usize {
-    match message {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) => b.len(),
-    }
-}
-
 /// The longest auto-response request or response, as Durable Objects allow.
 const MAX_AUTO_RESPONSE: usize = 2048;
-
-/// The WIT form of a WebSocket message (auto-responses are data frames).
-/// A WebSocket message in WIT form; `None` for control frames.
-pub fn from_ws(message: &tungstenite::Message) -> Option<Message> {
-    match message {
-        tungstenite::Message::Text(t) => Some(Message::Text(t.to_string())),
-        tungstenite::Message::Binary(b) => Some(Message::Binary(b.to_vec())),
-        _ => None,
-    }
-}
 
 impl Host for RoomState {
     fn set_auto_response(

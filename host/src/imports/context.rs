@@ -37,16 +37,16 @@ impl Host for RoomState {
             }
             message.truncate(cut);
         }
-        if let Some(host) = self.host.upgrade() {
-            let name = match level {
-                Level::Trace => "trace",
-                Level::Debug => "debug",
-                Level::Info => "info",
-                Level::Warn => "warn",
-                Level::Error => "error",
-            };
-            host.logs.emit(&self.party, &self.id, name, message.clone());
-        }
+        let name = match level {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        };
+        self.caps
+            .logs
+            .emit(&self.party, &self.id, name, message.clone());
         let (party, room) = (&*self.party, &*self.id);
         match level {
             Level::Trace => tracing::trace!(target: "guest", party, room, "{message}"),

@@ -6,7 +6,7 @@
 //! that sends to a connection that just closed is not broken, only late.
 
 mod alarm;
-pub(crate) mod connections;
+mod connections;
 mod context;
 mod rooms;
 mod storage;

@@ -6,12 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-
-use crate::host::RoomKey;
-use crate::room::Event;
 use crate::room_state::RoomState;
-use crate::route;
+use crate::route::{self, RoomKey};
 use crate::wit::dormouse::room::rooms::Host;
 use crate::wit::{Error, Request, Response};
 
@@ -22,10 +18,10 @@ impl Host for RoomState {
         room: String,
         mut request: Request,
     ) -> wasmtime::Result<Result<Response, Error>> {
-        let Some(host) = self.host.upgrade() else {
+        let Some(rooms) = self.caps.rooms.upgrade() else {
             return Ok(Err(Error::Unavailable("the host is shutting down".into())));
         };
-        if !route::valid_party_name(&party) || host.party(&party).is_none() {
+        if !route::valid_party_name(&party) || !rooms.serves(&party) {
             return Ok(Err(Error::Invalid(format!(
                 "no party named {party:?} is deployed"
             ))));
@@ -61,21 +57,10 @@ impl Host for RoomState {
         }
         let mut chain = self.chain.clone();
         chain.push(me);
-        let (reply, answer) = oneshot::channel();
-        let event = Event::Request {
-            request: Box::new(request),
-            chain,
-            reply,
-        };
         // Two chains that wait on each other cannot be seen from one chain;
         // the timeout ends that case with an error instead of a hang.
         let timeout = Duration::from_millis(self.limits.hook_cpu_ms);
-        let call = async {
-            if !host.dispatch(&target, event).await {
-                return None;
-            }
-            answer.await.ok()
-        };
+        let call = rooms.call(target, request, chain);
         Ok(match tokio::time::timeout(timeout, call).await {
             Ok(Some(response)) => Ok(response),
             Ok(None) => Err(Error::Unavailable("the room is unavailable".into())),

@@ -1,8 +1,10 @@
-//! `dormouse bench`: the load generator behind BENCHMARKS.md. Starts the
-//! servers it measures as child processes (`dormouse serve`), so their RSS
-//! is theirs alone, and drives them over real WebSockets from many loopback
-//! source addresses (and, past one process's file descriptors, from worker
-//! processes: `dormouse bench-worker`).
+//! `dormouse bench`: the load generator behind BENCHMARKS.md, a crate of its
+//! own so the server library carries none of it. Runs inside the `dormouse`
+//! binary, which it calls back as child processes: `dormouse build` for the
+//! rooms, `dormouse serve` for the servers it measures (so their RSS is
+//! theirs alone), and `dormouse bench-worker` to hold connections past one
+//! process's file descriptors. Drives them over real WebSockets from many
+//! loopback source addresses. The caller raises the file-descriptor limit.
 //!
 //! Every figure is one line, `scenario figure value unit`, or a JSON object
 //! per line with `--json`. Wasm is compared with the builtin relay (the same
@@ -18,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::cli::raise_fd_limit;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -79,7 +80,6 @@ pub struct BenchArgs {
 const PER_WORKER: usize = 9_000;
 
 pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
-    raise_fd_limit();
     let default_clients = match args.scenario {
         Scenario::Relay => 100,
         _ => 1000,
@@ -150,7 +150,7 @@ struct Parties {
 impl Parties {
     fn build(examples: &Path) -> anyhow::Result<Parties> {
         let build = |name: &str| {
-            crate::project::build(&examples.join(name)).with_context(|| {
+            dormouse_build(&examples.join(name)).with_context(|| {
                 format!("building {name} (is --examples the repo's examples folder?)")
             })
         };
@@ -159,6 +159,25 @@ impl Parties {
             counter: build("counter")?,
         })
     }
+}
+
+/// Build a room crate with this binary's `dormouse build`; the component.
+fn dormouse_build(dir: &Path) -> anyhow::Result<PathBuf> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg("build")
+        .arg(dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run `dormouse build`")?;
+    if !out.status.success() {
+        bail!("`dormouse build {}` failed", dir.display());
+    }
+    let path = String::from_utf8_lossy(&out.stdout);
+    let path = path
+        .lines()
+        .last()
+        .context("`dormouse build` printed no path")?;
+    Ok(PathBuf::from(path.trim()))
 }
 
 impl Server {
@@ -322,7 +341,6 @@ pub struct WorkerArgs {
 /// Open the connections, print `held N`, keep them (answering pings) until
 /// stdin closes.
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    raise_fd_limit();
     let path = args.path.clone();
     let first = args.first;
     let clients = connect_many(args.addr, args.count, |i| {
