@@ -161,6 +161,15 @@ impl Parties {
     }
 }
 
+/// The `dormouse` that serves: this one, or `DORMOUSE_BENCH_SERVER` (another
+/// build, to measure two servers with one load generator, side by side).
+fn server_binary() -> anyhow::Result<PathBuf> {
+    match std::env::var_os("DORMOUSE_BENCH_SERVER") {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => Ok(std::env::current_exe()?),
+    }
+}
+
 /// Build a room crate with this binary's `dormouse build`; the component.
 fn dormouse_build(dir: &Path) -> anyhow::Result<PathBuf> {
     let out = std::process::Command::new(std::env::current_exe()?)
@@ -198,7 +207,7 @@ impl Server {
             counter = parties.counter,
         );
         std::fs::write(dir.join("dormouse.toml"), config)?;
-        let exe = std::env::current_exe()?;
+        let exe = server_binary()?;
         let child = Command::new(exe)
             .arg("serve")
             .arg("--config")
@@ -329,7 +338,8 @@ async fn connect_many(
 pub struct WorkerArgs {
     #[arg(long)]
     pub addr: SocketAddr,
-    /// Room path; `{}` is replaced by the connection's number (modulo --rooms).
+    /// Room path; `{}` is replaced by the connection's number, `{pk}` by a
+    /// fresh UUID (as partysocket's `?_pk=` carries).
     #[arg(long)]
     pub path: String,
     #[arg(long)]
@@ -345,6 +355,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let first = args.first;
     let clients = connect_many(args.addr, args.count, |i| {
         path.replace("{}", &(first + i).to_string())
+            .replace("{pk}", &uuid::Uuid::new_v4().to_string())
     })
     .await?;
     let held = clients.len();
@@ -361,13 +372,20 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
 struct Workers(Vec<Child>);
 
 impl Workers {
-    /// Hold `count` connections to `path` (`{}` = connection number); the number held.
-    async fn hold(addr: SocketAddr, path: &str, count: usize) -> anyhow::Result<(Workers, usize)> {
+    /// Hold `count` connections to `path` (`{}` = connection number, from
+    /// `offset`); the number held.
+    async fn hold(
+        addr: SocketAddr,
+        path: &str,
+        offset: usize,
+        count: usize,
+    ) -> anyhow::Result<(Workers, usize)> {
         let exe = std::env::current_exe()?;
         let mut children = Vec::new();
         let mut lines = Vec::new();
-        for first in (0..count).step_by(PER_WORKER) {
-            let n = PER_WORKER.min(count - first);
+        for start in (0..count).step_by(PER_WORKER) {
+            let n = PER_WORKER.min(count - start);
+            let first = offset + start;
             let mut child = Command::new(&exe)
                 .args(["bench-worker", "--addr", &addr.to_string(), "--path", path])
                 .args(["--first", &first.to_string(), "--count", &n.to_string()])
@@ -425,19 +443,36 @@ fn histogram() -> Histogram<u64> {
 
 async fn connections(args: &BenchArgs, out: &mut Report) -> anyhow::Result<()> {
     let parties = Parties::build(&args.examples)?;
-    let per = per_connection(&parties, clients(args), out).await?;
+    let per = per_connection(&parties, clients(args), out, IDLE).await?;
     out.figure(
         "connections",
         "server_rss_per_connection",
         per as f64,
         "bytes",
     );
+    // The way partysocket connects: its own id in `?_pk=`.
+    let per = per_connection(&parties, clients(args), out, IDLE_PK).await?;
+    out.figure(
+        "connections",
+        "server_rss_per_connection_pk",
+        per as f64,
+        "bytes",
+    );
     Ok(())
 }
 
+/// The idle room, with server-made ids and with partysocket's `?_pk=`.
+const IDLE: &str = "/parties/relay/idle";
+const IDLE_PK: &str = "/parties/relay/idle?_pk={pk}";
+
 /// Hold `count` idle connections in one (hibernated) room; RSS per connection.
-async fn per_connection(parties: &Parties, count: usize, out: &mut Report) -> anyhow::Result<u64> {
-    let held = Held::measure(parties, 1000, "", "/parties/relay/idle", count, false).await?;
+async fn per_connection(
+    parties: &Parties,
+    count: usize,
+    out: &mut Report,
+    path: &str,
+) -> anyhow::Result<u64> {
+    let held = Held::measure(parties, 1000, "", path, count, false).await?;
     out.figure("connections", "held", held.count as f64, "connections");
     out.figure(
         "connections",
@@ -476,7 +511,7 @@ impl Held {
     ) -> anyhow::Result<Held> {
         let server = Server::start(parties, idle_timeout_ms, extra).await?;
         let before = server.quiet_rss().await?;
-        let (workers, held) = Workers::hold(server.addr, path, count).await?;
+        let (workers, held) = Workers::hold(server.addr, path, 0, count).await?;
         server
             .settle("dormouse_connections{party=\"relay\"}", held as f64)
             .await?;
@@ -501,12 +536,39 @@ impl Held {
     fn per(&self) -> u64 {
         self.after.saturating_sub(self.before) / self.count.max(1) as u64
     }
+
+    /// What one more hibernated room costs once the host's fixed costs are
+    /// paid (the awake-room pool's slots, each keeping the pages its last
+    /// room touched): RSS added by the second half of `count` rooms, per room.
+    async fn marginal(parties: &Parties, path: &str, count: usize) -> anyhow::Result<u64> {
+        let server = Server::start(parties, 1000, "").await?;
+        let half = count / 2;
+        let mut workers = Vec::new();
+        let mut rss = Vec::new();
+        for step in 0..2 {
+            let (w, _) = Workers::hold(server.addr, path, step * half, half).await?;
+            workers.push(w);
+            let want = ((step + 1) * half) as f64;
+            server
+                .settle("dormouse_connections{party=\"relay\"}", want)
+                .await?;
+            server
+                .settle("dormouse_rooms{party=\"relay\",state=\"awake\"}", 0.0)
+                .await?;
+            rss.push(server.quiet_rss().await?);
+        }
+        for w in workers {
+            w.stop().await;
+        }
+        server.stop().await;
+        Ok(rss[1].saturating_sub(rss[0]) / half.max(1) as u64)
+    }
 }
 
 async fn rooms(args: &BenchArgs, out: &mut Report) -> anyhow::Result<()> {
     let parties = Parties::build(&args.examples)?;
     // What a connection costs alone (all in one room), to subtract.
-    let per_conn = per_connection(&parties, args.rooms, out).await? as f64;
+    let per_conn = per_connection(&parties, args.rooms, out, IDLE).await? as f64;
     out.figure("rooms", "server_rss_per_connection", per_conn, "bytes");
 
     let path = "/parties/relay/room-{}";
@@ -523,6 +585,14 @@ async fn rooms(args: &BenchArgs, out: &mut Report) -> anyhow::Result<()> {
         "rooms",
         "beyond_its_connection",
         per_room - per_conn,
+        "bytes",
+    );
+    let marginal = Held::marginal(&parties, path, args.rooms).await? as f64;
+    out.figure("rooms", "marginal_per_hibernated_room", marginal, "bytes");
+    out.figure(
+        "rooms",
+        "marginal_beyond_its_connection",
+        marginal - per_conn,
         "bytes",
     );
 

@@ -25,16 +25,13 @@ use crate::deploys::Deploys;
 use crate::instance::{Party, Runtime};
 use crate::logs::Logs;
 use crate::metrics::Metrics;
-use crate::room::{self, Event, Registry, RoomRx, RoomStatus, RoomTx, Shared};
-use crate::room_state::{Capabilities, RoomCalls};
+use crate::room::{self, Event, Registry, RoomRx, RoomTx, Shared};
+use crate::room_state::{Capabilities, RoomCalls, RoomStatus};
 use crate::route::RoomKey;
 use crate::storage::Storage;
 use crate::sync::lock;
 use crate::versions::Versions;
 use crate::wit;
-
-/// How many events may wait for a room before senders wait too.
-const ROOM_QUEUE: usize = 64;
 
 pub struct Host {
     config: Config,
@@ -510,7 +507,7 @@ impl Host {
         if let Some(e) = rooms.get(key) {
             return (e.tx.clone(), e.generation);
         }
-        let (tx, rx) = RoomTx::channel(ROOM_QUEUE);
+        let (tx, rx) = room::queue();
         let generation = self.next_serial();
         let status = Arc::new(RoomStatus::default());
         rooms.insert(
@@ -549,35 +546,20 @@ impl Registry for Host {
 
     /// Called by a room with no connections and no instance: remove it from
     /// the registry unless an event is waiting. Runs under the registry lock,
-    /// so no new sender can be handed out meanwhile. A sender handed out
-    /// before may still land an event between the check and the close; the
-    /// retiring actor drains those and hands them on in order. Any later
-    /// send finds the channel closed and `dispatch` starts a new actor.
+    /// so no new sender is handed out meanwhile; a sender handed out before
+    /// either landed its event first (and the room stays) or finds the
+    /// queue closed, and `dispatch` starts a new actor. The check and the
+    /// close are one step under the queue's lock, so nothing lands between
+    /// them: no event is ever left in a retired queue.
     fn retire(&self, key: &RoomKey, generation: u64, rx: &mut RoomRx) -> bool {
         let mut rooms = lock(&self.rooms);
-        if !rx.is_empty() {
+        if !rx.close_if_empty() {
             return false;
         }
         if rooms.get(key).is_some_and(|e| e.generation == generation) {
             rooms.remove(key);
         }
-        rx.close();
         true
-    }
-
-    fn hand_on(&self, key: RoomKey, late: Vec<Event>) {
-        let Some(host) = self.me.upgrade() else {
-            return;
-        };
-        // One task for all of them: they reach the next actor in order.
-        self.tasks.spawn(
-            async move {
-                for event in late {
-                    host.dispatch(&key, event).await;
-                }
-            }
-            .in_current_span(),
-        );
     }
 
     /// Ask the awake room with the oldest last event to hibernate (it does

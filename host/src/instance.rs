@@ -33,6 +33,15 @@ use crate::wit::{self, ConnectionInfo, Message, Request, Response};
 /// longest a spinning guest keeps a tokio worker before it yields.
 pub const TICK: Duration = Duration::from_millis(10);
 
+/// Core instances the pool holds per awake room: enough for any toolchain's
+/// component (componentize-py makes 14; Rust 2 to 4).
+const CORE_INSTANCES_PER_ROOM: u32 = 16;
+
+/// Bytes of a freed memory or table slot kept resident (see `Runtime::new`):
+/// what a small room touches in a wake, so at most this much per awake-room
+/// slot stays resident while the slot is free.
+const KEEP_RESIDENT: usize = 128 << 10;
+
 /// The engine and the linker every party shares.
 pub struct Runtime {
     engine: Engine,
@@ -54,15 +63,28 @@ impl Runtime {
         config.memory_reservation(memory);
         config.memory_reservation_for_growth(0);
         let mut pool = PoolingAllocationConfig::default();
+        // Per awake room, room for the largest toolchain's component: a
+        // componentize-py room has 14 core instances (a Rust room 2 to 4).
         pool.total_component_instances(limits.awake_rooms);
-        pool.total_core_instances(limits.awake_rooms.saturating_mul(4));
+        pool.total_core_instances(limits.awake_rooms.saturating_mul(CORE_INSTANCES_PER_ROOM));
         pool.total_memories(limits.awake_rooms.saturating_mul(2));
-        pool.total_tables(limits.awake_rooms.saturating_mul(4));
+        pool.total_tables(limits.awake_rooms.saturating_mul(8));
         pool.total_stacks(limits.awake_rooms);
         pool.max_memory_size(limits.instance_memory_bytes);
         pool.max_core_instances_per_component(32);
         pool.max_memories_per_component(2);
         pool.max_tables_per_component(8);
+        // A freed slot's resident pages, up to KEEP_RESIDENT bytes, are
+        // reset in place and stay resident instead of going back to the
+        // kernel: the next wake on the slot takes no page faults and no
+        // TLB shootdown. Halves the wake here (BENCHMARKS.md). It needs
+        // Linux's PAGEMAP_SCAN (6.7+) to find those pages; without it
+        // wasmtime would clear the whole range, so then it stays off.
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
+            pool.pagemap_scan(wasmtime::Enabled::Auto);
+            pool.linear_memory_keep_resident(KEEP_RESIDENT);
+            pool.table_keep_resident(KEEP_RESIDENT);
+        }
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).why(|| "cannot create the Wasm engine".into())?;
 

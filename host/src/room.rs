@@ -17,12 +17,14 @@
 //! so no client ever sees a state that a crash could lose. The room handles
 //! its next event only after that, so it always reads its own writes.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
@@ -35,11 +37,12 @@ use crate::instance::{Party, Runtime};
 use crate::logs::Logs;
 use crate::metrics::Metrics;
 use crate::metrics::{FailureKind, Hook};
-use crate::room_state::Capabilities;
-use crate::room_state::{AutoResponse, Connection, Outbound, Outgoing, RoomState};
+use crate::room_state::{Capabilities, RoomStatus};
+use crate::room_state::{Connection, Outbound, Outgoing, RoomState};
 use crate::route::RoomKey;
 use crate::storage::RoomStorage;
 use crate::storage::Storage;
+use crate::sync::lock;
 use crate::wit::{self, ConnectionInfo};
 use crate::ws::to_ws;
 
@@ -71,22 +74,8 @@ pub trait Registry: Send + Sync {
     /// Leave the registry unless an event is waiting; `false` keeps the
     /// actor serving. A `true` closes `rx`.
     fn retire(&self, key: &RoomKey, generation: u64, rx: &mut RoomRx) -> bool;
-    /// Deliver events that reached a retired actor to its successor, in order.
-    fn hand_on(&self, key: RoomKey, late: Vec<Event>);
     /// Ask the least recently used awake room to hibernate.
     fn hibernate_least_recent(&self);
-}
-
-/// What a room actor publishes about itself, for `dormouse rooms` and for
-/// choosing which room hibernates when the pool is full.
-#[derive(Default)]
-pub struct RoomStatus {
-    pub awake: AtomicBool,
-    /// A wake waiting for a pool slot asked this room to hibernate early
-    /// (at most one such request waits in its queue).
-    pub hibernate_asked: AtomicBool,
-    pub connections: AtomicU64,
-    pub last_event_ms: AtomicU64,
 }
 
 /// How long a wake waits for an awake-room slot to free before it fails.
@@ -151,8 +140,23 @@ pub struct Connect {
 /// the connect on to its successor.)
 pub struct Accepted {
     pub room: RoomTx,
-    /// The room's auto-response pair, answered by the socket itself.
-    pub auto_response: AutoResponse,
+    /// The room's published status; the socket answers its auto-response.
+    pub status: Arc<RoomStatus>,
+}
+
+/// What woke the actor loop.
+enum Next {
+    Event(Box<Event>),
+    Idle,
+    Stop,
+}
+
+/// Wait out the idle timer, if there is one.
+async fn idle_wait(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 enum Life {
@@ -162,30 +166,133 @@ enum Life {
     Moving,
 }
 
-/// A room's event queue, sending side. Events travel boxed: a tokio channel
-/// allocates its first block of 32 slots with the room, and boxed slots keep
-/// that at 256 bytes instead of 2 KiB, for every live room, hibernated or not.
-#[derive(Clone)]
-pub struct RoomTx(mpsc::Sender<Box<Event>>);
+/// How many events may wait for a room before senders wait too.
+const ROOM_QUEUE: usize = 64;
 
-/// A room's event queue, receiving side: the actor's.
-pub type RoomRx = mpsc::Receiver<Box<Event>>;
+/// A room's event queue: bounded, many senders, one receiver (the actor).
+/// Lighter than a tokio channel, which allocates a block of 32 slots and
+/// pads its halves to cache lines: an empty queue here is one allocation of
+/// ~150 bytes, and every live room has one, hibernated or not.
+struct Queue {
+    events: std::sync::Mutex<VecDeque<Box<Event>>>,
+    /// Wakes the actor: an event came, or the queue closed.
+    ready: Notify,
+    /// Wakes a sender waiting for space.
+    space: Notify,
+    /// Set under the `events` lock: no send succeeds after it.
+    closed: AtomicBool,
+}
+
+/// A room's event queue, sending side.
+#[derive(Clone)]
+pub struct RoomTx(Arc<Queue>);
+
+/// A room's event queue, receiving side: the actor's. Dropping it closes
+/// the queue.
+pub struct RoomRx(Arc<Queue>);
+
+/// A new room queue.
+pub fn queue() -> (RoomTx, RoomRx) {
+    let q = Arc::new(Queue {
+        events: std::sync::Mutex::new(VecDeque::new()),
+        ready: Notify::new(),
+        space: Notify::new(),
+        closed: AtomicBool::new(false),
+    });
+    (RoomTx(q.clone()), RoomRx(q))
+}
 
 impl RoomTx {
-    pub fn channel(capacity: usize) -> (RoomTx, RoomRx) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (RoomTx(tx), rx)
-    }
-
     /// Queue an event, waiting while the queue is full; the event comes
-    /// back when the actor is gone.
+    /// back when the queue is closed (the actor is gone).
     pub async fn send(&self, event: Event) -> Result<(), Event> {
-        self.0.send(Box::new(event)).await.map_err(|e| *e.0)
+        let mut event = Box::new(event);
+        loop {
+            // Registered before looking, so space freed meanwhile is seen.
+            let space = self.0.space.notified();
+            match self.push(event) {
+                Ok(()) => return Ok(()),
+                Err((back, true)) => return Err(*back),
+                Err((back, false)) => event = back,
+            }
+            space.await;
+        }
     }
 
     /// Queue an event if there is room now.
     pub fn try_send(&self, event: Event) -> bool {
-        self.0.try_send(Box::new(event)).is_ok()
+        self.push(Box::new(event)).is_ok()
+    }
+
+    /// `Err((event, closed))` when closed or full.
+    #[allow(clippy::type_complexity, reason = "a private helper's two refusals")]
+    fn push(&self, event: Box<Event>) -> Result<(), (Box<Event>, bool)> {
+        let mut events = lock(&self.0.events);
+        if self.0.closed.load(Relaxed) {
+            return Err((event, true));
+        }
+        if events.len() >= ROOM_QUEUE {
+            return Err((event, false));
+        }
+        events.push_back(event);
+        drop(events);
+        self.0.ready.notify_one();
+        Ok(())
+    }
+}
+
+impl RoomRx {
+    /// The next event; `None` once the queue is closed and drained.
+    pub async fn recv(&mut self) -> Option<Box<Event>> {
+        loop {
+            if let Some(event) = self.try_recv() {
+                return Some(event);
+            }
+            if self.0.closed.load(Relaxed) {
+                return None;
+            }
+            // A notify_one before this point left a permit: no lost wakeup.
+            self.0.ready.notified().await;
+        }
+    }
+
+    pub fn try_recv(&mut self) -> Option<Box<Event>> {
+        let mut events = lock(&self.0.events);
+        let event = events.pop_front()?;
+        // Give a burst's memory back once it has drained.
+        if events.is_empty() && events.capacity() > 8 {
+            *events = VecDeque::new();
+        }
+        drop(events);
+        self.0.space.notify_one();
+        Some(event)
+    }
+
+    /// Close the queue if nothing waits in it, in one step: a send lands
+    /// before (and this refuses) or finds the queue closed.
+    pub fn close_if_empty(&mut self) -> bool {
+        let events = lock(&self.0.events);
+        if !events.is_empty() {
+            return false;
+        }
+        self.0.closed.store(true, Relaxed);
+        drop(events);
+        self.0.space.notify_waiters();
+        true
+    }
+
+    /// Refuse every later send; what is queued stays to be drained.
+    pub fn close(&mut self) {
+        let events = lock(&self.0.events);
+        self.0.closed.store(true, Relaxed);
+        drop(events);
+        self.0.space.notify_waiters();
+    }
+}
+
+impl Drop for RoomRx {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -196,7 +303,6 @@ pub struct Room {
     /// This actor's own queue, handed to the sockets it accepts.
     tx: RoomTx,
     rx: RoomRx,
-    status: Arc<RoomStatus>,
     life: Life,
     /// The builtin relay party: hooks run in Rust, nothing wakes.
     builtin: bool,
@@ -216,27 +322,21 @@ impl Room {
     ) -> Room {
         let party_metrics = shared.metrics.party(&key.0);
         party_metrics.rooms_hibernated.fetch_add(1, Relaxed);
-        let state = RoomState {
-            party: key.0.clone(),
-            id: key.1.clone(),
-            caps: shared.caps.clone(),
-            chain: Vec::new(),
-            auto_response: Default::default(),
-            vars: Arc::default(),
-            connections: Default::default(),
-            storage: RoomStorage::new(
-                shared.storage.clone(),
-                key.0.clone(),
-                key.1.clone(),
-                limits.clone(),
-            ),
+        let storage = RoomStorage::new(
+            shared.storage.clone(),
+            key.0.clone(),
+            key.1.clone(),
+            limits.clone(),
+        );
+        let state = RoomState::new(
+            key.0.clone(),
+            key.1.clone(),
+            shared.caps.clone(),
+            status,
             limits,
-            outbox: Vec::new(),
-            outbox_bytes: 0,
-            undo: Vec::new(),
-            auto_response_pending: None,
+            storage,
             party_metrics,
-        };
+        );
         Room {
             builtin,
             shared,
@@ -244,7 +344,6 @@ impl Room {
             generation,
             tx,
             rx,
-            status,
             life: Life::Hibernated(state),
         }
     }
@@ -261,23 +360,25 @@ impl Room {
     pub async fn serve(mut self) {
         let idle = self.shared.idle_timeout;
         let shutdown = self.shared.shutdown.clone();
-        let mut idle_until: Option<tokio::time::Instant> = None;
+        // Only while awake: a hibernated room carries no timer.
+        let mut idle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
-            let sleep = async {
-                match idle_until {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
+            let next = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
-                event = self.rx.recv() => {
-                    let Some(event) = event else { break };
-                    if matches!(*event, Event::Evict) {
-                        self.evict();
-                        break;
-                    }
+                () = shutdown.cancelled() => Next::Stop,
+                event = self.rx.recv() => match event {
+                    Some(event) => Next::Event(event),
+                    None => Next::Stop,
+                },
+                () = idle_wait(&mut idle_timer) => Next::Idle,
+            };
+            match next {
+                Next::Stop => break,
+                Next::Event(event) if matches!(*event, Event::Evict) => {
+                    self.evict();
+                    break;
+                }
+                Next::Event(event) => {
                     // Boxed: the hook futures (instantiation included) are
                     // large, and an idle actor should not carry their space.
                     Box::pin(self.handle(*event)).await;
@@ -287,14 +388,23 @@ impl Room {
                         tokio::task::yield_now().await;
                         self.hibernate();
                     }
-                    let connections = self.state().connections.len() as u64;
-                    self.status.connections.store(connections, Relaxed);
-                    self.status.last_event_ms.store(now_ms(), Relaxed);
-                    idle_until = self.awake().then(|| tokio::time::Instant::now() + idle);
+                    let state = self.state();
+                    let connections = state.connections.len() as u64;
+                    state.status.connections.store(connections, Relaxed);
+                    state.status.last_event_ms.store(now_ms(), Relaxed);
+                    if !self.awake() {
+                        idle_timer = None;
+                    } else {
+                        let deadline = tokio::time::Instant::now() + idle;
+                        match &mut idle_timer {
+                            Some(timer) => timer.as_mut().reset(deadline),
+                            None => idle_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                        }
+                    }
                 }
-                () = sleep => {
+                Next::Idle => {
                     self.hibernate();
-                    idle_until = None;
+                    idle_timer = None;
                 }
             }
             if !self.awake() && self.state().connections.is_empty() && self.retire() {
@@ -312,9 +422,7 @@ impl Room {
         matches!(self.life, Life::Awake(_))
     }
 
-    /// Leave the registry. Events that raced in before the queue closed go
-    /// to the room's next actor, in the order they came: a connect among
-    /// them is accepted there, and its socket talks to that actor.
+    /// Leave the registry, unless an event is waiting (see `Host::retire`).
     fn retire(&mut self) -> bool {
         let Some(registry) = self.shared.registry.upgrade() else {
             return false;
@@ -326,17 +434,6 @@ impl Room {
             .party_metrics
             .rooms_hibernated
             .fetch_sub(1, Relaxed);
-        let mut late = Vec::new();
-        while let Ok(event) = self.rx.try_recv() {
-            // Asked of this actor alone, and moot now: it has no instance
-            // and no connections.
-            if !matches!(*event, Event::Hibernate | Event::Evict) {
-                late.push(*event);
-            }
-        }
-        if !late.is_empty() {
-            registry.hand_on(self.key.clone(), late);
-        }
         true
     }
 
@@ -348,10 +445,11 @@ impl Room {
         let Life::Awake(instance) = std::mem::replace(&mut self.life, Life::Moving) else {
             unreachable!("checked awake above")
         };
-        let state = instance.into_state();
+        let mut state = instance.into_state();
+        state.forget_hook();
         self.shared.slot_freed.notify_waiters();
-        self.status.awake.store(false, Relaxed);
-        self.status.hibernate_asked.store(false, Relaxed);
+        state.status.awake.store(false, Relaxed);
+        state.status.hibernate_asked.store(false, Relaxed);
         self.shared
             .logs
             .emit(&self.key.0, &self.key.1, "host", "hibernated");
@@ -397,12 +495,12 @@ impl Room {
                 chain,
                 reply,
             } => {
-                self.state().chain = chain;
+                self.state().hook().chain = chain;
                 let response = match self.hook(Call::Request(*request)).await {
                     Ok(Reply::Response(r)) => r,
                     _ => failed_response(),
                 };
-                self.state().chain.clear();
+                self.state().hook().chain.clear();
                 let _ = reply.send(response);
             }
             Event::Alarm { retry } => self.alarm(retry).await,
@@ -415,7 +513,7 @@ impl Room {
     fn evict(&mut self) {
         self.hibernate();
         let state = self.state();
-        let ids: Vec<String> = state.connections.keys().cloned().collect();
+        let ids: Vec<Arc<str>> = state.connections.keys().cloned().collect();
         for id in ids {
             if let Some(c) = state.remove(&id) {
                 c.outbound.close(1001, "party deleted");
@@ -436,7 +534,7 @@ impl Room {
         let state = self.state();
         if let Some(max) = state.limits.connections_per_room
             && state.connections.len() >= max
-            && !state.connections.contains_key(&id)
+            && !state.connections.contains_key(id.as_str())
         {
             let line = format!("this room is full ({max} connections)");
             let _ = c.reply.send(Err(text_response(503, &line)));
@@ -452,7 +550,7 @@ impl Room {
         // A client that reconnects with the same `_pk` (partysocket does)
         // replaces its old socket: the old one is closed and the room hears
         // on-close for it before on-connect for the new one.
-        if let Some(old) = self.state().insert(id.clone(), connection) {
+        if let Some(old) = self.state().insert(c.conn.id.clone(), connection) {
             old.outbound
                 .close(1000, "replaced by a new connection with the same id");
             let call = Call::Close(id.clone(), 1000, "replaced".into(), true);
@@ -479,7 +577,7 @@ impl Room {
             .emit(&self.key.0, &self.key.1, "host", line);
         let accepted = Accepted {
             room: self.tx.clone(),
-            auto_response: self.state().auto_response.clone(),
+            status: self.state().status.clone(),
         };
         let _ = c.reply.send(verdict.map(|()| accepted));
     }
@@ -522,8 +620,8 @@ impl Room {
                     m.rooms_hibernated.fetch_sub(1, Relaxed);
                     m.rooms_awake.fetch_add(1, Relaxed);
                     m.wakes.fetch_add(1, Relaxed);
-                    self.status.awake.store(true, Relaxed);
                     self.life = Life::Awake(instance);
+                    self.state().status.awake.store(true, Relaxed);
                     break;
                 }
                 // Every slot is taken: past `awake_rooms`, the least recently
@@ -672,7 +770,10 @@ impl Room {
         match call {
             Call::Connect(..) => Reply::Connect(Ok(())),
             Call::Message(id, message) => {
-                state.outbox.push(Outgoing::All(to_ws(message), vec![id]));
+                state
+                    .hook()
+                    .outbox
+                    .push(Outgoing::All(to_ws(message), vec![id]));
                 state.release(&metrics);
                 Reply::Done
             }

@@ -8,9 +8,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, RwLock, Weak};
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
@@ -170,27 +170,43 @@ pub enum Outgoing {
     Close(String, u16, String),
 }
 
-/// The room's auto-response pair (request -> response), shared with its
-/// sockets so they answer it without waking the room.
-#[derive(Clone, Default)]
-pub struct AutoResponse(Arc<std::sync::RwLock<Option<(Message, Message)>>>);
+/// What a room publishes about itself, shared with the registry (for
+/// `dormouse rooms`, and to choose which room hibernates when the pool is
+/// full) and with its sockets (which answer its auto-response without
+/// waking it). One small allocation per live room.
+#[derive(Default)]
+pub struct RoomStatus {
+    pub awake: AtomicBool,
+    /// A wake waiting for a pool slot asked this room to hibernate early
+    /// (at most one such request waits in its queue).
+    pub hibernate_asked: AtomicBool,
+    pub connections: AtomicU64,
+    pub last_event_ms: AtomicU64,
+    /// The auto-response pair (request -> response); boxed, as most rooms
+    /// never set one.
+    auto_response: RwLock<Option<Box<(Message, Message)>>>,
+}
 
-impl AutoResponse {
-    /// The response, when `message` is the request.
+impl RoomStatus {
+    /// The auto-response, when `message` is its request.
     pub fn answer(&self, message: &Message) -> Option<Message> {
-        let pair = self.0.read().unwrap_or_else(|e| e.into_inner());
-        match &*pair {
+        let pair = self.auto_response.read().unwrap_or_else(|e| e.into_inner());
+        match pair.as_deref() {
             Some((request, response)) if request == message => Some(response.clone()),
             _ => None,
         }
     }
 
-    pub fn get(&self) -> Option<(Message, Message)> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn auto_response(&self) -> Option<(Message, Message)> {
+        let pair = self.auto_response.read().unwrap_or_else(|e| e.into_inner());
+        pair.as_deref().cloned()
     }
 
-    pub fn set(&self, pair: Option<(Message, Message)>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = pair;
+    pub fn set_auto_response(&self, pair: Option<(Message, Message)>) {
+        *self
+            .auto_response
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = pair.map(Box::new);
     }
 }
 
@@ -223,81 +239,143 @@ pub trait RoomCalls: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Option<Response>> + Send>>;
 }
 
+/// What the hook running now has done that waits for its end: released
+/// together when its writes commit, or undone together when it fails.
+/// Boxed in the room and made on a wake's first use, so a hibernated room
+/// carries 8 bytes of it.
+#[derive(Default)]
+pub struct Hook {
+    /// Messages, released by [`RoomState::release`].
+    pub outbox: Vec<Outgoing>,
+    pub outbox_bytes: usize,
+    /// Connection changes, undone by [`RoomState::discard`].
+    pub undo: Vec<Undo>,
+    /// The auto-response the hook set: the sockets answer with it only
+    /// once the hook's writes commit.
+    pub auto_response: Option<Option<(Message, Message)>>,
+    /// The rooms waiting on the request being handled now, outermost first
+    /// (empty unless the hook is on-request called by a room).
+    pub chain: Vec<RoomKey>,
+}
+
 /// The room's host-side state.
 pub struct RoomState {
     pub party: Arc<str>,
     pub id: Arc<str>,
     /// The log sink and calls to other rooms.
     pub caps: Arc<Capabilities>,
-    /// The rooms waiting on the request being handled now, outermost first
-    /// (empty unless the current hook is on-request called by a room).
-    pub chain: Vec<RoomKey>,
-    pub auto_response: AutoResponse,
+    /// Shared with the registry and the sockets.
+    pub status: Arc<RoomStatus>,
     pub vars: Arc<BTreeMap<String, String>>,
     pub limits: Arc<Limits>,
-    pub connections: HashMap<String, Connection>,
+    /// By id; the id is the socket's own `Arc` (no second copy), and each
+    /// connection is boxed so a room's map stays small while it has few.
+    pub connections: HashMap<Arc<str>, Box<Connection>>,
     pub storage: RoomStorage,
-    /// Messages of the current hook, released by [`RoomState::release`].
-    pub outbox: Vec<Outgoing>,
-    pub outbox_bytes: usize,
-    /// Connection changes of the current hook, undone by [`RoomState::discard`].
-    pub undo: Vec<Undo>,
-    /// The auto-response the current hook set: the sockets answer with it
-    /// only once the hook's writes commit (boxed: most rooms never set one).
-    pub auto_response_pending: Option<Box<Option<(Message, Message)>>>,
+    /// The current hook's pending output; `None` while hibernated.
+    hook: Option<Box<Hook>>,
     pub party_metrics: Arc<PartyMetrics>,
 }
 
 impl RoomState {
+    /// A hibernated room's state.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one constructor, each field named at its call"
+    )]
+    pub fn new(
+        party: Arc<str>,
+        id: Arc<str>,
+        caps: Arc<Capabilities>,
+        status: Arc<RoomStatus>,
+        limits: Arc<Limits>,
+        storage: RoomStorage,
+        party_metrics: Arc<PartyMetrics>,
+    ) -> RoomState {
+        RoomState {
+            party,
+            id,
+            caps,
+            status,
+            vars: Arc::default(),
+            limits,
+            connections: HashMap::new(),
+            storage,
+            hook: None,
+            party_metrics,
+        }
+    }
+
+    /// The current hook's pending output, made on first use.
+    pub fn hook(&mut self) -> &mut Hook {
+        self.hook.get_or_insert_with(Box::default)
+    }
+
+    /// The current hook's pending output, if it has any.
+    pub fn hook_ref(&self) -> Option<&Hook> {
+        self.hook.as_deref()
+    }
+
+    /// Free what the hooks of this wake used (the room is hibernating).
+    pub fn forget_hook(&mut self) {
+        self.hook = None;
+    }
+
     /// Hand the outbox to the connections' queues. Called only once the
     /// hook's writes are committed: this is the output gate's release.
     pub fn release(&mut self, metrics: &Metrics) {
+        let Some(hook) = self.hook.as_deref_mut() else {
+            return;
+        };
         let mut sent = 0u64;
-        for out in self.outbox.drain(..) {
+        for out in hook.outbox.drain(..) {
             match out {
                 Outgoing::To(id, m) => {
-                    if let Some(c) = self.connections.get(&id) {
+                    if let Some(c) = self.connections.get(id.as_str()) {
                         sent += u64::from(c.outbound.push(m));
                     }
                 }
                 Outgoing::All(m, except) => {
                     for (id, c) in &self.connections {
-                        if !except.iter().any(|e| e == id) {
+                        if !except.iter().any(|e| **e == **id) {
                             sent += u64::from(c.outbound.push(m.clone()));
                         }
                     }
                 }
                 Outgoing::Close(id, code, reason) => {
-                    if let Some(c) = self.connections.get(&id) {
+                    if let Some(c) = self.connections.get(id.as_str()) {
                         c.outbound.close(code, &reason);
                     }
                 }
             }
         }
-        self.outbox_bytes = 0;
+        hook.outbox_bytes = 0;
         metrics.messages_out.fetch_add(sent, Relaxed);
-        self.undo = Vec::new();
-        if let Some(pair) = self.auto_response_pending.take() {
-            self.auto_response.set(*pair);
+        hook.undo = Vec::new();
+        if let Some(pair) = hook.auto_response.take() {
+            self.status.set_auto_response(pair);
         }
     }
 
     /// Undo everything the hook did (it failed, or its commit did): its
     /// messages, writes, connection state and tags, and auto-response.
     pub fn discard(&mut self) {
-        self.outbox.clear();
-        self.outbox_bytes = 0;
         self.storage.rollback();
-        self.auto_response_pending = None;
-        for undo in std::mem::take(&mut self.undo).into_iter().rev() {
+        let Some(hook) = self.hook.as_deref_mut() else {
+            return;
+        };
+        hook.outbox.clear();
+        hook.outbox_bytes = 0;
+        hook.auto_response = None;
+        for undo in std::mem::take(&mut hook.undo).into_iter().rev() {
             match undo {
                 Undo::State(id, old) => {
-                    if let Some(c) = self.connections.get_mut(&id) {
+                    if let Some(c) = self.connections.get_mut(id.as_str()) {
                         c.state = old;
                     }
                 }
                 Undo::Tags(id, old) => {
-                    if let Some(c) = self.connections.get_mut(&id) {
+                    if let Some(c) = self.connections.get_mut(id.as_str()) {
                         c.tags = old;
                     }
                 }
@@ -306,16 +384,16 @@ impl RoomState {
     }
 
     /// Remove a connection; the metrics follow.
-    pub fn remove(&mut self, id: &str) -> Option<Connection> {
+    pub fn remove(&mut self, id: &str) -> Option<Box<Connection>> {
         let c = self.connections.remove(id)?;
         self.party_metrics.connections.fetch_sub(1, Relaxed);
         Some(c)
     }
 
     /// Add a connection, returning one it replaces (same id).
-    pub fn insert(&mut self, id: String, c: Connection) -> Option<Connection> {
+    pub fn insert(&mut self, id: Arc<str>, c: Connection) -> Option<Box<Connection>> {
         self.party_metrics.connections.fetch_add(1, Relaxed);
-        let old = self.connections.insert(id, c);
+        let old = self.connections.insert(id, Box::new(c));
         if old.is_some() {
             self.party_metrics.connections.fetch_sub(1, Relaxed);
         }
@@ -354,25 +432,21 @@ pub(crate) mod test_support {
         let storage = Storage::open(&dir, Arc::default()).expect("storage opens");
         let (party, id): (Arc<str>, Arc<str>) = ("main".into(), "test".into());
         let limits = Arc::new(Limits::default());
-        RoomState {
-            party: party.clone(),
-            id: id.clone(),
-            caps: Arc::new(Capabilities {
-                logs: Arc::default(),
-                rooms: Weak::<NoRooms>::new(),
-            }),
-            chain: Vec::new(),
-            auto_response: AutoResponse::default(),
-            vars: Arc::new(BTreeMap::from([("K".into(), "v".into())])),
-            limits: limits.clone(),
-            connections: HashMap::new(),
-            storage: RoomStorage::new(storage, party, id, limits),
-            outbox: Vec::new(),
-            outbox_bytes: 0,
-            undo: Vec::new(),
-            auto_response_pending: None,
-            party_metrics: Arc::default(),
-        }
+        let caps = Arc::new(Capabilities {
+            logs: Arc::default(),
+            rooms: Weak::<NoRooms>::new(),
+        });
+        let mut state = RoomState::new(
+            party.clone(),
+            id.clone(),
+            caps,
+            Arc::default(),
+            limits.clone(),
+            RoomStorage::new(storage, party, id, limits),
+            Arc::default(),
+        );
+        state.vars = Arc::new(BTreeMap::from([("K".into(), "v".into())]));
+        state
     }
 
     #[test]
@@ -411,7 +485,7 @@ pub(crate) mod test_support {
             state: None,
             outbound,
         };
-        state.insert(id.to_owned(), c);
+        state.insert(id.into(), c);
         rx
     }
 }

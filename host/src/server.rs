@@ -292,10 +292,7 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
             "the server is shutting down".into(),
         );
     }
-    let Accepted {
-        room,
-        auto_response,
-    } = match verdict.await {
+    let Accepted { room, status } = match verdict.await {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(refusal)) => return response(refusal),
         Err(_) => {
@@ -313,7 +310,7 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
         outbound: outbound_rx,
         overflow,
         shutdown: host.shutdown().clone(),
-        auto_response,
+        status,
         ping_interval: Duration::from_millis(host.config().ping_interval_ms),
     };
     let config = ws_config(limits.message_bytes);

@@ -1,6 +1,7 @@
 //! One task per WebSocket: frames in become room events, the connection's
 //! outbound queue goes out. Knows no Wasm and no SQLite.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -15,7 +16,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::room::{ConnRef, Event, RoomTx};
-use crate::room_state::{AutoResponse, OutboundQueue};
+use crate::room_state::{OutboundQueue, RoomStatus};
 use crate::ws::from_ws;
 
 /// How long a closing socket waits for the peer's close frame.
@@ -30,8 +31,8 @@ pub struct Socket {
     pub outbound: OutboundQueue,
     pub overflow: CancellationToken,
     pub shutdown: CancellationToken,
-    /// Answered here, without the room.
-    pub auto_response: AutoResponse,
+    /// The room's auto-response is answered here, without the room.
+    pub status: Arc<RoomStatus>,
     pub ping_interval: Duration,
 }
 
@@ -114,7 +115,7 @@ impl Socket {
                     }
                     match incoming {
                         Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                            if let Some(reply) = self.auto_response.answer(&message) {
+                            if let Some(reply) = self.status.answer(&message) {
                                 if let Err(ended) = self.write(ws, reply).await {
                                     return ended;
                                 }

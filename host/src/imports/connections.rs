@@ -3,6 +3,8 @@
 //! Sends are queued in the room's outbox and leave after the hook's writes
 //! commit (the output gate, see `room.rs`).
 
+use std::sync::Arc;
+
 #[cfg(test)]
 use tokio_tungstenite::tungstenite;
 
@@ -26,12 +28,13 @@ impl RoomState {
     /// Charge `len` bytes to the outbox, or refuse.
     fn reserve(&mut self, len: usize) -> Result<(), Error> {
         check_size("message", len, self.limits.message_bytes)?;
-        if self.outbox_bytes + len > MAX_OUTBOX_BYTES {
+        let hook = self.hook();
+        if hook.outbox_bytes + len > MAX_OUTBOX_BYTES {
             return Err(Error::TooLarge(format!(
                 "one hook may send at most {MAX_OUTBOX_BYTES} bytes"
             )));
         }
-        self.outbox_bytes += len;
+        hook.outbox_bytes += len;
         Ok(())
     }
 
@@ -54,7 +57,7 @@ impl Host for RoomState {
     ) -> wasmtime::Result<Result<(), Error>> {
         Ok((|| {
             let Some(pair) = pair else {
-                self.auto_response_pending = Some(Box::new(None));
+                self.hook().auto_response = Some(None);
                 return Ok(());
             };
             check_size(
@@ -68,15 +71,15 @@ impl Host for RoomState {
                 MAX_AUTO_RESPONSE,
             )?;
             let pair = (to_ws(pair.request), to_ws(pair.response));
-            self.auto_response_pending = Some(Box::new(Some(pair)));
+            self.hook().auto_response = Some(Some(pair));
             Ok(())
         })())
     }
 
     fn get_auto_response(&mut self) -> wasmtime::Result<Option<AutoResponsePair>> {
-        let pair = match &self.auto_response_pending {
-            Some(pending) => (**pending).clone(),
-            None => self.auto_response.get(),
+        let pair = match self.hook_ref().and_then(|h| h.auto_response.as_ref()) {
+            Some(pending) => pending.clone(),
+            None => self.status.auto_response(),
         };
         Ok(pair.and_then(|(request, response)| {
             Some(AutoResponsePair {
@@ -90,7 +93,7 @@ impl Host for RoomState {
         Ok((|| {
             self.known(&id)?;
             self.reserve(message_len(&message))?;
-            self.outbox.push(Outgoing::To(id, to_ws(message)));
+            self.hook().outbox.push(Outgoing::To(id, to_ws(message)));
             Ok(())
         })())
     }
@@ -102,7 +105,9 @@ impl Host for RoomState {
     ) -> wasmtime::Result<Result<(), Error>> {
         Ok((|| {
             self.reserve(message_len(&message) + except.iter().map(String::len).sum::<usize>())?;
-            self.outbox.push(Outgoing::All(to_ws(message), except));
+            self.hook()
+                .outbox
+                .push(Outgoing::All(to_ws(message), except));
             Ok(())
         })())
     }
@@ -123,7 +128,7 @@ impl Host for RoomState {
             // A close frame carries at most 123 bytes of reason.
             check_size("close reason", reason.len(), 123)?;
             self.reserve(reason.len())?;
-            self.outbox.push(Outgoing::Close(id, code, reason));
+            self.hook().outbox.push(Outgoing::Close(id, code, reason));
             Ok(())
         })())
     }
@@ -133,7 +138,7 @@ impl Host for RoomState {
     }
 
     fn list(&mut self, tag: Option<String>) -> wasmtime::Result<Vec<ConnectionInfo>> {
-        let mut ids: Vec<&String> = self
+        let mut ids: Vec<&Arc<str>> = self
             .connections
             .iter()
             .filter(|(_, c)| tag.as_ref().is_none_or(|t| c.tags.contains(t)))
@@ -145,7 +150,7 @@ impl Host for RoomState {
     }
 
     fn get_state(&mut self, id: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        Ok(match self.connections.get(&id) {
+        Ok(match self.connections.get(id.as_str()) {
             Some(c) => Ok(c.state.clone()),
             None => Err(Error::UnknownConnection(id)),
         })
@@ -157,15 +162,16 @@ impl Host for RoomState {
         state: Option<Vec<u8>>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let max = self.limits.connection_state_bytes;
-        Ok(match self.connections.get_mut(&id) {
-            None => Err(Error::UnknownConnection(id)),
-            Some(c) => {
-                check_size("connection state", state.as_ref().map_or(0, Vec::len), max).map(|()| {
-                    let old = std::mem::replace(&mut c.state, state);
-                    self.undo.push(Undo::State(id, old));
-                })
-            }
-        })
+        Ok((|| {
+            check_size("connection state", state.as_ref().map_or(0, Vec::len), max)?;
+            let c = self
+                .connections
+                .get_mut(id.as_str())
+                .ok_or_else(|| Error::UnknownConnection(id.clone()))?;
+            let old = std::mem::replace(&mut c.state, state);
+            self.hook().undo.push(Undo::State(id, old));
+            Ok(())
+        })())
     }
 
     fn set_tags(&mut self, id: String, tags: Vec<String>) -> wasmtime::Result<Result<(), Error>> {
@@ -185,10 +191,10 @@ impl Host for RoomState {
             }
             let c = self
                 .connections
-                .get_mut(&id)
+                .get_mut(id.as_str())
                 .ok_or_else(|| Error::UnknownConnection(id.clone()))?;
             let old = std::mem::replace(&mut c.tags, tags);
-            self.undo.push(Undo::Tags(id, old));
+            self.hook().undo.push(Undo::Tags(id, old));
             Ok(())
         })())
     }
@@ -271,7 +277,7 @@ mod tests {
             .expect("ok");
         // The hook sees its own auto-response; the sockets do not yet.
         assert!(s.get_auto_response().expect("no trap").is_some());
-        assert!(s.auto_response.get().is_none());
+        assert!(s.status.auto_response().is_none());
         s.discard();
         assert_eq!(
             s.get_state("a".into()).expect("no trap").expect("ok"),
@@ -287,7 +293,7 @@ mod tests {
         .expect("no trap")
         .expect("ok");
         s.release(&Metrics::default());
-        assert!(s.auto_response.get().is_some());
+        assert!(s.status.auto_response().is_some());
     }
 
     #[test]

@@ -40,9 +40,9 @@ impl Host for RoomState {
         let target: RoomKey = (Arc::from(party.as_str()), Arc::from(room.as_str()));
         let me: RoomKey = (self.party.clone(), self.id.clone());
         // The callee would wait on a room that waits on it: refuse.
-        if target == me || self.chain.contains(&target) {
-            let path: Vec<String> = self
-                .chain
+        let waiting = self.hook_ref().map_or(&[][..], |h| &h.chain[..]);
+        if target == me || waiting.contains(&target) {
+            let path: Vec<String> = waiting
                 .iter()
                 .chain([&me, &target])
                 .map(|(p, r)| format!("{p}/{r}"))
@@ -55,7 +55,7 @@ impl Host for RoomState {
         if request.uri.is_empty() {
             request.uri = format!("/parties/{party}/{room}");
         }
-        let mut chain = self.chain.clone();
+        let mut chain = waiting.to_vec();
         chain.push(me);
         // Two chains that wait on each other cannot be seen from one chain;
         // the timeout ends that case with an error instead of a hang.
