@@ -45,6 +45,10 @@ pub enum Scenario {
     /// Many rooms writing one key per message (output gate on): durable writes/s
     /// vs one SQLite transaction per write.
     Storage,
+    /// One sender, 49 and 199 receivers, unloaded: time to the first and the
+    /// last receiver, against a minimal tokio-tungstenite relay (the floor)
+    /// and a Node `ws` relay (when node is present).
+    Broadcast,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -84,7 +88,10 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Relay => 100,
         _ => 1000,
     };
-    args.clients = Some(args.clients.unwrap_or(default_clients));
+    // Broadcast runs 49 and 199 receivers unless told a number.
+    if args.scenario != Scenario::Broadcast {
+        args.clients = Some(args.clients.unwrap_or(default_clients));
+    }
     if args.size < 16 {
         bail!(
             "--size must be at least 16 bytes (the payload carries a sequence number and a timestamp)"
@@ -98,6 +105,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Fanout => fanout(&args, &mut out).await,
         Scenario::Rooms => rooms(&args, &mut out).await,
         Scenario::Storage => storage(&args, &mut out).await,
+        Scenario::Broadcast => broadcast(&args, &mut out).await,
     }
 }
 
@@ -991,4 +999,305 @@ mod tests {
         let (seq, _) = parse_payload(&m).expect("parses");
         assert_eq!((seq, m.len()), (7, 64));
     }
+}
+
+// -------------------------------------------------------------- broadcast
+
+/// `dormouse bench-floor`: a minimal tokio-tungstenite relay, the floor the
+/// broadcast scenario measures Dormouse against: a task per socket, an
+/// unbounded channel per socket, every message to every other socket of the
+/// same path. No storage, no rooms, no limits.
+#[derive(clap::Args, Debug)]
+pub struct FloorArgs {
+    #[arg(long)]
+    pub addr: SocketAddr,
+}
+
+type Peers = Arc<
+    std::sync::Mutex<BTreeMap<String, Vec<(u64, tokio::sync::mpsc::UnboundedSender<Message>)>>>,
+>;
+
+pub async fn floor(args: FloorArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    let rooms: Peers = Arc::default();
+    let mut next_id = 0u64;
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        next_id += 1;
+        let (id, rooms) = (next_id, rooms.clone());
+        tokio::spawn(async move {
+            let mut path = String::new();
+            #[allow(clippy::result_large_err, reason = "tungstenite's callback type")]
+            let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                            resp| {
+                path = req.uri().path().to_owned();
+                Ok(resp)
+            };
+            let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+                return;
+            };
+            let (mut sink, mut stream) = ws.split();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            rooms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(path.clone())
+                .or_default()
+                .push((id, tx));
+            let writer = tokio::spawn(async move {
+                while let Some(m) = rx.recv().await {
+                    if sink.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            while let Some(Ok(m)) = stream.next().await {
+                if !(m.is_text() || m.is_binary()) {
+                    continue;
+                }
+                let peers = rooms.lock().unwrap_or_else(|e| e.into_inner());
+                for (peer, tx) in peers.get(&path).into_iter().flatten() {
+                    if *peer != id {
+                        let _ = tx.send(m.clone());
+                    }
+                }
+            }
+            if let Some(peers) = rooms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&path)
+            {
+                peers.retain(|(peer, _)| *peer != id);
+            }
+            writer.abort();
+        });
+    }
+}
+
+/// A Node `ws` relay: the same as the floor, as Node users write it.
+const NODE_RELAY: &str = r#"
+const { WebSocketServer } = require(process.argv[2]);
+const rooms = new Map();
+const wss = new WebSocketServer({ host: "127.0.0.1", port: Number(process.argv[3]) });
+wss.on("connection", (ws, req) => {
+  const room = req.url.split("?")[0];
+  if (!rooms.has(room)) rooms.set(room, new Set());
+  const peers = rooms.get(room);
+  peers.add(ws);
+  ws.on("message", (data, isBinary) => {
+    for (const peer of peers) if (peer !== ws && peer.readyState === 1) peer.send(data, { binary: isBinary });
+  });
+  ws.on("close", () => peers.delete(ws));
+});
+wss.on("listening", () => console.log("listening"));
+"#;
+
+/// A baseline relay in a child process, on a free loopback port.
+struct Baseline {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Baseline {
+    async fn start(mut command: Command, addr: SocketAddr) -> anyhow::Result<Baseline> {
+        let child = command
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start a baseline relay")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("the baseline relay on {addr} never listened");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Baseline { child, addr })
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// One sender and its receivers in one room of one server.
+struct Audience {
+    name: &'static str,
+    sender: Ws,
+    got: Arc<AtomicU64>,
+    first: Arc<AtomicU64>,
+    last: Arc<AtomicU64>,
+    done: Arc<Notify>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    first_h: Histogram<u64>,
+    last_h: Histogram<u64>,
+}
+
+impl Audience {
+    async fn join(
+        name: &'static str,
+        addr: SocketAddr,
+        path: &str,
+        n: usize,
+        epoch: Instant,
+    ) -> anyhow::Result<Audience> {
+        let receivers = connect_many(addr, n, |_| path.to_owned()).await?;
+        let sender = connect(addr, path, n).await?;
+        let got = Arc::new(AtomicU64::new(0));
+        let first = Arc::new(AtomicU64::new(u64::MAX));
+        let last = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(Notify::new());
+        let mut readers = Vec::new();
+        for mut ws in receivers {
+            let (got, first, last, done) = (got.clone(), first.clone(), last.clone(), done.clone());
+            readers.push(tokio::spawn(async move {
+                while let Some(Ok(m)) = ws.next().await {
+                    if parse_payload(&m).is_some() {
+                        let now = epoch.elapsed().as_nanos() as u64;
+                        first.fetch_min(now, Relaxed);
+                        last.fetch_max(now, Relaxed);
+                        if got.fetch_add(1, Relaxed) + 1 == n as u64 {
+                            done.notify_one();
+                        }
+                    }
+                }
+            }));
+        }
+        Ok(Audience {
+            name,
+            sender,
+            got,
+            first,
+            last,
+            done,
+            readers,
+            first_h: histogram(),
+            last_h: histogram(),
+        })
+    }
+
+    /// One message to every receiver; records the times after warm-up.
+    async fn round(&mut self, seq: u64, epoch: Instant, size: usize) -> anyhow::Result<()> {
+        self.got.store(0, Relaxed);
+        self.first.store(u64::MAX, Relaxed);
+        let message = payload(seq, epoch, size);
+        let (_, sent) = parse_payload(&message).context("own payload")?;
+        self.sender.send(message).await?;
+        tokio::time::timeout(Duration::from_secs(60), self.done.notified())
+            .await
+            .with_context(|| {
+                format!("{}: message {seq} never reached every receiver", self.name)
+            })?;
+        if seq >= 5 {
+            let _ = self
+                .first_h
+                .record(self.first.load(Relaxed).saturating_sub(sent).max(1));
+            let _ = self
+                .last_h
+                .record(self.last.load(Relaxed).saturating_sub(sent).max(1));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Audience {
+    fn drop(&mut self) {
+        for r in &self.readers {
+            r.abort();
+        }
+    }
+}
+
+async fn broadcast(args: &BenchArgs, out: &mut Report) -> anyhow::Result<()> {
+    let parties = Parties::build(&args.examples)?;
+    let server = Server::start(&parties, 600_000, "").await?;
+    let floor_addr = free_addr()?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["bench-floor", "--addr", &floor_addr.to_string()]);
+    let floor = Baseline::start(command, floor_addr).await?;
+    let ws_module = args.examples.join("../tests/node/node_modules/ws");
+    let node = if ws_module.is_dir()
+        && std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok()
+    {
+        let addr = free_addr()?;
+        let script =
+            std::env::temp_dir().join(format!("dormouse-node-relay-{}.cjs", uuid::Uuid::new_v4()));
+        std::fs::write(&script, NODE_RELAY)?;
+        let mut command = Command::new("node");
+        command
+            .arg(&script)
+            .arg(std::fs::canonicalize(&ws_module)?)
+            .arg(addr.port().to_string());
+        Some(Baseline::start(command, addr).await?)
+    } else {
+        println!(
+            "# broadcast: no node, or no tests/node/node_modules/ws (npm ci there): the Node baseline is left out"
+        );
+        None
+    };
+    let counts = match args.clients {
+        Some(n) => vec![n],
+        None => vec![49, 199],
+    };
+    for n in counts {
+        let epoch = Instant::now();
+        let path = format!("/parties/relay/broadcast-{n}");
+        let native_path = format!("/parties/native/broadcast-{n}");
+        let mut audiences = vec![
+            Audience::join("wasm", server.addr, &path, n, epoch).await?,
+            Audience::join("builtin", server.addr, &native_path, n, epoch).await?,
+            Audience::join("floor", floor.addr, &path, n, epoch).await?,
+        ];
+        if let Some(node) = &node {
+            audiences.push(Audience::join("node_ws", node.addr, &path, n, epoch).await?);
+        }
+        // In turn, message by message, so noise hits every server alike.
+        for seq in 0..(args.rounds + 5) as u64 {
+            for a in &mut audiences {
+                a.round(seq, epoch, args.size).await?;
+            }
+        }
+        let scenario = format!("broadcast{n}");
+        out.figure(&scenario, "receivers", n as f64, "connections");
+        for a in &audiences {
+            out.latencies(&scenario, &format!("{}_first", a.name), &a.first_h);
+            out.latencies(&scenario, &format!("{}_last", a.name), &a.last_h);
+        }
+        if let Some(node) = audiences.iter().find(|a| a.name == "node_ws") {
+            for a in audiences.iter().filter(|a| a.name != "node_ws") {
+                let ratio = |h: &Histogram<u64>, base: &Histogram<u64>| {
+                    h.value_at_quantile(0.5) as f64 / base.value_at_quantile(0.5).max(1) as f64
+                };
+                out.figure(
+                    &scenario,
+                    &format!("{}_last_over_node_p50", a.name),
+                    ratio(&a.last_h, &node.last_h),
+                    "x",
+                );
+                out.figure(
+                    &scenario,
+                    &format!("{}_first_over_node_p50", a.name),
+                    ratio(&a.first_h, &node.first_h),
+                    "x",
+                );
+            }
+        }
+    }
+    floor.stop().await;
+    if let Some(node) = node {
+        node.stop().await;
+    }
+    server.stop().await;
+    Ok(())
 }

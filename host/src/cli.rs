@@ -85,6 +85,9 @@ enum Command {
     /// Hold connections for `dormouse bench` (started by it).
     #[command(hide = true)]
     BenchWorker(dormouse_bench::WorkerArgs),
+    /// The minimal tokio-tungstenite relay `dormouse bench broadcast` measures against.
+    #[command(hide = true)]
+    BenchFloor(dormouse_bench::FloorArgs),
     /// Build and serve a room crate as party `main` (or a project's
     /// dormouse.toml with `crate = ...` parties), rebuilding on change.
     Dev {
@@ -152,6 +155,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchWorker(args) => {
             raise_fd_limit();
             dormouse_bench::worker(args).await
+        }
+        Command::BenchFloor(args) => {
+            raise_fd_limit();
+            dormouse_bench::floor(args).await
         }
         Command::Build { dir } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from("."));

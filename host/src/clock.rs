@@ -1,10 +1,61 @@
-//! The wall clock, in the unit alarms and logs use.
+//! The wall clock, in the unit alarms and logs use, and a tick many tasks
+//! share.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// Milliseconds since the Unix epoch: the unit of alarm times.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A periodic tick that many tasks wait on together: one timer for all the
+/// sockets' pings, where an interval per socket would hold a boxed timer for
+/// each of tens of thousands of idle sockets.
+pub struct Ticker {
+    period: Duration,
+    count: AtomicU64,
+    notify: Notify,
+}
+
+impl Ticker {
+    pub fn new(period: Duration) -> Ticker {
+        Ticker {
+            period,
+            count: AtomicU64::new(0),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Ticks so far.
+    pub fn now(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    /// Wait for the next tick; the count after it.
+    pub async fn next(&self) -> u64 {
+        self.notify.notified().await;
+        self.now()
+    }
+
+    /// Tick every period until `stop` is cancelled.
+    pub async fn run(&self, stop: CancellationToken) {
+        let mut interval =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.period, self.period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = interval.tick() => {
+                    self.count.fetch_add(1, Relaxed);
+                    self.notify.notify_waiters();
+                }
+            }
+        }
+    }
 }

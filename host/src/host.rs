@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::alarms::Alarms;
-use crate::clock::now_ms;
+use crate::clock::{Ticker, now_ms};
 use crate::config::{Config, Limits};
 use crate::deploys::Deploys;
 use crate::instance::{Party, Runtime};
@@ -52,6 +52,8 @@ pub struct Host {
     serial: AtomicU64,
     /// This host, for the tasks the registry spawns on a room's behalf.
     me: Weak<Host>,
+    /// Every socket pings its client on this tick (`ping_interval_ms`).
+    pings: Arc<Ticker>,
 }
 
 struct RoomEntry {
@@ -168,6 +170,7 @@ impl Host {
             .map(|name| (name.clone(), Arc::new(config.party_limits(name))))
             .collect();
         let logs = Arc::new(Logs::default());
+        let ping_interval = std::time::Duration::from_millis(config.ping_interval_ms);
         Ok(Arc::new_cyclic(|host: &Weak<Host>| {
             let registry: Weak<dyn Registry> = host.clone();
             let rooms: Weak<dyn RoomCalls> = host.clone();
@@ -197,13 +200,21 @@ impl Host {
                 rooms: Mutex::new(HashMap::new()),
                 serial: AtomicU64::new(1),
                 me: host.clone(),
+                pings: Arc::new(Ticker::new(ping_interval)),
             }
         }))
     }
 
-    /// Start what runs beside the rooms: the alarm loop.
+    /// Start what runs beside the rooms: the alarm loop and the ping tick.
     pub fn start(self: &Arc<Self>) {
         self.tasks.spawn(self.clone().fire_alarms());
+        let (pings, stop) = (self.pings.clone(), self.shared.shutdown.clone());
+        self.tasks.spawn(async move { pings.run(stop).await });
+    }
+
+    /// The tick every socket pings its client on.
+    pub fn pings(&self) -> &Arc<Ticker> {
+        &self.pings
     }
 
     /// The alarm loop: send each room its due alarm, until shutdown.

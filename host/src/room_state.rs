@@ -15,7 +15,6 @@ use std::sync::{Arc, RwLock, Weak};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{Limits, MESSAGE_OVERHEAD};
 use crate::logs::Logs;
@@ -50,8 +49,6 @@ pub struct Connection {
 pub struct Outbound {
     shared: Arc<Shared>,
     limit: usize,
-    /// Cancelled when the queue overflows: the socket task then closes with 1008.
-    overflow: CancellationToken,
 }
 
 struct Shared {
@@ -61,6 +58,10 @@ struct Shared {
     /// Bytes queued, each message counted with [`MESSAGE_OVERHEAD`].
     queued: AtomicUsize,
     senders: AtomicUsize,
+    /// Set when the queue overflows: the socket task then closes with 1008.
+    overflowed: AtomicBool,
+    /// Wakes the socket task on overflow, even mid-write.
+    overflow: Notify,
 }
 
 /// The receiving half, owned by the socket task.
@@ -75,20 +76,20 @@ fn cost(message: &Message) -> usize {
 
 impl Outbound {
     /// A queue of at most `limit` bytes; the receiver goes to the socket task.
-    pub fn new(limit: usize) -> (Outbound, OutboundQueue, CancellationToken) {
+    pub fn new(limit: usize) -> (Outbound, OutboundQueue) {
         let shared = Arc::new(Shared {
             messages: std::sync::Mutex::new(VecDeque::new()),
             ready: Notify::new(),
             queued: AtomicUsize::new(0),
             senders: AtomicUsize::new(1),
+            overflowed: AtomicBool::new(false),
+            overflow: Notify::new(),
         });
-        let overflow = CancellationToken::new();
         let out = Outbound {
             shared: shared.clone(),
             limit,
-            overflow: overflow.clone(),
         };
-        (out, OutboundQueue { shared }, overflow)
+        (out, OutboundQueue { shared })
     }
 
     /// Queue a message without waiting; past the limit the client is marked
@@ -98,7 +99,8 @@ impl Outbound {
         let before = self.shared.queued.fetch_add(c, Relaxed);
         if before > 0 && before + c > self.limit {
             self.shared.queued.fetch_sub(c, Relaxed);
-            self.overflow.cancel();
+            self.shared.overflowed.store(true, Relaxed);
+            self.shared.overflow.notify_waiters();
             return false;
         }
         lock(&self.shared.messages).push_back(message);
@@ -121,7 +123,6 @@ impl Clone for Outbound {
         Outbound {
             shared: self.shared.clone(),
             limit: self.limit,
-            overflow: self.overflow.clone(),
         }
     }
 }
@@ -137,7 +138,7 @@ impl Drop for Outbound {
 impl OutboundQueue {
     /// The next message to write; `None` once the queue is empty and every
     /// sender is gone (the room dropped the connection).
-    pub async fn recv(&mut self) -> Option<Message> {
+    pub async fn recv(&self) -> Option<Message> {
         loop {
             if let Some(message) = self.try_recv() {
                 return Some(message);
@@ -150,7 +151,19 @@ impl OutboundQueue {
         }
     }
 
-    pub fn try_recv(&mut self) -> Option<Message> {
+    /// Returns once the queue has overflowed (the client reads too slowly).
+    pub async fn overflowed(&self) {
+        loop {
+            // Registered before looking, so an overflow meanwhile is seen.
+            let overflow = self.shared.overflow.notified();
+            if self.shared.overflowed.load(Relaxed) {
+                return;
+            }
+            overflow.await;
+        }
+    }
+
+    pub fn try_recv(&self) -> Option<Message> {
         let mut messages = lock(&self.shared.messages);
         let message = messages.pop_front()?;
         // Give a burst's memory back once it has drained.
@@ -451,16 +464,16 @@ pub(crate) mod test_support {
 
     #[test]
     fn the_outbound_queue_is_bounded_in_bytes() {
-        let (out, mut queue, overflow) = Outbound::new(1000);
+        let (out, queue) = Outbound::new(1000);
         // One message always fits an empty queue.
         assert!(out.push(Message::binary(vec![0; 5000])));
         assert!(!out.push(Message::text("x")));
-        assert!(overflow.is_cancelled());
-        let (out, mut small, overflow) = Outbound::new(1000);
+        assert!(queue.shared.overflowed.load(Relaxed));
+        let (out, small) = Outbound::new(1000);
         for _ in 0..10 {
             assert!(out.push(Message::text("tiny")));
         }
-        assert!(!overflow.is_cancelled());
+        assert!(!small.shared.overflowed.load(Relaxed));
         assert!(small.try_recv().is_some());
         assert!(queue.try_recv().is_some());
         // The last sender gone and the queue drained: the socket hears `None`.
@@ -477,7 +490,7 @@ pub(crate) mod test_support {
 
     /// Add a connection; its outbound queue's receiver.
     pub fn connect(state: &mut RoomState, id: &str) -> OutboundQueue {
-        let (outbound, rx, _) = Outbound::new(1 << 20);
+        let (outbound, rx) = Outbound::new(1 << 20);
         let c = Connection {
             serial: 1,
             uri: format!("/parties/main/test?_pk={id}"),

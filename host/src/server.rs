@@ -277,7 +277,7 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
         serial: host.next_serial(),
     };
     let limits = host.limits_for(&path.party);
-    let (outbound, outbound_rx, overflow) = Outbound::new(limits.outbound_queue_bytes);
+    let (outbound, outbound_rx) = Outbound::new(limits.outbound_queue_bytes);
     let (reply, verdict) = oneshot::channel();
     let connect = Connect {
         conn: conn.clone(),
@@ -308,10 +308,9 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
         conn: conn.clone(),
         room: room.clone(),
         outbound: outbound_rx,
-        overflow,
         shutdown: host.shutdown().clone(),
         status,
-        ping_interval: Duration::from_millis(host.config().ping_interval_ms),
+        pings: host.pings().clone(),
     };
     let config = ws_config(limits.message_bytes);
     let span = tracing::info_span!("connection", party = %key.0, room = %key.1, id = %conn.id);

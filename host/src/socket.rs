@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
@@ -15,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Ticker;
 use crate::room::{ConnRef, Event, RoomTx};
 use crate::room_state::{OutboundQueue, RoomStatus};
 use crate::ws::from_ws;
@@ -29,11 +28,11 @@ pub struct Socket {
     pub conn: ConnRef,
     pub room: RoomTx,
     pub outbound: OutboundQueue,
-    pub overflow: CancellationToken,
     pub shutdown: CancellationToken,
     /// The room's auto-response is answered here, without the room.
     pub status: Arc<RoomStatus>,
-    pub ping_interval: Duration,
+    /// The host's ping tick (`ping_interval_ms`), shared by every socket.
+    pub pings: Arc<Ticker>,
 }
 
 /// How the socket ended, for the room's on-close.
@@ -67,10 +66,8 @@ impl Socket {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let interval = self.ping_interval;
-        let mut pings = tokio::time::interval_at(Instant::now() + interval, interval);
-        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_heard = Instant::now();
+        // The tick in which the client was last heard from.
+        let mut heard = self.pings.now();
         loop {
             tokio::select! {
                 biased;
@@ -78,7 +75,7 @@ impl Socket {
                     close(ws, CloseCode::Away, "server shutting down").await;
                     return None;
                 }
-                () = self.overflow.cancelled() => {
+                () = self.outbound.overflowed() => {
                     close(ws, CloseCode::Policy, TOO_SLOW).await;
                     return Some(Ended { code: 1008, reason: TOO_SLOW.into(), was_clean: false });
                 }
@@ -99,10 +96,11 @@ impl Socket {
                         return ended;
                     }
                 }
-                _ = pings.tick() => {
-                    // Nothing heard for two intervals: the peer is gone
+                tick = self.pings.next() => {
+                    // Nothing heard for two whole intervals (three ticks
+                    // since the one it was last heard in): the peer is gone
                     // without a FIN (half-open TCP). No close frame can reach it.
-                    if last_heard.elapsed() >= interval * 2 {
+                    if tick.saturating_sub(heard) >= 3 {
                         return Some(Ended { code: 1006, reason: "ping timeout".into(), was_clean: false });
                     }
                     if let Err(ended) = self.write(ws, Message::Ping(Default::default())).await {
@@ -111,7 +109,7 @@ impl Socket {
                 }
                 incoming = ws.next() => {
                     if matches!(incoming, Some(Ok(_))) {
-                        last_heard = Instant::now();
+                        heard = self.pings.now();
                     }
                     match incoming {
                         Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
@@ -186,7 +184,7 @@ impl Socket {
             sent = ws.send(message) => sent.map_err(|_| {
                 Some(Ended { code: 1006, reason: String::new(), was_clean: false })
             }),
-            () = self.overflow.cancelled() => Err(Some(Ended {
+            () = self.outbound.overflowed() => Err(Some(Ended {
                 code: 1008,
                 reason: TOO_SLOW.into(),
                 was_clean: false,
@@ -196,8 +194,17 @@ impl Socket {
     }
 }
 
-/// Send a close frame and wait (briefly) for the peer's answer.
+/// Send a close frame and wait (briefly) for the peer's answer. Boxed: it
+/// runs once per socket, and every idle socket's task would otherwise carry
+/// its space.
 async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    Box::pin(close_inner(ws, code, reason)).await;
+}
+
+async fn close_inner<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -213,8 +213,8 @@ mod tests {
     #[test]
     fn sends_wait_for_release_and_respect_except() {
         let mut s = room_state();
-        let mut a = connect(&mut s, "a");
-        let mut b = connect(&mut s, "b");
+        let a = connect(&mut s, "a");
+        let b = connect(&mut s, "b");
         s.broadcast(text("all"), vec!["a".into()])
             .expect("no trap")
             .expect("ok");
@@ -238,7 +238,7 @@ mod tests {
     #[test]
     fn discard_drops_unsent_messages() {
         let mut s = room_state();
-        let mut a = connect(&mut s, "a");
+        let a = connect(&mut s, "a");
         s.send("a".into(), text("lost"))
             .expect("no trap")
             .expect("ok");
