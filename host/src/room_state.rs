@@ -273,21 +273,21 @@ pub struct Hook {
 
 /// The room's host-side state.
 pub struct RoomState {
-    pub party: Arc<str>,
-    pub id: Arc<str>,
+    pub(crate) party: Arc<str>,
+    pub(crate) id: Arc<str>,
     /// The log sink and calls to other rooms.
-    pub caps: Arc<Capabilities>,
+    pub(crate) caps: Arc<Capabilities>,
     /// Shared with the registry and the sockets.
-    pub status: Arc<RoomStatus>,
-    pub vars: Arc<BTreeMap<String, String>>,
-    pub limits: Arc<Limits>,
+    pub(crate) status: Arc<RoomStatus>,
+    pub(crate) vars: Arc<BTreeMap<String, String>>,
+    pub(crate) limits: Arc<Limits>,
     /// By id; the id is the socket's own `Arc` (no second copy), and each
     /// connection is boxed so a room's map stays small while it has few.
-    pub connections: HashMap<Arc<str>, Box<Connection>>,
-    pub storage: RoomStorage,
+    pub(crate) connections: HashMap<Arc<str>, Box<Connection>>,
+    pub(crate) storage: RoomStorage,
     /// The current hook's pending output; `None` while hibernated.
     hook: Option<Box<Hook>>,
-    pub party_metrics: Arc<PartyMetrics>,
+    pub(crate) party_metrics: Arc<PartyMetrics>,
 }
 
 impl RoomState {
