@@ -59,3 +59,34 @@ impl Ticker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits on the ticks themselves, never on a sleep: no timing to flake.
+    #[tokio::test]
+    async fn a_ticker_wakes_every_waiter_each_period() {
+        let ticker = std::sync::Arc::new(Ticker::new(Duration::from_millis(10)));
+        let stop = CancellationToken::new();
+        let run = tokio::spawn({
+            let (t, s) = (ticker.clone(), stop.clone());
+            async move { t.run(s).await }
+        });
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let t = ticker.clone();
+                tokio::spawn(async move { t.next().await })
+            })
+            .collect();
+        let mut first = 0;
+        for w in waiters {
+            let tick = w.await.expect("waiter");
+            assert!(tick >= 1);
+            first = first.max(tick);
+        }
+        assert!(ticker.next().await > first, "the next tick counts on");
+        stop.cancel();
+        run.await.expect("ticker stops");
+    }
+}

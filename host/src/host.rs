@@ -50,7 +50,7 @@ pub struct Host {
     deploying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     rooms: Mutex<HashMap<RoomKey, RoomEntry>>,
     serial: AtomicU64,
-    /// This host, for the tasks the registry spawns on a room's behalf.
+    /// This host, for room-to-room calls ([`RoomCalls`] dispatches as it).
     me: Weak<Host>,
     /// Every socket pings its client on this tick (`ping_interval_ms`).
     pings: Arc<Ticker>,
@@ -312,8 +312,8 @@ impl Host {
 
     /// Deliver an event to a room, starting its actor if needed; `false`
     /// when the host is shutting down. A socket learns which actor to talk
-    /// to from its connect's reply ([`crate::room::Accepted`]), never from
-    /// here: the actor this reaches may retire and hand the event on.
+    /// to from its connect's reply ([`crate::room::Accepted`]): the actor
+    /// that ran its on-connect.
     pub async fn dispatch(self: &Arc<Self>, key: &RoomKey, mut event: Event) -> bool {
         loop {
             if self.shared.shutdown.is_cancelled() {

@@ -28,20 +28,15 @@ use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use crate::alarms::Alarms;
-use crate::alarms::MAX_RETRIES;
+use crate::alarms::{Alarms, MAX_RETRIES};
 use crate::clock::now_ms;
 use crate::config::Limits;
-use crate::instance::{Call, Failure, Instance, Reply};
-use crate::instance::{Party, Runtime};
+use crate::instance::{Call, Failure, Instance, Party, Reply, Runtime};
 use crate::logs::Logs;
-use crate::metrics::Metrics;
-use crate::metrics::{FailureKind, Hook};
-use crate::room_state::{Capabilities, RoomStatus};
-use crate::room_state::{Connection, Outbound, Outgoing, RoomState};
+use crate::metrics::{FailureKind, Hook, Metrics};
+use crate::room_state::{Capabilities, Connection, Outbound, Outgoing, RoomState, RoomStatus};
 use crate::route::RoomKey;
-use crate::storage::RoomStorage;
-use crate::storage::Storage;
+use crate::storage::{RoomStorage, Storage};
 use crate::sync::lock;
 use crate::wit::{self, ConnectionInfo};
 use crate::ws::to_ws;
@@ -134,10 +129,9 @@ pub struct Connect {
     pub reply: oneshot::Sender<Result<Accepted, wit::Response>>,
 }
 
-/// A connection the room accepted: the socket talks to this actor, the one
-/// that ran its on-connect and holds it, for the rest of its life. (The
-/// actor a connect was first sent to may have retired meanwhile and handed
-/// the connect on to its successor.)
+/// A connection the room accepted: its socket talks to this actor, the one
+/// that ran its on-connect and holds the connection, for the rest of its
+/// life (never to whichever actor `dispatch` happened to reach).
 pub struct Accepted {
     pub room: RoomTx,
     /// The room's published status; the socket answers its auto-response.
@@ -271,22 +265,24 @@ impl RoomRx {
     /// Close the queue if nothing waits in it, in one step: a send lands
     /// before (and this refuses) or finds the queue closed.
     pub fn close_if_empty(&mut self) -> bool {
-        let events = lock(&self.0.events);
-        if !events.is_empty() {
-            return false;
-        }
-        self.0.closed.store(true, Relaxed);
-        drop(events);
-        self.0.space.notify_waiters();
-        true
+        self.close_when(|events| events.is_empty())
     }
 
     /// Refuse every later send; what is queued stays to be drained.
     pub fn close(&mut self) {
+        self.close_when(|_| true);
+    }
+
+    fn close_when(&mut self, ok: impl FnOnce(&VecDeque<Box<Event>>) -> bool) -> bool {
         let events = lock(&self.0.events);
+        if !ok(&events) {
+            return false;
+        }
         self.0.closed.store(true, Relaxed);
         drop(events);
+        // Senders waiting for space find the queue closed.
         self.0.space.notify_waiters();
+        true
     }
 }
 
@@ -643,8 +639,8 @@ impl Room {
                     if let Some(registry) = shared.registry.upgrade() {
                         registry.hibernate_least_recent();
                     }
-                    // A slot may also free without a notification we can
-                    // see (a room that retired mid-wake): look again soon.
+                    // A slot may also free without a notification (an
+                    // instantiation that failed elsewhere): look again soon.
                     let _ = tokio::time::timeout(left.min(POOL_RETRY), freed).await;
                 }
                 Err((back, failure)) => {
@@ -813,5 +809,48 @@ fn text_response(status: u16, line: &str) -> wit::Response {
         status,
         headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
         body: format!("{line}\n").into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_room_queue_is_bounded_and_closes_only_when_empty() {
+        let (tx, mut rx) = queue();
+        for _ in 0..ROOM_QUEUE {
+            assert!(tx.try_send(Event::Hibernate));
+        }
+        assert!(!tx.try_send(Event::Hibernate), "full");
+        // A sender waits for space and gets it when the actor takes one.
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(Event::Evict).await.is_ok() }
+        });
+        tokio::task::yield_now().await;
+        assert!(rx.try_recv().is_some());
+        assert!(waiting.await.expect("sender"));
+        assert!(!rx.close_if_empty(), "events wait: the room must stay");
+        while rx.try_recv().is_some() {}
+        assert!(rx.close_if_empty());
+        // After the close, an event comes back to its sender.
+        assert!(matches!(
+            tx.send(Event::Hibernate).await,
+            Err(Event::Hibernate)
+        ));
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn closing_wakes_a_sender_waiting_for_space() {
+        let (tx, rx) = queue();
+        for _ in 0..ROOM_QUEUE {
+            assert!(tx.try_send(Event::Hibernate));
+        }
+        let waiting = tokio::spawn(async move { tx.send(Event::Evict).await.is_err() });
+        tokio::task::yield_now().await;
+        drop(rx);
+        assert!(waiting.await.expect("sender"), "the event came back");
     }
 }
