@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -18,8 +18,11 @@ use crate::room::{ConnRef, Event, RoomTx};
 use crate::room_state::{OutboundQueue, RoomStatus};
 use crate::ws::from_ws;
 
-/// How long a closing socket waits for the peer's close frame.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a close the host starts lingers: writing its close frame, then
+/// reading (and dropping) what the client still sends.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// The most a lingering close reads from a client that keeps sending.
+const CLOSE_BUDGET: usize = 4 << 20;
 
 const TOO_SLOW: &str = "too slow: outbound queue full";
 
@@ -204,6 +207,12 @@ where
     Box::pin(close_inner(ws, code, reason)).await;
 }
 
+/// A lingering close: write the close frame, shut the write side (FIN),
+/// then read and drop what the client still sends, as bytes (the WebSocket
+/// parser may already have failed on them), until its EOF, the grace or the
+/// budget. Dropping a socket with unread bytes would send a TCP reset, and
+/// a reset makes the client's kernel discard the close frame it has not
+/// read yet: the client would see 1006 instead of the code and reason.
 async fn close_inner<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -212,11 +221,20 @@ where
         code,
         reason: Utf8Bytes::from(reason),
     };
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        if ws.close(Some(frame)).await.is_err() {
-            return;
+    let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
+    let _ = tokio::time::timeout_at(deadline, async {
+        // A client that reads nothing may never take the frame: bounded above.
+        let _ = ws.close(Some(frame)).await;
+        let io = ws.get_mut();
+        let _ = io.shutdown().await;
+        let mut buf = [0u8; 8 << 10];
+        let mut read = 0;
+        while read < CLOSE_BUDGET {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
         }
-        while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
 }

@@ -8,7 +8,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 /// `npm install` in tests/node once, when partysocket is missing.
-async fn install() {
+pub(crate) async fn install() {
     let dir = repo().join("tests").join("node");
     if dir.join("node_modules").join("partysocket").is_dir() {
         return;

@@ -18,6 +18,7 @@
 //!   (`doomed`), `auto` (`doomed?>doomed!`), `put` (key `doomed`), `send`
 //!   or `alarm`. The host must undo the change;
 //! - `has:K`: whether storage holds key K;
+//! - `close:CODE:REASON`: close this connection with that code and reason;
 //! - anything else: echoed back.
 //!
 //! On connect: `?reject=1` refuses with HTTP 401; `?tag=T` tags the connection.
@@ -208,6 +209,12 @@ impl Room for Probe {
                     ids(Some(tag))
                 } else if let Some(what) = other.strip_prefix("doom:") {
                     doom(conn, what)
+                } else if let Some(rest) = other.strip_prefix("close:") {
+                    let (code, reason) = rest.split_once(':').unwrap_or((rest, ""));
+                    match conn.close(code.parse().unwrap_or(1000), reason) {
+                        Ok(()) => return,
+                        Err(e) => format!("error: {e}"),
+                    }
                 } else if let Some(k) = other.strip_prefix("has:") {
                     storage::get(k).ok().flatten().is_some().to_string()
                 } else if let Some(k) = other.strip_prefix("var:") {

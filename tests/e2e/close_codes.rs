@@ -1,0 +1,216 @@
+//! Close codes reach a client that is still sending: the host writes its
+//! close frame, shuts its write side, and reads (and drops) what the client
+//! sends until it stops, so no TCP reset discards the frame before the
+//! client reads it.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use dormouse_tests::*;
+use futures_util::SinkExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long the host lingers at most (`CLOSE_GRACE` in socket.rs), with room
+/// for a loaded machine.
+const LINGER_BOUND: Duration = Duration::from_secs(10);
+
+/// `ws` 8 and `partysocket` send 2 MiB to a room whose limit is 1 MiB: every
+/// try sees 1009 and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_clients_sending_too_much_see_1009_and_the_reason() {
+    crate::partysocket::install().await;
+    let server = Server::start(Options::main("relay")).await;
+    let script = repo().join("tests").join("node").join("close-codes.mjs");
+    let mut node = Command::new("node")
+        .arg(&script)
+        .arg(server.addr.to_string())
+        .arg("50")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs (node is required for this test)");
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let mut out = Vec::new();
+    let read = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            out.push(line);
+        }
+    };
+    tokio::time::timeout(WAIT * 6, read)
+        .await
+        .expect("node finishes in time");
+    assert_eq!(
+        out,
+        [
+            "ws 50/50: 1009 message too big",
+            "partysocket 1009 message too big"
+        ],
+    );
+    server.stop().await;
+}
+
+/// A raw socket through the upgrade, to send bytes no client library would.
+async fn raw_ws(server: &Server, path: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        server.addr
+    );
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.expect("handshake answer"));
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    tcp
+}
+
+/// A masked client frame.
+fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![first];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let key = [0x12, 0x34, 0x56, 0x78];
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+/// The server's close frame: code and reason (data frames before it skipped).
+async fn close_frame(tcp: &mut TcpStream) -> (u16, String) {
+    let read = async {
+        loop {
+            let mut head = [0u8; 2];
+            tcp.read_exact(&mut head)
+                .await
+                .expect("a frame, not a reset");
+            let len = match head[1] & 0x7f {
+                126 => u64::from(tcp.read_u16().await.expect("len")),
+                127 => tcp.read_u64().await.expect("len"),
+                n => u64::from(n),
+            };
+            let mut payload = vec![0u8; len as usize];
+            tcp.read_exact(&mut payload).await.expect("payload");
+            if head[0] & 0x0f == 0x8 {
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                return (code, String::from_utf8_lossy(&payload[2..]).into_owned());
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("a close frame in time")
+}
+
+/// Invalid UTF-8 and a protocol error, each followed by a megabyte more from
+/// the client: the client still reads 1007 and 1002.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_followed_by_more_data_still_get_their_code() {
+    let server = Server::start(Options::main("relay")).await;
+    let more = frame(0x82, &vec![7u8; 1 << 20]);
+    let cases: [(&str, Vec<u8>, u16); 2] = [
+        ("utf8", frame(0x81, &[0xff, 0xfe, 0xfd]), 1007),
+        ("rsv", frame(0xc1, b"hi"), 1002),
+    ];
+    for (id, bad, want) in cases {
+        let mut tcp = raw_ws(&server, &format!("/parties/main/more?_pk={id}")).await;
+        tcp.write_all(&bad).await.expect("write");
+        // The host may already be closing: a refused write is its business.
+        let _ = tcp.write_all(&more).await;
+        let (code, reason) = close_frame(&mut tcp).await;
+        assert_eq!(code, want, "case {id}: {reason}");
+    }
+    server.stop().await;
+}
+
+/// A guest's close(4000, "bye") while the client is in the middle of
+/// sending two megabytes: the client reads 4000 "bye".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_close_reaches_a_client_that_is_mid_send() {
+    let server = Server::start(Options::main("probe")).await;
+    let mut ws = server.ws("/parties/main/bye").await;
+    send_text(&mut ws, "close:4000:bye").await;
+    for _ in 0..16 {
+        if ws
+            .send(Message::binary(vec![1u8; 128 << 10]))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    match recv(&mut ws).await {
+        Message::Close(Some(f)) => {
+            assert_eq!((u16::from(f.code), f.reason.as_str()), (4000, "bye"));
+        }
+        other => panic!("expected the guest's close, got {other:?}"),
+    }
+    server.stop().await;
+}
+
+/// A client that never stops sending after the host closes is cut off after
+/// the grace or the budget; the host reads into one fixed buffer, so its
+/// memory does not grow with what the client sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_stops_sending_is_cut_off() {
+    let server = Server::start(Options::main("probe")).await;
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let mut tcp = raw_ws(&server, "/parties/main/firehose").await;
+    tcp.write_all(&frame(0x81, b"close:4000:bye"))
+        .await
+        .expect("write");
+    let before = rss();
+    let chunk = frame(0x82, &vec![9u8; 64 << 10]);
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let (mut reader, mut writer) = tcp.into_split();
+    // Keep reading, so the client side never stalls the test.
+    let drain = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = reader.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    loop {
+        let write = tokio::time::timeout(LINGER_BOUND, writer.write_all(&chunk)).await;
+        match write {
+            Ok(Ok(())) => sent += chunk.len(),
+            Ok(Err(_)) => break,
+            Err(_) => panic!("the host never cut the client off ({sent} bytes sent)"),
+        }
+        assert!(
+            started.elapsed() < LINGER_BOUND,
+            "still accepted after {:?} ({sent} bytes)",
+            started.elapsed()
+        );
+    }
+    drain.abort();
+    let grown = rss().saturating_sub(before);
+    assert!(sent >= 1 << 20, "the host lingered: {sent} bytes read");
+    assert!(grown < 32 << 10, "memory grew by {grown} KiB");
+    server.stop().await;
+}
