@@ -11,8 +11,8 @@
 //! | --- | --- | --- |
 //! | edge | [`server`] | accept loops, routing, WebSocket upgrade, on-request, health, metrics, static files |
 //! | edge | `admin` | the admin API under `/_dormouse/`: deploy, versions, rollback, rooms, logs |
-//! | edge | [`socket`] | one task per WebSocket: frames in, outbound queue out |
-//! | host | [`host`] | parties and deploys, the registry of room actors, the alarm loop, shutdown |
+//! | edge | [`socket`] | one task per WebSocket: frames in, outbound queue out, lingering close |
+//! | host | [`host`] | parties and deploys, the registry of room actors, the alarm loop, the ping tick, shutdown |
 //! | host | [`versions`] | deployed components and their precompiled forms on disk |
 //! | room | [`room`] | the room actor: events in order, wake, hibernate, output gate; what it may use of the host ([`room::Shared`], [`room::Registry`]) |
 //! | room | [`instance`] | engine, compiled parties, an instance with its deadline and memory cap |
@@ -20,13 +20,16 @@
 //! | room | [`room_state`] | what a room keeps across hibernation; what guest code may reach ([`room_state::Capabilities`]) |
 //! | store | [`storage`] | room data in SQLite: per-hook batches, group commit, sizes, alarms |
 //! | store | [`deploys`] | deploy metadata in SQLite: versions, the active one |
+//! | tools | [`client`] | the CLI's side of the admin API |
+//! | tools | [`admin_token`] | the token `serve` makes in its data dir, and where the CLI finds it |
+//! | leaf | [`config`] | `dormouse.toml` and limits |
+//! | leaf | [`project`], [`scaffold`] | building room crates to components; `dormouse new` |
 //! | leaf | [`alarms`] | the alarm index the host's alarm loop fires from |
+//! | leaf | [`route`] | URL parsing, room keys |
 //! | leaf | [`logs`], [`metrics`] | room log lines for `dormouse tail`; Prometheus names, hook and failure kinds |
-//! | leaf | [`config`], [`route`] | `dormouse.toml` and limits; URL parsing, room keys |
-//! | leaf | [`wit`], [`ws`], [`http`] | the one `bindgen!` site; WebSocket <-> WIT messages; the host's own HTTP answers |
-//! | leaf | [`clock`], [`sync`] | the wall clock; locks that survive a panic |
-//! | tools | [`project`], [`scaffold`] | building room crates to components; `dormouse new` |
-//! | tools | [`client`], [`admin_token`] | the CLI's side of the admin API; the token `serve` makes and the CLI finds |
+//! | leaf | [`ws`] | WebSocket <-> WIT messages |
+//! | leaf | [`wit`], [`http`] | the one `bindgen!` site; the host's own HTTP answers |
+//! | leaf | [`clock`], [`sync`] | the wall clock and a shared tick; locks that survive a panic |
 //!
 //! The command line is the binary's (`main.rs`, `cli.rs`); the load
 //! generator is its own crate, `dormouse-bench`.
