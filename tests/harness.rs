@@ -363,3 +363,83 @@ pub async fn ping(ws: &mut Client) -> anyhow::Result<()> {
         }
     }
 }
+
+/// The bytes of a WebSocket upgrade request for `path`.
+pub fn upgrade_request(server: &Server, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        server.addr
+    )
+}
+
+/// A WebSocket handshake by hand, so the test can then write any bytes at all.
+pub async fn raw_ws(server: &Server, path: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let request = upgrade_request(server, path);
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.expect("handshake answer");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// A client frame: FIN, the given opcode and extra first-byte bits, masked
+/// unless `mask` is false.
+pub fn frame(first: u8, payload: &[u8], mask: bool) -> Vec<u8> {
+    let mut f = vec![first];
+    let m = if mask { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(m | n as u8),
+        n if n <= 0xffff => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if mask {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+/// The server's close frame, code and reason (data frames before it skipped).
+pub async fn close_frame(tcp: &mut TcpStream) -> (u16, String) {
+    let read = async {
+        loop {
+            let mut head = [0u8; 2];
+            tcp.read_exact(&mut head)
+                .await
+                .expect("a frame, not a reset");
+            let len = match head[1] & 0x7f {
+                126 => u64::from(tcp.read_u16().await.expect("len")),
+                127 => tcp.read_u64().await.expect("len"),
+                n => u64::from(n),
+            };
+            let mut payload = vec![0u8; len as usize];
+            tcp.read_exact(&mut payload).await.expect("payload");
+            if head[0] & 0x0f == 0x8 {
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                return (code, String::from_utf8_lossy(&payload[2..]).into_owned());
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("a close frame in time")
+}

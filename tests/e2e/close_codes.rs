@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use dormouse_tests::*;
 use futures_util::SinkExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -52,78 +51,15 @@ async fn real_clients_sending_too_much_see_1009_and_the_reason() {
     server.stop().await;
 }
 
-/// A raw socket through the upgrade, to send bytes no client library would.
-async fn raw_ws(server: &Server, path: &str) -> TcpStream {
-    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        server.addr
-    );
-    tcp.write_all(request.as_bytes()).await.expect("write");
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(tcp.read_u8().await.expect("handshake answer"));
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    tcp
-}
-
-/// A masked client frame.
-fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![first];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let key = [0x12, 0x34, 0x56, 0x78];
-    f.extend_from_slice(&key);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    f
-}
-
-/// The server's close frame: code and reason (data frames before it skipped).
-async fn close_frame(tcp: &mut TcpStream) -> (u16, String) {
-    let read = async {
-        loop {
-            let mut head = [0u8; 2];
-            tcp.read_exact(&mut head)
-                .await
-                .expect("a frame, not a reset");
-            let len = match head[1] & 0x7f {
-                126 => u64::from(tcp.read_u16().await.expect("len")),
-                127 => tcp.read_u64().await.expect("len"),
-                n => u64::from(n),
-            };
-            let mut payload = vec![0u8; len as usize];
-            tcp.read_exact(&mut payload).await.expect("payload");
-            if head[0] & 0x0f == 0x8 {
-                let code = u16::from_be_bytes([payload[0], payload[1]]);
-                return (code, String::from_utf8_lossy(&payload[2..]).into_owned());
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, read)
-        .await
-        .expect("a close frame in time")
-}
-
 /// Invalid UTF-8 and a protocol error, each followed by a megabyte more from
 /// the client: the client still reads 1007 and 1002.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_followed_by_more_data_still_get_their_code() {
     let server = Server::start(Options::main("relay")).await;
-    let more = frame(0x82, &vec![7u8; 1 << 20]);
+    let more = frame(0x82, &vec![7u8; 1 << 20], true);
     let cases: [(&str, Vec<u8>, u16); 2] = [
-        ("utf8", frame(0x81, &[0xff, 0xfe, 0xfd]), 1007),
-        ("rsv", frame(0xc1, b"hi"), 1002),
+        ("utf8", frame(0x81, &[0xff, 0xfe, 0xfd], true), 1007),
+        ("rsv", frame(0xc1, b"hi", true), 1002),
     ];
     for (id, bad, want) in cases {
         let mut tcp = raw_ws(&server, &format!("/parties/main/more?_pk={id}")).await;
@@ -178,11 +114,11 @@ async fn a_client_that_never_stops_sending_is_cut_off() {
             .unwrap_or(0)
     };
     let mut tcp = raw_ws(&server, "/parties/main/firehose").await;
-    tcp.write_all(&frame(0x81, b"close:4000:bye"))
+    tcp.write_all(&frame(0x81, b"close:4000:bye", true))
         .await
         .expect("write");
     let before = rss();
-    let chunk = frame(0x82, &vec![9u8; 64 << 10]);
+    let chunk = frame(0x82, &vec![9u8; 64 << 10], true);
     let started = Instant::now();
     let mut sent = 0usize;
     let (mut reader, mut writer) = tcp.into_split();

@@ -10,83 +10,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
-/// The bytes of a WebSocket upgrade request for `path`.
-fn upgrade_request(server: &Server, path: &str) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        server.addr
-    )
-}
-
-/// A WebSocket handshake by hand, so the test can then write any bytes at all.
-async fn raw_ws(server: &Server, path: &str) -> TcpStream {
-    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
-    let request = upgrade_request(server, path);
-    tcp.write_all(request.as_bytes()).await.expect("write");
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        tcp.read_exact(&mut byte).await.expect("handshake answer");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    tcp
-}
-
-/// A client frame: FIN, the given opcode and extra first-byte bits, masked
-/// unless `mask` is false.
-fn frame(first: u8, payload: &[u8], mask: bool) -> Vec<u8> {
-    let mut f = vec![first];
-    let m = if mask { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => f.push(m | n as u8),
-        n if n <= 0xffff => {
-            f.push(m | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(m | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if mask {
-        let key = [0x12, 0x34, 0x56, 0x78];
-        f.extend_from_slice(&key);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    } else {
-        f.extend_from_slice(payload);
-    }
-    f
-}
-
-/// The close code of the server's close frame (data frames before it skipped).
-async fn close_code(tcp: &mut TcpStream) -> u16 {
-    let read = async {
-        loop {
-            let mut head = [0u8; 2];
-            tcp.read_exact(&mut head).await.expect("a frame");
-            let len = match head[1] & 0x7f {
-                126 => u64::from(tcp.read_u16().await.expect("len")),
-                127 => tcp.read_u64().await.expect("len"),
-                n => u64::from(n),
-            };
-            let mut payload = vec![0u8; len as usize];
-            tcp.read_exact(&mut payload).await.expect("payload");
-            if head[0] & 0x0f == 0x8 {
-                return u16::from_be_bytes([payload[0], payload[1]]);
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, read)
-        .await
-        .expect("a close frame in time")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_the_right_close_code_and_the_room_hears_it() {
     let server = Server::start(Options {
@@ -115,7 +38,7 @@ async fn bad_frames_get_the_right_close_code_and_the_room_hears_it() {
     for (id, bytes, want) in cases {
         let mut tcp = raw_ws(&server, &format!("/parties/main/frames?_pk={id}")).await;
         tcp.write_all(&bytes).await.expect("write");
-        assert_eq!(close_code(&mut tcp).await, want, "case {id}");
+        assert_eq!(close_frame(&mut tcp).await.0, want, "case {id}");
         // The room got on-close with the same code (and not was_clean).
         let want_close = format!("{id}:{want}:false");
         let deadline = Instant::now() + WAIT;
@@ -136,7 +59,7 @@ async fn bad_frames_get_the_right_close_code_and_the_room_hears_it() {
     tcp.write_all(&frame(0x80, &[b'b'; 600], true))
         .await
         .expect("write");
-    assert_eq!(close_code(&mut tcp).await, 1009);
+    assert_eq!(close_frame(&mut tcp).await.0, 1009);
     ping(&mut watcher)
         .await
         .expect("the room's other socket is served");
