@@ -49,7 +49,9 @@ impl Admin {
         if !status.is_success() {
             let reason = String::from_utf8_lossy(&bytes).trim().to_owned();
             if status == StatusCode::UNAUTHORIZED {
-                bail!("{reason} (set DORMOUSE_TOKEN to the server's token)");
+                bail!(
+                    "{reason} (set DORMOUSE_TOKEN to the server's token: the file admin-token in its data dir)"
+                );
             }
             bail!("{status}: {reason}");
         }
