@@ -137,7 +137,8 @@ impl Host {
             for v in candidates {
                 let vars = config.vars(&name);
                 match versions.load(&runtime, &metrics, &name, &v.hash, vars) {
-                    Ok(party) => {
+                    Ok(mut party) => {
+                        party.version = Some(v.version);
                         loaded = Some((party, v.version));
                         break;
                     }
@@ -363,13 +364,14 @@ impl Host {
         let (name_, token_) = (name.to_owned(), token.to_owned());
         // Compiling takes a while: keep it off the event loop.
         let (party, version, hash) = tokio::task::spawn_blocking(move || {
-            let party = Party::load(host.runtime(), &name_, &bytes, vars)
+            let mut party = Party::load(host.runtime(), &name_, &bytes, vars)
                 .map_err(|e| AdminError::Refused(format!("{e:#}")))?;
             let hash = crate::versions::hash(&bytes);
             host.versions.save(host.runtime(), &hash, &bytes, &party)?;
             let version = host
                 .deploys
                 .add_version(&name_, &hash, bytes.len(), &token_)?;
+            party.version = Some(version);
             Ok::<_, AdminError>((party, version, hash))
         })
         .await
@@ -405,12 +407,13 @@ impl Host {
         let vars = self.config.vars(name);
         let host = self.clone();
         let (name_, hash) = (name.to_owned(), target.hash.clone());
-        let party = tokio::task::spawn_blocking(move || {
+        let mut party = tokio::task::spawn_blocking(move || {
             host.versions
                 .load(host.runtime(), host.metrics(), &name_, &hash, vars)
         })
         .await
         .map_err(anyhow::Error::from)??;
+        party.version = Some(target.version);
         self.deploys.activate(name, target.version)?;
         let rooms = self.deploy(party).await;
         Ok(Deployed {
@@ -501,11 +504,14 @@ impl Host {
             .into_iter()
             .map(|name| {
                 let (versions, active) = self.deploys.versions(&name)?;
-                let size = self.party(&name).map_or(0, |p| p.size);
+                let served = self.party(&name);
                 Ok(serde_json::json!({
                     "party": name,
                     "active": active,
-                    "size": size,
+                    // What serves: the active version, unless its file was
+                    // found torn at start and an earlier one took over.
+                    "serving": served.as_ref().and_then(|p| p.version),
+                    "size": served.map_or(0, |p| p.size),
                     "source": if active.is_some() { "deployed" } else { "config" },
                     "versions": versions,
                 }))

@@ -129,6 +129,8 @@ pub struct Party {
     pub vars: Arc<BTreeMap<String, String>>,
     /// Size of the component, bytes.
     pub size: usize,
+    /// The deployed version this is, if it came through a deploy.
+    pub version: Option<u32>,
 }
 
 impl Party {
@@ -178,6 +180,7 @@ impl Party {
             pre,
             vars: Arc::new(vars),
             size,
+            version: None,
         })
     }
 }

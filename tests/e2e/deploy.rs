@@ -374,5 +374,18 @@ async fn a_torn_version_file_costs_that_version_not_the_host() {
         "the other party serves"
     );
     assert_eq!(step(&server, "after").await, 1, "main serves version 1");
+    let (_, parties) = server
+        .admin("GET", "/_dormouse/parties", b"", Some(TOKEN))
+        .await;
+    let parties: serde_json::Value = serde_json::from_str(&parties).expect("json");
+    let main = parties
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["party"] == "main"))
+        .expect("main is listed");
+    assert_eq!(
+        (&main["active"], &main["serving"]),
+        (&serde_json::json!(2), &serde_json::json!(1)),
+        "the listing tells the active version from the one serving"
+    );
     server.stop().await;
 }
