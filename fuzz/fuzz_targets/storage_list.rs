@@ -42,12 +42,17 @@ fuzz_target!(|ops: Vec<Op>| {
     // A fresh room per input: inputs must not see each other's data.
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut room = RoomStorage::new(s.clone(), "fuzz".into(), n.to_string().into());
+    let mut room = RoomStorage::new(
+        s.clone(),
+        "fuzz".into(),
+        n.to_string().into(),
+        Arc::default(),
+    );
     let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for op in ops {
         match op {
             Op::Put(k, v) => {
-                room.put(k.clone(), vec![v]);
+                room.put(k.clone(), vec![v]).expect("a small put fits");
                 model.insert(k, vec![v]);
             }
             Op::Delete(k) => {

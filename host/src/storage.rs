@@ -913,6 +913,79 @@ mod tests {
         assert_eq!(keys(ranged).len(), 15);
     }
 
+    /// The fuzz target `storage_list`'s model check, on stable and in CI: a
+    /// fixed pseudo-random run of puts, deletes, delete-alls, commits and
+    /// lists against a `BTreeMap`, over enough keys that lists cross pages.
+    #[tokio::test]
+    async fn storage_matches_a_model_across_pages_and_commits() {
+        let dir = tempdir();
+        let mut r = room(&dir);
+        let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let key = |i: u64| format!("k{:03}", i);
+        let mut longest = 0;
+        for step in 0..4000 {
+            match next(1000) {
+                0..=599 => {
+                    let (k, v) = (key(next(700)), vec![next(256) as u8]);
+                    r.put(k.clone(), v.clone()).expect("put");
+                    model.insert(k, v);
+                }
+                600..=749 => {
+                    let k = key(next(700));
+                    let existed = r.delete(&k).expect("delete");
+                    assert_eq!(
+                        existed,
+                        model.remove(&k).is_some(),
+                        "step {step}: delete {k}"
+                    );
+                }
+                // Rare: a room that is wiped rarely fills several pages.
+                750 => {
+                    r.delete_all();
+                    model.clear();
+                }
+                751..=849 => commit(&mut r).await,
+                _ => {
+                    let o = ListOptions {
+                        prefix: (next(3) == 0).then(|| format!("k{}", next(7))),
+                        start: (next(3) == 0).then(|| key(next(700))),
+                        end: (next(3) == 0).then(|| key(next(700))),
+                        limit: (next(2) == 0).then(|| next(400) as u32),
+                        reverse: next(2) == 0,
+                    };
+                    let got = r.list(&o).expect("list");
+                    longest = longest.max(got.len());
+                    let mut want: Vec<(String, Vec<u8>)> = model
+                        .iter()
+                        .filter(|(k, _)| o.prefix.as_deref().is_none_or(|p| k.starts_with(p)))
+                        .filter(|(k, _)| o.start.as_deref().is_none_or(|s| k.as_str() >= s))
+                        .filter(|(k, _)| o.end.as_deref().is_none_or(|e| k.as_str() < e))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    if o.reverse {
+                        want.reverse();
+                    }
+                    want.truncate(o.limit.map_or(usize::MAX, |l| l as usize));
+                    assert_eq!(got, want, "step {step}: {o:?}");
+                }
+            }
+        }
+        assert!(
+            longest > LIST_PAGE as usize,
+            "lists crossed a page: {longest}"
+        );
+        commit(&mut r).await;
+        let size: usize = model.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert_eq!(r.stored().expect("size"), size as u64, "the kept size");
+    }
+
     #[tokio::test]
     async fn a_list_larger_than_an_instance_could_hold_is_refused() {
         let dir = tempdir();
