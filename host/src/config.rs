@@ -29,8 +29,9 @@ pub struct Config {
     /// intervals is taken as gone (half-open TCP) and its room gets on-close.
     pub ping_interval_ms: u64,
     /// The admin API's bearer token, as `NAME:SECRET` or `SECRET` (named
-    /// `default`); `dormouse serve` takes it from `DORMOUSE_TOKEN`. Without
-    /// one, the admin API answers only on loopback.
+    /// `default`); `dormouse serve` takes it from `DORMOUSE_TOKEN`, or makes
+    /// one in the data dir (`admin_token`). Without one (`dormouse dev`, or
+    /// a host built in code), the admin API answers only on loopback.
     pub admin_token: Option<String>,
     pub limits: Limits,
     /// Parties by name.
