@@ -123,6 +123,12 @@ struct Commit {
 /// bounded host memory.
 const LIST_PAGE: i64 = 256;
 
+/// A room's stored bytes, as every commit keeps them (the writer reads it
+/// to update it, a room to check its quota).
+const ROOM_BYTES: &str = "SELECT bytes FROM room_sizes WHERE party = ?1 AND room = ?2";
+/// A stored value's length: what a write replaces.
+const VALUE_LEN: &str = "SELECT length(value) FROM kv WHERE party = ?1 AND room = ?2 AND key = ?3";
+
 /// How many batches one transaction may group.
 const MAX_GROUP: usize = 512;
 
@@ -142,8 +148,7 @@ impl Storage {
                  PRIMARY KEY (party, room, key));
              CREATE TABLE IF NOT EXISTS alarms (
                  party TEXT NOT NULL, room TEXT NOT NULL, at_ms INTEGER NOT NULL,
-                 PRIMARY KEY (party, room));
-",
+                 PRIMARY KEY (party, room));",
         )
         .with_context(|| format!("cannot set up storage {}", path.display()))?;
         // Version 1: each room's stored bytes, kept up to date by every
@@ -338,16 +343,14 @@ fn apply(conn: &Connection, c: &Commit) -> rusqlite::Result<u64> {
             .execute(params![party, room])?;
         0
     } else {
-        conn.prepare_cached("SELECT bytes FROM room_sizes WHERE party = ?1 AND room = ?2")?
+        conn.prepare_cached(ROOM_BYTES)?
             .query_row(params![party, room], |r| r.get(0))
             .optional()?
             .unwrap_or(0)
     };
     for (key, value) in &c.batch.writes {
         let old: Option<i64> = conn
-            .prepare_cached(
-                "SELECT length(value) FROM kv WHERE party = ?1 AND room = ?2 AND key = ?3",
-            )?
+            .prepare_cached(VALUE_LEN)?
             .query_row(params![party, room, key], |r| r.get(0))
             .optional()?;
         if let Some(old) = old {
@@ -487,15 +490,9 @@ impl RoomStorage {
         for (k, v) in entries {
             if let Err(e) = self.put(k, v) {
                 for (k, old) in before.into_iter().rev() {
-                    self.pending.bytes -= self.staged_bytes(&k);
                     match old {
-                        Some(v) => {
-                            self.pending.bytes += entry_bytes(&k, &v);
-                            self.pending.writes.insert(k, v);
-                        }
-                        None => {
-                            self.pending.writes.remove(&k);
-                        }
+                        Some(v) => self.stage(k, v),
+                        None => self.unstage(&k),
                     }
                 }
                 return Err(e);
@@ -522,6 +519,12 @@ impl RoomStorage {
         self.pending.bytes -= self.staged_bytes(&key);
         self.pending.bytes += entry_bytes(&key, &value);
         self.pending.writes.insert(key, value);
+    }
+
+    /// Forget what the batch holds for one key.
+    fn unstage(&mut self, key: &str) {
+        self.pending.bytes -= self.staged_bytes(key);
+        self.pending.writes.remove(key);
     }
 
     /// Bytes the batch holds for one key (0 when it holds none).
@@ -580,7 +583,7 @@ impl RoomStorage {
         }
         let (party, room) = (&*self.party, &*self.room);
         let n: Option<i64> = self.storage.read(|c| {
-            c.prepare_cached("SELECT bytes FROM room_sizes WHERE party = ?1 AND room = ?2")?
+            c.prepare_cached(ROOM_BYTES)?
                 .query_row(params![party, room], |r| r.get(0))
                 .optional()
         })?;
@@ -596,11 +599,9 @@ impl RoomStorage {
         }
         let (party, room) = (&*self.party, &*self.room);
         let len: Option<i64> = self.storage.read(|c| {
-            c.prepare_cached(
-                "SELECT length(value) FROM kv WHERE party = ?1 AND room = ?2 AND key = ?3",
-            )?
-            .query_row(params![party, room, key], |r| r.get(0))
-            .optional()
+            c.prepare_cached(VALUE_LEN)?
+                .query_row(params![party, room, key], |r| r.get(0))
+                .optional()
         })?;
         Ok(len.map_or(0, |l| key.len() + l.max(0) as usize))
     }
