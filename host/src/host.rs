@@ -179,7 +179,6 @@ impl Host {
                 runtime,
                 storage,
                 metrics,
-                logs: logs.clone(),
                 alarms: Arc::new(alarms),
                 caps: Arc::new(Capabilities { logs, rooms }),
                 idle_timeout: config.idle_timeout(),
@@ -246,7 +245,7 @@ impl Host {
     }
 
     pub fn logs(&self) -> &Logs {
-        &self.shared.logs
+        &self.shared.caps.logs
     }
 
     pub fn alarms(&self) -> &Alarms {

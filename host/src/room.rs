@@ -32,7 +32,6 @@ use crate::alarms::{Alarms, MAX_RETRIES};
 use crate::clock::now_ms;
 use crate::config::Limits;
 use crate::instance::{Call, Failure, Instance, Party, Reply, Runtime};
-use crate::logs::Logs;
 use crate::metrics::{FailureKind, Hook, Metrics};
 use crate::room_state::{Capabilities, Connection, Outbound, Outgoing, RoomState, RoomStatus};
 use crate::route::RoomKey;
@@ -48,9 +47,9 @@ pub struct Shared {
     pub runtime: Arc<Runtime>,
     pub storage: Arc<Storage>,
     pub metrics: Arc<Metrics>,
-    pub logs: Arc<Logs>,
     pub alarms: Arc<Alarms>,
-    /// What guest-facing code may reach (handed to each room's state).
+    /// What guest-facing code may reach (handed to each room's state); its
+    /// log is the rooms' log too.
     pub caps: Arc<Capabilities>,
     pub idle_timeout: Duration,
     /// The first retry of a failed on-alarm waits this long, then doubles.
@@ -414,6 +413,14 @@ impl Room {
             .fetch_sub(1, Relaxed);
     }
 
+    /// A line of this room's log (`dormouse tail`).
+    fn log(&self, level: &'static str, line: impl Into<String>) {
+        self.shared
+            .caps
+            .logs
+            .emit(&self.key.0, &self.key.1, level, line);
+    }
+
     fn awake(&self) -> bool {
         matches!(self.life, Life::Awake(_))
     }
@@ -446,9 +453,7 @@ impl Room {
         self.shared.slot_freed.notify_waiters();
         state.status.awake.store(false, Relaxed);
         state.status.hibernate_asked.store(false, Relaxed);
-        self.shared
-            .logs
-            .emit(&self.key.0, &self.key.1, "host", "hibernated");
+        self.log("host", "hibernated");
         state.party_metrics.rooms_awake.fetch_sub(1, Relaxed);
         state.party_metrics.rooms_hibernated.fetch_add(1, Relaxed);
         self.life = Life::Hibernated(state);
@@ -472,9 +477,7 @@ impl Room {
                 if self.current(&conn) {
                     self.state().remove(&conn.id);
                     let line = format!("connection {} closed: {code} {reason}", conn.id);
-                    self.shared
-                        .logs
-                        .emit(&self.key.0, &self.key.1, "host", line);
+                    self.log("host", line);
                     let call = Call::Close(conn.id.to_string(), code, reason, was_clean);
                     let _ = self.hook(call).await;
                 }
@@ -568,9 +571,7 @@ impl Room {
             Ok(()) => format!("connection {id} opened"),
             Err(r) => format!("connection {id} refused with {}", r.status),
         };
-        self.shared
-            .logs
-            .emit(&self.key.0, &self.key.1, "host", line);
+        self.log("host", line);
         let accepted = Accepted {
             room: self.tx.clone(),
             status: self.state().status.clone(),
@@ -654,9 +655,7 @@ impl Room {
         let took = started.elapsed();
         self.shared.metrics.wake_seconds.observe(took);
         let line = format!("woke in {} us", took.as_micros());
-        self.shared
-            .logs
-            .emit(&self.key.0, &self.key.1, "host", line);
+        self.log("host", line);
         Ok(())
     }
 
@@ -792,9 +791,7 @@ impl Room {
             "{hook} failed ({}): {error:#}; instance dropped",
             kind.label()
         );
-        self.shared
-            .logs
-            .emit(&self.key.0, &self.key.1, "error", line);
+        self.log("error", line);
     }
 }
 

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite;
 use super::check_size;
 #[cfg(test)]
 use crate::config::Limits;
-use crate::room_state::{MAX_OUTBOX_BYTES, Outgoing, RoomState, Undo};
+use crate::room_state::{Connection, MAX_OUTBOX_BYTES, Outgoing, RoomState, Undo};
 use crate::wit::dormouse::room::connections::{AutoResponse as AutoResponsePair, Host};
 use crate::wit::{ConnectionInfo, Error, Message};
 use crate::ws::{from_ws, len as message_len, to_ws};
@@ -23,6 +23,14 @@ impl RoomState {
         } else {
             Err(Error::UnknownConnection(id.to_owned()))
         }
+    }
+
+    /// An open connection, to change it; `unknown-connection` otherwise.
+    fn connection_mut(&mut self, id: &str) -> Result<&mut Connection, Error> {
+        self.connections
+            .get_mut(id)
+            .map(|c| &mut **c)
+            .ok_or_else(|| Error::UnknownConnection(id.to_owned()))
     }
 
     /// Charge `len` bytes to the outbox, or refuse.
@@ -164,11 +172,7 @@ impl Host for RoomState {
         let max = self.limits.connection_state_bytes;
         Ok((|| {
             check_size("connection state", state.as_ref().map_or(0, Vec::len), max)?;
-            let c = self
-                .connections
-                .get_mut(id.as_str())
-                .ok_or_else(|| Error::UnknownConnection(id.clone()))?;
-            let old = std::mem::replace(&mut c.state, state);
+            let old = std::mem::replace(&mut self.connection_mut(&id)?.state, state);
             self.hook().undo.push(Undo::State(id, old));
             Ok(())
         })())
@@ -189,11 +193,7 @@ impl Host for RoomState {
                 }
                 check_size("tag", t.len(), max_len)?;
             }
-            let c = self
-                .connections
-                .get_mut(id.as_str())
-                .ok_or_else(|| Error::UnknownConnection(id.clone()))?;
-            let old = std::mem::replace(&mut c.tags, tags);
+            let old = std::mem::replace(&mut self.connection_mut(&id)?.tags, tags);
             self.hook().undo.push(Undo::Tags(id, old));
             Ok(())
         })())
