@@ -126,20 +126,22 @@ impl Metrics {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         };
-        let _ = writeln!(
-            out,
-            "# HELP dormouse_connections Open WebSocket connections."
+        header(
+            &mut out,
+            "dormouse_connections",
+            "gauge",
+            "Open WebSocket connections.",
         );
-        let _ = writeln!(out, "# TYPE dormouse_connections gauge");
         for (party, m) in &parties {
             let v = m.connections.load(Relaxed);
             let _ = writeln!(out, "dormouse_connections{{party=\"{party}\"}} {v}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP dormouse_rooms Rooms known to the host, by state."
+        header(
+            &mut out,
+            "dormouse_rooms",
+            "gauge",
+            "Rooms known to the host, by state.",
         );
-        let _ = writeln!(out, "# TYPE dormouse_rooms gauge");
         for (party, m) in &parties {
             let awake = m.rooms_awake.load(Relaxed);
             let asleep = m.rooms_hibernated.load(Relaxed);
@@ -152,17 +154,22 @@ impl Metrics {
                 "dormouse_rooms{{party=\"{party}\",state=\"hibernated\"}} {asleep}"
             );
         }
-        let _ = writeln!(out, "# HELP dormouse_wakes_total Instances made for rooms.");
-        let _ = writeln!(out, "# TYPE dormouse_wakes_total counter");
+        header(
+            &mut out,
+            "dormouse_wakes_total",
+            "counter",
+            "Instances made for rooms.",
+        );
         for (party, m) in &parties {
             let v = m.wakes.load(Relaxed);
             let _ = writeln!(out, "dormouse_wakes_total{{party=\"{party}\"}} {v}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP dormouse_guest_traps_total Instances dropped because the guest failed."
+        header(
+            &mut out,
+            "dormouse_guest_traps_total",
+            "counter",
+            "Instances dropped because the guest failed.",
         );
-        let _ = writeln!(out, "# TYPE dormouse_guest_traps_total counter");
         for (party, m) in &parties {
             for (kind, v) in FailureKind::TRAPS.iter().zip(&m.traps) {
                 let (kind, v) = (kind.label(), v.load(Relaxed));
@@ -172,26 +179,32 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(out, "# HELP dormouse_messages_total WebSocket messages.");
-        let _ = writeln!(out, "# TYPE dormouse_messages_total counter");
+        header(
+            &mut out,
+            "dormouse_messages_total",
+            "counter",
+            "WebSocket messages.",
+        );
         let (inn, outt) = (
             self.messages_in.load(Relaxed),
             self.messages_out.load(Relaxed),
         );
         let _ = writeln!(out, "dormouse_messages_total{{direction=\"in\"}} {inn}");
         let _ = writeln!(out, "dormouse_messages_total{{direction=\"out\"}} {outt}");
-        let _ = writeln!(
-            out,
-            "# HELP dormouse_storage_commits_total Storage transactions committed."
+        header(
+            &mut out,
+            "dormouse_storage_commits_total",
+            "counter",
+            "Storage transactions committed.",
         );
-        let _ = writeln!(out, "# TYPE dormouse_storage_commits_total counter");
         let commits = self.storage_commits.load(Relaxed);
         let _ = writeln!(out, "dormouse_storage_commits_total {commits}");
-        let _ = writeln!(
-            out,
-            "# HELP dormouse_component_cache_total Deployed versions loaded at start: precompiled (hit) or compiled (miss)."
+        header(
+            &mut out,
+            "dormouse_component_cache_total",
+            "counter",
+            "Deployed versions loaded at start: precompiled (hit) or compiled (miss).",
         );
-        let _ = writeln!(out, "# TYPE dormouse_component_cache_total counter");
         let (hit, miss) = (
             self.component_cache_hits.load(Relaxed),
             self.component_cache_misses.load(Relaxed),
@@ -204,22 +217,28 @@ impl Metrics {
             out,
             "dormouse_component_cache_total{{result=\"miss\"}} {miss}"
         );
-        let _ = writeln!(
-            out,
-            "# HELP dormouse_pool_full_waits_total Wakes that waited for an awake-room slot (past limits.awake_rooms)."
+        header(
+            &mut out,
+            "dormouse_pool_full_waits_total",
+            "counter",
+            "Wakes that waited for an awake-room slot (past limits.awake_rooms).",
         );
-        let _ = writeln!(out, "# TYPE dormouse_pool_full_waits_total counter");
         let waits = self.pool_full_waits.load(Relaxed);
         let _ = writeln!(out, "dormouse_pool_full_waits_total {waits}");
-        let _ = writeln!(
-            out,
-            "# HELP dormouse_wake_seconds Time to wake a room: instantiate and on-start."
+        header(
+            &mut out,
+            "dormouse_wake_seconds",
+            "histogram",
+            "Time to wake a room: instantiate and on-start.",
         );
-        let _ = writeln!(out, "# TYPE dormouse_wake_seconds histogram");
         self.wake_seconds
             .render(&mut out, "dormouse_wake_seconds", "");
-        let _ = writeln!(out, "# HELP dormouse_hook_seconds Time spent in each hook.");
-        let _ = writeln!(out, "# TYPE dormouse_hook_seconds histogram");
+        header(
+            &mut out,
+            "dormouse_hook_seconds",
+            "histogram",
+            "Time spent in each hook.",
+        );
         for (hook, h) in Hook::ALL.iter().zip(&self.hook_seconds) {
             let hook = hook.label();
             h.render(
@@ -230,6 +249,12 @@ impl Metrics {
         }
         out
     }
+}
+
+/// A metric's `# HELP` and `# TYPE` lines.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 impl PartyMetrics {
