@@ -443,3 +443,42 @@ pub async fn close_frame(tcp: &mut TcpStream) -> (u16, String) {
         .await
         .expect("a close frame in time")
 }
+
+/// `npm install` in tests/node once, when its packages are missing.
+async fn npm_install() {
+    let dir = repo().join("tests").join("node");
+    if dir.join("node_modules").join("partysocket").is_dir() {
+        return;
+    }
+    let status = tokio::process::Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .status()
+        .await
+        .expect("npm runs (node and npm are required for this test)");
+    assert!(status.success(), "npm install failed");
+}
+
+/// Run a script of tests/node (its packages installed first) with `args`;
+/// the process (killed when dropped) and its stdout's lines.
+pub async fn node(
+    script: &str,
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    npm_install().await;
+    let mut child = tokio::process::Command::new("node")
+        .arg(repo().join("tests").join("node").join(script))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs (node is required for this test)");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    (
+        child,
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
+    )
+}

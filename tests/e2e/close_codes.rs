@@ -3,13 +3,11 @@
 //! sends until it stops, so no TCP reset discards the frame before the
 //! client reads it.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use dormouse_tests::*;
 use futures_util::SinkExt;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 /// How long the host lingers at most (`CLOSE_GRACE` in socket.rs), with room
@@ -20,18 +18,8 @@ const LINGER_BOUND: Duration = Duration::from_secs(10);
 /// try sees 1009 and the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_clients_sending_too_much_see_1009_and_the_reason() {
-    crate::partysocket::install().await;
     let server = Server::start(Options::main("relay")).await;
-    let script = repo().join("tests").join("node").join("close-codes.mjs");
-    let mut node = Command::new("node")
-        .arg(&script)
-        .arg(server.addr.to_string())
-        .arg("50")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs (node is required for this test)");
-    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let (_node, mut lines) = node("close-codes.mjs", &[&server.addr.to_string(), "50"]).await;
     let mut out = Vec::new();
     let read = async {
         while let Ok(Some(line)) = lines.next_line().await {

@@ -230,19 +230,25 @@ async fn bad_uploads_are_refused_in_one_sentence_and_the_old_version_serves_on()
     server.stop().await;
 }
 
-/// The active version, per `/_dormouse/parties`.
-async fn active_version(server: &Server, party: &str) -> (u64, String) {
+/// One party's entry in `/_dormouse/parties`.
+async fn listed(server: &Server, party: &str) -> serde_json::Value {
     let (status, body) = server
         .admin("GET", "/_dormouse/parties", b"", Some(TOKEN))
         .await;
     assert_eq!(status, 200, "{body}");
     let parties: serde_json::Value = serde_json::from_str(&body).expect("json");
-    let p = parties
+    parties
         .as_array()
         .expect("a list")
         .iter()
         .find(|p| p["party"] == party)
-        .expect("the party is listed");
+        .expect("the party is listed")
+        .clone()
+}
+
+/// The active version, per `/_dormouse/parties`.
+async fn active_version(server: &Server, party: &str) -> (u64, String) {
+    let p = listed(server, party).await;
     let active = p["active"].as_u64().expect("an active version");
     let hash = p["versions"]
         .as_array()
@@ -374,14 +380,7 @@ async fn a_torn_version_file_costs_that_version_not_the_host() {
         "the other party serves"
     );
     assert_eq!(step(&server, "after").await, 1, "main serves version 1");
-    let (_, parties) = server
-        .admin("GET", "/_dormouse/parties", b"", Some(TOKEN))
-        .await;
-    let parties: serde_json::Value = serde_json::from_str(&parties).expect("json");
-    let main = parties
-        .as_array()
-        .and_then(|all| all.iter().find(|p| p["party"] == "main"))
-        .expect("main is listed");
+    let main = listed(&server, "main").await;
     assert_eq!(
         (&main["active"], &main["serving"]),
         (&serde_json::json!(2), &serde_json::json!(1)),

@@ -1,41 +1,13 @@
 //! The official `partysocket` npm client: connects, relays, and reconnects
 //! after a host restart. The test installs the npm packages it needs.
 
-use std::process::Stdio;
-
 use dormouse_tests::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-
-/// `npm install` in tests/node once, when partysocket is missing.
-pub(crate) async fn install() {
-    let dir = repo().join("tests").join("node");
-    if dir.join("node_modules").join("partysocket").is_dir() {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .status()
-        .await
-        .expect("npm runs (node and npm are required for this test)");
-    assert!(status.success(), "npm install failed");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partysocket_relays_and_reconnects_after_a_restart() {
-    install().await;
     let server = Server::start(Options::main("relay")).await;
-    let script = repo().join("tests").join("node").join("relay-restart.mjs");
-    let mut node = Command::new("node")
-        .arg(&script)
-        .arg(server.addr.to_string())
-        .arg("ps-room")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let (mut node, mut lines) =
+        node("relay-restart.mjs", &[&server.addr.to_string(), "ps-room"]).await;
     let line = tokio::time::timeout(WAIT, lines.next_line())
         .await
         .expect("first relay in time")
