@@ -25,13 +25,14 @@ pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The guests the tests use: the examples and the test guests.
-const GUESTS: [&str; 6] = [
+const GUESTS: [&str; 7] = [
     "relay",
     "counter",
     "chat",
     "alarm-clock",
     "probe",
     "counter-ten",
+    "yjs",
 ];
 
 /// The repository root.
@@ -447,7 +448,18 @@ pub async fn close_frame(tcp: &mut TcpStream) -> (u16, String) {
 /// `npm install` in tests/node once, when its packages are missing.
 async fn npm_install() {
     let dir = repo().join("tests").join("node");
-    if dir.join("node_modules").join("partysocket").is_dir() {
+    let packages = [
+        "partysocket",
+        "ws",
+        "yjs",
+        "y-protocols",
+        "y-websocket",
+        "y-partykit",
+    ];
+    if packages
+        .iter()
+        .all(|p| dir.join("node_modules").join(p).is_dir())
+    {
         return;
     }
     let status = tokio::process::Command::new("npm")

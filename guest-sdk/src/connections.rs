@@ -77,7 +77,8 @@ impl Connection {
         wit::get(&self.id)
     }
 
-    /// The state blob the host keeps for this connection, across hibernation.
+    /// The state blob the host keeps for this connection, across hibernation
+    /// (and still readable in its own `on_close`).
     ///
     /// ```no_run
     /// # let conn = dormouse_sdk::Connection::new("a");

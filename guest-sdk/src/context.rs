@@ -48,3 +48,10 @@ pub fn vars() -> Vec<(String, String)> {
 pub fn log(level: Level, message: &str) {
     wit::log(level, message)
 }
+
+/// Say that the event being handled is not activity (a presence heartbeat,
+/// say): it does not push back the room's idle timeout, and a room woken
+/// only by quiet events hibernates as soon as each is handled.
+pub fn quiet() {
+    wit::quiet();
+}

@@ -65,6 +65,8 @@ pub mod hooks;
 pub mod rooms;
 pub mod storage;
 mod types;
+#[cfg(feature = "yjs")]
+pub mod yjs;
 
 #[doc(hidden)]
 pub mod bindings {

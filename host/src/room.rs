@@ -374,10 +374,14 @@ impl Room {
                     break;
                 }
                 Next::Event(event) => {
+                    self.state().quiet = false;
                     // Boxed: the hook futures (instantiation included) are
                     // large, and an idle actor should not carry their space.
                     Box::pin(self.handle(*event)).await;
-                    if idle.is_zero() {
+                    // A quiet event keeps the deadline it found; one that
+                    // woke the room ends its wake at once.
+                    let quiet = std::mem::take(&mut self.state().quiet);
+                    if idle.is_zero() || (quiet && idle_timer.is_none()) {
                         // Let the sockets this event woke write first:
                         // dropping the instance takes longer than sending.
                         tokio::task::yield_now().await;
@@ -389,7 +393,7 @@ impl Room {
                     state.status.last_event_ms.store(now_ms(), Relaxed);
                     if !self.awake() {
                         idle_timer = None;
-                    } else {
+                    } else if !quiet {
                         let deadline = tokio::time::Instant::now() + idle;
                         match &mut idle_timer {
                             Some(timer) => timer.as_mut().reset(deadline),
@@ -475,11 +479,13 @@ impl Room {
                 was_clean,
             } => {
                 if self.current(&conn) {
-                    self.state().remove(&conn.id);
+                    let state = self.state();
+                    state.closing = state.remove(&conn.id).map(|c| (conn.id.clone(), c));
                     let line = format!("connection {} closed: {code} {reason}", conn.id);
                     self.log("host", line);
                     let call = Call::Close(conn.id.to_string(), code, reason, was_clean);
                     let _ = self.hook(call).await;
+                    self.state().closing = None;
                 }
             }
             Event::Error { conn, description } => {
@@ -552,6 +558,8 @@ impl Room {
         if let Some(old) = self.state().insert(c.conn.id.clone(), connection) {
             old.outbound
                 .close(1000, "replaced by a new connection with the same id");
+            // The new socket holds the id now; the old one's state is not
+            // readable in this on-close (get-state sees the listed one).
             let call = Call::Close(id.clone(), 1000, "replaced".into(), true);
             let _ = self.hook(call).await;
         }

@@ -288,6 +288,13 @@ pub struct RoomState {
     /// The current hook's pending output; `None` while hibernated.
     hook: Option<Box<Hook>>,
     pub(crate) party_metrics: Arc<PartyMetrics>,
+    /// The connection whose on-close runs now: no longer listed, but its
+    /// state can still be read (as a Durable Object reads a closing
+    /// socket's attachment), so a room can tell the others what it held.
+    pub(crate) closing: Option<(Arc<str>, Box<Connection>)>,
+    /// The hook being run called `context.quiet`: it does not count as
+    /// activity for the idle timeout. Reset by the room before each event.
+    pub(crate) quiet: bool,
 }
 
 impl RoomState {
@@ -316,6 +323,8 @@ impl RoomState {
             storage,
             hook: None,
             party_metrics,
+            closing: None,
+            quiet: false,
         }
     }
 

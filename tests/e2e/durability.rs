@@ -56,8 +56,9 @@ async fn serve_until_killed() {
     dormouse::server::run(listener, host).await.expect("serves");
 }
 
-/// Start the child host on `data`; its address.
-async fn spawn_host(data: &Path) -> (Child, SocketAddr) {
+/// Start a child host serving `guest` as party `main` on `data`; its
+/// address. (Also the Yjs test's host to kill.)
+pub(crate) async fn spawn_host(data: &Path, guest_name: &str) -> (Child, SocketAddr) {
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
@@ -66,7 +67,7 @@ async fn spawn_host(data: &Path) -> (Child, SocketAddr) {
             "--nocapture",
         ])
         .env(CHILD, data)
-        .env(COMPONENT, guest("counter"))
+        .env(COMPONENT, guest(guest_name))
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -126,7 +127,7 @@ async fn every_count_a_client_saw_survives_kill_9() {
     let data = data_dir();
     let seen: Arc<Mutex<HashMap<usize, u64>>> = Arc::default();
     for round in 0..=rounds {
-        let (mut child, addr) = spawn_host(&data).await;
+        let (mut child, addr) = spawn_host(&data, "counter").await;
         // Every count any client received before the last kill is stored.
         for room in 0..ROOMS {
             let (status, body) = http(addr, "GET", &format!("/parties/main/kill-{room}"), "")

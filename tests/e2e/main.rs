@@ -15,3 +15,4 @@ mod lifecycle;
 mod partysocket;
 mod races;
 mod relay;
+mod yjs;

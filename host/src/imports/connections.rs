@@ -158,7 +158,12 @@ impl Host for RoomState {
     }
 
     fn get_state(&mut self, id: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        Ok(match self.connections.get(id.as_str()) {
+        let closing = self
+            .closing
+            .as_ref()
+            .filter(|(closing, _)| **closing == *id)
+            .map(|(_, c)| c);
+        Ok(match self.connections.get(id.as_str()).or(closing) {
             Some(c) => Ok(c.state.clone()),
             None => Err(Error::UnknownConnection(id)),
         })
@@ -233,6 +238,23 @@ mod tests {
             b.try_recv().expect("b got"),
             tungstenite::Message::text("all")
         );
+    }
+
+    #[test]
+    fn a_closing_connection_keeps_its_state_readable_only_while_closing() {
+        let mut s = room_state();
+        let _a = connect(&mut s, "a");
+        s.set_state("a".into(), Some(b"awareness".to_vec()))
+            .expect("no trap")
+            .expect("ok");
+        let gone = s.remove("a").expect("listed");
+        s.closing = Some(("a".into(), gone));
+        assert!(s.list(None).expect("no trap").is_empty());
+        let state = s.get_state("a".into()).expect("no trap").expect("ok");
+        assert_eq!(state.as_deref(), Some(&b"awareness"[..]));
+        assert!(s.get_state("b".into()).expect("no trap").is_err());
+        s.closing = None;
+        assert!(s.get_state("a".into()).expect("no trap").is_err());
     }
 
     #[test]

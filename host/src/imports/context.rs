@@ -28,6 +28,11 @@ impl Host for RoomState {
             .collect())
     }
 
+    fn quiet(&mut self) -> wasmtime::Result<()> {
+        self.quiet = true;
+        Ok(())
+    }
+
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let mut message = message;
         if message.len() > MAX_LOG_LINE {

@@ -1,0 +1,237 @@
+//! Yjs rooms (`examples/yjs`, on `dormouse_sdk::yjs`) with Yjs's own
+//! clients: y-partykit's and y-websocket's providers in Node
+//! (`tests/node/yjs.mjs`), through hibernation, restarts and SIGKILL.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dormouse_tests::*;
+
+use crate::durability::spawn_host;
+
+const AWAKE: &str = "dormouse_rooms{party=\"main\",state=\"awake\"}";
+const WAKES: &str = "dormouse_wakes_total{party=\"main\"}";
+
+/// Run one scenario of tests/node/yjs.mjs to its end; the lines it printed.
+async fn scenario(addr: SocketAddr, name: &str, room: &str, args: &[&str]) -> Vec<String> {
+    let addr = addr.to_string();
+    let mut all = vec![name, &addr, room];
+    all.extend_from_slice(args);
+    let (mut child, mut lines) = node("yjs.mjs", &all).await;
+    let mut out = Vec::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.expect("node stdout") {
+            out.push(line);
+        }
+    };
+    tokio::time::timeout(WAIT * 3, read)
+        .await
+        .unwrap_or_else(|_| panic!("scenario {name} ended in time"));
+    let status = child.wait().await.expect("node exits");
+    assert!(status.success(), "scenario {name} failed after: {out:?}");
+    out
+}
+
+fn yjs_server(idle_ms: u64) -> Options {
+    Options {
+        parties: vec![("main", "yjs")],
+        ..Options::main("yjs").idle(idle_ms)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_providers_converge_across_hibernation() {
+    let server = Server::start(yjs_server(200)).await;
+    let out = scenario(server.addr, "converge", "doc", &["1000"]).await;
+    assert_eq!(out.len(), 4, "{out:?}");
+    assert!(out[0].starts_with("converged "), "{out:?}");
+    assert_eq!(out[1], "late joiner has everything");
+    assert!(out[3].contains(r#""text":"hello world""#), "{out:?}");
+    // It slept between the phases: at least one wake after the first.
+    assert!(server.metric(WAKES).await >= 2.0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awareness_survives_hibernation_and_leaves_are_seen() {
+    let server = Server::start(yjs_server(200)).await;
+    let wakes_before = server.metric(WAKES).await;
+    let out = scenario(server.addr, "awareness", "presence", &["800"]).await;
+    assert_eq!(
+        out,
+        [
+            "joined ada,bob",
+            "newcomer sees ada,bob,cy",
+            "update seen",
+            "leave seen"
+        ]
+    );
+    assert!(server.metric(WAKES).await >= wakes_before + 3.0);
+    server.stop().await;
+}
+
+/// Presence heartbeats (a client renewing an unchanged state) wake the room
+/// but do not keep it awake: between beats it is asleep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_do_not_keep_a_room_awake() {
+    let server = Server::start(yjs_server(400)).await;
+    let (mut child, mut lines) = node(
+        "yjs.mjs",
+        &["heartbeat", &server.addr.to_string(), "beats", "2500"],
+    )
+    .await;
+    let ready = tokio::time::timeout(WAIT, lines.next_line()).await;
+    assert!(
+        matches!(ready, Ok(Ok(Some(ref l))) if l == "ready"),
+        "{ready:?}"
+    );
+    // Past the idle timeout of the real change before "ready".
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let wakes = server.metric(WAKES).await;
+    let mut asleep = 0;
+    for _ in 0..50 {
+        if server.metric(AWAKE).await == 0.0 {
+            asleep += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let woke = server.metric(WAKES).await - wakes;
+    assert!(woke >= 3.0, "the beats woke the room {woke} times");
+    assert!(asleep >= 10, "asleep in only {asleep} of 50 samples");
+    let status = tokio::time::timeout(WAIT, child.wait()).await;
+    assert!(matches!(status, Ok(Ok(s)) if s.success()));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_edits_merge_on_reconnect() {
+    let server = Server::start(yjs_server(10_000)).await;
+    let out = scenario(server.addr, "offline", "away", &[]).await;
+    assert_eq!(out, ["merged 15"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_clients_change_nothing_and_tokens_are_checked() {
+    let server = Server::start(yjs_server(10_000)).await;
+    let out = scenario(server.addr, "readonly", "viewers", &[]).await;
+    assert_eq!(out, ["viewer kept out"]);
+    server.stop().await;
+
+    let mut options = yjs_server(10_000);
+    options.vars = vec![("TOKEN", "sesame")];
+    let server = Server::start(options).await;
+    let denied = tokio_tungstenite::connect_async(format!(
+        "ws://{}/parties/main/locked?token=nope",
+        server.addr
+    ))
+    .await;
+    match denied {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("a wrong token is refused with 401, got {other:?}"),
+    }
+    let _ok = server.ws("/parties/main/locked?token=sesame").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_update_closes_only_its_sender() {
+    let server = Server::start(yjs_server(10_000)).await;
+    let out = scenario(server.addr, "malformed", "bad", &[]).await;
+    assert_eq!(
+        out,
+        [
+            "custom pong",
+            "closed 4400 malformed Yjs update",
+            "document unharmed"
+        ]
+    );
+    server.stop().await;
+}
+
+/// Expect a fresh client to read `n` items and `n` x's.
+async fn read_back(addr: SocketAddr, room: &str, n: usize) {
+    let out = scenario(addr, "read", room, &["pk"]).await;
+    let doc = out[0].strip_prefix("doc ").expect("a doc line");
+    let json: serde_json::Value = serde_json::from_str(doc).expect("JSON");
+    let items = json["array"].as_array().expect("an array");
+    assert_eq!(items.len(), n, "{doc}");
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(item.as_str(), Some(format!("w{i}").as_str()));
+    }
+    assert_eq!(json["text"].as_str().map(str::len), Some(n));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_survive_restarts_before_and_after_compaction() {
+    let server = Server::start(yjs_server(10_000)).await;
+    // 40 updates: stored one by one, restarted before the compaction is due.
+    let out = scenario(server.addr, "write", "kept", &["40"]).await;
+    assert_eq!(out, ["acked 40"]);
+    let server = Server::start(server.stop().await).await;
+    read_back(server.addr, "kept", 40).await;
+    // 600 more: past the count that compacts at once.
+    let out = scenario(server.addr, "write", "kept", &["600"]).await;
+    assert_eq!(out, ["acked 640"]);
+    // The alarms run the compactions: the one due 2 s after the first 40,
+    // and the one due at once when 500 were waiting.
+    let alarms = "dormouse_hook_seconds_count{hook=\"on-alarm\"}";
+    tokio::time::timeout(WAIT, async {
+        while server.metric(alarms).await < 2.0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("compacted in time");
+    let server = Server::start(server.stop().await).await;
+    read_back(server.addr, "kept", 640).await;
+    // The HTTP snapshot is the document as one Yjs update.
+    let (status, _) = server.http("GET", "/parties/main/kept", "").await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}
+
+/// Every update another client saw relayed (so the room had committed it)
+/// is there after a SIGKILL of the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_updates_survive_sigkill() {
+    let data = data_dir();
+    let (mut host, addr) = spawn_host(&data, "yjs").await;
+    let addr_s = addr.to_string();
+    let (mut writer, mut lines) = node("yjs.mjs", &["hammer", &addr_s, "hammered"]).await;
+    let mut seen: i64 = -1;
+    tokio::time::timeout(WAIT * 3, async {
+        while seen < 300 {
+            let line = lines.next_line().await.expect("stdout").expect("a line");
+            seen = line
+                .strip_prefix("seen ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(seen);
+        }
+    })
+    .await
+    .expect("300 items relayed in time");
+    host.kill().await.expect("SIGKILL");
+    // What the observer printed before the kill landed counts too.
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await
+    {
+        if let Some(n) = line.strip_prefix("seen ").and_then(|n| n.parse().ok()) {
+            seen = seen.max(n);
+        }
+    }
+    writer.kill().await.expect("stop the writer");
+    let (_host, addr) = spawn_host(&data, "yjs").await;
+    let out = scenario(addr, "read", "hammered", &["ws"]).await;
+    let json: serde_json::Value =
+        serde_json::from_str(out[0].strip_prefix("doc ").expect("doc")).expect("JSON");
+    let items = json["array"].as_array().expect("array");
+    assert!(
+        items.len() as i64 > seen,
+        "{} items stored, {seen} seen",
+        items.len()
+    );
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(item.as_i64(), Some(i as i64), "items stay in order");
+    }
+}
