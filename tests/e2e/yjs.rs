@@ -106,8 +106,11 @@ async fn heartbeats_do_not_keep_a_room_awake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_edits_merge_on_reconnect() {
     let server = Server::start(yjs_server(10_000)).await;
-    let out = scenario(server.addr, "offline", "away", &[]).await;
-    assert_eq!(out, ["merged 15"]);
+    let alarms = "dormouse_hook_seconds_count{hook=\"on-alarm\"}";
+    let out = scenario(server.addr, "offline", "away", &["3000"]).await;
+    assert_eq!(out, ["merged offline world"]);
+    // The deletion reached the returning client from the snapshot.
+    assert!(server.metric(alarms).await >= 1.0);
     server.stop().await;
 }
 

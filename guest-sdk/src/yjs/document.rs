@@ -53,7 +53,8 @@ pub struct Document {
 }
 
 struct Loaded {
-    snapshot: Vec<u8>,
+    /// `None` until read: most hooks never need it.
+    snapshot: Option<Vec<u8>>,
     /// The snapshot's state vector and delete set (v1), if compacted once.
     sv: Option<Vec<u8>>,
     ds: Option<Vec<u8>>,
@@ -118,36 +119,47 @@ impl Document {
         Ok(seq)
     }
 
+    /// The small parts: state vector, delete set and the updates since.
     fn load(&mut self) -> Result<&mut Loaded, Error> {
         if self.loaded.is_none() {
             let mut loaded = Loaded {
-                snapshot: Vec::new(),
+                snapshot: None,
                 sv: None,
                 ds: None,
                 updates: Vec::new(),
             };
-            let mut last_seq: Option<&str> = None;
-            let entries = storage::list(&ListOptions::prefix("y:"))?;
-            for (key, value) in &entries {
-                if key.starts_with("y:s:") {
-                    loaded.snapshot.extend_from_slice(value);
-                } else if key == "y:sv" {
-                    loaded.sv = Some(value.clone());
-                } else if key == "y:ds" {
-                    loaded.ds = Some(value.clone());
-                } else if let Some(rest) = key.strip_prefix("y:u:") {
-                    let seq = rest.get(..16);
-                    match loaded.updates.last_mut() {
-                        Some(last) if seq == last_seq => last.extend_from_slice(value),
-                        _ => loaded.updates.push(value.clone()),
-                    }
-                    last_seq = seq;
+            for (key, value) in storage::get_many(&["y:ds".into(), "y:sv".into()])? {
+                match key.as_str() {
+                    "y:sv" => loaded.sv = Some(value),
+                    _ => loaded.ds = Some(value),
                 }
+            }
+            let mut last_seq: Option<String> = None;
+            for (key, value) in storage::list(&ListOptions::prefix("y:u:"))? {
+                let seq = key.get(4..20).map(str::to_owned);
+                match loaded.updates.last_mut() {
+                    Some(last) if seq == last_seq => last.extend_from_slice(&value),
+                    _ => loaded.updates.push(value),
+                }
+                last_seq = seq;
             }
             self.next_seq = Some(loaded.updates.len() as u64);
             self.loaded = Some(loaded);
         }
         Ok(self.loaded.as_mut().expect("loaded above"))
+    }
+
+    /// The small parts and the snapshot (read only when it must be).
+    fn load_all(&mut self) -> Result<&mut Loaded, Error> {
+        let loaded = self.load()?;
+        if loaded.snapshot.is_none() {
+            let mut snapshot = Vec::new();
+            for (_, chunk) in storage::list(&ListOptions::prefix("y:s:"))? {
+                snapshot.extend_from_slice(&chunk);
+            }
+            loaded.snapshot = Some(snapshot);
+        }
+        Ok(loaded)
     }
 
     /// The state vector this room tells a client in its own sync step 1. It
@@ -160,33 +172,27 @@ impl Document {
             return Ok(sv.clone());
         }
         // Never compacted: the document is the updates alone.
-        let all = loaded.full()?;
+        let all = self.load_all()?.full()?;
         Ok(yrs::encode_state_vector_from_update_v1(&all)
             .unwrap_or_else(|_| StateVector::default().encode_v1()))
     }
 
     /// The answer to a client whose state vector is `sv` (v1).
     pub(crate) fn answer(&mut self, sv: &StateVector) -> Result<Answer, Error> {
-        let loaded = self.load()?;
         let encoded_sv = sv.encode_v1();
-        if sv.is_empty() && !loaded.snapshot.is_empty() {
-            // A new client: the stored bytes as they are, nothing decoded.
-            return Ok(Answer {
-                step2: loaded.snapshot.clone(),
-                updates: loaded.updates.clone(),
-            });
-        }
+        let loaded = self.load()?;
         let holds_snapshot = loaded
             .sv
             .as_deref()
             .and_then(|s| StateVector::decode_v1(s).ok());
         if let (Some(snap_sv), Some(ds)) = (holds_snapshot, &loaded.ds)
+            && !sv.is_empty()
             && snap_sv
                 .iter()
                 .all(|(client, clock)| sv.get(client) >= *clock)
         {
             // A returning client has every item of the snapshot: send its
-            // deletions and the updates since, without decoding the snapshot.
+            // deletions and the updates since, without reading the snapshot.
             let mut parts = vec![ds.clone()];
             parts.extend(loaded.updates.iter().cloned());
             let merged = yrs::merge_updates_v1(&parts).map_err(invalid)?;
@@ -194,6 +200,15 @@ impl Document {
             return Ok(Answer {
                 step2,
                 updates: Vec::new(),
+            });
+        }
+        let loaded = self.load_all()?;
+        let snapshot = loaded.snapshot.as_deref().unwrap_or_default();
+        if sv.is_empty() && !snapshot.is_empty() {
+            // A new client: the stored bytes as they are, nothing decoded.
+            return Ok(Answer {
+                step2: snapshot.to_vec(),
+                updates: loaded.updates.clone(),
             });
         }
         let all = loaded.full()?;
@@ -206,17 +221,17 @@ impl Document {
 
     /// The whole document as one v1 update (for an HTTP snapshot, say).
     pub fn update(&mut self) -> Result<Vec<u8>, Error> {
-        self.load()?.full()
+        self.load_all()?.full()
     }
 
     /// The whole document, built in memory. Costs a decode and an
     /// integration of everything stored: use it where the content matters.
     pub fn doc(&mut self) -> Result<Doc, Error> {
-        let loaded = self.load()?;
+        let loaded = self.load_all()?;
         let doc = Doc::new();
         {
             let mut txn = doc.transact_mut();
-            let parts = std::iter::once(&loaded.snapshot).chain(&loaded.updates);
+            let parts = loaded.snapshot.iter().chain(&loaded.updates);
             for (i, part) in parts.enumerate() {
                 if part.is_empty() {
                     continue;
@@ -267,7 +282,7 @@ impl Document {
         storage::put_many(&entries)?;
         self.next_seq = Some(0);
         self.loaded = Some(Loaded {
-            snapshot,
+            snapshot: Some(snapshot),
             sv: Some(sv),
             ds: Some(ds),
             updates: Vec::new(),
@@ -277,15 +292,17 @@ impl Document {
 }
 
 impl Loaded {
+    /// The whole document as one update (the snapshot must be read).
     fn full(&self) -> Result<Vec<u8>, Error> {
-        match (self.snapshot.is_empty(), self.updates.len()) {
-            (false, 0) => Ok(self.snapshot.clone()),
+        let snapshot = self.snapshot.as_deref().unwrap_or_default();
+        match (snapshot.is_empty(), self.updates.len()) {
+            (false, 0) => Ok(snapshot.to_vec()),
             (true, 0) => Ok(Update::new().encode_v1()),
             (true, 1) => Ok(self.updates[0].clone()),
             _ => {
-                let parts = std::iter::once(&self.snapshot)
+                let parts = std::iter::once(snapshot)
                     .filter(|s| !s.is_empty())
-                    .chain(&self.updates);
+                    .chain(self.updates.iter().map(Vec::as_slice));
                 yrs::merge_updates_v1(parts).map_err(invalid)
             }
         }
