@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+mod yjs;
+
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -49,6 +51,9 @@ pub enum Scenario {
     /// last receiver, against a minimal tokio-tungstenite relay (the floor)
     /// and a Node `ws` relay (when node is present).
     Broadcast,
+    /// Yjs documents of 10 KB, 1 MB and 10 MB that hibernate: a client's
+    /// sync step 1 to the room's step 2, new and returning clients.
+    Yjs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -106,6 +111,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Rooms => rooms(&args, &mut out).await,
         Scenario::Storage => storage(&args, &mut out).await,
         Scenario::Broadcast => broadcast(&args, &mut out).await,
+        Scenario::Yjs => yjs::yjs(&args, &mut out).await,
     }
 }
 
