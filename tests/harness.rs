@@ -58,6 +58,9 @@ pub fn guest(name: &str) -> PathBuf {
         .map(|v| v.into_iter().collect())
         .map_err(|e| format!("{e:#}"))
     });
+    if name.ends_with("-ts") {
+        return js_guest(name);
+    }
     match built {
         Ok(map) => map
             .get(name)
@@ -65,6 +68,35 @@ pub fn guest(name: &str) -> PathBuf {
             .clone(),
         Err(e) => panic!("building the guests failed: {e}"),
     }
+}
+
+/// A TypeScript guest (`examples/NAME` or `tests/guests/NAME`), built once
+/// per test run through `dormouse build`'s own code (esbuild, then
+/// componentize-js; about ten seconds each).
+fn js_guest(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Option<HashMap<String, Result<PathBuf, String>>>> =
+        std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let built = built.get_or_insert_with(HashMap::new);
+    let result = built.entry(name.to_owned()).or_insert_with(|| {
+        let example = repo().join("examples").join(name);
+        let dir = if example.is_dir() {
+            example
+        } else {
+            repo().join("tests").join("guests").join(name)
+        };
+        dormouse::project::build(&dir).map_err(|e| format!("{e:#}"))
+    });
+    match result {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("building {name} failed: {e}"),
+    }
+}
+
+/// Where the test hosts share compiled components: each compiles once per
+/// run (a TypeScript room takes seconds to compile).
+pub fn compile_cache() -> PathBuf {
+    repo().join("target").join("test-compile-cache")
 }
 
 /// A fresh directory for a test's SQLite files.
@@ -157,6 +189,7 @@ impl Server {
         let mut config = Config {
             idle_timeout_ms: options.idle_timeout_ms,
             data_dir: options.data_dir.clone(),
+            compile_cache_dir: Some(compile_cache()),
             limits: options.limits.clone(),
             ping_interval_ms: options.ping_interval_ms,
             admin_token: options.admin_token.clone(),
@@ -493,4 +526,21 @@ pub async fn node(
         child,
         tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
     )
+}
+
+/// One test per language a room is written in: `in_each_language!(NAME:
+/// rust => "relay", ts => "relay-ts")` makes the tests `NAME::rust` and
+/// `NAME::ts`, each running `async fn NAME(guest: &'static str)`.
+#[macro_export]
+macro_rules! in_each_language {
+    ($name:ident: $($lang:ident => $guest:literal),+ $(,)?) => {
+        mod $name {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $lang() {
+                    super::$name($guest).await
+                }
+            )+
+        }
+    };
 }

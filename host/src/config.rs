@@ -21,6 +21,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Where SQLite keeps room storage.
     pub data_dir: PathBuf,
+    /// Where compiled components are cached, by content hash (default:
+    /// `DATA/versions`). Hosts may share one: each component compiles once.
+    pub compile_cache_dir: Option<PathBuf>,
     /// How long an awake room waits for an event before it hibernates.
     pub idle_timeout_ms: u64,
     /// A folder served at `/` for paths that name no room (the PartyKit "static assets").
@@ -152,6 +155,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 1999)),
             metrics_listen: None,
             data_dir: PathBuf::from(".dormouse"),
+            compile_cache_dir: None,
             idle_timeout_ms: 10_000,
             public: None,
             ping_interval_ms: 30_000,
@@ -203,6 +207,7 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
+        config.compile_cache_dir = config.compile_cache_dir.map(|p| base.join(p));
         config.public = config.public.map(|p| base.join(p));
         for party in config.parties.values_mut() {
             party.component = party.component.as_ref().map(|c| base.join(c));

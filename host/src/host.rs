@@ -108,6 +108,7 @@ impl Host {
         let runtime = Runtime::new(&limits)?;
         let storage = Storage::open(&config.data_dir, metrics.clone())?;
         let deploys = Deploys::open(&config.data_dir)?;
+        let versions = Versions::open(&config.data_dir, config.compile_cache_dir.as_deref())?;
         let mut parties = HashMap::new();
         for (name, p) in &config.parties {
             if p.builtin.is_some() {
@@ -121,12 +122,11 @@ impl Host {
                     component.display()
                 )
             })?;
-            let party = Party::load(&runtime, name, &bytes, p.vars.clone())?;
+            let party = versions.compile(&runtime, &metrics, name, &bytes, p.vars.clone())?;
             metrics.party(name);
             parties.insert(name.clone(), Arc::new(party));
         }
         // Versions deployed through the admin API win over the config file.
-        let versions = Versions::open(&config.data_dir)?;
         for (name, active) in deploys.deployed()? {
             let (all, _) = deploys.versions(&name)?;
             // The active version first, then the earlier ones, newest first:
@@ -363,10 +363,12 @@ impl Host {
         let (name_, token_) = (name.to_owned(), token.to_owned());
         // Compiling takes a while: keep it off the event loop.
         let (party, version, hash) = tokio::task::spawn_blocking(move || {
-            let mut party = Party::load(host.runtime(), &name_, &bytes, vars)
+            let mut party = host
+                .versions
+                .compile(host.runtime(), host.metrics(), &name_, &bytes, vars)
                 .map_err(|e| AdminError::Refused(format!("{e:#}")))?;
             let hash = crate::versions::hash(&bytes);
-            host.versions.save(host.runtime(), &hash, &bytes, &party)?;
+            host.versions.save(&hash, &bytes)?;
             let version = host
                 .deploys
                 .add_version(&name_, &hash, bytes.len(), &token_)?;

@@ -23,7 +23,7 @@
 //! | tools | [`client`] | the CLI's side of the admin API |
 //! | tools | [`admin_token`] | the token `serve` makes in its data dir, and where the CLI finds it |
 //! | leaf | [`config`] | `dormouse.toml` and limits |
-//! | leaf | [`project`], [`scaffold`] | building room crates to components; `dormouse new` |
+//! | leaf | [`project`], [`project_js`], [`scaffold`] | building rooms (Rust crates; TypeScript/JavaScript packages) to components; `dormouse new` |
 //! | leaf | [`alarms`] | the alarm index the host's alarm loop fires from |
 //! | leaf | [`route`] | URL parsing, room keys |
 //! | leaf | [`logs`], [`metrics`] | room log lines for `dormouse tail`; Prometheus names, hook and failure kinds |
@@ -58,6 +58,7 @@ pub mod instance;
 pub mod logs;
 pub mod metrics;
 pub mod project;
+pub mod project_js;
 pub mod room;
 pub mod room_state;
 pub mod route;

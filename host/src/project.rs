@@ -1,4 +1,5 @@
-//! Room projects: compile a Rust room crate to a component (`dormouse build`)
+//! Room projects: compile a room to a component (`dormouse build`), a Rust
+//! crate here and a TypeScript/JavaScript package in [`crate::project_js`],
 //! and watch it for changes (`dormouse dev`).
 
 use std::path::{Path, PathBuf};
@@ -36,11 +37,18 @@ pub fn ensure_target() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Build the room crate in `dir`; the path of its component.
+/// Build the room in `dir` (a Rust crate, or a package with `package.json`);
+/// the path of its component.
 pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
-        bail!("{} has no Cargo.toml: is it a room crate?", dir.display());
+        if dir.join("package.json").is_file() {
+            return crate::project_js::build(dir);
+        }
+        bail!(
+            "{} has no Cargo.toml or package.json: is it a room?",
+            dir.display()
+        );
     }
     let manifest = manifest
         .canonicalize()
@@ -173,7 +181,15 @@ pub fn last_change(dir: &Path) -> Option<SystemTime> {
     }
     let mut newest = None;
     walk(&dir.join("Cargo.toml"), &mut newest);
+    walk(&dir.join("package.json"), &mut newest);
     walk(&dir.join("src"), &mut newest);
+    // A TypeScript room's sources may sit at the top (server.ts).
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if [".ts", ".js", ".mjs"].iter().any(|x| name.ends_with(x)) {
+            walk(&e.path(), &mut newest);
+        }
+    }
     newest
 }
 

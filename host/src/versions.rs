@@ -1,10 +1,12 @@
-//! Deployed versions on disk: each component, and its precompiled form for
-//! this engine, under `DATA/versions/`. The metadata (which versions, which
-//! is active) lives in storage.
+//! Deployed versions on disk (each component, under `DATA/versions/`), and
+//! the compile cache: every component's precompiled form for this engine,
+//! by content hash, in `compile_cache_dir` (by default the same folder). The
+//! metadata (which versions, which is active) lives in storage.
 //!
 //! A restart loads the precompiled form, so it compiles nothing; when the
 //! engine changed (a new Dormouse build or other settings), the form is
-//! rebuilt from the component once.
+//! rebuilt from the component once. Configured parties go through the same
+//! cache, and hosts that share a cache folder compile a component once.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -21,6 +23,8 @@ use crate::metrics::Metrics;
 
 pub struct Versions {
     dir: PathBuf,
+    /// Precompiled forms, `HASH-ENGINE.cwasm`.
+    cache: PathBuf,
 }
 
 /// The SHA-256 of a component, hex: its name on disk and in listings.
@@ -32,11 +36,15 @@ pub fn hash(bytes: &[u8]) -> String {
 }
 
 impl Versions {
-    pub fn open(data_dir: &Path) -> anyhow::Result<Versions> {
+    /// `cache`: where precompiled forms go (default: the versions folder).
+    pub fn open(data_dir: &Path, cache: Option<&Path>) -> anyhow::Result<Versions> {
         let dir = data_dir.join("versions");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        // Temporary files of writes a crash cut short: never renamed, never read.
+        let cache = cache.map_or_else(|| dir.clone(), Path::to_owned);
+        for d in [&dir, &cache] {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        // Temporary files of writes a crash cut short: never renamed, never
+        // read. (Not in a shared cache: another host may be writing there.)
         for entry in std::fs::read_dir(&dir)
             .with_context(|| format!("cannot read {}", dir.display()))?
             .flatten()
@@ -45,10 +53,12 @@ impl Versions {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(Versions { dir })
+        Ok(Versions { dir, cache })
     }
 
     /// Delete the files of components no party uses any more.
+    /// (Their precompiled forms go too when the cache is the versions folder;
+    /// a shared cache is left as it is: other hosts may use them.)
     pub fn remove(&self, hashes: &[String]) -> anyhow::Result<()> {
         if hashes.is_empty() {
             return Ok(());
@@ -79,38 +89,26 @@ impl Versions {
             .engine()
             .precompile_compatibility_hash()
             .hash(&mut h);
-        self.dir.join(format!("{hash}-{:016x}.cwasm", h.finish()))
+        self.cache.join(format!("{hash}-{:016x}.cwasm", h.finish()))
     }
 
-    /// Keep a validated component and its precompiled form.
-    pub fn save(
-        &self,
-        runtime: &Runtime,
-        hash: &str,
-        bytes: &[u8],
-        party: &Party,
-    ) -> anyhow::Result<()> {
-        write_atomic(&self.wasm(hash), bytes)?;
-        let compiled = party
-            .component
-            .serialize()
-            .map_err(anyhow::Error::from)
-            .context("cannot serialize the compiled component")?;
-        write_atomic(&self.cwasm(runtime, hash), &compiled)
+    /// Keep an uploaded component as a version (compiled by [`Self::compile`]).
+    pub fn save(&self, hash: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        write_atomic(&self.wasm(hash), bytes)
     }
 
-    /// Load a stored version: from its precompiled form when there is one for
-    /// this engine (a cache hit), else compiled from the component and cached.
-    pub fn load(
+    /// Compile a component, or load its precompiled form from the cache (a
+    /// hit); a fresh compile is cached for the next time.
+    pub fn compile(
         &self,
         runtime: &Runtime,
         metrics: &Metrics,
         name: &str,
-        hash: &str,
+        bytes: &[u8],
         vars: BTreeMap<String, String>,
     ) -> anyhow::Result<Party> {
-        let size = std::fs::metadata(self.wasm(hash)).map_or(0, |m| m.len() as usize);
-        let cwasm = self.cwasm(runtime, hash);
+        let hash = hash(bytes);
+        let cwasm = self.cwasm(runtime, &hash);
         if cwasm.is_file() {
             match deserialize(runtime, &cwasm) {
                 Ok(component) => {
@@ -120,7 +118,7 @@ impl Versions {
                         hash,
                         "loaded the precompiled component (cache hit)"
                     );
-                    return Party::from_component(runtime, name, component, vars, size);
+                    return Party::from_component(runtime, name, component, vars, bytes.len());
                 }
                 Err(e) => tracing::warn!(
                     party = name,
@@ -129,13 +127,30 @@ impl Versions {
             }
         }
         metrics.component_cache_misses.fetch_add(1, Relaxed);
+        let party = Party::load(runtime, name, bytes, vars)?;
+        let compiled = party
+            .component
+            .serialize()
+            .map_err(anyhow::Error::from)
+            .context("cannot serialize the compiled component")?;
+        write_atomic(&cwasm, &compiled)?;
+        tracing::info!(party = name, hash, "compiled the component (cache miss)");
+        Ok(party)
+    }
+
+    /// Load a stored version (through the compile cache).
+    pub fn load(
+        &self,
+        runtime: &Runtime,
+        metrics: &Metrics,
+        name: &str,
+        hash: &str,
+        vars: BTreeMap<String, String>,
+    ) -> anyhow::Result<Party> {
         let bytes = std::fs::read(self.wasm(hash)).with_context(|| {
             format!("party {name}: version {hash} is missing from the data dir")
         })?;
-        let party = Party::load(runtime, name, &bytes, vars)?;
-        self.save(runtime, hash, &bytes, &party)?;
-        tracing::info!(party = name, hash, "compiled the component (cache miss)");
-        Ok(party)
+        self.compile(runtime, metrics, name, &bytes, vars)
     }
 }
 

@@ -17,5 +17,17 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
+/// The WIT files themselves, for toolchains that read WIT (componentize-js).
+pub const SOURCES: [(&str, &str); 8] = [
+    ("alarm.wit", include_str!("../../wit/alarm.wit")),
+    ("connections.wit", include_str!("../../wit/connections.wit")),
+    ("context.wit", include_str!("../../wit/context.wit")),
+    ("hooks.wit", include_str!("../../wit/hooks.wit")),
+    ("rooms.wit", include_str!("../../wit/rooms.wit")),
+    ("storage.wit", include_str!("../../wit/storage.wit")),
+    ("types.wit", include_str!("../../wit/types.wit")),
+    ("world.wit", include_str!("../../wit/world.wit")),
+];
+
 pub use self::dormouse::room::types::{ConnectionInfo, Error, Level, Message, Request, Response};
 pub use self::exports::dormouse::room::hooks;

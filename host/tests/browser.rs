@@ -98,6 +98,15 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// Where the pages' screenshots go: `KIND.png` after a run that passed (the
+/// README's come from here), `KIND-failed-N.png` of every page after one
+/// that failed.
+fn shots() -> PathBuf {
+    let dir = repo().join("target").join("browser-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    dir
+}
+
 /// Open the example's page in chromium and act on it; the lines printed.
 async fn browse(example: &str, addr: &str) -> Vec<String> {
     let node_dir = repo().join("tests").join("node");
@@ -112,6 +121,7 @@ async fn browse(example: &str, addr: &str) -> Vec<String> {
         Command::new("node")
             .arg(node_dir.join("browser.mjs"))
             .args([example, &format!("http://{addr}")])
+            .arg(shots())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .output(),
@@ -165,10 +175,11 @@ async fn yjs_editor_page_in_chromium() {
         lines,
         [
             "both synced",
-            "edits converge",
+            "typing at once converges",
             "presence shows both",
+            "offline edits merge",
             "a closed page leaves",
-            "document after reload"
+            "text after reload"
         ]
     );
 }

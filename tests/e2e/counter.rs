@@ -1,10 +1,11 @@
-//! The counter example: storage that survives hibernation and a restart.
+//! The counter example, in each language: storage that survives
+//! hibernation and a restart.
 
 use dormouse_tests::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn count_survives_hibernation_and_restart() {
-    let server = Server::start(Options::main("counter").idle(50)).await;
+in_each_language!(count_survives_hibernation_and_restart: rust => "counter", ts => "counter-ts");
+async fn count_survives_hibernation_and_restart(guest: &'static str) {
+    let server = Server::start(Options::main(guest).idle(50)).await;
     let mut a = server.ws("/parties/main/c1").await;
     assert_eq!(recv_text(&mut a).await, "0");
     let mut b = server.ws("/parties/main/c1").await;
@@ -48,9 +49,9 @@ async fn count_survives_hibernation_and_restart() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_post_is_broadcast_to_connected_clients() {
-    let server = Server::start(Options::main("counter")).await;
+in_each_language!(http_post_is_broadcast_to_connected_clients: rust => "counter", ts => "counter-ts");
+async fn http_post_is_broadcast_to_connected_clients(guest: &'static str) {
+    let server = Server::start(Options::main(guest)).await;
     let mut a = server.ws("/parties/main/shared").await;
     assert_eq!(recv_text(&mut a).await, "0");
     assert_eq!(

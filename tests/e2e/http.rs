@@ -56,9 +56,9 @@ async fn on_request_and_host_endpoints() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_keeps_history_and_names_across_hibernation() {
-    let server = Server::start(Options::main("chat").idle(50)).await;
+in_each_language!(chat_keeps_history_and_names_across_hibernation: rust => "chat", ts => "chat-ts");
+async fn chat_keeps_history_and_names_across_hibernation(guest: &'static str) {
+    let server = Server::start(Options::main(guest).idle(50)).await;
     let mut ada = server.ws("/parties/main/lobby?name=Ada%20L").await;
     assert_eq!(
         recv_text(&mut ada).await,

@@ -1,5 +1,6 @@
-//! The relay example between several clients, text and binary; and the
-//! builtin relay (`dormouse bench`'s baseline), which must behave the same.
+//! The relay example between several clients, text and binary, in each
+//! language; and the builtin relay (`dormouse bench`'s baseline), which must
+//! behave the same.
 
 use std::time::Duration;
 
@@ -7,9 +8,9 @@ use dormouse_tests::*;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relays_text_and_binary_to_every_other_client() {
-    let server = Server::start(Options::main("relay")).await;
+in_each_language!(relays_text_and_binary_to_every_other_client: rust => "relay", ts => "relay-ts");
+async fn relays_text_and_binary_to_every_other_client(guest: &'static str) {
+    let server = Server::start(Options::main(guest)).await;
     relays(&server, "main").await;
     // `/party/:room` is `/parties/main/:room`.
     let mut alias = server.ws("/party/room-9").await;
@@ -66,9 +67,9 @@ async fn relays(server: &Server, party: &str) {
     server.wait_metric(&connections, 4.0).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closed_clients_leave_the_room() {
-    let server = Server::start(Options::main("relay")).await;
+in_each_language!(closed_clients_leave_the_room: rust => "relay", ts => "relay-ts");
+async fn closed_clients_leave_the_room(guest: &'static str) {
+    let server = Server::start(Options::main(guest)).await;
     let mut a = server.ws("/parties/main/r").await;
     let mut b = server.ws("/parties/main/r").await;
     b.close(None).await.expect("close");

@@ -1,10 +1,13 @@
 // Pages in a real browser: Debian's chromium driven by playwright-core, on a
 // page `dormouse dev` serves. Driven by host/tests/browser.rs:
-//   node browser.mjs chat|yjs http://HOST:PORT
-// Each check prints one line; a failed check throws (exit code 1).
+//   node browser.mjs chat|yjs http://HOST:PORT SHOTS_DIR
+// Each check prints one line; a failed check throws (exit code 1). Every
+// page open then is saved as SHOTS_DIR/KIND-failed-N.png; on success the
+// first page is saved as SHOTS_DIR/KIND.png (the README's screenshots).
 import { chromium } from "playwright-core";
 
-const [page_kind, base] = process.argv.slice(2);
+const [page_kind, base, shots] = process.argv.slice(2);
+const opened = [];
 const say = (line) => console.log(line);
 const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
@@ -27,6 +30,8 @@ async function person(url) {
   const context = await browser.newContext();
   const page = await context.newPage();
   page.on("pageerror", (e) => say(`page error: ${e.message}`));
+  opened.push(page);
+  await page.setViewportSize({ width: 900, height: 640 });
   await page.goto(url);
   return page;
 }
@@ -60,7 +65,8 @@ const pages = {
     say("history after reload");
   },
 
-  // Two people edit one document; presence shows both; a reload keeps it.
+  // Two people type at once and converge; presence shows both; one goes
+  // offline, edits, comes back and merges; a reload keeps the text.
   async yjs() {
     const doc = `${base}/#browser-${Date.now()}`;
     const ada = await person(doc);
@@ -71,15 +77,23 @@ const pages = {
       await page.dispatchEvent("#name", "change");
     }
     say("both synced");
+    const value = (page) => page.$eval("#editor", (e) => e.value);
     await ada.click("#editor");
-    await ada.keyboard.type("hello from ada");
-    await bob.waitForFunction(() => document.getElementById("editor").value === "hello from ada");
+    await ada.keyboard.type("|");
+    await bob.waitForFunction(() => document.getElementById("editor").value === "|");
+    // At once: bob before the bar, ada after it.
     await bob.click("#editor");
-    await bob.press("#editor", "End");
-    await bob.keyboard.type(", and bob");
-    const both = "hello from ada, and bob";
-    await ada.waitForFunction((t) => document.getElementById("editor").value === t, both);
-    say("edits converge");
+    await bob.press("#editor", "Home");
+    await ada.press("#editor", "End");
+    await Promise.all([
+      ada.keyboard.type("ada types here", { delay: 15 }),
+      bob.keyboard.type("bob types too", { delay: 15 }),
+    ]);
+    const both = "bob types too|ada types here";
+    for (const page of [ada, bob]) {
+      await page.waitForFunction((t) => document.getElementById("editor").value === t, both);
+    }
+    say("typing at once converges");
     for (const page of [ada, bob]) {
       await page.waitForFunction(() => {
         const names = [...document.querySelectorAll("#people li")].map((li) => li.dataset.name);
@@ -87,18 +101,38 @@ const pages = {
       });
     }
     say("presence shows both");
+    await bob.context().setOffline(true);
+    await bob.waitForFunction(() => !document.getElementById("status").textContent.includes("synced"));
+    await bob.press("#editor", "End");
+    await bob.keyboard.type(" (bob offline)");
+    await ada.press("#editor", "Home");
+    await ada.keyboard.type("(ada online) ");
+    await new Promise((r) => setTimeout(r, 500));
+    if ((await value(ada)).includes("offline")) throw new Error("an offline edit arrived while offline");
+    await bob.context().setOffline(false);
+    const merged = "(ada online) bob types too|ada types here (bob offline)";
+    for (const page of [ada, bob]) {
+      await page.waitForFunction((t) => document.getElementById("editor").value === t, merged, { timeout: 20000 });
+    }
+    say("offline edits merge");
     await bob.close();
     await ada.waitForFunction(() =>
       ![...document.querySelectorAll("#people li")].some((li) => li.dataset.name === "bob"));
     say("a closed page leaves");
     await ada.reload();
-    await ada.waitForFunction((t) => document.getElementById("editor").value === t, both);
-    say("document after reload");
+    await ada.waitForFunction((t) => document.getElementById("editor").value === t, merged);
+    say("text after reload");
   },
 };
 
 try {
   await pages[page_kind]();
+  await opened[0].screenshot({ path: `${shots}/${page_kind}.png` });
+} catch (e) {
+  for (const [i, page] of opened.entries()) {
+    if (!page.isClosed()) await page.screenshot({ path: `${shots}/${page_kind}-failed-${i}.png` }).catch(() => {});
+  }
+  throw e;
 } finally {
   await browser.close();
 }

@@ -1,0 +1,128 @@
+// Types of the JavaScript SDK: PartyKit's `partykit/server` names, so a
+// server moves with one import changed:
+//   import type * as Party from "dormouse";   // was: "partykit/server"
+// What differs from PartyKit is in README.md's table.
+
+/** A message as a hook receives it, and as `send` takes it. */
+export type WSMessage = string | ArrayBuffer | ArrayBufferView;
+
+/** Options a server may declare; Dormouse always hibernates. */
+export interface ServerOptions {
+  hibernate?: boolean;
+}
+
+/** PartyKit's connection context: the upgrade request. */
+export interface ConnectionContext {
+  request: Request;
+}
+
+/** A WebSocket connection, held by the host while the room sleeps. */
+export interface Connection<TState = unknown> {
+  /** The client's `_pk` id (partysocket sends one), or one the host made. */
+  readonly id: string;
+  /** The upgrade URL (the origin is a placeholder: `http://localhost`). */
+  readonly uri: string;
+  /** The value set with `setState` (JSON), or null. Survives hibernation. */
+  readonly state: TState | null;
+  /** Replace the state (16 KiB of JSON at most), or map the old one. */
+  setState(state: TState | null | ((prev: TState | null) => TState | null)): TState | null;
+  /** Durable Objects' names for the same state. */
+  serializeAttachment(value: unknown): void;
+  deserializeAttachment(): unknown;
+  /** Tags from `getConnectionTags`. */
+  readonly tags: string[];
+  send(message: WSMessage): void;
+  /** Code 1000 or 3000-4999. */
+  close(code?: number, reason?: string): void;
+}
+
+/** `list` options, as Durable Objects take them. */
+export interface StorageListOptions {
+  start?: string;
+  startAfter?: string;
+  end?: string;
+  prefix?: string;
+  reverse?: boolean;
+  limit?: number;
+}
+
+/** The room's durable storage (Durable Objects' API). Values: JSON values,
+ *  plus Date, Map, Set, BigInt, ArrayBuffer and typed arrays. All writes of
+ *  a hook commit together when it ends. */
+export interface Storage {
+  get<T = unknown>(key: string): Promise<T | undefined>;
+  get<T = unknown>(keys: string[]): Promise<Map<string, T>>;
+  put<T>(key: string, value: T): Promise<void>;
+  put<T>(entries: Record<string, T>): Promise<void>;
+  delete(key: string): Promise<boolean>;
+  delete(keys: string[]): Promise<number>;
+  deleteAll(): Promise<void>;
+  list<T = unknown>(options?: StorageListOptions): Promise<Map<string, T>>;
+  getAlarm(): Promise<number | null>;
+  setAlarm(scheduledTime: number | Date): Promise<void>;
+  deleteAlarm(): Promise<void>;
+  transaction<T>(closure: (txn: Storage) => Promise<T>): Promise<T>;
+  sync(): Promise<void>;
+}
+
+/** Another room, for `fetch` to its `onRequest`. */
+export interface Stub {
+  fetch(init?: RequestInit): Promise<Response>;
+  fetch(path: string, init?: RequestInit): Promise<Response>;
+}
+
+export interface Parties {
+  [party: string]: { get(id: string): Stub };
+}
+
+/** The room a server runs in. */
+export interface Room {
+  /** The room id from the URL. */
+  readonly id: string;
+  /** The party (deployed component) the room belongs to. */
+  readonly name: string;
+  /** The party's vars from `dormouse.toml`. */
+  readonly env: Record<string, string>;
+  readonly storage: Storage;
+  readonly context: { parties: Parties };
+  /** PartyKit's older name for `context.parties`. */
+  readonly parties: Parties;
+  broadcast(message: WSMessage, without?: string[]): void;
+  getConnection<TState = unknown>(id: string): Connection<TState> | undefined;
+  getConnections<TState = unknown>(tag?: string): Iterable<Connection<TState>>;
+}
+
+/** What the static hooks see (PartyKit's "lobby"). */
+export interface Lobby {
+  id: string;
+  env: Record<string, string>;
+  parties: Parties;
+}
+
+export type Request = globalThis.Request;
+export type Response = globalThis.Response;
+export type ExecutionContext = Record<string, never>;
+
+/** A room's logic: PartyKit's `Party.Server`. Every hook is optional and
+ *  may be async. */
+export interface Server {
+  readonly options?: ServerOptions;
+  onStart?(): void | Promise<void>;
+  onConnect?(connection: Connection, ctx: ConnectionContext): void | Promise<void>;
+  onMessage?(message: string | ArrayBuffer, sender: Connection): void | Promise<void>;
+  onClose?(connection: Connection, code: number, reason: string, wasClean: boolean): void | Promise<void>;
+  onError?(connection: Connection, error: Error): void | Promise<void>;
+  onRequest?(request: Request): Response | Promise<Response>;
+  onAlarm?(): void | Promise<void>;
+  getConnectionTags?(connection: Connection, ctx: ConnectionContext): string[] | Promise<string[]>;
+}
+
+/** The class itself, with PartyKit's static hooks. */
+export interface Worker {
+  new (room: Room): Server;
+  onBeforeConnect?(request: Request, lobby: Lobby, ctx: ExecutionContext): Request | Response | Promise<Request | Response>;
+  onBeforeRequest?(request: Request, lobby: Lobby, ctx: ExecutionContext): Request | Response | Promise<Request | Response>;
+}
+
+/** Wrap a server class as the component's hooks (the build does this). */
+export function serve(server: Worker): unknown;

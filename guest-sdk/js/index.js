@@ -1,0 +1,453 @@
+// The JavaScript SDK: PartyKit's `Party.Server` class API over Dormouse's WIT
+// world (`wit/`). `dormouse build` bundles a room with esbuild and wraps it
+// as `export const hooks = serve(Server)`, which componentize-js turns into
+// the component's `dormouse:room/hooks` export. One section per WIT
+// interface, in the order of `wit/world.wit`; names follow PartyKit's.
+import * as context from "dormouse:room/context@0.1.0";
+import * as connections from "dormouse:room/connections@0.1.0";
+import * as storageWit from "dormouse:room/storage@0.1.0";
+import * as alarm from "dormouse:room/alarm@0.1.0";
+import * as rooms from "dormouse:room/rooms@0.1.0";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+// ------------------------------------------------------------------ context
+
+// console.* goes to the room's log (`dormouse tail`), as PartyKit's does.
+for (const [method, level] of [
+  ["debug", "debug"],
+  ["log", "info"],
+  ["info", "info"],
+  ["warn", "warn"],
+  ["error", "error"],
+]) {
+  console[method] = (...args) => context.log(level, args.map(show).join(" "));
+}
+
+function show(value) {
+  if (typeof value === "string") return value;
+  if (value instanceof Error) return value.stack || String(value);
+  try {
+    return JSON.stringify(value);
+  } catch {
+    return String(value);
+  }
+}
+
+// -------------------------------------------------------------- connections
+
+/** A WIT message from a string, an ArrayBuffer or a view of one. */
+function toMessage(message) {
+  if (typeof message === "string") return { tag: "text", val: message };
+  if (message instanceof ArrayBuffer) return { tag: "binary", val: new Uint8Array(message) };
+  if (ArrayBuffer.isView(message)) {
+    return { tag: "binary", val: new Uint8Array(message.buffer, message.byteOffset, message.byteLength) };
+  }
+  throw new TypeError("a message is a string, an ArrayBuffer or a typed array");
+}
+
+/** What a hook receives: a string, or an ArrayBuffer (as PartyKit gives). */
+function fromMessage(message) {
+  if (message.tag === "text") return message.val;
+  const bytes = message.val;
+  return bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
+}
+
+/** The error a WIT import threw, as a JavaScript `Error` with its kind. */
+function witError(e) {
+  const payload = e && e.payload;
+  if (!payload || !payload.tag) return e;
+  const error = new Error(`${payload.tag}: ${payload.val}`);
+  error.kind = payload.tag;
+  return error;
+}
+
+function call(f) {
+  try {
+    return f();
+  } catch (e) {
+    throw witError(e);
+  }
+}
+
+/** One WebSocket connection, held by the host across hibernation. */
+export class Connection {
+  constructor(id, uri) {
+    this.id = id;
+    // PartyKit's `uri` is a full URL; the host keeps path and query only,
+    // so the origin here is a placeholder.
+    this.uri = uri === undefined ? undefined : new URL(uri, "http://localhost").href;
+  }
+
+  /** The value set with `setState`, or null; survives hibernation. */
+  get state() {
+    const bytes = call(() => connections.getState(this.id));
+    return bytes === undefined ? null : JSON.parse(decoder.decode(bytes));
+  }
+
+  /** Replace the state (a JSON value, 16 KiB at most), or map the old one. */
+  setState(next) {
+    const value = typeof next === "function" ? next(this.state) : next;
+    const bytes = value === null || value === undefined ? undefined : encoder.encode(JSON.stringify(value));
+    call(() => connections.setState(this.id, bytes));
+    return value ?? null;
+  }
+
+  /** Durable Objects' hibernation API, over the same state. */
+  serializeAttachment(value) {
+    this.setState(value);
+  }
+
+  deserializeAttachment() {
+    return this.state;
+  }
+
+  /** The connection's tags (from `getConnectionTags`). */
+  get tags() {
+    return connections.get(this.id)?.tags ?? [];
+  }
+
+  send(message) {
+    call(() => connections.send(this.id, toMessage(message)));
+  }
+
+  close(code = 1000, reason = "") {
+    call(() => connections.close(this.id, code, reason));
+  }
+}
+
+function connection(info) {
+  return new Connection(info.id, info.uri);
+}
+
+// ------------------------------------------------------------------ storage
+
+// Values are kept as JSON, with tags for what JSON cannot say: Date, Map,
+// Set, BigInt, ArrayBuffer and typed arrays (Durable Objects keep these
+// through structured clone). Plain JSON values are stored as plain JSON,
+// byte for byte what `serde_json` writes, so a Rust room reads them too.
+const TAG = "__dormouse";
+const VIEWS = {
+  Uint8Array, Int8Array, Uint8ClampedArray, Uint16Array, Int16Array,
+  Uint32Array, Int32Array, Float32Array, Float64Array, BigInt64Array, BigUint64Array,
+};
+
+function base64(bytes) {
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+function unbase64(s) {
+  const raw = atob(s);
+  const bytes = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+  return bytes;
+}
+
+function replacer(key, value) {
+  const raw = this[key];
+  if (raw instanceof Date) return { [TAG]: "Date", v: raw.toISOString() };
+  if (raw instanceof Map) return { [TAG]: "Map", v: [...raw] };
+  if (raw instanceof Set) return { [TAG]: "Set", v: [...raw] };
+  if (typeof raw === "bigint") return { [TAG]: "BigInt", v: raw.toString() };
+  if (raw instanceof ArrayBuffer) return { [TAG]: "ArrayBuffer", v: base64(new Uint8Array(raw)) };
+  if (ArrayBuffer.isView(raw) && !(raw instanceof DataView)) {
+    const bytes = new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength);
+    return { [TAG]: raw.constructor.name, v: base64(bytes) };
+  }
+  return value;
+}
+
+function reviver(_key, value) {
+  if (value === null || typeof value !== "object" || !(TAG in value)) return value;
+  const { [TAG]: type, v } = value;
+  switch (type) {
+    case "Date": return new Date(v);
+    case "Map": return new Map(v);
+    case "Set": return new Set(v);
+    case "BigInt": return BigInt(v);
+    case "ArrayBuffer": return unbase64(v).buffer;
+    default: {
+      const View = VIEWS[type];
+      if (!View) return value;
+      const bytes = unbase64(v);
+      return new View(bytes.buffer, 0, bytes.byteLength / View.BYTES_PER_ELEMENT);
+    }
+  }
+}
+
+function encode(value) {
+  if (value === undefined) throw new TypeError("storage cannot keep undefined; use delete");
+  return encoder.encode(JSON.stringify(value, replacer));
+}
+
+function decode(bytes) {
+  const text = decoder.decode(bytes);
+  try {
+    return JSON.parse(text, reviver);
+  } catch {
+    // Written by a room in another language, not as JSON: the text itself.
+    return text;
+  }
+}
+
+/** The room's storage, with Durable Objects' (and PartyKit's) API. Every
+ *  call completes at once; the promises are for code written for both. All
+ *  writes of one hook commit together when it ends, and its messages leave
+ *  only after that (the output gate). */
+class Storage {
+  async get(keys) {
+    if (Array.isArray(keys)) {
+      const found = call(() => storageWit.getMany(keys));
+      return new Map(found.map(([k, v]) => [k, decode(v)]));
+    }
+    const bytes = call(() => storageWit.get(keys));
+    return bytes === undefined ? undefined : decode(bytes);
+  }
+
+  async put(keyOrEntries, value) {
+    if (typeof keyOrEntries === "string") {
+      call(() => storageWit.put(keyOrEntries, encode(value)));
+      return;
+    }
+    const entries = Object.entries(keyOrEntries).map(([k, v]) => [k, encode(v)]);
+    call(() => storageWit.putMany(entries));
+  }
+
+  async delete(keys) {
+    if (Array.isArray(keys)) return call(() => storageWit.deleteMany(keys));
+    return call(() => storageWit.delete(keys));
+  }
+
+  async deleteAll() {
+    call(() => storageWit.deleteAll());
+  }
+
+  /** Entries in key order: `{prefix, start, startAfter, end, limit, reverse}`. */
+  async list(options = {}) {
+    const { prefix, start, startAfter, end, limit, reverse = false } = options;
+    const skipFirst = startAfter !== undefined && !reverse;
+    const found = call(() =>
+      storageWit.list({
+        prefix,
+        start: startAfter ?? start,
+        end,
+        limit: limit === undefined ? undefined : limit + (skipFirst ? 1 : 0),
+        reverse,
+      }),
+    );
+    const map = new Map();
+    for (const [k, v] of found) {
+      if (startAfter !== undefined && k <= startAfter) continue;
+      if (limit !== undefined && map.size >= limit) break;
+      map.set(k, decode(v));
+    }
+    return map;
+  }
+
+  async getAlarm() {
+    const at = call(() => alarm.get());
+    return at === undefined ? null : Number(at);
+  }
+
+  async setAlarm(time) {
+    const at = time instanceof Date ? time.getTime() : Number(time);
+    call(() => alarm.set(BigInt(Math.max(0, Math.floor(at)))));
+  }
+
+  async deleteAlarm() {
+    call(() => alarm.delete());
+  }
+
+  /** Every hook is one transaction already: this runs `f` on this storage. */
+  async transaction(f) {
+    return f(this);
+  }
+
+  /** Writes are durable when the hook ends; nothing to wait for. */
+  async sync() {}
+}
+
+// -------------------------------------------------------------------- rooms
+
+/** PartyKit's `room.context.parties.<party>.get(id)`: `fetch` runs that
+ *  room's `onRequest` (waking it if needed). */
+function party(name) {
+  return {
+    get(id) {
+      return {
+        async fetch(input, init) {
+          let path = "";
+          if (typeof input === "string" && input.startsWith("/")) path = input;
+          else if (input && typeof input === "object" && !(input instanceof Request)) init = input;
+          const request = new Request(`http://localhost/parties/${name}/${encodeURIComponent(id)}${path}`, init);
+          const response = call(() => rooms.fetch(name, id, toWitRequest(request, new Uint8Array(0))));
+          return fromWitResponse(response);
+        },
+      };
+    },
+  };
+}
+
+const parties = new Proxy({}, { get: (_, name) => (typeof name === "string" ? party(name) : undefined) });
+
+// ----------------------------------------------------------- requests, room
+
+function toRequest(witRequest) {
+  const headers = new Headers(witRequest.headers);
+  const origin = `http://${headers.get("host") ?? "localhost"}`;
+  const hasBody = !["GET", "HEAD"].includes(witRequest.method) && witRequest.body.length > 0;
+  return new Request(new URL(witRequest.uri, origin).href, {
+    method: witRequest.method,
+    headers,
+    body: hasBody ? witRequest.body : undefined,
+  });
+}
+
+function toWitRequest(request, body) {
+  const url = new URL(request.url);
+  return {
+    method: request.method,
+    uri: url.pathname + url.search,
+    headers: [...request.headers],
+    body,
+  };
+}
+
+async function toWitResponse(response) {
+  if (!(response instanceof Response)) {
+    throw new TypeError("onRequest must return a Response");
+  }
+  return {
+    status: response.status,
+    headers: [...response.headers],
+    body: new Uint8Array(await response.arrayBuffer()),
+  };
+}
+
+/** A plain-text response, as the Rust SDK's `Response::text` makes. */
+function text(status, body) {
+  return new Response(body, { status, headers: { "content-type": "text/plain; charset=utf-8" } });
+}
+
+function fromWitResponse(r) {
+  const empty = r.status === 204 || r.status === 304 || r.body.length === 0;
+  return new Response(empty ? null : r.body, { status: r.status, headers: r.headers });
+}
+
+/** What PartyKit calls the room: who it is, its storage, its connections. */
+export class Room {
+  constructor() {
+    this.storage = new Storage();
+    this.context = { parties };
+    this.parties = parties;
+  }
+
+  /** The room id from the URL. */
+  get id() {
+    return context.id();
+  }
+
+  /** The party (deployed component) this room belongs to. */
+  get name() {
+    return context.party();
+  }
+
+  /** The party's vars (from `dormouse.toml`). */
+  get env() {
+    return Object.fromEntries(context.vars());
+  }
+
+  broadcast(message, without = []) {
+    call(() => connections.broadcast(toMessage(message), without));
+  }
+
+  getConnection(id) {
+    const info = connections.get(id);
+    return info === undefined ? undefined : connection(info);
+  }
+
+  getConnections(tag) {
+    return connections.list(tag).map(connection);
+  }
+}
+
+// -------------------------------------------------------------------- hooks
+
+/** The static hooks' view of the room (PartyKit's "lobby"). */
+function lobby() {
+  return { id: context.id(), env: Object.fromEntries(context.vars()), parties };
+}
+
+/** The `dormouse:room/hooks` export for a `Party.Server` class. A hook
+ *  may be async: componentize-js runs the event loop until its promise
+ *  settles, so its writes and messages still commit together. A throw in a
+ *  hook drops the instance and rolls the hook back, as a Rust panic does. */
+export function serve(ServerClass) {
+  let server = null;
+  const room = () => {
+    if (server === null) server = new ServerClass(new Room());
+    return server;
+  };
+  return {
+    async onStart() {
+      server = null;
+      await room().onStart?.();
+    },
+
+    async onConnect(info, witRequest) {
+      let request = toRequest(witRequest);
+      if (typeof ServerClass.onBeforeConnect === "function") {
+        const verdict = await ServerClass.onBeforeConnect(request, lobby(), {});
+        if (verdict instanceof Response) throw await toWitResponse(verdict);
+        if (verdict instanceof Request) request = verdict;
+      }
+      const conn = connection(info);
+      const ctx = { request };
+      const s = room();
+      if (typeof s.getConnectionTags === "function") {
+        const tags = await s.getConnectionTags(conn, ctx);
+        call(() => connections.setTags(conn.id, [...(tags ?? [])]));
+      }
+      try {
+        await s.onConnect?.(conn, ctx);
+      } catch (e) {
+        // A Response thrown refuses the upgrade with it.
+        if (e instanceof Response) throw await toWitResponse(e);
+        throw e;
+      }
+    },
+
+    async onMessage(id, message) {
+      await room().onMessage?.(fromMessage(message), new Connection(id, connections.get(id)?.uri));
+    },
+
+    async onClose(id, code, reason, wasClean) {
+      await room().onClose?.(new Connection(id), code, reason, wasClean);
+    },
+
+    async onError(id, description) {
+      await room().onError?.(new Connection(id, connections.get(id)?.uri), new Error(description));
+    },
+
+    async onRequest(witRequest) {
+      let request = toRequest(witRequest);
+      if (typeof ServerClass.onBeforeRequest === "function") {
+        const verdict = await ServerClass.onBeforeRequest(request, lobby(), {});
+        if (verdict instanceof Response) return toWitResponse(verdict);
+        if (verdict instanceof Request) request = verdict;
+      }
+      const s = room();
+      if (typeof s.onRequest !== "function") {
+        return toWitResponse(text(404, "not found"));
+      }
+      return toWitResponse(await s.onRequest(request));
+    },
+
+    async onAlarm(_retryCount) {
+      await room().onAlarm?.();
+    },
+  };
+}

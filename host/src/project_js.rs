@@ -1,0 +1,255 @@
+//! Building a TypeScript or JavaScript room (a folder with `package.json`):
+//! esbuild bundles it with its npm dependencies and the JavaScript SDK, then
+//! componentize-js makes the component against the host's own WIT.
+//!
+//! The tools come from the project's `node_modules` when it pins them (the
+//! projects `dormouse new --lang ts` writes do), else from a cache
+//! (`~/.cache/dormouse/js-tools/...`) that the build fills with npm once.
+//! The SDK and the WIT are the ones built into this `dormouse`, so a room is
+//! always built against the contract of the host that builds it.
+//!
+//! The component leaves out `wasi:http` (componentize-js `-d http
+//! fetch-event`): the host does not link it, since outgoing HTTP is not part
+//! of the room contract; rooms reach other rooms through `rooms.fetch`
+//! (`room.context.parties`). `fetch()` to the outside world is not available.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+use sha2::Digest;
+
+/// The tool versions a room is built with when the project pins none.
+const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
+const ESBUILD: &str = "esbuild@0.25.12";
+
+/// The JavaScript SDK (`guest-sdk/js`), as built into this binary.
+const SDK: [(&str, &str); 3] = [
+    ("index.js", include_str!("../../guest-sdk/js/index.js")),
+    ("index.d.ts", include_str!("../../guest-sdk/js/index.d.ts")),
+    (
+        "package.json",
+        include_str!("../../guest-sdk/js/package.json"),
+    ),
+];
+
+/// Where a room's source starts, in this order, unless `package.json` has a
+/// `main`.
+const ENTRIES: [&str; 8] = [
+    "src/server.ts",
+    "src/index.ts",
+    "src/server.js",
+    "src/index.js",
+    "server.ts",
+    "index.ts",
+    "server.js",
+    "index.js",
+];
+
+/// Build the room in `dir` (it has a `package.json`); its component.
+pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
+    require_node()?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let package: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("package.json")).context("cannot read package.json")?,
+    )
+    .context("package.json is not JSON")?;
+    let entry = entry(&dir, &package)?;
+    let tools = Tools::find(&dir, &package)?;
+    let cache = cache_dir()?;
+    let sdk = write_files(&cache.join("sdk"), &SDK)?;
+    let wit = write_files(&cache.join("wit"), &crate::wit::SOURCES)?;
+    let dist = dir.join("dist");
+    std::fs::create_dir_all(&dist).with_context(|| format!("cannot create {}", dist.display()))?;
+    let bundle = dist.join("room.js");
+    let wasm = dist.join("room.wasm");
+
+    // The entry is generated, fed on stdin, and resolved from the project.
+    let source = format!(
+        "import Server from {entry:?};\nimport {{ serve }} from \"dormouse\";\nexport const hooks = serve(Server);\n",
+        entry = format!("./{entry}")
+    );
+    let mut esbuild = Command::new(&tools.esbuild);
+    esbuild
+        .current_dir(&dir)
+        .args([
+            "--bundle",
+            "--format=esm",
+            "--platform=browser",
+            "--target=es2022",
+        ])
+        .args(["--sourcefile=dormouse-entry.js", "--log-level=warning"])
+        .arg("--external:dormouse:room/*")
+        .arg(format!(
+            "--alias:dormouse={}",
+            sdk.join("index.js").display()
+        ))
+        .arg(format!("--outfile={}", bundle.display()));
+    run_with_stdin(esbuild, source.as_bytes(), "esbuild")?;
+
+    let mut componentize = Command::new(&tools.componentize);
+    componentize
+        .arg(&bundle)
+        .arg("--wit")
+        .arg(&wit)
+        .args(["--world-name", "room", "-d", "http", "fetch-event", "-o"])
+        .arg(&wasm);
+    run_with_stdin(componentize, b"", "componentize-js")?;
+    Ok(wasm)
+}
+
+fn require_node() -> anyhow::Result<()> {
+    let found = Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status();
+    if !found.is_ok_and(|s| s.success()) {
+        bail!(
+            "building a TypeScript or JavaScript room needs Node.js and npm: install them (https://nodejs.org, or `apt-get install nodejs npm`)"
+        );
+    }
+    Ok(())
+}
+
+/// The room's source file, relative to `dir`.
+fn entry(dir: &Path, package: &serde_json::Value) -> anyhow::Result<String> {
+    if let Some(main) = package["main"].as_str() {
+        if !dir.join(main).is_file() {
+            bail!("package.json's main, {main}, does not exist");
+        }
+        return Ok(main.trim_start_matches("./").to_owned());
+    }
+    ENTRIES
+        .iter()
+        .find(|e| dir.join(e).is_file())
+        .map(|e| (*e).to_owned())
+        .with_context(|| {
+            format!(
+                "{} has no room source: add src/server.ts (or set \"main\" in package.json)",
+                dir.display()
+            )
+        })
+}
+
+/// The two tools' executables.
+struct Tools {
+    esbuild: PathBuf,
+    componentize: PathBuf,
+}
+
+impl Tools {
+    fn find(dir: &Path, package: &serde_json::Value) -> anyhow::Result<Tools> {
+        let pins = |name: &str| {
+            ["dependencies", "devDependencies"]
+                .iter()
+                .any(|d| package[d].get(name).is_some())
+        };
+        let local = dir.join("node_modules").join(".bin");
+        if pins("esbuild") && pins("@bytecodealliance/componentize-js") {
+            if !local.join("componentize-js").is_file() || !local.join("esbuild").is_file() {
+                npm(dir, &["install", "--no-audit", "--no-fund"])?;
+            }
+            return Ok(Tools {
+                esbuild: local.join("esbuild"),
+                componentize: local.join("componentize-js"),
+            });
+        }
+        let versions = format!("{COMPONENTIZE_JS}+{ESBUILD}").replace(['/', '@'], "_");
+        let cache = cache_dir()?.join("js-tools").join(versions);
+        let bin = cache.join("node_modules").join(".bin");
+        if !bin.join("componentize-js").is_file() || !bin.join("esbuild").is_file() {
+            std::fs::create_dir_all(&cache)
+                .with_context(|| format!("cannot create {}", cache.display()))?;
+            eprintln!("dormouse: installing {COMPONENTIZE_JS} and {ESBUILD} (once)");
+            npm(
+                &cache,
+                &[
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--prefix",
+                    ".",
+                    COMPONENTIZE_JS,
+                    ESBUILD,
+                ],
+            )?;
+        }
+        Ok(Tools {
+            esbuild: bin.join("esbuild"),
+            componentize: bin.join("componentize-js"),
+        })
+    }
+}
+
+fn npm(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("npm")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run npm (it comes with Node.js)")?;
+    if !status.success() {
+        bail!("`npm {}` in {} failed", args.join(" "), dir.display());
+    }
+    Ok(())
+}
+
+/// `~/.cache/dormouse` (or `$XDG_CACHE_HOME/dormouse`).
+fn cache_dir() -> anyhow::Result<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("neither XDG_CACHE_HOME nor HOME is set: no cache dir for the JavaScript tools")?;
+    Ok(base.join("dormouse"))
+}
+
+/// Write `files` into a folder named by their content (so builds by two
+/// `dormouse` versions never mix); the folder.
+fn write_files(base: &Path, files: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
+    let mut all = Vec::new();
+    for (name, text) in files {
+        all.extend_from_slice(name.as_bytes());
+        all.extend_from_slice(text.as_bytes());
+    }
+    let digest: String = sha2::Sha256::digest(&all)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = base.join(digest);
+    if !dir.is_dir() {
+        let tmp = base.join(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        for (name, text) in files {
+            std::fs::write(tmp.join(name), text)?;
+        }
+        // Another build may have won the race; its copy is the same.
+        if std::fs::rename(&tmp, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
+    Ok(dir)
+}
+
+/// Run a tool, its output shown on stderr (stdout is the built path's);
+/// fail naming it.
+fn run_with_stdin(mut cmd: Command, input: &[u8], name: &str) -> anyhow::Result<()> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot run {name}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input)?;
+    }
+    let out = child.wait_with_output()?;
+    std::io::stderr().write_all(&out.stdout)?;
+    if !out.status.success() {
+        bail!("{name} failed (see its errors above)");
+    }
+    Ok(())
+}
