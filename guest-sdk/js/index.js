@@ -283,7 +283,8 @@ function party(name) {
           if (typeof input === "string" && input.startsWith("/")) path = input;
           else if (input && typeof input === "object" && !(input instanceof Request)) init = input;
           const request = new Request(`http://localhost/parties/${name}/${encodeURIComponent(id)}${path}`, init);
-          const response = call(() => rooms.fetch(name, id, toWitRequest(request, new Uint8Array(0))));
+          const body = new Uint8Array(await request.arrayBuffer());
+          const response = call(() => rooms.fetch(name, id, toWitRequest(request, body)));
           return fromWitResponse(response);
         },
       };

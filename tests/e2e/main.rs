@@ -15,4 +15,5 @@ mod lifecycle;
 mod partysocket;
 mod races;
 mod relay;
+mod typescript;
 mod yjs;

@@ -1,0 +1,136 @@
+//! The JavaScript SDK's surface, in a TypeScript room built by `dormouse
+//! build` (tests/guests/surface-ts): connection state across hibernation,
+//! tags, alarms, storage values, room-to-room fetch, `onRequest` with a
+//! `Response`, and a throw in a hook, which is a trap as a Rust panic is.
+//! And a server written the way PartyKit's docs write one
+//! (examples/items-ts), driven by the real partysocket client.
+
+use std::time::Duration;
+
+use dormouse_tests::*;
+
+const HIBERNATED: &str = "dormouse_rooms{party=\"main\",state=\"hibernated\"}";
+
+async fn ask(ws: &mut Client, command: &str) -> String {
+    send_text(ws, command).await;
+    recv_text(ws).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_tags_and_storage_survive_hibernation() {
+    let server = Server::start(Options::main("surface-ts").idle(50)).await;
+    let mut a = server.ws("/parties/main/s?tag=red").await;
+    let mut b = server.ws("/parties/main/s?tag=red").await;
+    let mut c = server.ws("/parties/main/s?tag=blue").await;
+    assert_eq!(ask(&mut a, "state").await, "state 1");
+    assert_eq!(ask(&mut a, "put:k:{\"x\":[1,2]}").await, "ok");
+    server.wait_metric(HIBERNATED, 1.0).await;
+    assert_eq!(ask(&mut a, "state").await, "state 2");
+    assert_eq!(ask(&mut b, "state").await, "state 1");
+    assert_eq!(ask(&mut c, "tagged:red").await, "2");
+    assert_eq!(ask(&mut c, "tagged:blue").await, "1");
+    assert_eq!(ask(&mut c, "get:k").await, r#"{"x":[1,2]}"#);
+    assert_eq!(ask(&mut c, "get:nothing").await, "null");
+    assert_eq!(
+        ask(&mut c, "types").await,
+        "types true,true,true,true,true 1 typed"
+    );
+    drop(b);
+    let closed = recv_text(&mut a).await;
+    assert!(
+        closed.starts_with("closed ") && closed.ends_with(" 1006"),
+        "{closed}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_fire_into_a_sleeping_room() {
+    let server = Server::start(Options::main("surface-ts").idle(50)).await;
+    let mut a = server.ws("/parties/main/a").await;
+    assert_eq!(ask(&mut a, "alarm:300").await, "alarm set true");
+    server.wait_metric(HIBERNATED, 1.0).await;
+    assert_eq!(recv_text(&mut a).await, "alarm fired 1");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_request_answers_with_a_response_and_rooms_call_rooms() {
+    let server = Server::start(Options::main("surface-ts")).await;
+    let (status, body) = server.http("POST", "/parties/main/r/sub", "hi").await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        body,
+        r#"{"method":"POST","path":"/parties/main/r/sub","body":"hi","room":"r"}"#
+    );
+    let mut a = server.ws("/parties/main/caller").await;
+    assert_eq!(
+        ask(&mut a, "fetch:callee").await,
+        r#"fetched 201 {"method":"POST","path":"/parties/main/callee/hello","body":"ping","room":"callee"}"#
+    );
+    server.stop().await;
+}
+
+/// A throw in a hook rolls it back like a Rust panic: its writes and
+/// messages are gone, the instance is dropped, the sockets stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throw_in_a_hook_is_a_trap() {
+    let server = Server::start(Options::main("surface-ts")).await;
+    let traps = "dormouse_guest_traps_total{party=\"main\",kind=\"trap\"}";
+    let mut a = server.ws("/parties/main/t").await;
+    send_text(&mut a, "throw").await;
+    assert_eq!(
+        ask(&mut a, "get:doomed").await,
+        "null",
+        "the write was rolled back"
+    );
+    assert_eq!(server.metric(traps).await, 1.0);
+    // A throw in onConnect refuses the upgrade; in onRequest it is a 500.
+    let refused =
+        tokio_tungstenite::connect_async(format!("ws://{}/parties/main/t?throw=1", server.addr))
+            .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 500),
+        other => panic!("a throwing onConnect refuses the upgrade, got {other:?}"),
+    }
+    assert_eq!(server.http("GET", "/parties/main/t/throw", "").await.0, 500);
+    assert_eq!(server.metric(traps).await, 3.0);
+    assert_eq!(ask(&mut a, "state").await, "state 1", "the socket stays");
+    server.stop().await;
+}
+
+/// PartyKit's partial-state-loading pattern, in a server whose only change
+/// from PartyKit is its import line, with partysocket as the client; the
+/// room hibernates between messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partykit_server_runs_with_its_import_changed() {
+    let server = Server::start(Options::main("items-ts").idle(50)).await;
+    let wakes = "dormouse_wakes_total{party=\"main\"}";
+    let (mut node, mut lines) = node("items.mjs", &[&server.addr.to_string(), "shopping"]).await;
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT * 3, async {
+        while let Some(line) = lines.next_line().await.expect("stdout") {
+            out.push(line);
+        }
+    })
+    .await
+    .expect("the script ends in time");
+    let status = node.wait().await.expect("node exits");
+    assert!(status.success(), "items.mjs failed after {out:?}");
+    assert_eq!(
+        out,
+        [
+            "refused 401",
+            "synced 0",
+            "added, bob saw milk",
+            "voted, ada saw 1",
+            "a newcomer syncs milk with 1 vote"
+        ]
+    );
+    assert!(
+        server.metric(wakes).await >= 3.0,
+        "it hibernated between messages"
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    server.stop().await;
+}

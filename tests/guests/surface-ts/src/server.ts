@@ -1,0 +1,105 @@
+// A test guest for the JavaScript SDK's surface (tests/e2e/typescript.rs).
+// Text commands, each answered to the sender:
+//   state            -> `state N`, N counting up in the connection's state
+//   tagged:TAG       -> how many connections carry TAG (getConnectionTags)
+//   alarm:MS         -> `alarm set`; the alarm then broadcasts `alarm fired K`
+//   put:KEY:JSON     -> `ok`        get:KEY -> the stored value as JSON
+//   throw            -> puts `doomed` = true, sends `never`, then throws
+//   types            -> stores values JSON cannot say, reads them back
+//   fetch:ROOM       -> another room's onRequest, through context.parties
+// ?tag=T sets the connection's tag; ?throw=1 makes onConnect throw.
+import type * as Party from "dormouse";
+
+type State = { n: number };
+
+export default class Surface implements Party.Server {
+  constructor(readonly room: Party.Room) {}
+
+  getConnectionTags(_conn: Party.Connection, ctx: Party.ConnectionContext) {
+    const tag = new URL(ctx.request.url).searchParams.get("tag");
+    return tag ? [tag] : [];
+  }
+
+  onConnect(conn: Party.Connection<State>, ctx: Party.ConnectionContext) {
+    if (new URL(ctx.request.url).searchParams.get("throw")) throw new Error("refused by a throw");
+    conn.setState({ n: 0 });
+  }
+
+  async onMessage(message: string | ArrayBuffer, sender: Party.Connection<State>) {
+    if (typeof message !== "string") return;
+    const [command, arg, ...rest] = message.split(":");
+    const storage = this.room.storage;
+    switch (command) {
+      case "state": {
+        const next = sender.setState((prev) => ({ n: (prev?.n ?? 0) + 1 }));
+        sender.send(`state ${next?.n}`);
+        break;
+      }
+      case "tagged":
+        sender.send(String([...this.room.getConnections(arg)].length));
+        break;
+      case "alarm":
+        await storage.setAlarm(Date.now() + Number(arg));
+        sender.send(`alarm set ${(await storage.getAlarm()) !== null}`);
+        break;
+      case "put":
+        await storage.put(arg, JSON.parse(rest.join(":")));
+        sender.send("ok");
+        break;
+      case "get":
+        sender.send(JSON.stringify((await storage.get(arg)) ?? null));
+        break;
+      case "throw":
+        await storage.put("doomed", true);
+        sender.send("never");
+        throw new Error("boom");
+      case "types": {
+        const value = {
+          when: new Date(86_400_000),
+          map: new Map([["a", 1]]),
+          set: new Set(["x"]),
+          big: 2n ** 70n,
+          bytes: new Uint8Array([1, 2, 255]),
+        };
+        await storage.put("typed", value);
+        const back = (await storage.get<typeof value>("typed"))!;
+        const ok = [
+          back.when instanceof Date && back.when.getTime() === 86_400_000,
+          back.map instanceof Map && back.map.get("a") === 1,
+          back.set instanceof Set && back.set.has("x"),
+          back.big === 2n ** 70n,
+          back.bytes instanceof Uint8Array && back.bytes.join() === "1,2,255",
+        ];
+        const many = await storage.get(["typed", "missing"]);
+        const listed = await storage.list({ prefix: "typ" });
+        sender.send(`types ${ok.join(",")} ${many.size} ${[...listed.keys()].join()}`);
+        break;
+      }
+      case "fetch": {
+        const res = await this.room.context.parties.main.get(arg).fetch("/hello", { method: "POST", body: "ping" });
+        sender.send(`fetched ${res.status} ${await res.text()}`);
+        break;
+      }
+    }
+  }
+
+  onClose(conn: Party.Connection, code: number) {
+    this.room.broadcast(`closed ${conn.id} ${code}`);
+  }
+
+  async onAlarm() {
+    const fired = ((await this.room.storage.get<number>("fired")) ?? 0) + 1;
+    await this.room.storage.put("fired", fired);
+    this.room.broadcast(`alarm fired ${fired}`);
+  }
+
+  async onRequest(request: Party.Request) {
+    const url = new URL(request.url);
+    if (url.pathname.endsWith("/throw")) throw new Error("no answer");
+    const body = await request.text();
+    return new Response(JSON.stringify({ method: request.method, path: url.pathname, body, room: this.room.id }), {
+      status: 201,
+      headers: { "content-type": "application/json", "x-room": this.room.id },
+    });
+  }
+}
