@@ -77,8 +77,11 @@ enum Command {
     },
     /// Make a new room crate that builds and deploys as it is.
     New {
-        /// The crate's name (and folder).
+        /// The room's name (and folder).
         name: String,
+        /// rust, ts or js.
+        #[arg(long, default_value = "rust")]
+        lang: dormouse::scaffold::Lang,
     },
     /// Load a server and report figures (see BENCHMARKS.md).
     Bench(dormouse_bench::BenchArgs),
@@ -88,6 +91,17 @@ enum Command {
     /// The minimal tokio-tungstenite relay `dormouse bench broadcast` measures against.
     #[command(hide = true)]
     BenchFloor(dormouse_bench::FloorArgs),
+    /// Compile a component (stdin) to its precompiled form (stdout), for a
+    /// server that compiles in a child process.
+    #[command(hide = true)]
+    CompileComponent {
+        #[arg(long)]
+        memory_bytes: usize,
+        #[arg(long)]
+        awake_rooms: u32,
+        #[arg(long)]
+        functions: PathBuf,
+    },
     /// Build and serve a room crate as party `main` (or a project's
     /// dormouse.toml with `crate = ...` parties), rebuilding on change.
     Dev {
@@ -160,6 +174,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             raise_fd_limit();
             dormouse_bench::floor(args).await
         }
+        Command::CompileComponent {
+            memory_bytes,
+            awake_rooms,
+            functions,
+        } => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+            let limits = Limits {
+                instance_memory_bytes: memory_bytes,
+                awake_rooms,
+                ..Limits::default()
+            };
+            let compiled = dormouse::versions::compile_component(&limits, functions, &bytes)?;
+            std::io::Write::write_all(&mut std::io::stdout(), &compiled)?;
+            Ok(())
+        }
         Command::Build { dir } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from("."));
             let wasm = build_and_check(&dir).await?;
@@ -186,8 +216,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             version,
             server,
         } => rollback(&server, &party, version).await,
-        Command::New { name } => {
-            let dir = dormouse::scaffold::new_room(&name)?;
+        Command::New { name, lang } => {
+            let dir = dormouse::scaffold::new_room(&name, lang)?;
             println!(
                 "made {}: build it with `dormouse build {name}`, serve it with `dormouse dev {name}`",
                 dir.display()
@@ -222,6 +252,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     args.server.apply(&mut config);
+    config.compiler = std::env::current_exe().ok();
     if config.admin_token.is_none() {
         config.admin_token = std::env::var("DORMOUSE_TOKEN")
             .ok()
@@ -269,6 +300,7 @@ async fn dev(dir: PathBuf, server: ServerArgs) -> anyhow::Result<()> {
         config
     };
     server.apply(&mut config);
+    config.compiler = std::env::current_exe().ok();
     if config.admin_token.is_none() {
         config.admin_token = std::env::var("DORMOUSE_TOKEN")
             .ok()
@@ -526,7 +558,7 @@ async fn build_and_check(dir: &Path) -> anyhow::Result<PathBuf> {
         awake_rooms: 1,
         ..Limits::default()
     };
-    let runtime = Runtime::new(&limits)?;
+    let runtime = Runtime::new(&limits, None)?;
     Party::load(&runtime, "main", &bytes, Default::default())?;
     Ok(wasm)
 }

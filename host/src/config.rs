@@ -24,6 +24,11 @@ pub struct Config {
     /// Where compiled components are cached, by content hash (default:
     /// `DATA/versions`). Hosts may share one: each component compiles once.
     pub compile_cache_dir: Option<PathBuf>,
+    /// A `dormouse` executable that compiles components in a child process
+    /// (`dormouse compile-component`), so the compiler's memory goes with
+    /// it: set by the CLI. `None` compiles in this process.
+    #[serde(skip)]
+    pub compiler: Option<PathBuf>,
     /// How long an awake room waits for an event before it hibernates.
     pub idle_timeout_ms: u64,
     /// A folder served at `/` for paths that name no room (the PartyKit "static assets").
@@ -156,6 +161,7 @@ impl Default for Config {
             metrics_listen: None,
             data_dir: PathBuf::from(".dormouse"),
             compile_cache_dir: None,
+            compiler: None,
             idle_timeout_ms: 10_000,
             public: None,
             ping_interval_ms: 30_000,

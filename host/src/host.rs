@@ -105,10 +105,22 @@ impl Host {
         config.validate()?;
         let limits = Arc::new(config.limits.clone());
         let metrics = Arc::new(Metrics::default());
-        let runtime = Runtime::new(&limits)?;
+        let cache = config
+            .compile_cache_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("versions"));
+        let runtime = Runtime::new(&limits, Some(cache.join("functions")))?;
         let storage = Storage::open(&config.data_dir, metrics.clone())?;
         let deploys = Deploys::open(&config.data_dir)?;
-        let versions = Versions::open(&config.data_dir, config.compile_cache_dir.as_deref())?;
+        let compiler = config
+            .compiler
+            .clone()
+            .map(|exe| (exe, config.limits.clone()));
+        let versions = Versions::open(
+            &config.data_dir,
+            config.compile_cache_dir.as_deref(),
+            compiler,
+        )?;
         let mut parties = HashMap::new();
         for (name, p) in &config.parties {
             if p.builtin.is_some() {

@@ -13,6 +13,7 @@
 //! drops the instance.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::compile_cache::FunctionCache;
 use crate::config::Limits;
 use crate::metrics::{FailureKind, Hook};
 use crate::room_state::RoomState;
@@ -32,6 +34,18 @@ use crate::wit::{self, ConnectionInfo, Message, Request, Response};
 /// How often the epoch advances: the granularity of hook deadlines, and the
 /// longest a spinning guest keeps a tokio worker before it yields.
 pub const TICK: Duration = Duration::from_millis(10);
+
+/// The interfaces the linker gives (the room world's imports, and WASI
+/// 0.2's, which std-built guests import though they get nothing from them).
+const HOST_IMPORTS: [&str; 7] = [
+    "dormouse:room/",
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:io/",
+    "wasi:random/",
+    "wasi:filesystem/",
+    "wasi:sockets/",
+];
 
 /// Core instances the pool holds per awake room: enough for any toolchain's
 /// component (componentize-py makes 14; Rust 2 to 4).
@@ -50,8 +64,15 @@ pub struct Runtime {
 
 impl Runtime {
     /// The pool is sized by the host's limits (awake rooms, memory per instance).
-    pub fn new(limits: &Limits) -> anyhow::Result<Arc<Runtime>> {
+    /// `functions`: where compiled function bodies are cached (see
+    /// [`crate::compile_cache`]); `None` compiles everything every time.
+    pub fn new(limits: &Limits, functions: Option<PathBuf>) -> anyhow::Result<Arc<Runtime>> {
         let mut config = wasmtime::Config::new();
+        if let Some(dir) = functions {
+            config
+                .enable_incremental_compilation(Arc::new(FunctionCache::new(dir)))
+                .why(|| "cannot enable the compile cache".into())?;
+        }
         config.epoch_interruption(true);
         config.wasm_component_model(true);
         // Plain WIT functions only; the async ABI doubles per-call cost.
@@ -142,6 +163,14 @@ impl Party {
         bytes: &[u8],
         vars: BTreeMap<String, String>,
     ) -> anyhow::Result<Party> {
+        Party::check_header(name, bytes)?;
+        let component = Component::new(&runtime.engine, bytes)
+            .why(|| format!("party {name}: the component does not compile"))?;
+        Party::from_component(runtime, name, component, vars, bytes.len())
+    }
+
+    /// Refuse what is plainly not a component, before compiling anything.
+    pub fn check_header(name: &str, bytes: &[u8]) -> anyhow::Result<()> {
         if !bytes.starts_with(b"\0asm") {
             anyhow::bail!("party {name}: the file is not WebAssembly");
         }
@@ -151,9 +180,32 @@ impl Party {
                 "party {name}: this is a core Wasm module, not a component; build for wasm32-wasip2"
             );
         }
-        let component = Component::new(&runtime.engine, bytes)
-            .why(|| format!("party {name}: the component does not compile"))?;
-        Party::from_component(runtime, name, component, vars, bytes.len())
+        // Its imports, read before a compile that can take seconds: one the
+        // host does not give is refused now.
+        let mut depth = 0usize;
+        for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+            let payload =
+                payload.with_context(|| format!("party {name}: the component is malformed"))?;
+            match payload {
+                wasmparser::Payload::ModuleSection { .. }
+                | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+                wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+                wasmparser::Payload::ComponentImportSection(imports) if depth == 0 => {
+                    for import in imports {
+                        let import = import
+                            .with_context(|| format!("party {name}: the component is malformed"))?;
+                        let wanted = import.name.name;
+                        if !HOST_IMPORTS.iter().any(|p| wanted.starts_with(p)) {
+                            anyhow::bail!(
+                                "party {name}: the component imports {wanted}, which the host does not give (componentize-js needs `-d http fetch-event`; `dormouse build` passes it)"
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Link a compiled component (fresh, or from the precompiled cache) and

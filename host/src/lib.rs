@@ -23,6 +23,7 @@
 //! | tools | [`client`] | the CLI's side of the admin API |
 //! | tools | [`admin_token`] | the token `serve` makes in its data dir, and where the CLI finds it |
 //! | leaf | [`config`] | `dormouse.toml` and limits |
+//! | leaf | [`compile_cache`] | compiled function bodies on disk (Cranelift's incremental cache) |
 //! | leaf | [`project`], [`project_js`], [`scaffold`] | building rooms (Rust crates; TypeScript/JavaScript packages) to components; `dormouse new` |
 //! | leaf | [`alarms`] | the alarm index the host's alarm loop fires from |
 //! | leaf | [`route`] | URL parsing, room keys |
@@ -49,6 +50,7 @@ pub mod admin_token;
 pub mod alarms;
 pub mod client;
 pub mod clock;
+pub mod compile_cache;
 pub mod config;
 pub mod deploys;
 pub mod host;

@@ -1,4 +1,5 @@
-//! `dormouse new NAME`: a room crate that builds, tests and deploys as it is.
+//! `dormouse new NAME [--lang rust|ts|js]`: a room that builds, tests and
+//! deploys as it is: a Rust crate, or a TypeScript/JavaScript package.
 
 use std::path::{Path, PathBuf};
 
@@ -17,8 +18,29 @@ fn sdk_dependency() -> String {
     }
 }
 
-/// Make the crate in `./NAME`; its folder.
-pub fn new_room(name: &str) -> anyhow::Result<PathBuf> {
+/// The languages `dormouse new` writes a room in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lang {
+    Rust,
+    TypeScript,
+    JavaScript,
+}
+
+impl std::str::FromStr for Lang {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Lang, String> {
+        match s {
+            "rust" | "rs" => Ok(Lang::Rust),
+            "ts" | "typescript" => Ok(Lang::TypeScript),
+            "js" | "javascript" => Ok(Lang::JavaScript),
+            "py" | "python" => Err("Python rooms are not supported yet (see the README)".into()),
+            other => Err(format!("unknown language {other}: use rust, ts or js")),
+        }
+    }
+}
+
+/// Make the room in `./NAME`; its folder.
+pub fn new_room(name: &str, lang: Lang) -> anyhow::Result<PathBuf> {
     let valid = !name.is_empty()
         && name
             .chars()
@@ -32,6 +54,9 @@ pub fn new_room(name: &str) -> anyhow::Result<PathBuf> {
         bail!("{} already exists", dir.display());
     }
     std::fs::create_dir_all(dir.join("src")).with_context(|| format!("cannot create {name}"))?;
+    if lang != Lang::Rust {
+        return new_js_room(name, &dir, lang);
+    }
     let manifest = format!(
         r#"[package]
 name = "{name}"
@@ -97,4 +122,142 @@ mod tests {
     std::fs::write(dir.join("src").join("lib.rs"), lib)?;
     std::fs::write(dir.join(".gitignore"), "/target\n/.dormouse\n")?;
     Ok(dir)
+}
+
+/// Where the JavaScript SDK is for an editor's types: this build's source
+/// tree when it is there. (The build itself always uses the SDK built into
+/// `dormouse`.)
+fn js_sdk_dependency() -> Option<String> {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk/js");
+    let path = sdk.canonicalize().ok()?;
+    Some(format!(",\n    \"dormouse\": \"file:{}\"", path.display()))
+}
+
+fn new_js_room(name: &str, dir: &Path, lang: Lang) -> anyhow::Result<PathBuf> {
+    let ts = lang == Lang::TypeScript;
+    let typescript = if ts {
+        ",\n    \"typescript\": \"5.9.3\""
+    } else {
+        ""
+    };
+    // The tools are pinned here; `dormouse build` installs them with npm.
+    let package = format!(
+        r#"{{
+  "name": "{name}",
+  "private": true,
+  "type": "module",
+  "scripts": {{
+    "build": "dormouse build .",
+    "dev": "dormouse dev .",
+    "test": "{test_script}"
+  }},
+  "devDependencies": {{
+    "@bytecodealliance/componentize-js": "0.23.0",
+    "esbuild": "0.25.12"{typescript}{sdk}
+  }}
+}}
+"#,
+        sdk = js_sdk_dependency().unwrap_or_default(),
+        // Node runs JavaScript tests as they are; TypeScript ones go
+        // through esbuild (already a dependency) first.
+        test_script = if ts {
+            "esbuild test/server.test.ts --bundle --platform=node --format=esm --outfile=dist/test.mjs && node --test dist/test.mjs"
+        } else {
+            "node --test test/"
+        },
+    );
+    let (file, header, types) = if ts {
+        (
+            "server.ts",
+            "import type * as Party from \"dormouse\";\n",
+            (
+                "implements Party.Server ",
+                "readonly room: Party.Room",
+                "message: string | ArrayBuffer",
+                ": Promise<number>",
+            ),
+        )
+    } else {
+        ("server.js", "", ("", "room", "message", ""))
+    };
+    let (implements, room, message, returns) = types;
+    let server = format!(
+        r#"// A Dormouse room, written as a PartyKit server: echoes every message to
+// everyone, and counts them in storage.
+//
+// Build: `dormouse build .`   Serve: `dormouse dev .`
+// Deploy: `dormouse deploy . --party main --server http://127.0.0.1:1999`
+{header}
+/** What the room answers to a text message; plain logic, tested in test/. */
+export function reply(text, count) {{
+  return `#${{count}}: ${{text}}`;
+}}
+
+export default class Room {implements}{{
+  constructor({room}) {{
+    this.room = room;
+  }}
+
+  // Guest memory does not survive hibernation: the count lives in storage.
+  async count(){returns} {{
+    return (await this.room.storage.get("count")) ?? 0;
+  }}
+
+  async onMessage({message}) {{
+    if (typeof message !== "string") return;
+    const count = (await this.count()) + 1;
+    await this.room.storage.put("count", count);
+    this.room.broadcast(reply(message, count));
+  }}
+
+  async onRequest() {{
+    return new Response(String(await this.count()));
+  }}
+}}
+"#
+    );
+    // TypeScript wants the fields declared; the constructor form above
+    // (`this.room = room`) needs one line more there.
+    let server = if ts {
+        server
+            .replace(
+                "export function reply(text, count)",
+                "export function reply(text: string, count: number)",
+            )
+            .replace(
+                "constructor(readonly room: Party.Room) {\n    this.room = room;\n  }",
+                "constructor(readonly room: Party.Room) {}",
+            )
+    } else {
+        server
+    };
+    let test = format!(
+        r##"// Plain logic runs in Node: `npm test`.
+import {{ test }} from "node:test";
+import assert from "node:assert/strict";
+import {{ reply }} from "../src/{module}";
+
+test("replies number the messages", () => {{
+  assert.equal(reply("hi", 3), "#3: hi");
+}});
+"##,
+        module = if ts { "server.ts" } else { "server.js" }
+    );
+    std::fs::write(dir.join("package.json"), package)?;
+    std::fs::write(dir.join("src").join(file), server)?;
+    std::fs::create_dir_all(dir.join("test"))?;
+    let test_file = if ts {
+        "server.test.ts"
+    } else {
+        "server.test.js"
+    };
+    std::fs::write(dir.join("test").join(test_file), test)?;
+    if ts {
+        std::fs::write(
+            dir.join("tsconfig.json"),
+            "{\n  \"compilerOptions\": {\n    \"target\": \"es2022\",\n    \"module\": \"es2022\",\n    \"moduleResolution\": \"bundler\",\n    \"strict\": true,\n    \"noEmit\": true,\n    \"allowImportingTsExtensions\": true\n  }\n}\n",
+        )?;
+    }
+    std::fs::write(dir.join(".gitignore"), "/node_modules\n/dist\n/.dormouse\n")?;
+    Ok(dir.to_owned())
 }

@@ -25,6 +25,9 @@ pub struct Versions {
     dir: PathBuf,
     /// Precompiled forms, `HASH-ENGINE.cwasm`.
     cache: PathBuf,
+    /// Compile in a child process: the `dormouse` executable, and the
+    /// limits its engine must be made with to match this one.
+    compiler: Option<(PathBuf, crate::config::Limits)>,
 }
 
 /// The SHA-256 of a component, hex: its name on disk and in listings.
@@ -36,8 +39,13 @@ pub fn hash(bytes: &[u8]) -> String {
 }
 
 impl Versions {
-    /// `cache`: where precompiled forms go (default: the versions folder).
-    pub fn open(data_dir: &Path, cache: Option<&Path>) -> anyhow::Result<Versions> {
+    /// `cache`: where precompiled forms go (default: the versions folder);
+    /// `compiler`: a `dormouse` executable to compile in (see `Config`).
+    pub fn open(
+        data_dir: &Path,
+        cache: Option<&Path>,
+        compiler: Option<(PathBuf, crate::config::Limits)>,
+    ) -> anyhow::Result<Versions> {
         let dir = data_dir.join("versions");
         let cache = cache.map_or_else(|| dir.clone(), Path::to_owned);
         for d in [&dir, &cache] {
@@ -53,7 +61,11 @@ impl Versions {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(Versions { dir, cache })
+        Ok(Versions {
+            dir,
+            cache,
+            compiler,
+        })
     }
 
     /// Delete the files of components no party uses any more.
@@ -127,15 +139,47 @@ impl Versions {
             }
         }
         metrics.component_cache_misses.fetch_add(1, Relaxed);
-        let party = Party::load(runtime, name, bytes, vars)?;
-        let compiled = party
-            .component
-            .serialize()
-            .map_err(anyhow::Error::from)
-            .context("cannot serialize the compiled component")?;
-        write_atomic(&cwasm, &compiled)?;
+        // Compiled, then served from the file like a cache hit: the code is
+        // then file-backed (shared, cheap). In a child process when there is
+        // a compiler to run, so that the hundreds of MB Cranelift takes for
+        // a large component leave with it; else here, and given back.
+        let compiled = match &self.compiler {
+            Some((exe, limits)) => {
+                Party::check_header(name, bytes)?;
+                compile_in_child(exe, limits, &self.cache.join("functions"), bytes)
+                    .with_context(|| format!("party {name}: the component does not compile"))
+            }
+            None => Party::load(runtime, name, bytes, vars.clone()).and_then(|party| {
+                party
+                    .component
+                    .serialize()
+                    .map_err(anyhow::Error::from)
+                    .context("cannot serialize the compiled component")
+            }),
+        };
+        release_freed_memory();
+        write_atomic(&cwasm, &compiled?)?;
+        release_freed_memory();
+        let component = match deserialize(runtime, &cwasm) {
+            Ok(c) => c,
+            // The executable on disk is another build than this process
+            // (replaced by an upgrade): compile here instead.
+            Err(e) if self.compiler.is_some() => {
+                tracing::warn!(
+                    party = name,
+                    "the child's compile is not for this engine ({e:#}); compiling here"
+                );
+                let party = Party::load(runtime, name, bytes, vars.clone())?;
+                write_atomic(
+                    &cwasm,
+                    &party.component.serialize().map_err(anyhow::Error::from)?,
+                )?;
+                party.component
+            }
+            Err(e) => return Err(e),
+        };
         tracing::info!(party = name, hash, "compiled the component (cache miss)");
-        Ok(party)
+        Party::from_component(runtime, name, component, vars, bytes.len())
     }
 
     /// Load a stored version (through the compile cache).
@@ -151,6 +195,71 @@ impl Versions {
             format!("party {name}: version {hash} is missing from the data dir")
         })?;
         self.compile(runtime, metrics, name, &bytes, vars)
+    }
+}
+
+/// Run `dormouse compile-component`: the component on stdin, its
+/// precompiled form on stdout, one line of error on stderr.
+fn compile_in_child(
+    exe: &Path,
+    limits: &crate::config::Limits,
+    functions: &Path,
+    bytes: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(exe)
+        .arg("compile-component")
+        .arg("--memory-bytes")
+        .arg(limits.instance_memory_bytes.to_string())
+        .arg("--awake-rooms")
+        .arg(limits.awake_rooms.to_string())
+        .arg("--functions")
+        .arg(functions)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    let mut stdin = child.stdin.take().context("stdin is piped")?;
+    let input = bytes.to_vec();
+    // Written from a thread: the child may fill stdout before reading all.
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output()?;
+    let _ = writer.join();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or("it exited");
+        anyhow::bail!("{}", line.trim_start_matches("dormouse: "));
+    }
+    Ok(out.stdout)
+}
+
+/// `dormouse compile-component`'s work: compile `bytes` with an engine made
+/// from the same limits as the host's; the precompiled form.
+pub fn compile_component(
+    limits: &crate::config::Limits,
+    functions: PathBuf,
+    bytes: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    let runtime = Runtime::new(limits, Some(functions))?;
+    let component = Component::new(runtime.engine(), bytes).map_err(anyhow::Error::from)?;
+    component.serialize().map_err(anyhow::Error::from)
+}
+
+/// Give the memory a compile freed back to the kernel. Cranelift allocates
+/// hundreds of MB for a large component (a JavaScript room: ~450 MB) and
+/// frees it, but glibc keeps freed pages in its arenas, so without this the
+/// host stays that much larger after every first deploy.
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own free
+    // lists and returns whole free pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -198,7 +198,7 @@ async fn bad_uploads_are_refused_in_one_sentence_and_the_old_version_serves_on()
         (
             "unknown import",
             wat(r#"(component (import "acme:rocket/launch" (instance (export "fire" (func)))))"#),
-            "the component imports something the host does not give",
+            "the component imports acme:rocket/launch, which the host does not give",
         ),
     ];
     for (n, (case, bytes, want)) in cases.into_iter().enumerate() {

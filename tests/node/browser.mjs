@@ -2,12 +2,17 @@
 // page `dormouse dev` serves. Driven by host/tests/browser.rs:
 //   node browser.mjs chat|yjs http://HOST:PORT SHOTS_DIR
 // Each check prints one line; a failed check throws (exit code 1). Every
-// page open then is saved as SHOTS_DIR/KIND-failed-N.png; on success the
-// first page is saved as SHOTS_DIR/KIND.png (the README's screenshots).
+// page open then is saved as SHOTS_DIR/KIND-failed-N.png; on success
+// SHOTS_DIR/KIND.png shows the page (the README's screenshots).
 import { chromium } from "playwright-core";
 
 const [page_kind, base, shots] = process.argv.slice(2);
 const opened = [];
+let shot = null;
+/** The README's screenshot of this page: `page` as it is now. */
+async function snap(page) {
+  shot = await page.screenshot({ path: `${shots}/${page_kind}.png` });
+}
 const say = (line) => console.log(line);
 const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
@@ -101,7 +106,12 @@ const pages = {
       });
     }
     say("presence shows both");
+    await snap(ada);
+    // Offline: new connections fail. Chromium keeps an open WebSocket open
+    // through it, where a real network loss would end it (the provider sees
+    // 30 s of silence): so the page's socket is dropped here too.
     await bob.context().setOffline(true);
+    await bob.evaluate(() => window.editorProvider.ws?.close());
     await bob.waitForFunction(() => !document.getElementById("status").textContent.includes("synced"));
     await bob.press("#editor", "End");
     await bob.keyboard.type(" (bob offline)");
@@ -127,7 +137,7 @@ const pages = {
 
 try {
   await pages[page_kind]();
-  await opened[0].screenshot({ path: `${shots}/${page_kind}.png` });
+  if (shot === null) await snap(opened[0]);
 } catch (e) {
   for (const [i, page] of opened.entries()) {
     if (!page.isClosed()) await page.screenshot({ path: `${shots}/${page_kind}-failed-${i}.png` }).catch(() => {});

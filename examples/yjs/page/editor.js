@@ -31,9 +31,12 @@ nameInput.onchange = () => {
 provider.on("status", ({ status: s }) => {
   status.textContent = `document "${room}": ${s}`;
 });
+// Editable once the document has loaded, and from then on offline too:
+// edits made meanwhile merge when the connection comes back.
 provider.on("sync", (synced) => {
-  if (synced) status.textContent = `document "${room}": synced`;
-  editor.disabled = !synced;
+  if (!synced) return;
+  status.textContent = `document "${room}": synced`;
+  editor.disabled = false;
   shown = text.toString();
   editor.value = shown;
 });
@@ -109,3 +112,4 @@ render();
 
 // For tests and the console.
 window.editorDoc = doc;
+window.editorProvider = provider;
