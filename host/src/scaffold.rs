@@ -216,8 +216,8 @@ export default class Room {implements}{{
 }}
 "#
     );
-    // TypeScript wants the fields declared; the constructor form above
-    // (`this.room = room`) needs one line more there.
+    // The JavaScript above, typed: parameters and the storage value typed,
+    // and the field declared by the constructor.
     let server = if ts {
         server
             .replace(
@@ -228,6 +228,7 @@ export default class Room {implements}{{
                 "constructor(readonly room: Party.Room) {\n    this.room = room;\n  }",
                 "constructor(readonly room: Party.Room) {}",
             )
+            .replace("storage.get(\"count\")", "storage.get<number>(\"count\")")
     } else {
         server
     };
