@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need when it is missing (Node.js
-# and Debian's chromium, the npm packages, the wasm target), then runs them all.
+# The test command: installs what the tests need when it is missing (Node.js,
+# Python's venv and Debian's chromium, the npm packages, the wasm target),
+# then runs them all. (componentize-js and componentize-py are installed by
+# `dormouse build` itself, into ~/.cache/dormouse, the first time.)
 # Arguments go to `cargo test` (e.g. `scripts/test.sh yjs`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +21,8 @@ as_root() {
 missing=()
 command -v node >/dev/null || missing+=(nodejs npm)
 command -v chromium >/dev/null || missing+=(chromium)
+# Python rooms are built with componentize-py, in a virtualenv.
+python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3 python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null; then
     echo "scripts/test.sh: install ${missing[*]} (no apt-get here to do it)" >&2

@@ -58,8 +58,8 @@ pub fn guest(name: &str) -> PathBuf {
         .map(|v| v.into_iter().collect())
         .map_err(|e| format!("{e:#}"))
     });
-    if name.ends_with("-ts") {
-        return js_guest(name);
+    if name.ends_with("-ts") || name.ends_with("-py") {
+        return other_language_guest(name);
     }
     match built {
         Ok(map) => map
@@ -70,10 +70,10 @@ pub fn guest(name: &str) -> PathBuf {
     }
 }
 
-/// A TypeScript guest (`examples/NAME` or `tests/guests/NAME`), built once
-/// per test run through `dormouse build`'s own code (esbuild, then
-/// componentize-js; about ten seconds each).
-fn js_guest(name: &str) -> PathBuf {
+/// A TypeScript or Python guest (`examples/NAME` or `tests/guests/NAME`),
+/// built once per test run through `dormouse build`'s own code (esbuild and
+/// componentize-js, or componentize-py; seconds each).
+fn other_language_guest(name: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Option<HashMap<String, Result<PathBuf, String>>>> =
         std::sync::Mutex::new(None);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());

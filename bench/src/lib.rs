@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+mod languages;
 mod yjs;
 
 use futures_util::{SinkExt, StreamExt};
@@ -54,6 +55,9 @@ pub enum Scenario {
     /// Yjs documents of 10 KB, 1 MB and 10 MB that hibernate: a client's
     /// sync step 1 to the room's step 2, new and returning clients.
     Yjs,
+    /// The relay in Rust and in TypeScript side by side: deploy time (first
+    /// and second), wake, private memory per awake room, relay throughput.
+    Languages,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -90,7 +94,7 @@ const PER_WORKER: usize = 9_000;
 
 pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let default_clients = match args.scenario {
-        Scenario::Relay => 100,
+        Scenario::Relay | Scenario::Languages => 100,
         _ => 1000,
     };
     // Broadcast runs 49 and 199 receivers unless told a number.
@@ -112,6 +116,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Storage => storage(&args, &mut out).await,
         Scenario::Broadcast => broadcast(&args, &mut out).await,
         Scenario::Yjs => yjs::yjs(&args, &mut out).await,
+        Scenario::Languages => languages::languages(&args, &mut out).await,
     }
 }
 

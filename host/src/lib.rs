@@ -24,7 +24,7 @@
 //! | tools | [`admin_token`] | the token `serve` makes in its data dir, and where the CLI finds it |
 //! | leaf | [`config`] | `dormouse.toml` and limits |
 //! | leaf | [`compile_cache`] | compiled function bodies on disk (Cranelift's incremental cache) |
-//! | leaf | [`project`], [`project_js`], [`scaffold`] | building rooms (Rust crates; TypeScript/JavaScript packages) to components; `dormouse new` |
+//! | leaf | [`project`], [`project_js`], [`project_py`], [`scaffold`] | building rooms (Rust crates; TypeScript/JavaScript and Python packages) to components; `dormouse new` |
 //! | leaf | [`alarms`] | the alarm index the host's alarm loop fires from |
 //! | leaf | [`route`] | URL parsing, room keys |
 //! | leaf | [`logs`], [`metrics`] | room log lines for `dormouse tail`; Prometheus names, hook and failure kinds |
@@ -61,6 +61,7 @@ pub mod logs;
 pub mod metrics;
 pub mod project;
 pub mod project_js;
+pub mod project_py;
 pub mod room;
 pub mod room_state;
 pub mod route;

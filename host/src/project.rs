@@ -1,6 +1,7 @@
 //! Room projects: compile a room to a component (`dormouse build`), a Rust
-//! crate here and a TypeScript/JavaScript package in [`crate::project_js`],
-//! and watch it for changes (`dormouse dev`).
+//! crate here, a TypeScript/JavaScript package in [`crate::project_js`] and
+//! a Python one in [`crate::project_py`], and watch it for changes
+//! (`dormouse dev`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,8 +46,11 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
         if dir.join("package.json").is_file() {
             return crate::project_js::build(dir);
         }
+        if dir.join("app.py").is_file() || dir.join("pyproject.toml").is_file() {
+            return crate::project_py::build(dir);
+        }
         bail!(
-            "{} has no Cargo.toml or package.json: is it a room?",
+            "{} has no Cargo.toml, package.json or app.py: is it a room?",
             dir.display()
         );
     }
@@ -182,11 +186,15 @@ pub fn last_change(dir: &Path) -> Option<SystemTime> {
     let mut newest = None;
     walk(&dir.join("Cargo.toml"), &mut newest);
     walk(&dir.join("package.json"), &mut newest);
+    walk(&dir.join("pyproject.toml"), &mut newest);
     walk(&dir.join("src"), &mut newest);
     // A TypeScript room's sources may sit at the top (server.ts).
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if [".ts", ".js", ".mjs"].iter().any(|x| name.ends_with(x)) {
+        if [".ts", ".js", ".mjs", ".py"]
+            .iter()
+            .any(|x| name.ends_with(x))
+        {
             walk(&e.path(), &mut newest);
         }
     }

@@ -198,7 +198,7 @@ fn npm(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// `~/.cache/dormouse` (or `$XDG_CACHE_HOME/dormouse`).
-fn cache_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn cache_dir() -> anyhow::Result<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
@@ -208,7 +208,7 @@ fn cache_dir() -> anyhow::Result<PathBuf> {
 
 /// Write `files` into a folder named by their content (so builds by two
 /// `dormouse` versions never mix); the folder.
-fn write_files(base: &Path, files: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
+pub(crate) fn write_files(base: &Path, files: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
     let mut all = Vec::new();
     for (name, text) in files {
         all.extend_from_slice(name.as_bytes());
@@ -224,7 +224,11 @@ fn write_files(base: &Path, files: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         for (name, text) in files {
-            std::fs::write(tmp.join(name), text)?;
+            let path = tmp.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(path, text)?;
         }
         // Another build may have won the race; its copy is the same.
         if std::fs::rename(&tmp, &dir).is_err() {

@@ -33,7 +33,10 @@ impl std::str::FromStr for Lang {
             "rust" | "rs" => Ok(Lang::Rust),
             "ts" | "typescript" => Ok(Lang::TypeScript),
             "js" | "javascript" => Ok(Lang::JavaScript),
-            "py" | "python" => Err("Python rooms are not supported yet (see the README)".into()),
+            "py" | "python" => Err(
+                "`dormouse new` does not write Python rooms yet: copy examples/counter-py (app.py)"
+                    .into(),
+            ),
             other => Err(format!("unknown language {other}: use rust, ts or js")),
         }
     }

@@ -3,7 +3,7 @@
 
 use dormouse_tests::*;
 
-in_each_language!(count_survives_hibernation_and_restart: rust => "counter", ts => "counter-ts");
+in_each_language!(count_survives_hibernation_and_restart: rust => "counter", ts => "counter-ts", py => "counter-py");
 async fn count_survives_hibernation_and_restart(guest: &'static str) {
     let server = Server::start(Options::main(guest).idle(50)).await;
     let mut a = server.ws("/parties/main/c1").await;
@@ -49,7 +49,7 @@ async fn count_survives_hibernation_and_restart(guest: &'static str) {
     server.stop().await;
 }
 
-in_each_language!(http_post_is_broadcast_to_connected_clients: rust => "counter", ts => "counter-ts");
+in_each_language!(http_post_is_broadcast_to_connected_clients: rust => "counter", ts => "counter-ts", py => "counter-py");
 async fn http_post_is_broadcast_to_connected_clients(guest: &'static str) {
     let server = Server::start(Options::main(guest)).await;
     let mut a = server.ws("/parties/main/shared").await;

@@ -119,9 +119,9 @@ fn random_ms(lo: u64, hi: u64) -> u64 {
     lo + u64::from(nanos) % (hi - lo)
 }
 
-// In TypeScript too: the counter's hooks `await` their storage calls, and
-// what they send after still waits for the commit.
-in_each_language!(every_count_a_client_saw_survives_kill_9: rust => "counter", ts => "counter-ts");
+// In TypeScript and Python too: the TypeScript counter's hooks `await` their
+// storage calls, and what they send after still waits for the commit.
+in_each_language!(every_count_a_client_saw_survives_kill_9: rust => "counter", ts => "counter-ts", py => "counter-py");
 async fn every_count_a_client_saw_survives_kill_9(guest: &'static str) {
     let rounds: usize = std::env::var(ROUNDS)
         .ok()

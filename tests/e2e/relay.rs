@@ -8,7 +8,7 @@ use dormouse_tests::*;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 
-in_each_language!(relays_text_and_binary_to_every_other_client: rust => "relay", ts => "relay-ts");
+in_each_language!(relays_text_and_binary_to_every_other_client: rust => "relay", ts => "relay-ts", py => "relay-py");
 async fn relays_text_and_binary_to_every_other_client(guest: &'static str) {
     let server = Server::start(Options::main(guest)).await;
     relays(&server, "main").await;
@@ -67,7 +67,7 @@ async fn relays(server: &Server, party: &str) {
     server.wait_metric(&connections, 4.0).await;
 }
 
-in_each_language!(closed_clients_leave_the_room: rust => "relay", ts => "relay-ts");
+in_each_language!(closed_clients_leave_the_room: rust => "relay", ts => "relay-ts", py => "relay-py");
 async fn closed_clients_leave_the_room(guest: &'static str) {
     let server = Server::start(Options::main(guest)).await;
     let mut a = server.ws("/parties/main/r").await;

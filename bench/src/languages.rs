@@ -1,0 +1,171 @@
+//! `dormouse bench languages`: the relay room in Rust (`examples/relay`) and
+//! in TypeScript (`examples/relay-ts`), side by side in one run:
+//! - deploy time of a TypeScript room to a fresh server, the first (nothing
+//!   compiled yet) and the second (`counter-ts`: the engine's code is in the
+//!   compile cache), and the server's RSS before and after;
+//! - wake: `dormouse_wake_seconds` and the relay round trip in a room that
+//!   hibernates after every event;
+//! - private memory per awake room (`RssAnon`: shared image pages would
+//!   inflate VmRSS), A rooms of each;
+//! - relay throughput, C clients in lockstep rounds.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{
+    BenchArgs, Parties, Report, Server, Workers, bucket_quantile, buckets, connect, dormouse_build,
+    histogram, relay_rounds, relay_trip,
+};
+
+/// `RssAnon` of a process, bytes.
+fn rss_anon(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no RssAnon in /proc/PID/status")?;
+    Ok(kib * 1024)
+}
+
+/// PUT a component to the admin API (a plain HTTP/1.1 request); seconds.
+async fn deploy(server: &Server, party: &str, wasm: &std::path::Path) -> anyhow::Result<f64> {
+    let token = std::fs::read_to_string(server.dir.join("data").join("admin-token"))?;
+    let bytes = std::fs::read(wasm)?;
+    let t = Instant::now();
+    let mut tcp = TcpStream::connect(server.addr).await?;
+    let head = format!(
+        "PUT /_dormouse/parties/{party} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        server.addr,
+        token.trim(),
+        bytes.len()
+    );
+    tcp.write_all(head.as_bytes()).await?;
+    tcp.write_all(&bytes).await?;
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await?;
+    let answer = String::from_utf8_lossy(&answer);
+    anyhow::ensure!(
+        answer.starts_with("HTTP/1.1 200"),
+        "deploying {party}: {answer}"
+    );
+    Ok(t.elapsed().as_secs_f64())
+}
+
+pub(super) async fn languages(args: &BenchArgs, out: &mut Report) -> anyhow::Result<()> {
+    let relay_ts = dormouse_build(&args.examples.join("relay-ts"))?;
+    let counter_ts = dormouse_build(&args.examples.join("counter-ts"))?;
+    let parties = Parties::build(&args.examples)?;
+
+    // Deploys to a fresh server (its own empty compile cache).
+    let server = Server::start(&parties, 10_000, "").await?;
+    let before = server.quiet_rss().await?;
+    let first = deploy(&server, "relay-ts", &relay_ts).await?;
+    let after_first = server.quiet_rss().await?;
+    let second = deploy(&server, "counter-ts", &counter_ts).await?;
+    let after_second = server.quiet_rss().await?;
+    let rust = deploy(&server, "relay-rs", &parties.relay).await?;
+    out.figure("languages", "ts_first_deploy", first, "s");
+    out.figure("languages", "ts_second_deploy", second, "s");
+    out.figure("languages", "rust_deploy", rust, "s");
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    out.figure("languages", "server_rss_before_deploys", mib(before), "MiB");
+    out.figure(
+        "languages",
+        "server_rss_after_first_ts",
+        mib(after_first),
+        "MiB",
+    );
+    out.figure(
+        "languages",
+        "server_rss_after_second_ts",
+        mib(after_second),
+        "MiB",
+    );
+    server.stop().await;
+
+    // Wake, relay and memory: both rooms configured on the same servers.
+    let extra = format!("[parties.relay-ts]\ncomponent = {relay_ts:?}\n");
+    let sleepy = Server::start(&parties, 0, &extra).await?;
+    for (party, label, n) in [("relay", "rust", 0), ("relay-ts", "ts", 2)] {
+        let path = format!("/parties/{party}/wake");
+        let mut pair = (
+            connect(sleepy.addr, &path, n).await?,
+            connect(sleepy.addr, &path, n + 1).await?,
+        );
+        for _ in 0..20 {
+            relay_trip(&mut pair).await?;
+        }
+        let before = buckets(&sleepy, "dormouse_wake_seconds").await;
+        let mut h = histogram();
+        for _ in 0..args.rounds {
+            h.record(relay_trip(&mut pair).await?)?;
+        }
+        let after = buckets(&sleepy, "dormouse_wake_seconds").await;
+        let wakes: Vec<(f64, f64)> = after
+            .iter()
+            .zip(&before)
+            .map(|((le, n), (_, m))| (*le, n - m))
+            .collect();
+        for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+            let v = bucket_quantile(&wakes, q) * 1e6;
+            out.figure(
+                "languages",
+                &format!("{label}_dormouse_wake_seconds_{name}"),
+                v,
+                "us",
+            );
+        }
+        out.latencies("languages", &format!("{label}_round_trip_waking"), &h);
+    }
+    sleepy.stop().await;
+
+    let awake_extra = format!(
+        "{extra}[limits]\nawake_rooms = {}\n",
+        args.awake.max(1) * 2 + 4
+    );
+    let server = Server::start(&parties, 600_000, &awake_extra).await?;
+    let (mut rates, mut per_room) = (Vec::new(), Vec::new());
+    for (party, label) in [("relay", "rust"), ("relay-ts", "ts")] {
+        let (rate, h) = relay_rounds(&server, party, args).await?;
+        out.figure(
+            "languages",
+            &format!("{label}_relay_deliveries_per_s"),
+            rate,
+            "msg/s",
+        );
+        out.latencies("languages", &format!("{label}_relay_delivery"), &h);
+        rates.push(rate);
+        // A rooms awake at once, one connection each (its connect wakes it).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = rss_anon(server.pid)?;
+        let path = format!("/parties/{party}/awake-{{}}");
+        let (workers, held) = Workers::hold(server.addr, &path, 0, args.awake).await?;
+        let series = format!("dormouse_rooms{{party=\"{party}\",state=\"awake\"}}");
+        server.settle(&series, held as f64).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = rss_anon(server.pid)?;
+        let per = after.saturating_sub(before) as f64 / held.max(1) as f64;
+        out.figure(
+            "languages",
+            &format!("{label}_private_bytes_per_awake_room"),
+            per,
+            "bytes",
+        );
+        per_room.push(per);
+        workers.stop().await;
+    }
+    out.figure("languages", "ts_relay_over_rust", rates[1] / rates[0], "x");
+    out.figure(
+        "languages",
+        "ts_awake_room_over_rust",
+        per_room[1] / per_room[0],
+        "x",
+    );
+    server.stop().await;
+    Ok(())
+}
