@@ -1,8 +1,9 @@
-//! `dormouse bench languages`: the relay room in Rust (`examples/relay`) and
-//! in TypeScript (`examples/relay-ts`), side by side in one run:
-//! - deploy time of a TypeScript room to a fresh server, the first (nothing
-//!   compiled yet) and the second (`counter-ts`: the engine's code is in the
-//!   compile cache), and the server's RSS before and after;
+//! `dormouse bench languages`: the relay room in Rust (`examples/relay`),
+//! TypeScript (`examples/relay-ts`) and Python (`examples/relay-py`), side by
+//! side in one run:
+//! - deploy time to a fresh server of each language's first room (nothing
+//!   compiled yet) and second (its counter: the language runtime's code is
+//!   in the compile cache), and the server's RSS before and after;
 //! - wake: `dormouse_wake_seconds` and the relay round trip in a room that
 //!   hibernates after every event;
 //! - private memory per awake room (`RssAnon`: shared image pages would
@@ -56,46 +57,53 @@ async fn deploy(server: &Server, party: &str, wasm: &std::path::Path) -> anyhow:
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// (label, relay example, counter example) of each language.
+const LANGUAGES: [(&str, &str, &str); 3] = [
+    ("rust", "relay", "counter"),
+    ("ts", "relay-ts", "counter-ts"),
+    ("py", "relay-py", "counter-py"),
+];
+
 pub(super) async fn languages(args: &BenchArgs, out: &mut Report) -> anyhow::Result<()> {
-    let relay_ts = dormouse_build(&args.examples.join("relay-ts"))?;
-    let counter_ts = dormouse_build(&args.examples.join("counter-ts"))?;
+    let mut built = Vec::new();
+    for (label, relay, counter) in LANGUAGES {
+        let relay = dormouse_build(&args.examples.join(relay))?;
+        let counter = dormouse_build(&args.examples.join(counter))?;
+        built.push((label, relay, counter));
+    }
     let parties = Parties::build(&args.examples)?;
 
     // Deploys to a fresh server (its own empty compile cache).
     let server = Server::start(&parties, 10_000, "").await?;
-    let before = server.quiet_rss().await?;
-    let first = deploy(&server, "relay-ts", &relay_ts).await?;
-    let after_first = server.quiet_rss().await?;
-    let second = deploy(&server, "counter-ts", &counter_ts).await?;
-    let after_second = server.quiet_rss().await?;
-    let rust = deploy(&server, "relay-rs", &parties.relay).await?;
-    out.figure("languages", "ts_first_deploy", first, "s");
-    out.figure("languages", "ts_second_deploy", second, "s");
-    out.figure("languages", "rust_deploy", rust, "s");
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let before = server.quiet_rss().await?;
     out.figure("languages", "server_rss_before_deploys", mib(before), "MiB");
-    out.figure(
-        "languages",
-        "server_rss_after_first_ts",
-        mib(after_first),
-        "MiB",
-    );
-    out.figure(
-        "languages",
-        "server_rss_after_second_ts",
-        mib(after_second),
-        "MiB",
-    );
+    for (label, relay, counter) in &built {
+        let first = deploy(&server, &format!("{label}-relay"), relay).await?;
+        let second = deploy(&server, &format!("{label}-counter"), counter).await?;
+        out.figure("languages", &format!("{label}_first_deploy"), first, "s");
+        out.figure("languages", &format!("{label}_second_deploy"), second, "s");
+        let rss = server.quiet_rss().await?;
+        out.figure(
+            "languages",
+            &format!("server_rss_after_{label}_deploys"),
+            mib(rss),
+            "MiB",
+        );
+    }
     server.stop().await;
 
-    // Wake, relay and memory: both rooms configured on the same servers.
-    let extra = format!("[parties.relay-ts]\ncomponent = {relay_ts:?}\n");
+    // Wake, relay and memory: every language's relay on the same servers.
+    let extra: String = built
+        .iter()
+        .map(|(label, relay, _)| format!("[parties.relay-{label}]\ncomponent = {relay:?}\n"))
+        .collect();
     let sleepy = Server::start(&parties, 0, &extra).await?;
-    for (party, label, n) in [("relay", "rust", 0), ("relay-ts", "ts", 2)] {
-        let path = format!("/parties/{party}/wake");
+    for (n, (label, _, _)) in built.iter().enumerate() {
+        let path = format!("/parties/relay-{label}/wake");
         let mut pair = (
-            connect(sleepy.addr, &path, n).await?,
-            connect(sleepy.addr, &path, n + 1).await?,
+            connect(sleepy.addr, &path, 2 * n).await?,
+            connect(sleepy.addr, &path, 2 * n + 1).await?,
         );
         for _ in 0..20 {
             relay_trip(&mut pair).await?;
@@ -126,12 +134,13 @@ pub(super) async fn languages(args: &BenchArgs, out: &mut Report) -> anyhow::Res
 
     let awake_extra = format!(
         "{extra}[limits]\nawake_rooms = {}\n",
-        args.awake.max(1) * 2 + 4
+        args.awake.max(1) * 3 + 8
     );
     let server = Server::start(&parties, 600_000, &awake_extra).await?;
     let (mut rates, mut per_room) = (Vec::new(), Vec::new());
-    for (party, label) in [("relay", "rust"), ("relay-ts", "ts")] {
-        let (rate, h) = relay_rounds(&server, party, args).await?;
+    for (label, _, _) in &built {
+        let party = format!("relay-{label}");
+        let (rate, h) = relay_rounds(&server, &party, args).await?;
         out.figure(
             "languages",
             &format!("{label}_relay_deliveries_per_s"),
@@ -159,13 +168,20 @@ pub(super) async fn languages(args: &BenchArgs, out: &mut Report) -> anyhow::Res
         per_room.push(per);
         workers.stop().await;
     }
-    out.figure("languages", "ts_relay_over_rust", rates[1] / rates[0], "x");
-    out.figure(
-        "languages",
-        "ts_awake_room_over_rust",
-        per_room[1] / per_room[0],
-        "x",
-    );
+    for (i, (label, _, _)) in built.iter().enumerate().skip(1) {
+        out.figure(
+            "languages",
+            &format!("{label}_relay_over_rust"),
+            rates[i] / rates[0],
+            "x",
+        );
+        out.figure(
+            "languages",
+            &format!("{label}_awake_room_over_rust"),
+            per_room[i] / per_room[0],
+            "x",
+        );
+    }
     server.stop().await;
     Ok(())
 }

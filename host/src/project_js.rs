@@ -25,9 +25,11 @@ const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
 const ESBUILD: &str = "esbuild@0.25.12";
 
 /// The JavaScript SDK (`guest-sdk/js`), as built into this binary.
-const SDK: [(&str, &str); 3] = [
+const SDK: [(&str, &str); 5] = [
     ("index.js", include_str!("../../guest-sdk/js/index.js")),
     ("index.d.ts", include_str!("../../guest-sdk/js/index.d.ts")),
+    ("yjs.js", include_str!("../../guest-sdk/js/yjs.js")),
+    ("yjs.d.ts", include_str!("../../guest-sdk/js/yjs.d.ts")),
     (
         "package.json",
         include_str!("../../guest-sdk/js/package.json"),
@@ -59,6 +61,13 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
     .context("package.json is not JSON")?;
     let entry = entry(&dir, &package)?;
     let tools = Tools::find(&dir, &package)?;
+    // The room's own npm dependencies (yjs, say), installed when missing.
+    let wants = package["dependencies"]
+        .as_object()
+        .is_some_and(|d| !d.is_empty());
+    if wants && !dir.join("node_modules").is_dir() {
+        npm(&dir, &["install", "--no-audit", "--no-fund"])?;
+    }
     let cache = cache_dir()?;
     let sdk = write_files(&cache.join("sdk"), &SDK)?;
     let wit = write_files(&cache.join("wit"), &crate::wit::SOURCES)?;
@@ -83,10 +92,10 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
         ])
         .args(["--sourcefile=dormouse-entry.js", "--log-level=warning"])
         .arg("--external:dormouse:room/*")
-        .arg(format!(
-            "--alias:dormouse={}",
-            sdk.join("index.js").display()
-        ))
+        .arg(format!("--alias:dormouse={}", sdk.display()))
+        // The SDK's own imports (yjs, for `dormouse/yjs`) resolve from the
+        // room's dependencies.
+        .env("NODE_PATH", dir.join("node_modules"))
         .arg(format!("--outfile={}", bundle.display()));
     run_with_stdin(esbuild, source.as_bytes(), "esbuild")?;
 
@@ -95,7 +104,10 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
         .arg(&bundle)
         .arg("--wit")
         .arg(&wit)
-        .args(["--world-name", "room", "-d", "http", "fetch-event", "-o"])
+        .args(["--world-name", "room", "-d", "http", "fetch-event"])
+        // Some libraries read `location` as they load (lib0, under yjs):
+        // give it one at build time, as a page would have.
+        .args(["--runtime-args", "--init-location http://localhost/", "-o"])
         .arg(&wasm);
     run_with_stdin(componentize, b"", "componentize-js")?;
     Ok(wasm)

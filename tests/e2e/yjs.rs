@@ -1,6 +1,8 @@
-//! Yjs rooms (`examples/yjs`, on `dormouse_sdk::yjs`) with Yjs's own
-//! clients: y-partykit's and y-websocket's providers in Node
-//! (`tests/node/yjs.mjs`), through hibernation, restarts and SIGKILL.
+//! Yjs rooms with Yjs's own clients: y-partykit's and y-websocket's
+//! providers in Node (`tests/node/yjs.mjs`), through hibernation, restarts
+//! and SIGKILL. Each test runs against the Rust room (`examples/yjs`, on
+//! `dormouse_sdk::yjs`) and the TypeScript one (`examples/yjs-ts`, on
+//! `dormouse/yjs`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,16 +34,13 @@ async fn scenario(addr: SocketAddr, name: &str, room: &str, args: &[&str]) -> Ve
     out
 }
 
-fn yjs_server(idle_ms: u64) -> Options {
-    Options {
-        parties: vec![("main", "yjs")],
-        ..Options::main("yjs").idle(idle_ms)
-    }
+fn yjs_server(guest: &'static str, idle_ms: u64) -> Options {
+    Options::main(guest).idle(idle_ms)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_providers_converge_across_hibernation() {
-    let server = Server::start(yjs_server(200)).await;
+in_each_language!(both_providers_converge_across_hibernation: rust => "yjs", ts => "yjs-ts");
+async fn both_providers_converge_across_hibernation(guest: &'static str) {
+    let server = Server::start(yjs_server(guest, 200)).await;
     let out = scenario(server.addr, "converge", "doc", &["1000"]).await;
     assert_eq!(out.len(), 4, "{out:?}");
     assert!(out[0].starts_with("converged "), "{out:?}");
@@ -52,9 +51,9 @@ async fn both_providers_converge_across_hibernation() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn awareness_survives_hibernation_and_leaves_are_seen() {
-    let server = Server::start(yjs_server(200)).await;
+in_each_language!(awareness_survives_hibernation_and_leaves_are_seen: rust => "yjs", ts => "yjs-ts");
+async fn awareness_survives_hibernation_and_leaves_are_seen(guest: &'static str) {
+    let server = Server::start(yjs_server(guest, 200)).await;
     let wakes_before = server.metric(WAKES).await;
     let out = scenario(server.addr, "awareness", "presence", &["800"]).await;
     assert_eq!(
@@ -72,9 +71,9 @@ async fn awareness_survives_hibernation_and_leaves_are_seen() {
 
 /// Presence heartbeats (a client renewing an unchanged state) wake the room
 /// but do not keep it awake: between beats it is asleep.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heartbeats_do_not_keep_a_room_awake() {
-    let server = Server::start(yjs_server(400)).await;
+in_each_language!(heartbeats_do_not_keep_a_room_awake: rust => "yjs", ts => "yjs-ts");
+async fn heartbeats_do_not_keep_a_room_awake(guest: &'static str) {
+    let server = Server::start(yjs_server(guest, 400)).await;
     let (mut child, mut lines) = node(
         "yjs.mjs",
         &["heartbeat", &server.addr.to_string(), "beats", "2500"],
@@ -103,9 +102,9 @@ async fn heartbeats_do_not_keep_a_room_awake() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_edits_merge_on_reconnect() {
-    let server = Server::start(yjs_server(10_000)).await;
+in_each_language!(offline_edits_merge_on_reconnect: rust => "yjs", ts => "yjs-ts");
+async fn offline_edits_merge_on_reconnect(guest: &'static str) {
+    let server = Server::start(yjs_server(guest, 10_000)).await;
     let alarms = "dormouse_hook_seconds_count{hook=\"on-alarm\"}";
     let out = scenario(server.addr, "offline", "away", &["3000"]).await;
     assert_eq!(out, ["merged offline world"]);
@@ -114,14 +113,14 @@ async fn offline_edits_merge_on_reconnect() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_only_clients_change_nothing_and_tokens_are_checked() {
-    let server = Server::start(yjs_server(10_000)).await;
+in_each_language!(read_only_clients_change_nothing_and_tokens_are_checked: rust => "yjs", ts => "yjs-ts");
+async fn read_only_clients_change_nothing_and_tokens_are_checked(guest: &'static str) {
+    let server = Server::start(yjs_server(guest, 10_000)).await;
     let out = scenario(server.addr, "readonly", "viewers", &[]).await;
     assert_eq!(out, ["viewer kept out"]);
     server.stop().await;
 
-    let mut options = yjs_server(10_000);
+    let mut options = yjs_server(guest, 10_000);
     options.vars = vec![("TOKEN", "sesame")];
     let server = Server::start(options).await;
     let denied = tokio_tungstenite::connect_async(format!(
@@ -137,9 +136,9 @@ async fn read_only_clients_change_nothing_and_tokens_are_checked() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_malformed_update_closes_only_its_sender() {
-    let server = Server::start(yjs_server(10_000)).await;
+in_each_language!(a_malformed_update_closes_only_its_sender: rust => "yjs", ts => "yjs-ts");
+async fn a_malformed_update_closes_only_its_sender(guest: &'static str) {
+    let server = Server::start(yjs_server(guest, 10_000)).await;
     let out = scenario(server.addr, "malformed", "bad", &[]).await;
     assert_eq!(
         out,
@@ -165,9 +164,9 @@ async fn read_back(addr: SocketAddr, room: &str, n: usize) {
     assert_eq!(json["text"].as_str().map(str::len), Some(n));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn documents_survive_restarts_before_and_after_compaction() {
-    let server = Server::start(yjs_server(10_000)).await;
+in_each_language!(documents_survive_restarts_before_and_after_compaction: rust => "yjs", ts => "yjs-ts");
+async fn documents_survive_restarts_before_and_after_compaction(guest: &'static str) {
+    let server = Server::start(yjs_server(guest, 10_000)).await;
     // 40 updates: stored one by one, restarted before the compaction is due.
     let out = scenario(server.addr, "write", "kept", &["40"]).await;
     assert_eq!(out, ["acked 40"]);
@@ -196,10 +195,10 @@ async fn documents_survive_restarts_before_and_after_compaction() {
 
 /// Every update another client saw relayed (so the room had committed it)
 /// is there after a SIGKILL of the host.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relayed_updates_survive_sigkill() {
+in_each_language!(relayed_updates_survive_sigkill: rust => "yjs", ts => "yjs-ts");
+async fn relayed_updates_survive_sigkill(guest: &'static str) {
     let data = data_dir();
-    let (mut host, addr) = spawn_host(&data, "yjs").await;
+    let (mut host, addr) = spawn_host(&data, guest).await;
     let addr_s = addr.to_string();
     let (mut writer, mut lines) = node("yjs.mjs", &["hammer", &addr_s, "hammered"]).await;
     let mut seen: i64 = -1;
@@ -224,7 +223,7 @@ async fn relayed_updates_survive_sigkill() {
         }
     }
     writer.kill().await.expect("stop the writer");
-    let (_host, addr) = spawn_host(&data, "yjs").await;
+    let (_host, addr) = spawn_host(&data, guest).await;
     let out = scenario(addr, "read", "hammered", &["ws"]).await;
     let json: serde_json::Value =
         serde_json::from_str(out[0].strip_prefix("doc ").expect("doc")).expect("JSON");
