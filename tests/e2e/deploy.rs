@@ -312,7 +312,9 @@ async fn deleting_a_party_leaves_nothing_behind() {
     assert_eq!(server.host.alarms().len(), 1);
     let versions = server.options.data_dir.join("versions");
     let files = || std::fs::read_dir(&versions).expect("versions dir").count();
-    assert!(files() >= 2, "the component and its precompiled form");
+    // The component (its precompiled form is in the tests' shared compile
+    // cache, which a delete leaves alone).
+    assert!(files() >= 1, "the component is kept");
 
     let (status, body) = server
         .admin("DELETE", "/_dormouse/parties/gone", b"", Some(TOKEN))

@@ -69,8 +69,8 @@ async fn awareness_survives_hibernation_and_leaves_are_seen(guest: &'static str)
     server.stop().await;
 }
 
-/// Presence heartbeats (a client renewing an unchanged state) wake the room
-/// but do not keep it awake: between beats it is asleep.
+// Presence heartbeats (a client renewing an unchanged state) wake the room
+// but do not keep it awake: between beats it is asleep.
 in_each_language!(heartbeats_do_not_keep_a_room_awake: rust => "yjs", ts => "yjs-ts");
 async fn heartbeats_do_not_keep_a_room_awake(guest: &'static str) {
     let server = Server::start(yjs_server(guest, 400)).await;
@@ -193,8 +193,8 @@ async fn documents_survive_restarts_before_and_after_compaction(guest: &'static 
     server.stop().await;
 }
 
-/// Every update another client saw relayed (so the room had committed it)
-/// is there after a SIGKILL of the host.
+// Every update another client saw relayed (so the room had committed it)
+// is there after a SIGKILL of the host.
 in_each_language!(relayed_updates_survive_sigkill: rust => "yjs", ts => "yjs-ts");
 async fn relayed_updates_survive_sigkill(guest: &'static str) {
     let data = data_dir();
