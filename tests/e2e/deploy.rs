@@ -189,7 +189,7 @@ async fn bad_uploads_are_refused_in_one_sentence_and_the_old_version_serves_on()
             wat("(module)"),
             "a core Wasm module, not a component",
         ),
-        ("truncated", truncated, "the component does not compile"),
+        ("truncated", truncated, "the component is malformed"),
         (
             "wrong world",
             wat("(component)"),
