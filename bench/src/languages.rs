@@ -152,10 +152,12 @@ pub(super) async fn languages(args: &BenchArgs, out: &mut Report) -> anyhow::Res
         // A rooms awake at once, one connection each (its connect wakes it).
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = rss_anon(server.pid)?;
+        let series = format!("dormouse_rooms{{party=\"{party}\",state=\"awake\"}}");
+        // The relay's own room is awake too.
+        let awake_before = server.metric(&series).await;
         let path = format!("/parties/{party}/awake-{{}}");
         let (workers, held) = Workers::hold(server.addr, &path, 0, args.awake).await?;
-        let series = format!("dormouse_rooms{{party=\"{party}\",state=\"awake\"}}");
-        server.settle(&series, held as f64).await?;
+        server.settle(&series, awake_before + held as f64).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let after = rss_anon(server.pid)?;
         let per = after.saturating_sub(before) as f64 / held.max(1) as f64;
