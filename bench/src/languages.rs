@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 use super::{
     BenchArgs, Parties, Report, Server, Workers, bucket_quantile, buckets, connect, dormouse_build,
-    histogram, relay_rounds, relay_trip,
+    histogram, relay_rounds, relay_trip, since,
 };
 
 /// `RssAnon` of a process, bytes.
@@ -113,12 +113,7 @@ pub(super) async fn languages(args: &BenchArgs, out: &mut Report) -> anyhow::Res
         for _ in 0..args.rounds {
             h.record(relay_trip(&mut pair).await?)?;
         }
-        let after = buckets(&sleepy, "dormouse_wake_seconds").await;
-        let wakes: Vec<(f64, f64)> = after
-            .iter()
-            .zip(&before)
-            .map(|((le, n), (_, m))| (*le, n - m))
-            .collect();
+        let wakes = since(&buckets(&sleepy, "dormouse_wake_seconds").await, &before);
         for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
             let v = bucket_quantile(&wakes, q) * 1e6;
             out.figure(

@@ -825,12 +825,7 @@ async fn wake(args: &BenchArgs, out: &mut Report) -> anyhow::Result<()> {
         hs.record(relay_trip(&mut s).await?)?;
         ha.record(relay_trip(&mut a).await?)?;
     }
-    let after = buckets(&sleepy, "dormouse_wake_seconds").await;
-    let wakes: Vec<(f64, f64)> = after
-        .iter()
-        .zip(&before)
-        .map(|((le, n), (_, m))| (*le, n - m))
-        .collect();
+    let wakes = since(&buckets(&sleepy, "dormouse_wake_seconds").await, &before);
     out.latencies("wake", "hibernating_room", &hs);
     out.latencies("wake", "awake_room", &ha);
     for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
@@ -889,6 +884,15 @@ async fn buckets(server: &Server, name: &str) -> Vec<(f64, f64)> {
             };
             Some((le, count.parse().ok()?))
         })
+        .collect()
+}
+
+/// What a histogram's cumulative buckets gained between two readings.
+fn since(after: &[(f64, f64)], before: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .zip(before)
+        .map(|((le, n), (_, m))| (*le, n - m))
         .collect()
 }
 

@@ -16,7 +16,7 @@ use yrs::{Doc, ReadTxn, StateVector, Text, Transact};
 
 use super::{
     BenchArgs, Parties, Report, Server, Ws, bucket_quantile, buckets, connect, dormouse_build,
-    histogram,
+    histogram, since,
 };
 
 /// Document sizes, bytes of text.
@@ -111,12 +111,10 @@ pub(super) async fn yjs(args: &BenchArgs, out: &mut Report) -> anyhow::Result<()
             hr.record(step1(&mut ws, &returning).await?)?;
         }
         let woke = server.metric(wakes).await - woke_before;
-        let after = buckets(&server, "dormouse_wake_seconds").await;
-        let wake: Vec<(f64, f64)> = after
-            .iter()
-            .zip(&wake_buckets)
-            .map(|((le, n), (_, m))| (*le, n - m))
-            .collect();
+        let wake = since(
+            &buckets(&server, "dormouse_wake_seconds").await,
+            &wake_buckets,
+        );
         out.latencies("yjs", &format!("{label}_new_client_step2"), &hn);
         out.latencies("yjs", &format!("{label}_returning_client_step2"), &hr);
         out.figure(
