@@ -335,15 +335,16 @@ async fn watch(party: String, dir: PathBuf, host: Arc<Host>) {
         seen = now;
         info!(party, "change seen; rebuilding {}", dir.display());
         let d = dir.clone();
-        let built = tokio::task::spawn_blocking(move || project::build(&d)).await;
         let vars = host.config().vars(&party);
-        let loaded = match built {
-            Ok(Ok(wasm)) => std::fs::read(&wasm)
-                .map_err(anyhow::Error::from)
-                .and_then(|bytes| Party::load(host.runtime(), &party, &bytes, vars)),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(e.into()),
-        };
+        let (h, name) = (host.clone(), party.clone());
+        // Building and compiling take seconds: off the event loop.
+        let loaded = tokio::task::spawn_blocking(move || {
+            let wasm = project::build(&d)?;
+            let bytes = std::fs::read(&wasm)?;
+            h.compile(&name, &bytes, vars)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.into()));
         match loaded {
             Ok(p) => {
                 host.deploy(p).await;
@@ -558,7 +559,15 @@ async fn build_and_check(dir: &Path) -> anyhow::Result<PathBuf> {
         awake_rooms: 1,
         ..Limits::default()
     };
-    let runtime = Runtime::new(&limits, None)?;
-    Party::load(&runtime, "main", &bytes, Default::default())?;
+    // Compiled bodies are cached in the user's cache, so checking a second
+    // TypeScript or Python room compiles only what is its own.
+    let functions = dormouse::project_js::cache_dir()
+        .ok()
+        .map(|c| c.join("compiled-functions"));
+    tokio::task::spawn_blocking(move || {
+        let runtime = Runtime::new(&limits, functions)?;
+        Party::load(&runtime, "main", &bytes, Default::default()).map(drop)
+    })
+    .await??;
     Ok(wasm)
 }

@@ -268,6 +268,18 @@ impl Host {
         &self.shared.runtime
     }
 
+    /// Compile a party as deploys do: through the compile cache, in a child
+    /// process when the config names a compiler (`dormouse dev`'s rebuilds).
+    pub fn compile(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        vars: std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<Party> {
+        self.versions
+            .compile(self.runtime(), self.metrics(), name, bytes, vars)
+    }
+
     /// Cancel it to shut down: the accept loop, the sockets and the rooms stop.
     pub fn shutdown(&self) -> &CancellationToken {
         &self.shared.shutdown

@@ -210,7 +210,7 @@ fn npm(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// `~/.cache/dormouse` (or `$XDG_CACHE_HOME/dormouse`).
-pub(crate) fn cache_dir() -> anyhow::Result<PathBuf> {
+pub fn cache_dir() -> anyhow::Result<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
