@@ -79,7 +79,7 @@ enum Command {
     New {
         /// The room's name (and folder).
         name: String,
-        /// rust, ts or js.
+        /// rust, ts, js or py.
         #[arg(long, default_value = "rust")]
         lang: dormouse::scaffold::Lang,
     },

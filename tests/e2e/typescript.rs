@@ -96,6 +96,24 @@ async fn a_throw_in_a_hook_is_a_trap() {
     assert_eq!(server.http("GET", "/parties/main/t/throw", "").await.0, 500);
     assert_eq!(server.metric(traps).await, 3.0);
     assert_eq!(ask(&mut a, "state").await, "state 1", "the socket stays");
+
+    // In onClose: its broadcast is dropped with it.
+    assert_eq!(ask(&mut a, "put:doom-close:true").await, "ok");
+    let b = server.ws("/parties/main/t").await;
+    drop(b);
+    server.wait_metric(traps, 4.0).await;
+    assert_eq!(
+        ask(&mut a, "put:doom-close:false").await,
+        "ok",
+        "no `closed` line came first"
+    );
+
+    // In onAlarm: a trap, then retried (2 s later) until it succeeds.
+    assert_eq!(ask(&mut a, "put:doom-alarm:true").await, "ok");
+    assert_eq!(ask(&mut a, "alarm:0").await, "alarm set true");
+    server.wait_metric(traps, 5.0).await;
+    assert_eq!(ask(&mut a, "put:doom-alarm:false").await, "ok");
+    assert_eq!(recv_text(&mut a).await, "alarm fired 1");
     server.stop().await;
 }
 

@@ -7,7 +7,8 @@
 //   throw            -> puts `doomed` = true, sends `never`, then throws
 //   types            -> stores values JSON cannot say, reads them back
 //   fetch:ROOM       -> another room's onRequest, through context.parties
-// ?tag=T sets the connection's tag; ?throw=1 makes onConnect throw.
+// ?tag=T sets the connection's tag; ?throw=1 makes onConnect throw; the
+// keys doom-close and doom-alarm, when true, make onClose and onAlarm throw.
 import type * as Party from "dormouse";
 
 type State = { n: number };
@@ -83,11 +84,13 @@ export default class Surface implements Party.Server {
     }
   }
 
-  onClose(conn: Party.Connection, code: number) {
+  async onClose(conn: Party.Connection, code: number) {
     this.room.broadcast(`closed ${conn.id} ${code}`);
+    if (await this.room.storage.get("doom-close")) throw new Error("onClose throws");
   }
 
   async onAlarm() {
+    if (await this.room.storage.get("doom-alarm")) throw new Error("onAlarm throws");
     const fired = ((await this.room.storage.get<number>("fired")) ?? 0) + 1;
     await this.room.storage.put("fired", fired);
     this.room.broadcast(`alarm fired ${fired}`);
