@@ -267,9 +267,11 @@ fn release_freed_memory() {
 #[allow(unsafe_code)]
 fn deserialize(runtime: &Runtime, path: &Path) -> anyhow::Result<Component> {
     // SAFETY: wasmtime runs precompiled code as it is, so it must come from
-    // a trusted compiler. This file was written by this host's own engine
-    // into its own data dir (never uploaded), and its name carries the
-    // engine's compatibility hash; wasmtime checks compatibility again.
+    // a trusted compiler. This file was written by a Dormouse engine (this
+    // host's, or its `dormouse compile-component` child) into the data dir
+    // or the compile cache folder the operator configured; uploads never
+    // write there. Its name carries the engine's compatibility hash, and
+    // wasmtime checks compatibility again.
     unsafe { Component::deserialize_file(runtime.engine(), path) }.map_err(anyhow::Error::from)
 }
 
