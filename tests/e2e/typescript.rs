@@ -152,3 +152,18 @@ async fn a_partykit_server_runs_with_its_import_changed() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     server.stop().await;
 }
+
+/// A hook whose promise never settles ends without committing, like a trap;
+/// the room goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_that_never_settles_commits_nothing() {
+    let server = Server::start(Options::main("surface-ts")).await;
+    let mut a = server.ws("/parties/main/h").await;
+    send_text(&mut a, "hang").await;
+    assert_eq!(ask(&mut a, "get:doomed").await, "null");
+    // componentize-js finds nothing left to run and ends the call: a trap,
+    // at once (a promise kept pending by a busy loop meets the deadline).
+    let traps = "dormouse_guest_traps_total{party=\"main\",kind=\"trap\"}";
+    assert_eq!(server.metric(traps).await, 1.0);
+    server.stop().await;
+}

@@ -5,6 +5,7 @@
 //   alarm:MS         -> `alarm set`; the alarm then broadcasts `alarm fired K`
 //   put:KEY:JSON     -> `ok`        get:KEY -> the stored value as JSON
 //   throw            -> puts `doomed` = true, sends `never`, then throws
+//   hang             -> puts `doomed` = true, then awaits what never settles
 //   types            -> stores values JSON cannot say, reads them back
 //   fetch:ROOM       -> another room's onRequest, through context.parties
 // ?tag=T sets the connection's tag; ?throw=1 makes onConnect throw; the
@@ -49,6 +50,10 @@ export default class Surface implements Party.Server {
         break;
       case "get":
         sender.send(JSON.stringify((await storage.get(arg)) ?? null));
+        break;
+      case "hang":
+        await storage.put("doomed", true);
+        await new Promise(() => {});
         break;
       case "throw":
         await storage.put("doomed", true);
