@@ -544,3 +544,21 @@ macro_rules! in_each_language {
         }
     };
 }
+
+/// Run a script of tests/node to its end (within three waits); the lines it
+/// printed. It must exit with success.
+pub async fn node_lines(script: &str, args: &[&str]) -> Vec<String> {
+    let (mut child, mut lines) = node(script, args).await;
+    let mut out = Vec::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.expect("node stdout") {
+            out.push(line);
+        }
+    };
+    tokio::time::timeout(WAIT * 3, read)
+        .await
+        .unwrap_or_else(|_| panic!("{script} {args:?} ended in time"));
+    let status = child.wait().await.expect("node exits");
+    assert!(status.success(), "{script} {args:?} failed after: {out:?}");
+    out
+}

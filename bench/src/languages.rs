@@ -12,7 +12,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -20,17 +19,6 @@ use super::{
     BenchArgs, Parties, Report, Server, Workers, bucket_quantile, buckets, connect, dormouse_build,
     histogram, relay_rounds, relay_trip, since,
 };
-
-/// `RssAnon` of a process, bytes.
-fn rss_anon(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no RssAnon in /proc/PID/status")?;
-    Ok(kib * 1024)
-}
 
 /// PUT a component to the admin API (a plain HTTP/1.1 request); seconds.
 async fn deploy(server: &Server, party: &str, wasm: &std::path::Path) -> anyhow::Result<f64> {
@@ -146,7 +134,7 @@ pub(super) async fn languages(args: &BenchArgs, out: &mut Report) -> anyhow::Res
         rates.push(rate);
         // A rooms awake at once, one connection each (its connect wakes it).
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let before = rss_anon(server.pid)?;
+        let before = server.status_bytes("RssAnon")?;
         let series = format!("dormouse_rooms{{party=\"{party}\",state=\"awake\"}}");
         // The relay's own room is awake too.
         let awake_before = server.metric(&series).await;
@@ -154,7 +142,7 @@ pub(super) async fn languages(args: &BenchArgs, out: &mut Report) -> anyhow::Res
         let (workers, held) = Workers::hold(server.addr, &path, 0, args.awake).await?;
         server.settle(&series, awake_before + held as f64).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let after = rss_anon(server.pid)?;
+        let after = server.status_bytes("RssAnon")?;
         let per = after.saturating_sub(before) as f64 / held.max(1) as f64;
         out.figure(
             "languages",

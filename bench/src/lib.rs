@@ -255,12 +255,17 @@ impl Server {
 
     /// Resident memory, bytes (`VmRSS` of `/proc/PID/status`).
     fn rss(&self) -> anyhow::Result<u64> {
+        self.status_bytes("VmRSS")
+    }
+
+    /// A memory figure of `/proc/PID/status` (`VmRSS`, `RssAnon`, ...), bytes.
+    fn status_bytes(&self, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
         let kib: u64 = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS in /proc/PID/status")?;
+            .with_context(|| format!("no {field} in /proc/PID/status"))?;
         Ok(kib * 1024)
     }
 

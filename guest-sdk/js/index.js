@@ -75,9 +75,15 @@ function call(f) {
 export class Connection {
   constructor(id, uri) {
     this.id = id;
-    // PartyKit's `uri` is a full URL; the host keeps path and query only,
-    // so the origin here is a placeholder.
-    this.uri = uri === undefined ? undefined : new URL(uri, "http://localhost").href;
+    this.rawUri = uri;
+  }
+
+  /** The upgrade URL. PartyKit's is a full URL; the host keeps path and
+   *  query only, so the origin is a placeholder. Read from the host when
+   *  first asked: most hooks never look at it. */
+  get uri() {
+    this.rawUri ??= connections.get(this.id)?.uri;
+    return this.rawUri === undefined ? undefined : new URL(this.rawUri, "http://localhost").href;
   }
 
   /** The value set with `setState`, or null; survives hibernation. */
@@ -422,7 +428,7 @@ export function serve(ServerClass) {
     },
 
     async onMessage(id, message) {
-      await room().onMessage?.(fromMessage(message), new Connection(id, connections.get(id)?.uri));
+      await room().onMessage?.(fromMessage(message), new Connection(id));
     },
 
     async onClose(id, code, reason, wasClean) {
@@ -430,7 +436,7 @@ export function serve(ServerClass) {
     },
 
     async onError(id, description) {
-      await room().onError?.(new Connection(id, connections.get(id)?.uri), new Error(description));
+      await room().onError?.(new Connection(id), new Error(description));
     },
 
     async onRequest(witRequest) {

@@ -97,7 +97,7 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
         // room's dependencies.
         .env("NODE_PATH", dir.join("node_modules"))
         .arg(format!("--outfile={}", bundle.display()));
-    run_with_stdin(esbuild, source.as_bytes(), "esbuild")?;
+    run_tool(esbuild, source.as_bytes(), "esbuild")?;
 
     let mut componentize = Command::new(&tools.componentize);
     componentize
@@ -109,7 +109,7 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
         // give it one at build time, as a page would have.
         .args(["--runtime-args", "--init-location http://localhost/", "-o"])
         .arg(&wasm);
-    run_with_stdin(componentize, b"", "componentize-js")?;
+    run_tool(componentize, b"", "componentize-js")?;
     Ok(wasm)
 }
 
@@ -252,7 +252,7 @@ pub(crate) fn write_files(base: &Path, files: &[(&str, &str)]) -> anyhow::Result
 
 /// Run a tool, its output shown on stderr (stdout is the built path's);
 /// fail naming it.
-fn run_with_stdin(mut cmd: Command, input: &[u8], name: &str) -> anyhow::Result<()> {
+pub(crate) fn run_tool(mut cmd: Command, input: &[u8], name: &str) -> anyhow::Result<()> {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::project_js::{cache_dir, write_files};
+use crate::project_js::{cache_dir, run_tool, write_files};
 
 /// The componentize-py a room is built with.
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
@@ -43,7 +43,8 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
     let dist = dir.join("dist");
     std::fs::create_dir_all(&dist).with_context(|| format!("cannot create {}", dist.display()))?;
     let wasm = dist.join("room.wasm");
-    let out = Command::new(&tool)
+    let mut componentize = Command::new(&tool);
+    componentize
         .arg("-d")
         .arg(&wit)
         .args(["-w", "room", "componentize", "dormouse_entry", "-p"])
@@ -53,16 +54,8 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
         .arg("-p")
         .arg(&sdk)
         .arg("-o")
-        .arg(&wasm)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run componentize-py")?;
-    // Its stdout is progress, for the user; stdout is the built path's.
-    eprint!("{}", String::from_utf8_lossy(&out.stdout));
-    if !out.status.success() {
-        bail!("componentize-py failed (see its errors above)");
-    }
+        .arg(&wasm);
+    run_tool(componentize, b"", "componentize-py")?;
     Ok(wasm)
 }
 

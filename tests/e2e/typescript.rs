@@ -5,8 +5,6 @@
 //! And a server written the way PartyKit's docs write one
 //! (examples/items-ts), driven by the real partysocket client.
 
-use std::time::Duration;
-
 use dormouse_tests::*;
 
 const HIBERNATED: &str = "dormouse_rooms{party=\"main\",state=\"hibernated\"}";
@@ -28,6 +26,10 @@ async fn state_tags_and_storage_survive_hibernation() {
     assert_eq!(ask(&mut a, "state").await, "state 2");
     assert_eq!(ask(&mut b, "state").await, "state 1");
     assert_eq!(ask(&mut c, "tagged:red").await, "2");
+    assert_eq!(
+        ask(&mut c, "uri").await,
+        "http://localhost/parties/main/s?tag=blue"
+    );
     assert_eq!(ask(&mut c, "tagged:blue").await, "1");
     assert_eq!(ask(&mut c, "get:k").await, r#"{"x":[1,2]}"#);
     assert_eq!(ask(&mut c, "get:nothing").await, "null");
@@ -124,17 +126,7 @@ async fn a_throw_in_a_hook_is_a_trap() {
 async fn a_partykit_server_runs_with_its_import_changed() {
     let server = Server::start(Options::main("items-ts").idle(50)).await;
     let wakes = "dormouse_wakes_total{party=\"main\"}";
-    let (mut node, mut lines) = node("items.mjs", &[&server.addr.to_string(), "shopping"]).await;
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT * 3, async {
-        while let Some(line) = lines.next_line().await.expect("stdout") {
-            out.push(line);
-        }
-    })
-    .await
-    .expect("the script ends in time");
-    let status = node.wait().await.expect("node exits");
-    assert!(status.success(), "items.mjs failed after {out:?}");
+    let out = node_lines("items.mjs", &[&server.addr.to_string(), "shopping"]).await;
     assert_eq!(
         out,
         [
@@ -149,7 +141,6 @@ async fn a_partykit_server_runs_with_its_import_changed() {
         server.metric(wakes).await >= 3.0,
         "it hibernated between messages"
     );
-    tokio::time::sleep(Duration::from_millis(10)).await;
     server.stop().await;
 }
 

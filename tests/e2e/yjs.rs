@@ -19,19 +19,7 @@ async fn scenario(addr: SocketAddr, name: &str, room: &str, args: &[&str]) -> Ve
     let addr = addr.to_string();
     let mut all = vec![name, &addr, room];
     all.extend_from_slice(args);
-    let (mut child, mut lines) = node("yjs.mjs", &all).await;
-    let mut out = Vec::new();
-    let read = async {
-        while let Some(line) = lines.next_line().await.expect("node stdout") {
-            out.push(line);
-        }
-    };
-    tokio::time::timeout(WAIT * 3, read)
-        .await
-        .unwrap_or_else(|_| panic!("scenario {name} ended in time"));
-    let status = child.wait().await.expect("node exits");
-    assert!(status.success(), "scenario {name} failed after: {out:?}");
-    out
+    node_lines("yjs.mjs", &all).await
 }
 
 fn yjs_server(guest: &'static str, idle_ms: u64) -> Options {

@@ -114,7 +114,16 @@ class Connection:
 
     def __init__(self, id: str, uri: Optional[str] = None):
         self.id = id
-        self.uri = uri
+        self._uri = uri
+
+    @property
+    def uri(self) -> Optional[str]:
+        """Path and query of the upgrade request; read from the host when
+        first asked (most hooks never look at it)."""
+        if self._uri is None:
+            info = _connections.get(self.id)
+            self._uri = info.uri if info else None
+        return self._uri
 
     @property
     def state(self) -> Any:
@@ -306,8 +315,7 @@ def serve(server_class):
                 raise Err(refusal._to_wit())
 
         def on_message(self, conn, message) -> None:
-            info = _connections.get(conn)
-            room().on_message(_from_wit(message), Connection(conn, info.uri if info else None))
+            room().on_message(_from_wit(message), Connection(conn))
 
         def on_close(self, conn, code, reason, was_clean) -> None:
             room().on_close(Connection(conn), code, reason, was_clean)

@@ -1,6 +1,7 @@
 // A test guest for the JavaScript SDK's surface (tests/e2e/typescript.rs).
 // Text commands, each answered to the sender:
 //   state            -> `state N`, N counting up in the connection's state
+//   uri              -> the sender's upgrade URL
 //   tagged:TAG       -> how many connections carry TAG (getConnectionTags)
 //   alarm:MS         -> `alarm set`; the alarm then broadcasts `alarm fired K`
 //   put:KEY:JSON     -> `ok`        get:KEY -> the stored value as JSON
@@ -37,6 +38,9 @@ export default class Surface implements Party.Server {
         sender.send(`state ${next?.n}`);
         break;
       }
+      case "uri":
+        sender.send(sender.uri);
+        break;
       case "tagged":
         sender.send(String([...this.room.getConnections(arg)].length));
         break;
