@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need when it is missing (Node.js,
-# Python's venv and Debian's chromium, the npm packages, the wasm target),
+# Python's venv, Debian's chromium, postgresql and haproxy, the npm
+# packages, the wasm target),
 # then runs them all. (componentize-js and componentize-py are installed by
 # `dormouse build` itself, into ~/.cache/dormouse, the first time.)
 # Arguments go to `cargo test` (e.g. `scripts/test.sh yjs`).
@@ -23,6 +24,9 @@ command -v node >/dev/null || missing+=(nodejs npm)
 command -v chromium >/dev/null || missing+=(chromium)
 # Python rooms are built with componentize-py, in a virtualenv.
 python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3 python3-venv)
+# The cluster suite starts its own PostgreSQL and HAProxy (host/tests/cluster).
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null; then
     echo "scripts/test.sh: install ${missing[*]} (no apt-get here to do it)" >&2

@@ -44,6 +44,7 @@ fuzz_target!(|ops: Vec<Op>| {
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut room = RoomStorage::new(
         s.clone(),
+        None,
         "fuzz".into(),
         n.to_string().into(),
         Arc::default(),

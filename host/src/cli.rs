@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use dormouse::client::Admin;
-use dormouse::config::{Config, Limits, PartyConfig};
+use dormouse::config::{ClusterConfig, Config, Limits, PartyConfig};
 use dormouse::host::Host;
 use dormouse::instance::{Party, Runtime};
 use dormouse::project;
@@ -122,6 +122,59 @@ struct ServeArgs {
     parties: Vec<String>,
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// `serve`'s cluster mode (docs/cluster.md); each overrides `[cluster]`.
+#[derive(Args)]
+struct ClusterArgs {
+    /// Join a cluster whose store of record is this PostgreSQL database
+    /// (postgres://USER@HOST:PORT/DB); several nodes on one database form one cluster.
+    #[arg(long, value_name = "POSTGRES_URL")]
+    cluster: Option<String>,
+    /// This node's name in the cluster [default: the advertised address].
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Where the other nodes reach this one [default: the listen address].
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Milliseconds a node's lease lasts without renewal [default: 10000].
+    #[arg(long)]
+    lease_ttl_ms: Option<u64>,
+}
+
+impl ClusterArgs {
+    fn apply(self, config: &mut Config) {
+        if let Some(database) = self.cluster {
+            let c = config.cluster.get_or_insert_with(|| ClusterConfig {
+                database: database.clone(),
+                node_id: String::new(),
+                advertise: String::new(),
+                lease_ttl_ms: 10_000,
+                audit: false,
+                unfenced_writes: false,
+            });
+            c.database = database;
+        }
+        let listen = config.listen.to_string();
+        let Some(c) = &mut config.cluster else { return };
+        if c.advertise.is_empty() {
+            c.advertise = listen;
+        }
+        if let Some(v) = self.advertise {
+            c.advertise = v;
+        }
+        if let Some(v) = self.node_id {
+            c.node_id = v;
+        }
+        if c.node_id.is_empty() {
+            c.node_id = c.advertise.clone();
+        }
+        if let Some(v) = self.lease_ttl_ms {
+            c.lease_ttl_ms = v;
+        }
+    }
 }
 
 /// Settings shared by `serve` and `dev`; each overrides the config file.
@@ -252,6 +305,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     args.server.apply(&mut config);
+    args.cluster.apply(&mut config);
     config.compiler = std::env::current_exe().ok();
     if config.admin_token.is_none() {
         config.admin_token = std::env::var("DORMOUSE_TOKEN")
@@ -266,7 +320,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         config.admin_token = Some(token);
     }
-    let host = Host::new(config)?;
+    let host = Host::open(config).await?;
     if host.parties()?.is_empty() {
         info!("no parties yet: `dormouse deploy DIR --party NAME` uploads one");
     }

@@ -44,6 +44,41 @@ pub struct Config {
     pub limits: Limits,
     /// Parties by name.
     pub parties: BTreeMap<String, PartyConfig>,
+    /// Several nodes on one PostgreSQL (`[cluster]`, or `serve --cluster`);
+    /// `None` is the single node on its own SQLite.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: this node's place in a cluster (`docs/cluster.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The store of record, `postgres://USER@HOST:PORT/DB`.
+    pub database: String,
+    /// This node's name, the same across its restarts [default: the
+    /// advertised address].
+    #[serde(default)]
+    pub node_id: String,
+    /// Where the other nodes reach this one to forward a room's sockets
+    /// and requests [default: the listen address].
+    #[serde(default)]
+    pub advertise: String,
+    /// How long a node's lease lasts without renewal; a dead node's rooms
+    /// are claimable this long after its last renewal.
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    /// Record every commit's (epoch, seq, node) in `commit_log`, for the
+    /// history checker (`dormouse-cluster-check`). Off in production.
+    #[serde(default)]
+    pub audit: bool,
+    /// Test-only: commit without the epoch fence. The checker's negative
+    /// control uses it to show the fence is what keeps one writer per room.
+    #[serde(default)]
+    pub unfenced_writes: bool,
+}
+
+fn default_lease_ttl_ms() -> u64 {
+    10_000
 }
 
 /// One party: a component (or a room crate to build into one) and its vars.
@@ -168,6 +203,7 @@ impl Default for Config {
             admin_token: None,
             limits: Limits::default(),
             parties: BTreeMap::new(),
+            cluster: None,
         }
     }
 }
@@ -254,6 +290,14 @@ impl Config {
                     "parties.{name}.limits.instance_memory_bytes may not exceed limits.instance_memory_bytes ({})",
                     self.limits.instance_memory_bytes
                 );
+            }
+        }
+        if let Some(c) = &self.cluster {
+            if c.lease_ttl_ms < 1000 {
+                bail!("cluster.lease_ttl_ms must be at least 1000");
+            }
+            if c.node_id.is_empty() || c.advertise.is_empty() {
+                bail!("cluster.node_id and cluster.advertise must not be empty");
             }
         }
         if self.ping_interval_ms == 0 {

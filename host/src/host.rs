@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::alarms::Alarms;
 use crate::clock::{Ticker, now_ms};
+use crate::cluster::Cluster;
 use crate::config::{Config, Limits};
 use crate::deploys::Deploys;
 use crate::instance::{Party, Runtime};
@@ -100,8 +101,28 @@ pub struct Deployed {
 
 impl Host {
     /// Open storage, make the engine and compile the configured parties.
-    /// Nothing runs until [`Host::start`].
+    /// Nothing runs until [`Host::start`]. A `[cluster]` config needs
+    /// [`Host::open`], which joins the cluster first.
     pub fn new(config: Config) -> anyhow::Result<Arc<Host>> {
+        if config.cluster.is_some() {
+            anyhow::bail!("a clustered host is made with Host::open (it joins the cluster first)");
+        }
+        Host::build(config, None)
+    }
+
+    /// As [`Host::new`]; with `[cluster]`, join the cluster first (this
+    /// waits out this node's previous lease, up to its TTL).
+    pub async fn open(config: Config) -> anyhow::Result<Arc<Host>> {
+        config.validate()?;
+        let cluster = match &config.cluster {
+            Some(c) => Some(Cluster::join(c.clone()).await?),
+            None => None,
+        };
+        // Compiling the parties takes a while: off the runtime's workers.
+        tokio::task::spawn_blocking(move || Host::build(config, cluster)).await?
+    }
+
+    fn build(config: Config, cluster: Option<Arc<Cluster>>) -> anyhow::Result<Arc<Host>> {
         config.validate()?;
         let limits = Arc::new(config.limits.clone());
         let metrics = Arc::new(Metrics::default());
@@ -174,8 +195,12 @@ impl Host {
             parties.insert(name, Arc::new(party));
         }
         let alarms = Alarms::default();
-        for (party, room, at) in storage.alarms()? {
-            alarms.set((party.into(), room.into()), at, 0);
+        // In a cluster, a room's holder schedules its alarm when it claims
+        // the room, and a sweeper claims rooms whose holder died.
+        if cluster.is_none() {
+            for (party, room, at) in storage.alarms()? {
+                alarms.set((party.into(), room.into()), at, 0);
+            }
         }
         let party_limits = config
             .parties
@@ -190,6 +215,7 @@ impl Host {
             let shared = Arc::new(Shared {
                 runtime,
                 storage,
+                cluster,
                 metrics,
                 alarms: Arc::new(alarms),
                 caps: Arc::new(Capabilities { logs, rooms }),
@@ -220,6 +246,9 @@ impl Host {
     /// Start what runs beside the rooms: the alarm loop and the ping tick.
     pub fn start(self: &Arc<Self>) {
         self.tasks.spawn(self.clone().fire_alarms());
+        if self.shared.cluster.is_some() {
+            self.tasks.spawn(self.clone().follow_cluster());
+        }
         let (pings, stop) = (self.pings.clone(), self.shared.shutdown.clone());
         self.tasks.spawn(async move { pings.run(stop).await });
     }
@@ -246,6 +275,54 @@ impl Host {
                 () = tokio::time::sleep(alarms.until_next(now_ms())) => {}
             }
         }
+    }
+
+    /// In a cluster: close every room's sockets with 1012 when this node
+    /// self-fences (its clients reconnect to the room's next holder), and
+    /// claim rooms whose alarm is due while their holder is gone.
+    async fn follow_cluster(self: Arc<Self>) {
+        let Some(cluster) = self.shared.cluster.clone() else {
+            return;
+        };
+        let mut sweep = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = self.shared.shutdown.cancelled() => return,
+                () = cluster.fenced() => self.evict_all(1012, "this node left the cluster; reconnect").await,
+                _ = sweep.tick() => match cluster.orphaned_alarms(now_ms()).await {
+                    Ok(keys) => {
+                        for key in keys {
+                            self.dispatch(&key, Event::Alarm { retry: 0 }).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot look for orphaned alarms"),
+                },
+            }
+        }
+    }
+
+    /// Close every live room's sockets with `code` and stop its actor.
+    async fn evict_all(&self, code: u16, reason: &'static str) {
+        let evicted: Vec<RoomTx> = lock(&self.rooms).drain().map(|(_, e)| e.tx).collect();
+        for tx in evicted {
+            let _ = tx.send(Event::Evict { code, reason }).await;
+        }
+    }
+
+    /// In a cluster, after shutdown: give up every room this node holds, so
+    /// that the other nodes may claim them at once rather than after the
+    /// lease. Rooms have stopped, so no commit of theirs is in flight.
+    pub async fn leave(&self) {
+        if let Some(cluster) = &self.shared.cluster {
+            for (key, epoch) in cluster.owned() {
+                cluster.release(&key, epoch).await;
+            }
+        }
+    }
+
+    /// This node's cluster, when it is in one.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.shared.cluster.as_ref()
     }
 
     pub fn config(&self) -> &Config {
@@ -359,6 +436,19 @@ impl Host {
         }
     }
 
+    /// Deploys through the admin API are a single node's for now: in a
+    /// cluster, every node serves the parties of its `dormouse.toml`.
+    /// TODO(cluster): store components in PostgreSQL and announce them with
+    /// LISTEN/NOTIFY, so a deploy to one node reaches all.
+    fn single_node(&self) -> Result<(), AdminError> {
+        if self.shared.cluster.is_some() {
+            return Err(AdminError::Refused(
+                "this node is in a cluster: parties come from each node's dormouse.toml (deploys through the API are not built for clusters yet)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Hold a party's deploy lock.
     async fn deploying(&self, party: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock_ = lock(&self.deploying)
@@ -381,6 +471,7 @@ impl Host {
                 "party names match ^[a-z0-9_-]{1,64}$".into(),
             ));
         }
+        self.single_node()?;
         let _deploying = self.deploying(name).await;
         let vars = self.config.vars(name);
         let host = self.clone();
@@ -418,6 +509,7 @@ impl Host {
         name: &str,
         to: Option<u32>,
     ) -> Result<Deployed, AdminError> {
+        self.single_node()?;
         let _deploying = self.deploying(name).await;
         let (versions, active) = self.deploys.versions(name)?;
         let target = match to {
@@ -455,6 +547,7 @@ impl Host {
     /// and version files are deleted. Hooks still running cannot commit
     /// after this (storage fences them), so a redeploy starts empty.
     pub async fn delete_party(&self, name: &str) -> Result<(), AdminError> {
+        self.single_node()?;
         let _deploying = self.deploying(name).await;
         if lock(&self.parties).remove(name).is_none() {
             return Err(AdminError::NotFound(format!(
@@ -467,7 +560,12 @@ impl Host {
             .map(|(_, e)| e.tx)
             .collect();
         for tx in evicted {
-            let _ = tx.send(Event::Evict).await;
+            let _ = tx
+                .send(Event::Evict {
+                    code: 1001,
+                    reason: "party deleted",
+                })
+                .await;
         }
         self.shared.alarms.clear_party(name);
         self.shared

@@ -18,7 +18,9 @@
 //! | room | [`instance`] | engine, compiled parties, an instance with its deadline and memory cap |
 //! | room | `imports` | the WIT imports, one file per interface, implemented on `RoomState` |
 //! | room | [`room_state`] | what a room keeps across hibernation; what guest code may reach ([`room_state::Capabilities`]) |
-//! | store | [`storage`] | room data in SQLite: per-hook batches, group commit, sizes, alarms |
+//! | edge | [`forward`] | in a cluster: a room's socket or request goes to the node that holds it |
+//! | store | [`storage`] | room data in SQLite (or, in a cluster, a claimed room's rows): per-hook batches, group commit, sizes, alarms |
+//! | store | [`cluster`] | several nodes on PostgreSQL: the lease, room claims, epoch-fenced group commit |
 //! | store | [`deploys`] | deploy metadata in SQLite: versions, the active one |
 //! | tools | [`client`] | the CLI's side of the admin API |
 //! | tools | [`admin_token`] | the token `serve` makes in its data dir, and where the CLI finds it |
@@ -50,9 +52,11 @@ pub mod admin_token;
 pub mod alarms;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod compile_cache;
 pub mod config;
 pub mod deploys;
+pub mod forward;
 pub mod host;
 pub mod http;
 mod imports;

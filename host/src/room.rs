@@ -30,12 +30,13 @@ use tracing::{error, warn};
 
 use crate::alarms::{Alarms, MAX_RETRIES};
 use crate::clock::now_ms;
+use crate::cluster::Cluster;
 use crate::config::Limits;
 use crate::instance::{Call, Failure, Instance, Party, Reply, Runtime};
 use crate::metrics::{FailureKind, Hook, Metrics};
 use crate::room_state::{Capabilities, Connection, Outbound, Outgoing, RoomState, RoomStatus};
 use crate::route::RoomKey;
-use crate::storage::{RoomStorage, Storage};
+use crate::storage::{Claiming, RoomStorage, Storage, StorageError};
 use crate::sync::lock;
 use crate::wit::{self, ConnectionInfo};
 use crate::ws::to_ws;
@@ -46,6 +47,8 @@ use crate::ws::to_ws;
 pub struct Shared {
     pub runtime: Arc<Runtime>,
     pub storage: Arc<Storage>,
+    /// In a cluster: this node's lease and the room claims (`None` alone).
+    pub cluster: Option<Arc<Cluster>>,
     pub metrics: Arc<Metrics>,
     pub alarms: Arc<Alarms>,
     /// What guest-facing code may reach (handed to each room's state); its
@@ -108,9 +111,13 @@ pub enum Event {
     /// Drop the instance after the current event (a new version was
     /// deployed, or a wake needs its slot).
     Hibernate,
-    /// The party was deleted: close every connection (1001) and stop; the
-    /// registry has already forgotten this actor.
-    Evict,
+    /// Close every connection with this code and stop; the registry has
+    /// already forgotten this actor. 1001 when the party was deleted, 1012
+    /// when this node left the cluster.
+    Evict {
+        code: u16,
+        reason: &'static str,
+    },
 }
 
 /// Which socket an event comes from: the id, and the serial that tells it
@@ -319,6 +326,7 @@ impl Room {
         party_metrics.rooms_hibernated.fetch_add(1, Relaxed);
         let storage = RoomStorage::new(
             shared.storage.clone(),
+            shared.cluster.clone(),
             key.0.clone(),
             key.1.clone(),
             limits.clone(),
@@ -369,15 +377,20 @@ impl Room {
             };
             match next {
                 Next::Stop => break,
-                Next::Event(event) if matches!(*event, Event::Evict) => {
-                    self.evict();
+                Next::Event(event) if matches!(*event, Event::Evict { .. }) => {
+                    if let Event::Evict { code, reason } = *event {
+                        self.evict(code, reason);
+                    }
                     break;
                 }
                 Next::Event(event) => {
+                    let Some(event) = self.claimed(*event).await else {
+                        continue;
+                    };
                     self.state().quiet = false;
                     // Boxed: the hook futures (instantiation included) are
                     // large, and an idle actor should not carry their space.
-                    Box::pin(self.handle(*event)).await;
+                    Box::pin(self.handle(event)).await;
                     // A quiet event keeps the deadline it found; one that
                     // woke the room ends its wake at once.
                     let quiet = std::mem::take(&mut self.state().quiet);
@@ -437,6 +450,7 @@ impl Room {
         if !registry.retire(&self.key, self.generation, &mut self.rx) {
             return false;
         }
+        self.state().storage.release();
         self.state()
             .party_metrics
             .rooms_hibernated
@@ -510,20 +524,58 @@ impl Room {
             }
             Event::Alarm { retry } => self.alarm(retry).await,
             Event::Hibernate => self.hibernate(),
-            Event::Evict => self.evict(),
+            Event::Evict { code, reason } => self.evict(code, reason),
         }
     }
 
-    /// The party was deleted: close and forget every connection.
-    fn evict(&mut self) {
+    /// Close and forget every connection (the party was deleted, or the
+    /// room is no longer this node's).
+    fn evict(&mut self, code: u16, reason: &str) {
         self.hibernate();
         let state = self.state();
+        state.storage.drop_claim();
         let ids: Vec<Arc<str>> = state.connections.keys().cloned().collect();
         for id in ids {
             if let Some(c) = state.remove(&id) {
-                c.outbound.close(1001, "party deleted");
+                c.outbound.close(code, reason);
             }
         }
+    }
+
+    /// In a cluster, an event runs only once this node holds the room
+    /// (claimed now if need be). When another node holds it, the event is
+    /// answered here: a connect or request gets 503 (the client retries
+    /// and lands on the owner), a socket of this room is closed with 1012.
+    async fn claimed(&mut self, event: Event) -> Option<Event> {
+        if self.builtin || matches!(event, Event::Hibernate) {
+            return Some(event);
+        }
+        let claiming = self.state().storage.claim().await;
+        let e = match claiming {
+            Ok(Claiming::Held) => return Some(event),
+            Ok(Claiming::Claimed { alarm }) => {
+                if let Some(at) = alarm {
+                    self.shared.alarms.set(self.key.clone(), at, 0);
+                }
+                return Some(event);
+            }
+            Err(e) => e,
+        };
+        warn!(error = %e, "cannot claim the room here");
+        let line = match e {
+            StorageError::Moved => "this room is served by another node; retry",
+            _ => "this room is unavailable; retry",
+        };
+        match event {
+            Event::Connect(c) => {
+                let _ = c.reply.send(Err(text_response(503, line)));
+            }
+            Event::Request { reply, .. } => {
+                let _ = reply.send(text_response(503, line));
+            }
+            _ => self.evict(1012, "this room moved to another node; reconnect"),
+        }
+        None
     }
 
     /// Whether an event comes from the socket that holds the id now.
@@ -699,6 +751,10 @@ impl Room {
             // trusted any more than the messages it sent.
             error!(hook = hook.label(), error = %e, "commit failed; output dropped and instance dropped");
             instance.state().discard();
+            if matches!(e, StorageError::Moved) {
+                // Another node holds the room: its clients must go there.
+                self.evict(1012, "this room moved to another node; reconnect");
+            }
             self.hibernate();
             return Err(());
         }
@@ -831,7 +887,14 @@ mod tests {
         // A sender waits for space and gets it when the actor takes one.
         let waiting = tokio::spawn({
             let tx = tx.clone();
-            async move { tx.send(Event::Evict).await.is_ok() }
+            async move {
+                tx.send(Event::Evict {
+                    code: 1001,
+                    reason: "party deleted",
+                })
+                .await
+                .is_ok()
+            }
         });
         tokio::task::yield_now().await;
         assert!(rx.try_recv().is_some());
@@ -853,7 +916,14 @@ mod tests {
         for _ in 0..ROOM_QUEUE {
             assert!(tx.try_send(Event::Hibernate));
         }
-        let waiting = tokio::spawn(async move { tx.send(Event::Evict).await.is_err() });
+        let waiting = tokio::spawn(async move {
+            tx.send(Event::Evict {
+                code: 1001,
+                reason: "party deleted",
+            })
+            .await
+            .is_err()
+        });
         tokio::task::yield_now().await;
         drop(rx);
         assert!(waiting.await.expect("sender"), "the event came back");

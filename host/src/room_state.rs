@@ -464,7 +464,7 @@ pub(crate) mod test_support {
             caps,
             Arc::default(),
             limits.clone(),
-            RoomStorage::new(storage, party, id, limits),
+            RoomStorage::new(storage, None, party, id, limits),
             Arc::default(),
         );
         state.vars = Arc::new(BTreeMap::from([("K".into(), "v".into())]));

@@ -22,6 +22,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::{Instrument, debug, info, warn};
 
+use crate::cluster::Owner;
+use crate::forward;
 use crate::host::Host;
 use crate::http::{Body, full, text};
 use crate::room::{Accepted, ConnRef, Connect, Event};
@@ -91,6 +93,7 @@ async fn serve(
     {
         warn!("some tasks were still running at shutdown");
     }
+    host.leave().await;
     info!("dormouse stopped");
     Ok(())
 }
@@ -196,6 +199,25 @@ async fn handle(
             if !host.serves(&path.party) {
                 let msg = format!("no party named {:?} is deployed", path.party);
                 return text(StatusCode::NOT_FOUND, msg);
+            }
+            if let Some(cluster) = host.cluster()
+                && !forward::is_forwarded(&req)
+            {
+                let key: RoomKey = (path.party.as_str().into(), path.room.as_str().into());
+                match cluster.owner(&key).await {
+                    Ok(Owner::Local) => {}
+                    Ok(Owner::Remote(addr)) => {
+                        let limit = host.limits_for(&path.party).message_bytes;
+                        return forward::forward(req, &addr, cluster.node_id(), limit).await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot route a room's request");
+                        return text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "this node cannot serve rooms right now (it cannot reach the cluster's database); retry".into(),
+                        );
+                    }
+                }
             }
             if is_upgrade(&req) {
                 upgrade(req, host, path).await

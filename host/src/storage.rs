@@ -25,6 +25,7 @@ use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+use crate::cluster::{Claimed, Cluster, ClusterError, Writes};
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::sync::lock;
@@ -42,6 +43,19 @@ pub enum StorageError {
     /// outlive the delete.
     #[error("the party was deleted")]
     Fenced,
+    /// In a cluster: another node holds this room now (or this node left
+    /// the cluster); nothing was written.
+    #[error("another node holds this room now")]
+    Moved,
+}
+
+impl From<ClusterError> for StorageError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::Fenced => StorageError::Moved,
+            ClusterError::Unavailable(line) => StorageError::Unavailable(line),
+        }
+    }
 }
 
 impl From<rusqlite::Error> for StorageError {
@@ -400,8 +414,15 @@ fn at_ms_to_sql(at: u64) -> i64 {
 }
 
 /// One room's view of storage: its committed data plus the pending batch.
+/// On one node the committed data is SQLite's; in a cluster it is the
+/// room's rows as loaded when this node claimed it, kept up to date by its
+/// own commits (only the holder of the epoch can write, so the copy stays
+/// current while the claim holds).
 pub struct RoomStorage {
     storage: Arc<Storage>,
+    cluster: Option<Arc<Cluster>>,
+    /// In a cluster, the claim this room holds; `None` until claimed.
+    claim: Option<Claim>,
     party: Arc<str>,
     room: Arc<str>,
     /// The party's generation when this room's actor started.
@@ -413,9 +434,26 @@ pub struct RoomStorage {
     stored: Option<u64>,
 }
 
+/// A room's claim in a cluster: its epoch, and its data as committed.
+struct Claim {
+    epoch: i64,
+    data: BTreeMap<String, Vec<u8>>,
+    alarm: Option<u64>,
+    bytes: u64,
+}
+
+/// What [`RoomStorage::claim`] found.
+pub enum Claiming {
+    /// The room was already this node's (or there is no cluster).
+    Held,
+    /// Claimed just now; its stored alarm, for the local schedule.
+    Claimed { alarm: Option<u64> },
+}
+
 impl RoomStorage {
     pub fn new(
         storage: Arc<Storage>,
+        cluster: Option<Arc<Cluster>>,
         party: Arc<str>,
         room: Arc<str>,
         limits: Arc<Limits>,
@@ -423,6 +461,8 @@ impl RoomStorage {
         RoomStorage {
             generation: storage.generations.get(&party),
             storage,
+            cluster,
+            claim: None,
             party,
             room,
             limits,
@@ -441,9 +481,57 @@ impl RoomStorage {
         self.pending = Batch::default();
     }
 
+    /// In a cluster, make sure this node holds the room before it handles
+    /// an event: claim it (bumping its epoch) and load its data.
+    /// [`StorageError::Moved`] when another live node holds it.
+    pub async fn claim(&mut self) -> Result<Claiming, StorageError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(Claiming::Held);
+        };
+        if self.claim.is_some() {
+            return Ok(Claiming::Held);
+        }
+        let key = (self.party.clone(), self.room.clone());
+        let Some(Claimed { epoch, data, alarm }) = cluster.claim(&key).await? else {
+            return Err(StorageError::Moved);
+        };
+        let bytes = data.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        self.claim = Some(Claim {
+            epoch,
+            data,
+            alarm,
+            bytes,
+        });
+        Ok(Claiming::Claimed { alarm })
+    }
+
+    /// In a cluster, give the room up as the actor retires, unless an alarm
+    /// is pending (the holder fires it). Runs in the background.
+    pub fn release(&mut self) {
+        let (Some(cluster), Some(claim)) = (&self.cluster, self.claim.take()) else {
+            return;
+        };
+        if claim.alarm.is_some() {
+            return;
+        }
+        let cluster = cluster.clone();
+        let key = (self.party.clone(), self.room.clone());
+        tokio::spawn(async move { cluster.release(&key, claim.epoch).await });
+    }
+
+    /// Forget the claim (the node self-fenced): the next event claims again.
+    pub fn drop_claim(&mut self) {
+        if let (Some(cluster), Some(claim)) = (&self.cluster, self.claim.take()) {
+            cluster.forget(&(self.party.clone(), self.room.clone()), claim.epoch);
+        }
+    }
+
     /// Commit a batch taken with [`RoomStorage::take_batch`]; returns once
     /// it is durable.
     pub async fn commit(&mut self, batch: Batch) -> Result<(), StorageError> {
+        if self.cluster.is_some() {
+            return self.commit_to_cluster(batch).await;
+        }
         let (reply, done) = oneshot::channel();
         let commit = Commit {
             party: self.party.clone(),
@@ -457,12 +545,75 @@ impl RoomStorage {
         Ok(())
     }
 
+    /// Commit under the room's epoch. Any failure forgets the claim: the
+    /// outcome may be unknown, so the next event claims and loads afresh.
+    async fn commit_to_cluster(&mut self, batch: Batch) -> Result<(), StorageError> {
+        let (Some(cluster), Some(claim)) = (&self.cluster, &mut self.claim) else {
+            return Err(StorageError::Moved);
+        };
+        let mut bytes = if batch.delete_all { 0 } else { claim.bytes };
+        let (mut puts, mut deletes) = (Vec::new(), Vec::new());
+        for (k, v) in &batch.writes {
+            if !batch.delete_all
+                && let Some(old) = claim.data.get(k)
+            {
+                bytes -= (k.len() + old.len()) as u64;
+            }
+            match v {
+                Some(v) => {
+                    bytes += (k.len() + v.len()) as u64;
+                    puts.push((k.clone(), v.clone()));
+                }
+                None => deletes.push(k.clone()),
+            }
+        }
+        let writes = Writes {
+            delete_all: batch.delete_all,
+            puts,
+            deletes,
+            alarm: batch.alarm,
+            bytes,
+        };
+        let key = (self.party.clone(), self.room.clone());
+        if let Err(e) = cluster.commit(&key, claim.epoch, writes).await {
+            self.claim = None;
+            return Err(e.into());
+        }
+        if batch.delete_all {
+            claim.data.clear();
+        }
+        for (k, v) in batch.writes {
+            match v {
+                Some(v) => claim.data.insert(k, v),
+                None => claim.data.remove(&k),
+            };
+        }
+        if let Some(at) = batch.alarm {
+            claim.alarm = at;
+        }
+        claim.bytes = bytes;
+        self.stored = Some(bytes);
+        Ok(())
+    }
+
+    /// In a cluster, the data of the room's claim.
+    fn claimed(&self) -> Result<Option<&Claim>, StorageError> {
+        match (&self.cluster, &self.claim) {
+            (None, _) => Ok(None),
+            (Some(_), Some(c)) => Ok(Some(c)),
+            (Some(_), None) => Err(StorageError::Moved),
+        }
+    }
+
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         if let Some(v) = self.pending.writes.get(key) {
             return Ok(v.clone());
         }
         if self.pending.delete_all {
             return Ok(None);
+        }
+        if let Some(c) = self.claimed()? {
+            return Ok(c.data.get(key).cloned());
         }
         let (party, room) = (&*self.party, &*self.room);
         self.storage.read(|c| {
@@ -581,6 +732,9 @@ impl RoomStorage {
         if let Some(n) = self.stored {
             return Ok(n);
         }
+        if let Some(c) = self.claimed()? {
+            return Ok(c.bytes);
+        }
         let (party, room) = (&*self.party, &*self.room);
         let n: Option<i64> = self.storage.read(|c| {
             c.prepare_cached(ROOM_BYTES)?
@@ -596,6 +750,9 @@ impl RoomStorage {
     fn stored_entry(&self, key: &str) -> Result<usize, StorageError> {
         if self.pending.delete_all {
             return Ok(0);
+        }
+        if let Some(c) = self.claimed()? {
+            return Ok(c.data.get(key).map_or(0, |v| key.len() + v.len()));
         }
         let (party, room) = (&*self.party, &*self.room);
         let len: Option<i64> = self.storage.read(|c| {
@@ -698,6 +855,33 @@ impl RoomStorage {
         cursor: Option<&str>,
         reverse: bool,
     ) -> Result<VecDeque<(String, Vec<u8>)>, StorageError> {
+        if let Some(c) = self.claimed()? {
+            use std::ops::Bound::{Excluded, Included, Unbounded};
+            let mut from = lo.as_deref().map_or(Unbounded, Included);
+            let mut to = hi.as_deref().map_or(Unbounded, Excluded);
+            if let Some(cur) = cursor {
+                if reverse {
+                    to = Excluded(cur);
+                } else {
+                    from = Excluded(cur);
+                }
+            }
+            // The end is never included, so an empty range is one whose
+            // start is not below its end (which `range` would panic on).
+            if let (Included(a) | Excluded(a), Excluded(b)) = (from, to)
+                && a >= b
+            {
+                return Ok(VecDeque::new());
+            }
+            let range = c.data.range::<str, _>((from, to));
+            let entry = |(k, v): (&String, &Vec<u8>)| (k.clone(), v.clone());
+            let page = LIST_PAGE as usize;
+            return Ok(if reverse {
+                range.rev().take(page).map(entry).collect()
+            } else {
+                range.take(page).map(entry).collect()
+            });
+        }
         let sql = if reverse {
             "SELECT key, value FROM kv WHERE party = ?1 AND room = ?2
              AND (?3 IS NULL OR key >= ?3) AND (?4 IS NULL OR key < ?4)
@@ -723,6 +907,9 @@ impl RoomStorage {
     pub fn alarm(&self) -> Result<Option<u64>, StorageError> {
         if let Some(a) = self.pending.alarm {
             return Ok(a);
+        }
+        if let Some(c) = self.claimed()? {
+            return Ok(c.alarm);
         }
         let (party, room) = (&*self.party, &*self.room);
         let at: Option<i64> = self.storage.read(|c| {
@@ -774,7 +961,7 @@ mod tests {
 
     fn room_with(dir: &Path, limits: Limits) -> RoomStorage {
         let storage = Storage::open(dir, Arc::default()).expect("storage opens");
-        RoomStorage::new(storage, "main".into(), "r1".into(), Arc::new(limits))
+        RoomStorage::new(storage, None, "main".into(), "r1".into(), Arc::new(limits))
     }
 
     async fn commit(r: &mut RoomStorage) {
@@ -805,6 +992,7 @@ mod tests {
         // Another room sees nothing of this one.
         let other = RoomStorage::new(
             r.storage.clone(),
+            None,
             "main".into(),
             "r2".into(),
             r.limits.clone(),
@@ -1078,6 +1266,7 @@ mod tests {
         // A room of the party deployed again starts empty and can write.
         let mut fresh = RoomStorage::new(
             r.storage.clone(),
+            None,
             "main".into(),
             "r1".into(),
             r.limits.clone(),

@@ -1,0 +1,104 @@
+//! Forwarding at the edge, in a cluster: a WebSocket or a request for a room
+//! that another live node holds goes to that node, frames in both
+//! directions. Browsers cannot follow a redirect on a WebSocket handshake,
+//! so a node forwards instead of redirecting.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::http::{Body, full, text};
+
+/// Marks a request one node forwarded to another. The owner serves it
+/// (claiming the room if its own view is stale) and never forwards it again,
+/// so two nodes that disagree cannot bounce a request between them.
+pub const FORWARDED: &str = "x-dormouse-forwarded";
+
+/// How long connecting to the owner may take before the client gets 503.
+const CONNECT: Duration = Duration::from_secs(2);
+
+/// Whether this request came from another node.
+pub fn is_forwarded<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(FORWARDED)
+}
+
+/// Send the request to the node at `addr` and answer with its answer. A
+/// WebSocket upgrade that the owner accepts is spliced: bytes are copied
+/// both ways until either side closes. A request body is bounded by
+/// `limit`, as the owner would bound it.
+pub async fn forward(
+    mut req: Request<Incoming>,
+    addr: &str,
+    from: &str,
+    limit: usize,
+) -> Response<Body> {
+    let unavailable = |why: String| {
+        warn!(%addr, "cannot forward to the room's node: {why}");
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the node serving this room ({addr}) cannot be reached; retry"),
+        )
+    };
+    let tcp = match tokio::time::timeout(CONNECT, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return unavailable(e.to_string()),
+        Err(_) => return unavailable("connect timed out".into()),
+    };
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp)).await {
+            Ok(pair) => pair,
+            Err(e) => return unavailable(e.to_string()),
+        };
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(error = %e, "forwarded connection ended");
+        }
+    });
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (mut parts, body) = req.into_parts();
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request bodies are limited to {limit} bytes"),
+            );
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(from) {
+        parts.headers.insert(FORWARDED, v);
+    }
+    let mut resp = match sender
+        .send_request(Request::from_parts(parts, Full::new(body)))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return unavailable(e.to_string()),
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let owner_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (Ok(client), Ok(owner)) = (client_upgrade.await, owner_upgrade.await) else {
+                debug!("a forwarded upgrade did not complete");
+                return;
+            };
+            let (mut client, mut owner) = (TokioIo::new(client), TokioIo::new(owner));
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut owner).await;
+        });
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, full(Bytes::new()));
+    }
+    let (parts, body) = resp.into_parts();
+    match body.collect().await {
+        Ok(b) => Response::from_parts(parts, full(b.to_bytes())),
+        Err(e) => unavailable(e.to_string()),
+    }
+}

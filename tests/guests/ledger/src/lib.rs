@@ -1,0 +1,57 @@
+//! Ledger: the cluster tests' workload guest. Each room keeps lists of
+//! values (Elle-style list-append), and each append carries an idempotency
+//! id, so a client that retries an append whose answer it never saw gets it
+//! applied exactly once.
+//!
+//! Text commands (answers go to the sender):
+//! - `append KEY VALUE IDEM`: append VALUE to list KEY unless IDEM was seen;
+//!   answers `ok IDEM` once the append is durable (the output gate);
+//! - `read KEY`: answers `list KEY V1,V2,...` (empty after the space when none);
+//! - anything else: `error what`.
+//!
+//! Storage: `l:KEY` holds the list, comma-separated; `i:IDEM` marks an
+//! applied append.
+
+use dormouse_sdk::{Connection, Message, Room, storage};
+
+#[derive(Default)]
+struct Ledger;
+
+fn list(key: &str) -> String {
+    storage::get(&format!("l:{key}"))
+        .ok()
+        .flatten()
+        .and_then(|v| String::from_utf8(v).ok())
+        .unwrap_or_default()
+}
+
+impl Room for Ledger {
+    fn on_message(&mut self, conn: &Connection, message: Message) {
+        let Message::Text(text) = message else { return };
+        let words: Vec<&str> = text.split(' ').collect();
+        let answer = match words.as_slice() {
+            ["append", key, value, idem] => {
+                let seen = format!("i:{idem}");
+                if storage::get(&seen).ok().flatten().is_none() {
+                    let mut l = list(key);
+                    if !l.is_empty() {
+                        l.push(',');
+                    }
+                    l.push_str(value);
+                    let wrote = storage::put(&format!("l:{key}"), l.as_bytes())
+                        .and_then(|()| storage::put(&seen, b"1"));
+                    if let Err(e) = wrote {
+                        let _ = conn.send_text(&format!("error {e:?}"));
+                        return;
+                    }
+                }
+                format!("ok {idem}")
+            }
+            ["read", key] => format!("list {key} {}", list(key)),
+            _ => format!("error unknown command {text:?}"),
+        };
+        let _ = conn.send_text(&answer);
+    }
+}
+
+dormouse_sdk::export!(Ledger);
