@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need when it is missing (Node.js,
-# Python's venv, Debian's chromium, postgresql and haproxy, the npm
+# Python's venv, Debian's chromium, postgresql, haproxy and faketime, the npm
 # packages, the wasm target),
 # then runs them all. (componentize-js and componentize-py are installed by
 # `dormouse build` itself, into ~/.cache/dormouse, the first time.)
@@ -27,6 +27,8 @@ python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3 python3-ven
 # The cluster suite starts its own PostgreSQL and HAProxy (host/tests/cluster).
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+# ... and runs one node with a skewed clock, under libfaketime.
+ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || missing+=(faketime)
 if [ ${#missing[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null; then
     echo "scripts/test.sh: install ${missing[*]} (no apt-get here to do it)" >&2

@@ -420,21 +420,37 @@ async fn rooms(server: &str) -> anyhow::Result<()> {
         .call(Method::GET, "/_dormouse/rooms", Vec::new())
         .await?;
     let rooms: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+    // A cluster's node names each room's holder.
+    let clustered = rooms.iter().any(|r| r.get("node").is_some());
+    let node_header = if clustered {
+        format!("{:<10} ", "NODE")
+    } else {
+        String::new()
+    };
     println!(
-        "{:<12} {:<24} {:<11} {:>6} {:>10} LAST EVENT",
+        "{:<12} {:<24} {node_header}{:<11} {:>6} {:>10} LAST EVENT",
         "PARTY", "ROOM", "STATE", "CONNS", "STORAGE"
     );
     for r in rooms {
         let last = r["last_event_ms"].as_u64().unwrap_or(0);
-        let ago = dormouse::clock::now_ms().saturating_sub(last);
+        let ago = if last == 0 {
+            "-".to_owned()
+        } else {
+            let ms = dormouse::clock::now_ms().saturating_sub(last);
+            format!("{:.1}s ago", ms as f64 / 1000.0)
+        };
+        let node = if clustered {
+            format!("{:<10} ", r["node"].as_str().unwrap_or(""))
+        } else {
+            String::new()
+        };
         println!(
-            "{:<12} {:<24} {:<11} {:>6} {:>10} {:.1}s ago",
+            "{:<12} {:<24} {node}{:<11} {:>6} {:>10} {ago}",
             r["party"].as_str().unwrap_or(""),
             r["room"].as_str().unwrap_or(""),
             r["state"].as_str().unwrap_or(""),
             r["connections"].as_u64().unwrap_or(0),
             r["storage_bytes"].as_u64().unwrap_or(0),
-            ago as f64 / 1000.0
         );
     }
     Ok(())

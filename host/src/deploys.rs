@@ -116,6 +116,46 @@ impl Deploys {
         Ok(orphans)
     }
 
+    /// Make this store's record of a party the given one (a cluster's
+    /// node mirrors PostgreSQL's): these versions, this one active.
+    pub fn mirror(
+        &self,
+        party: &str,
+        versions: &[Version],
+        active: Option<u32>,
+    ) -> anyhow::Result<()> {
+        let conn = lock(&self.conn);
+        let tx = conn.unchecked_transaction()?;
+        for table in ["parties", "versions"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE party = ?1"),
+                params![party],
+            )?;
+        }
+        for v in versions {
+            tx.execute(
+                "INSERT INTO versions (party, version, hash, size, created_ms, token)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    party,
+                    v.version,
+                    v.hash,
+                    v.size as i64,
+                    v.created_ms as i64,
+                    v.token
+                ],
+            )?;
+        }
+        if let Some(active) = active {
+            tx.execute(
+                "INSERT INTO parties (party, version) VALUES (?1, ?2)",
+                params![party, active],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Every version of a party, oldest first, and which one is active.
     pub fn versions(&self, party: &str) -> anyhow::Result<(Vec<Version>, Option<u32>)> {
         let conn = lock(&self.conn);

@@ -1,7 +1,7 @@
-//! Forwarding at the edge, in a cluster: a WebSocket or a request for a room
-//! that another live node holds goes to that node, frames in both
-//! directions. Browsers cannot follow a redirect on a WebSocket handshake,
-//! so a node forwards instead of redirecting.
+//! Forwarding, in a cluster: a WebSocket, a request or a room-to-room call
+//! for a room that another live node holds goes to that node, frames in
+//! both directions. Browsers cannot follow a redirect on a WebSocket
+//! handshake, so a node forwards instead of redirecting.
 
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use crate::http::{Body, full, text};
+use crate::route::RoomKey;
+use crate::wit;
 
 /// Marks a request one node forwarded to another. The owner serves it
 /// (claiming the room if its own view is stale) and never forwards it again,
@@ -101,4 +103,76 @@ pub async fn forward(
         Ok(b) => Response::from_parts(parts, full(b.to_bytes())),
         Err(e) => unavailable(e.to_string()),
     }
+}
+
+/// Carries a forwarded room-to-room call's chain of waiting rooms
+/// (`party/room,party/room`), so the deadlock check holds across nodes.
+pub const CHAIN: &str = "x-dormouse-chain";
+
+/// The chain of a forwarded call, as [`call`] wrote it.
+pub fn chain<B>(req: &Request<B>) -> Vec<RoomKey> {
+    let Some(v) = req.headers().get(CHAIN).and_then(|v| v.to_str().ok()) else {
+        return Vec::new();
+    };
+    v.split(',')
+        .filter_map(|k| k.split_once('/'))
+        .map(|(p, r)| (p.into(), r.into()))
+        .collect()
+}
+
+/// A room-to-room call for a room another node holds: its on-request runs
+/// there. `None` when that node cannot be reached (the caller's `fetch`
+/// then fails as for any unavailable room).
+pub async fn call(
+    addr: &str,
+    target: &RoomKey,
+    request: wit::Request,
+    chain: &[RoomKey],
+    from: &str,
+) -> Option<wit::Response> {
+    let tcp = tokio::time::timeout(CONNECT, TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    // The callee's path is the room's; the query is the caller's.
+    let query = request
+        .uri
+        .split_once('?')
+        .map_or(String::new(), |(_, q)| format!("?{q}"));
+    let mut out = Request::builder()
+        .method(request.method.as_str())
+        .uri(format!("/parties/{}/{}{query}", target.0, target.1));
+    for (name, value) in &request.headers {
+        out = out.header(name.as_str(), value.as_str());
+    }
+    let chain: Vec<String> = chain.iter().map(|(p, r)| format!("{p}/{r}")).collect();
+    let out = out
+        .header(FORWARDED, from)
+        .header(CHAIN, chain.join(","))
+        .header(hyper::header::HOST, addr)
+        .body(Full::new(Bytes::from(request.body)))
+        .ok()?;
+    let resp = sender.send_request(out).await.ok()?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.ok()?.to_bytes().to_vec();
+    Some(wit::Response {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+    })
 }

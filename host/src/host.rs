@@ -20,9 +20,10 @@ use tracing::Instrument;
 
 use crate::alarms::Alarms;
 use crate::clock::{Ticker, now_ms};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Owner};
 use crate::config::{Config, Limits};
-use crate::deploys::Deploys;
+use crate::deploys::{Deploys, Version};
+use crate::forward;
 use crate::instance::{Party, Runtime};
 use crate::logs::Logs;
 use crate::metrics::Metrics;
@@ -86,6 +87,9 @@ pub struct RoomInfo {
     pub connections: u64,
     pub last_event_ms: u64,
     pub storage_bytes: u64,
+    /// In a cluster: the node that holds the room.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// What a deploy did, for the one who deployed.
@@ -119,7 +123,10 @@ impl Host {
             None => None,
         };
         // Compiling the parties takes a while: off the runtime's workers.
-        tokio::task::spawn_blocking(move || Host::build(config, cluster)).await?
+        let host = tokio::task::spawn_blocking(move || Host::build(config, cluster)).await??;
+        // Serve what the cluster has deployed before taking any client.
+        host.follow_deploys().await?;
+        Ok(host)
     }
 
     fn build(config: Config, cluster: Option<Arc<Cluster>>) -> anyhow::Result<Arc<Host>> {
@@ -278,16 +285,27 @@ impl Host {
     }
 
     /// In a cluster: close every room's sockets with 1012 when this node
-    /// self-fences (its clients reconnect to the room's next holder), and
-    /// claim rooms whose alarm is due while their holder is gone.
+    /// self-fences (its clients reconnect to the room's next holder), claim
+    /// rooms whose alarm is due while their holder is gone, and serve what
+    /// other nodes deploy.
     async fn follow_cluster(self: Arc<Self>) {
         let Some(cluster) = self.shared.cluster.clone() else {
             return;
         };
         let mut sweep = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut deploys = cluster.deploys();
         loop {
             tokio::select! {
                 () = self.shared.shutdown.cancelled() => return,
+                Some(party) = deploys.recv() => {
+                    let followed = match party {
+                        Some(name) => self.follow_deploy(&name).await,
+                        None => self.follow_deploys().await,
+                    };
+                    if let Err(e) = followed {
+                        tracing::error!("cannot follow the cluster's deploys: {e}");
+                    }
+                }
                 () = cluster.fenced() => self.evict_all(1012, "this node left the cluster; reconnect").await,
                 _ = sweep.tick() => match cluster.orphaned_alarms(now_ms()).await {
                     Ok(keys) => {
@@ -436,19 +454,6 @@ impl Host {
         }
     }
 
-    /// Deploys through the admin API are a single node's for now: in a
-    /// cluster, every node serves the parties of its `dormouse.toml`.
-    /// TODO(cluster): store components in PostgreSQL and announce them with
-    /// LISTEN/NOTIFY, so a deploy to one node reaches all.
-    fn single_node(&self) -> Result<(), AdminError> {
-        if self.shared.cluster.is_some() {
-            return Err(AdminError::Refused(
-                "this node is in a cluster: parties come from each node's dormouse.toml (deploys through the API are not built for clusters yet)".into(),
-            ));
-        }
-        Ok(())
-    }
-
     /// Hold a party's deploy lock.
     async fn deploying(&self, party: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock_ = lock(&self.deploying)
@@ -471,28 +476,41 @@ impl Host {
                 "party names match ^[a-z0-9_-]{1,64}$".into(),
             ));
         }
-        self.single_node()?;
         let _deploying = self.deploying(name).await;
         let vars = self.config.vars(name);
         let host = self.clone();
         let (name_, token_) = (name.to_owned(), token.to_owned());
+        let clustered = self.shared.cluster.is_some();
         // Compiling takes a while: keep it off the event loop.
-        let (party, version, hash) = tokio::task::spawn_blocking(move || {
+        let (mut party, hash, bytes) = tokio::task::spawn_blocking(move || {
             let mut party = host
                 .versions
                 .compile(host.runtime(), host.metrics(), &name_, &bytes, vars)
                 .map_err(|e| AdminError::Refused(format!("{e:#}")))?;
             let hash = crate::versions::hash(&bytes);
             host.versions.save(&hash, &bytes)?;
-            let version = host
-                .deploys
-                .add_version(&name_, &hash, bytes.len(), &token_)?;
-            party.version = Some(version);
-            Ok::<_, AdminError>((party, version, hash))
+            if !clustered {
+                let version = host
+                    .deploys
+                    .add_version(&name_, &hash, bytes.len(), &token_)?;
+                party.version = Some(version);
+            }
+            Ok::<_, AdminError>((party, hash, bytes))
         })
         .await
         .map_err(anyhow::Error::from)??;
         let size = party.size;
+        // In a cluster the version is the cluster's: stored with its bytes in
+        // PostgreSQL and announced, so every node loads it (this one too).
+        if let Some(cluster) = &self.shared.cluster {
+            let v = cluster
+                .add_version(name, &hash, &bytes, token)
+                .await
+                .map_err(|e| AdminError::Failed(e.into()))?;
+            party.version = Some(v);
+            self.mirror(name).await?;
+        }
+        let version = party.version.unwrap_or_default();
         let rooms = self.deploy(party).await;
         Ok(Deployed {
             party: name.to_owned(),
@@ -509,9 +527,14 @@ impl Host {
         name: &str,
         to: Option<u32>,
     ) -> Result<Deployed, AdminError> {
-        self.single_node()?;
         let _deploying = self.deploying(name).await;
-        let (versions, active) = self.deploys.versions(name)?;
+        let (versions, active) = match &self.shared.cluster {
+            Some(c) => c
+                .versions(name)
+                .await
+                .map_err(|e| AdminError::Failed(e.into()))?,
+            None => self.deploys.versions(name)?,
+        };
         let target = match to {
             Some(v) => versions.iter().find(|x| x.version == v),
             None => versions.iter().rev().find(|x| Some(x.version) < active),
@@ -531,7 +554,15 @@ impl Host {
         .await
         .map_err(anyhow::Error::from)??;
         party.version = Some(target.version);
-        self.deploys.activate(name, target.version)?;
+        match &self.shared.cluster {
+            Some(c) => {
+                c.activate(name, target.version)
+                    .await
+                    .map_err(|e| AdminError::Failed(e.into()))?;
+                self.mirror(name).await?;
+            }
+            None => self.deploys.activate(name, target.version)?,
+        }
         let rooms = self.deploy(party).await;
         Ok(Deployed {
             party: name.to_owned(),
@@ -547,13 +578,24 @@ impl Host {
     /// and version files are deleted. Hooks still running cannot commit
     /// after this (storage fences them), so a redeploy starts empty.
     pub async fn delete_party(&self, name: &str) -> Result<(), AdminError> {
-        self.single_node()?;
         let _deploying = self.deploying(name).await;
-        if lock(&self.parties).remove(name).is_none() {
+        if !lock(&self.parties).contains_key(name) {
             return Err(AdminError::NotFound(format!(
                 "no party named {name:?} is deployed"
             )));
         }
+        if let Some(c) = &self.shared.cluster {
+            c.delete_party(name)
+                .await
+                .map_err(|e| AdminError::Failed(e.into()))?;
+        }
+        self.forget_party(name).await
+    }
+
+    /// A party's local side of a delete: its rooms, alarms, data, versions
+    /// and files on this node.
+    async fn forget_party(&self, name: &str) -> Result<(), AdminError> {
+        lock(&self.parties).remove(name);
         // Out of the registry first: a later connect starts a fresh actor.
         let evicted: Vec<RoomTx> = lock(&self.rooms)
             .extract_if(|(p, _), _| **p == *name)
@@ -574,6 +616,88 @@ impl Host {
             .map_err(anyhow::Error::from)?;
         let orphans = self.deploys.delete(name)?;
         self.versions.remove(&orphans)?;
+        Ok(())
+    }
+
+    /// In a cluster: copy a party's versions from the cluster into this
+    /// node's deploy metadata (for `dormouse versions`, and for the next start).
+    async fn mirror(&self, name: &str) -> Result<Option<(Vec<Version>, u32)>, AdminError> {
+        let Some(cluster) = &self.shared.cluster else {
+            return Ok(None);
+        };
+        let (versions, active) = cluster
+            .versions(name)
+            .await
+            .map_err(|e| AdminError::Failed(e.into()))?;
+        self.deploys.mirror(name, &versions, active)?;
+        Ok(active.map(|a| (versions, a)))
+    }
+
+    /// In a cluster: serve what the cluster says is a party's active version
+    /// (after an announcement, or at start). A party deleted in the cluster
+    /// is forgotten here; the component comes from PostgreSQL when this node
+    /// has not got its file.
+    async fn follow_deploy(self: &Arc<Self>, name: &str) -> Result<(), AdminError> {
+        let Some(cluster) = self.shared.cluster.clone() else {
+            return Ok(());
+        };
+        let _deploying = self.deploying(name).await;
+        let Some((versions, active)) = self.mirror(name).await? else {
+            if self.party(name).is_some_and(|p| p.version.is_some()) {
+                tracing::info!(party = name, "party deleted in the cluster");
+                self.forget_party(name).await?;
+            }
+            return Ok(());
+        };
+        if self.party(name).and_then(|p| p.version) == Some(active) {
+            return Ok(());
+        }
+        let Some(v) = versions.into_iter().find(|v| v.version == active) else {
+            return Ok(());
+        };
+        if !self.versions.has(&v.hash) {
+            let bytes = cluster
+                .component(&v.hash)
+                .await
+                .map_err(|e| AdminError::Failed(e.into()))?;
+            self.versions.save(&v.hash, &bytes)?;
+        }
+        let host = self.clone();
+        let (name_, hash) = (name.to_owned(), v.hash.clone());
+        let vars = self.config.vars(name);
+        let mut party = tokio::task::spawn_blocking(move || {
+            host.versions
+                .load(host.runtime(), host.metrics(), &name_, &hash, vars)
+        })
+        .await
+        .map_err(anyhow::Error::from)??;
+        party.version = Some(active);
+        tracing::info!(
+            party = name,
+            version = active,
+            "serving the cluster's version"
+        );
+        self.deploy(party).await;
+        Ok(())
+    }
+
+    /// In a cluster: follow every party the cluster has deployed.
+    pub async fn follow_deploys(self: &Arc<Self>) -> Result<(), AdminError> {
+        let Some(cluster) = self.shared.cluster.clone() else {
+            return Ok(());
+        };
+        let mut names = cluster
+            .deployed()
+            .await
+            .map_err(|e| AdminError::Failed(e.into()))?;
+        names.extend(self.deploys.deployed()?.into_iter().map(|(n, _)| n));
+        names.sort();
+        names.dedup();
+        for name in names {
+            if let Err(e) = self.follow_deploy(&name).await {
+                tracing::error!(party = name, "cannot load the cluster's version: {e}");
+            }
+        }
         Ok(())
     }
 
@@ -613,10 +737,52 @@ impl Host {
                 },
                 connections: s.connections.load(Relaxed),
                 last_event_ms: s.last_event_ms.load(Relaxed),
+                node: None,
             })
             .collect();
+        if let Some(cluster) = &self.shared.cluster {
+            self.cluster_rooms(cluster, &mut out).await?;
+        }
         out.sort_by(|a, b| (&a.party, &a.room).cmp(&(&b.party, &b.room)));
         Ok(out)
+    }
+
+    /// In a cluster, `rooms` covers every node: this node's live rooms get
+    /// their holder and stored size from PostgreSQL, and the rooms other
+    /// nodes hold are added (their state is theirs: `elsewhere` here).
+    async fn cluster_rooms(
+        &self,
+        cluster: &Cluster,
+        out: &mut Vec<RoomInfo>,
+    ) -> Result<(), AdminError> {
+        let held = cluster
+            .held_rooms()
+            .await
+            .map_err(|e| AdminError::Failed(e.into()))?;
+        let mut by_key: HashMap<(String, String), (String, u64)> = held
+            .into_iter()
+            .map(|(p, r, node, bytes)| ((p, r), (node, bytes)))
+            .collect();
+        for info in out.iter_mut() {
+            info.node = Some(cluster.node_id().to_owned());
+            if let Some((_, bytes)) = by_key.remove(&(info.party.clone(), info.room.clone())) {
+                info.storage_bytes = bytes;
+            }
+        }
+        out.extend(
+            by_key
+                .into_iter()
+                .map(|((party, room), (node, bytes))| RoomInfo {
+                    party,
+                    room,
+                    state: "elsewhere",
+                    connections: 0,
+                    last_event_ms: 0,
+                    storage_bytes: bytes,
+                    node: Some(node),
+                }),
+        );
+        Ok(())
     }
 
     /// Deployed and configured parties with their versions.
@@ -735,6 +901,16 @@ impl RoomCalls for Host {
         let host = self.me.upgrade();
         Box::pin(async move {
             let host = host?;
+            if let Some(cluster) = host.cluster() {
+                match cluster.owner(&target).await {
+                    Ok(Owner::Local) => {}
+                    Ok(Owner::Remote(addr)) => {
+                        let from = cluster.node_id();
+                        return forward::call(&addr, &target, request, &chain, from).await;
+                    }
+                    Err(_) => return None,
+                }
+            }
             let (reply, answer) = oneshot::channel();
             let event = Event::Request {
                 request: Box::new(request),

@@ -13,12 +13,12 @@
 //! | edge | `admin` | the admin API under `/_dormouse/`: deploy, versions, rollback, rooms, logs |
 //! | edge | [`socket`] | one task per WebSocket: frames in, outbound queue out, lingering close |
 //! | host | [`host`] | parties and deploys, the registry of room actors, the alarm loop, the ping tick, shutdown |
+//! | host | [`forward`] | in a cluster: a room's socket, request or room-to-room call goes to the node that holds it |
 //! | host | [`versions`] | deployed components and their precompiled forms on disk |
 //! | room | [`room`] | the room actor: events in order, wake, hibernate, output gate; what it may use of the host ([`room::Shared`], [`room::Registry`]) |
 //! | room | [`instance`] | engine, compiled parties, an instance with its deadline and memory cap |
 //! | room | `imports` | the WIT imports, one file per interface, implemented on `RoomState` |
 //! | room | [`room_state`] | what a room keeps across hibernation; what guest code may reach ([`room_state::Capabilities`]) |
-//! | edge | [`forward`] | in a cluster: a room's socket or request goes to the node that holds it |
 //! | store | [`storage`] | room data in SQLite (or, in a cluster, a claimed room's rows): per-hook batches, group commit, sizes, alarms |
 //! | store | [`cluster`] | several nodes on PostgreSQL: the lease, room claims, epoch-fenced group commit |
 //! | store | [`deploys`] | deploy metadata in SQLite: versions, the active one |

@@ -398,11 +398,18 @@ async fn request(req: Request<Incoming>, host: Arc<Host>, path: RoomPath) -> Res
             );
         }
     };
-    let request = wit_request(&Request::from_parts(parts, ()), body);
+    let head = Request::from_parts(parts, ());
+    // A room-to-room call forwarded by another node carries its chain.
+    let chain = if forward::is_forwarded(&head) {
+        forward::chain(&head)
+    } else {
+        Vec::new()
+    };
+    let request = wit_request(&head, body);
     let (reply, answer) = oneshot::channel();
     let event = Event::Request {
         request: Box::new(request),
-        chain: Vec::new(),
+        chain,
         reply,
     };
     if !host.dispatch(&room_key(path), event).await {

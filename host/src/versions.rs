@@ -104,6 +104,11 @@ impl Versions {
         self.cache.join(format!("{hash}-{:016x}.cwasm", h.finish()))
     }
 
+    /// Whether a component's file is here.
+    pub fn has(&self, hash: &str) -> bool {
+        self.wasm(hash).is_file()
+    }
+
     /// Keep an uploaded component as a version (compiled by [`Self::compile`]).
     pub fn save(&self, hash: &str, bytes: &[u8]) -> anyhow::Result<()> {
         write_atomic(&self.wasm(hash), bytes)

@@ -113,6 +113,15 @@ pub fn check(
     }
     // C5 reads: a prefix of the final list, holding every append
     // acknowledged before the read was invoked.
+    let mut acked: HashMap<&str, Vec<(std::time::Instant, &str)>> = HashMap::new();
+    for a in history {
+        if let (Kind::Append { value }, Some(t)) = (&a.kind, a.complete) {
+            acked.entry(&a.room).or_default().push((t, value));
+        }
+    }
+    for list in acked.values_mut() {
+        list.sort();
+    }
     for op in history {
         let Kind::Read { seen: Some(seen) } = &op.kind else {
             continue;
@@ -125,12 +134,10 @@ pub fn check(
             ));
             continue;
         }
-        for a in history {
-            if let Kind::Append { value } = &a.kind
-                && a.room == op.room
-                && a.complete.is_some_and(|t| t < op.invoke)
-                && !seen.contains(value)
-            {
+        let saw: HashSet<&str> = seen.iter().map(String::as_str).collect();
+        let before = acked.get(op.room.as_str()).map_or(&[][..], Vec::as_slice);
+        for (_, value) in before.iter().take_while(|(t, _)| *t < op.invoke) {
+            if !saw.contains(value) {
                 v.push(format!(
                     "C5: a read of room {} missed {value}, acknowledged before the read began",
                     op.room

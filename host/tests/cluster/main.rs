@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use procs::{Haproxy, Node, NodeSpec, Postgres, free_port, repo};
+use procs::{Haproxy, Node, NodeSpec, Postgres, Proxy, free_port, repo};
 use workload::{Kind, Op, Rng, Workload, ask, room_name};
 
 /// Short, so that the suite's failovers take seconds.
@@ -30,32 +30,75 @@ fn ledger() -> PathBuf {
         .clone()
 }
 
+/// A node's links, each through a proxy that can cut it.
+struct Links {
+    /// node -> PostgreSQL
+    pg: Proxy,
+    /// HAProxy -> node
+    lb: Proxy,
+    /// other nodes -> node (the node advertises this address)
+    peers: Proxy,
+}
+
 struct Rig {
     pg: Postgres,
     nodes: Vec<Node>,
+    links: Vec<Links>,
     lb: Haproxy,
 }
 
 impl Rig {
     async fn start(n: usize, clustered: bool, unfenced: bool) -> Rig {
+        Rig::with(n, n, clustered, unfenced, None).await
+    }
+
+    /// `running` of `n` nodes start now; HAProxy knows all `n` (the others
+    /// join later with [`Rig::add`]). The last node's clock is skewed
+    /// by `skew` (a libfaketime `FAKETIME`) when given.
+    async fn with(
+        n: usize,
+        running: usize,
+        clustered: bool,
+        unfenced: bool,
+        skew: Option<&str>,
+    ) -> Rig {
         let component = ledger();
         let pg = Postgres::start().await;
-        let mut nodes = Vec::new();
+        let (mut nodes, mut links) = (Vec::new(), Vec::new());
         for i in 0..n {
+            let port = free_port();
+            let node = format!("127.0.0.1:{port}");
+            let l = Links {
+                pg: Proxy::start(format!("127.0.0.1:{}", pg.port)).await,
+                lb: Proxy::start(node.clone()).await,
+                peers: Proxy::start(node).await,
+            };
             let spec = NodeSpec {
                 id: format!("n{}", i + 1),
-                port: free_port(),
-                database: pg.url(),
+                port,
+                advertise: l.peers.addr(),
+                database: format!("postgres://dormouse@{}/postgres", l.pg.addr()),
                 component: component.clone(),
                 lease_ttl_ms: TTL_MS,
                 unfenced,
                 clustered,
+                faketime: skew.filter(|_| i + 1 == running).map(str::to_owned),
             };
-            nodes.push(Node::start(spec).await);
+            links.push(l);
+            if i < running {
+                nodes.push(Node::start(spec).await);
+            } else {
+                nodes.push(Node::stopped(spec));
+            }
         }
-        let addrs: Vec<String> = nodes.iter().map(Node::addr).collect();
+        let addrs: Vec<String> = links.iter().map(|l| l.lb.addr()).collect();
         let lb = Haproxy::start(&addrs).await;
-        Rig { pg, nodes, lb }
+        Rig {
+            pg,
+            nodes,
+            links,
+            lb,
+        }
     }
 
     /// Every room's list as read through HAProxy once everything is up.
@@ -139,42 +182,73 @@ async fn read(port: u16, room: &str) -> Vec<String> {
     }
 }
 
-const ROOMS: usize = 30;
-const CLIENTS: usize = 60;
+const ROOMS: usize = 100;
+const CLIENTS: usize = 300;
+/// Each client's pause between operations: 300 clients make about 1,500
+/// operations a second, as much as two shared cores carry with PostgreSQL.
+const PAUSE: Duration = Duration::from_millis(150);
 
-/// The fault run: every fault once, while the clients write. Returns the
-/// checker's violations and a summary line.
+/// The fault run: scenarios 1-6, 8 and 9 of docs/cluster.md's test plan,
+/// each once, while the clients write through HAProxy. Node 3's clock is
+/// skewed by 90 s throughout (scenario 8). Returns the checker's
+/// violations, a summary line, and the rig (for its logs).
 async fn fault_run(seed: u64) -> (Vec<String>, String, Rig) {
-    let mut rig = Rig::start(3, true, false).await;
-    let load = Workload::start(rig.lb.port, ROOMS, CLIENTS, seed);
+    let mut rig = Rig::with(4, 3, true, false, Some("+90s")).await;
+    let load = Workload::start(rig.lb.port, ROOMS, CLIENTS, PAUSE, seed);
     let mut rng = Rng::new(seed);
     let ttl = Duration::from_millis(TTL_MS);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // 1. kill -9 a node; restart it after a while.
-    let victim = rng.below(3);
-    rig.nodes[victim].kill9().await;
-    tokio::time::sleep(ttl + Duration::from_secs(2)).await;
-    rig.nodes[victim].restart().await;
-    // 2. a zombie: pause a node for twice the TTL.
-    let zombie = rng.below(3);
-    rig.nodes[zombie].pause();
+    let s = Duration::from_secs;
+    let mut pick = || rng.below(3);
+    tokio::time::sleep(s(3)).await;
+    // 1. kill -9 a node; restart it.
+    let n = pick();
+    rig.nodes[n].kill9().await;
+    tokio::time::sleep(ttl + s(2)).await;
+    rig.nodes[n].restart().await;
+    // 2. a zombie: a node paused for twice the TTL.
+    let n = pick();
+    rig.nodes[n].pause();
     tokio::time::sleep(ttl * 2).await;
-    rig.nodes[zombie].resume();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    rig.nodes[n].resume();
+    tokio::time::sleep(s(2)).await;
+    // 3. a node cut off from PostgreSQL only: it self-fences, peers take over.
+    let n = pick();
+    rig.links[n].pg.cut();
+    tokio::time::sleep(ttl * 2).await;
+    rig.links[n].pg.heal();
+    tokio::time::sleep(s(2)).await;
+    // 4. a node cut off from HAProxy only: peers forward to it.
+    let n = pick();
+    rig.links[n].lb.cut();
+    tokio::time::sleep(s(5)).await;
+    rig.links[n].lb.heal();
+    tokio::time::sleep(s(3)).await;
+    // 5. a node isolated from HAProxy and its peers, not from PostgreSQL:
+    // its sockets time out, its rooms go idle and are released.
+    let n = pick();
+    rig.links[n].lb.cut();
+    rig.links[n].peers.cut();
+    tokio::time::sleep(ttl * 3).await;
+    rig.links[n].lb.heal();
+    rig.links[n].peers.heal();
+    tokio::time::sleep(s(3)).await;
     // 6. kill -9 PostgreSQL; restart it.
     rig.pg.kill9().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(s(2)).await;
     rig.pg.restart().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // 9. a graceful leave (SIGTERM drains) and a return.
-    let leaver = rng.below(3);
-    rig.nodes[leaver].stop().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    rig.nodes[leaver].restart().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(s(2)).await;
+    // 9. a fourth node joins; then a node leaves gracefully (SIGTERM
+    // drains) and comes back.
+    rig.nodes[3].restart().await;
+    tokio::time::sleep(s(4)).await;
+    let n = pick();
+    rig.nodes[n].stop().await;
+    tokio::time::sleep(s(3)).await;
+    rig.nodes[n].restart().await;
+    tokio::time::sleep(s(3)).await;
     let acked_during = load.acked();
     let history = load.stop().await;
-    // Healed: everything is up again.
+    // Healed: every link and node is up again.
     let fin = rig.final_lists(ROOMS).await;
     let (commits, claims) = rig.audit().await;
     let violations = checker::check(&history, &fin, &commits, &claims);
@@ -345,7 +419,7 @@ async fn the_checker_catches_local_sqlite_behind_the_hash() {
     // behind the same HAProxy. A node dies, its rooms' clients move to
     // another node (which has none of their data), the node comes back.
     let mut rig = Rig::start(3, false, false).await;
-    let load = Workload::start(rig.lb.port, ROOMS, CLIENTS / 2, 7);
+    let load = Workload::start(rig.lb.port, 30, 30, Duration::from_millis(20), 7);
     tokio::time::sleep(Duration::from_secs(3)).await;
     rig.nodes[0].kill9().await;
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -353,7 +427,7 @@ async fn the_checker_catches_local_sqlite_behind_the_hash() {
     // HAProxy sees it up again (rise 2 at 1 s).
     tokio::time::sleep(Duration::from_secs(4)).await;
     let history = load.stop().await;
-    let fin = rig.final_lists(ROOMS).await;
+    let fin = rig.final_lists(30).await;
     let violations = checker::check(&history, &fin, &[], &[]);
     assert!(
         violations
@@ -430,7 +504,7 @@ async fn a_socket_on_any_node_reaches_the_rooms_holder() {
 /// Acknowledged appends per second from `clients` clients on `rooms` rooms
 /// through `port`, over `secs` seconds.
 async fn append_rate(port: u16, rooms: usize, clients: usize, secs: u64) -> f64 {
-    let load = Workload::start(port, rooms, clients, 99);
+    let load = Workload::start(port, rooms, clients, Duration::from_millis(20), 99);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = load.acked();
     tokio::time::sleep(Duration::from_secs(secs)).await;
@@ -444,10 +518,12 @@ async fn append_rate(port: u16, rooms: usize, clients: usize, secs: u64) -> f64 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "figures, not a test: cargo test --release -p dormouse --test cluster -- --ignored figures --nocapture"]
 async fn figures() {
+    const SOCKETS: usize = 5000;
     let (rooms, clients, secs) = (30, 60, 10);
     let single = Rig::start(1, false, false).await;
     let sqlite = append_rate(single.lb.port, rooms, clients, secs).await;
     drop(single);
+    let single_for_memory = Rig::start(1, false, false).await;
     let one_pg = Rig::start(1, true, false).await;
     let pg1 = append_rate(one_pg.lb.port, rooms, clients, secs).await;
     drop(one_pg);
@@ -458,6 +534,31 @@ async fn figures() {
         pg1 / sqlite,
         pg3 / sqlite
     );
+    // Memory per idle socket: a single node and a cluster node, the same
+    // sockets (spread over 50 rooms) to each, one node at a time.
+    for (label, rig) in [
+        ("single node", &single_for_memory),
+        ("cluster node", &three),
+    ] {
+        let node = &rig.nodes[0];
+        let before = node.rss_bytes();
+        let mut held = Vec::new();
+        for i in 0..SOCKETS {
+            let url = format!("ws://{}/parties/ledger/m{}", node.addr(), i % 50);
+            held.push(
+                tokio_tungstenite::connect_async(url)
+                    .await
+                    .expect("a socket")
+                    .0,
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = node.rss_bytes();
+        eprintln!(
+            "{label}: {SOCKETS} idle sockets over 50 rooms, {} bytes each",
+            after.saturating_sub(before) / SOCKETS as u64
+        );
+    }
     // Failover: kill the holder of a room, time until it takes a write again.
     let mut holder = direct(&three.nodes[0], "fail").await;
     assert!(ask(&mut holder, "append x a a", "ok").await.is_some());
@@ -480,4 +581,220 @@ async fn figures() {
         "a killed holder's room took a write again after {:?} (lease TTL {TTL_MS} ms)",
         killed.elapsed()
     );
+}
+
+/// One HTTP/1.1 request to a node, read to its end: (status, body).
+async fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer test:secret\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    if tcp.write_all(&request).await.is_err() {
+        return (0, String::new());
+    }
+    let mut out = Vec::new();
+    let _ = tcp.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// Ask until `ok` holds of the answer, for up to 30 s; the last answer.
+async fn eventually(
+    addr: &str,
+    method: &str,
+    path: &str,
+    ok: impl Fn(u16, &str) -> bool,
+) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http(addr, method, path, b"").await;
+        if ok(status, &body) || Instant::now() > deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_to_one_node_reaches_every_node() {
+    let mut rig = Rig::start(3, true, false).await;
+    let counter = std::fs::read(
+        dormouse::project::build(&repo().join("examples/counter")).expect("the counter builds"),
+    )
+    .expect("counter.wasm");
+    let (status, body) = http(
+        &rig.nodes[0].addr(),
+        "PUT",
+        "/_dormouse/parties/counter",
+        &counter,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Each node serves it, in a room it claims itself (a fresh room on
+    // each node: its first request claims it there).
+    for (i, node) in rig.nodes.iter().enumerate() {
+        let path = format!("/parties/counter/v1-{i}");
+        let (status, body) = eventually(&node.addr(), "POST", &path, |s, _| s == 200).await;
+        assert_eq!(
+            (status, body.trim()),
+            (200, "1"),
+            "node {i}\n{}",
+            rig.logs()
+        );
+    }
+    // Version 2 (another component under the same name) reaches every node.
+    let ledger_bytes = std::fs::read(ledger()).expect("ledger.wasm");
+    let (status, body) = http(
+        &rig.nodes[1].addr(),
+        "PUT",
+        "/_dormouse/parties/counter",
+        &ledger_bytes,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"version\": 2"), "{body}");
+    for (i, node) in rig.nodes.iter().enumerate() {
+        // The ledger has no on-request: the counter's 200 "1" is gone.
+        let path = format!("/parties/counter/v2-{i}");
+        let (status, _) = eventually(&node.addr(), "POST", &path, |s, _| s != 200).await;
+        assert_ne!(
+            status,
+            200,
+            "node {i} still serves version 1\n{}",
+            rig.logs()
+        );
+    }
+    // A rollback on one node rolls every node back.
+    let (status, body) = http(
+        &rig.nodes[2].addr(),
+        "POST",
+        "/_dormouse/parties/counter/rollback",
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for (i, node) in rig.nodes.iter().enumerate() {
+        let path = format!("/parties/counter/v1b-{i}");
+        let (status, body) = eventually(&node.addr(), "POST", &path, |s, _| s == 200).await;
+        assert_eq!((status, body.trim()), (200, "1"), "node {i}");
+    }
+    // A node that starts later serves the cluster's version from the start.
+    rig.nodes[2].kill9().await;
+    rig.nodes[2].restart().await;
+    let (status, body) = http(&rig.nodes[2].addr(), "POST", "/parties/counter/late", b"").await;
+    assert_eq!((status, body.trim()), (200, "1"), "{}", rig.logs());
+    let (_, versions) = http(&rig.nodes[2].addr(), "GET", "/_dormouse/parties", b"").await;
+    assert!(versions.contains("\"active\": 1"), "{versions}");
+    // Any node lists every node's rooms, with their holders (rooms with a
+    // socket open, so that none is released as idle meanwhile).
+    let mut sockets = Vec::new();
+    for (i, node) in rig.nodes.iter().enumerate() {
+        let url = format!("ws://{}/parties/counter/held-{i}", node.addr());
+        sockets.push(
+            tokio_tungstenite::connect_async(url)
+                .await
+                .expect("a socket")
+                .0,
+        );
+    }
+    let (_, rooms) = http(&rig.nodes[0].addr(), "GET", "/_dormouse/rooms", b"").await;
+    for i in 0..3 {
+        assert!(
+            rooms.contains(&format!("\"node\": \"n{}\"", i + 1)),
+            "{rooms}"
+        );
+    }
+    drop(sockets);
+    // A delete on one node deletes the party on every node.
+    let (status, body) = http(
+        &rig.nodes[1].addr(),
+        "DELETE",
+        "/_dormouse/parties/counter",
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for (i, node) in rig.nodes.iter().enumerate() {
+        let (status, _) = eventually(&node.addr(), "POST", "/parties/counter/v1-0", |s, _| {
+            s == 404
+        })
+        .await;
+        assert_eq!(status, 404, "node {i} still serves the deleted party");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_calls_a_room_that_another_node_holds() {
+    let rig = Rig::start(2, true, false).await;
+    let probe = std::fs::read(
+        dormouse::project::build(&repo().join("tests/guests/probe")).expect("the probe builds"),
+    )
+    .expect("probe.wasm");
+    let (status, body) = http(
+        &rig.nodes[0].addr(),
+        "PUT",
+        "/_dormouse/parties/probe",
+        &probe,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Node 2 holds room b while a socket keeps it live.
+    let url = format!("ws://{}/parties/probe/b", rig.nodes[1].addr());
+    let (_held, _) = eventually_ws(&url).await;
+    // Room a, on node 1, calls b; b calls a back through node 2: a deadlock
+    // the chain, carried across nodes, refuses.
+    let (status, body) = eventually(
+        &rig.nodes[0].addr(),
+        "GET",
+        "/parties/probe/a?op=call&party=probe&room=b",
+        |s, _| s == 200,
+    )
+    .await;
+    assert_eq!(
+        (status, body.trim()),
+        (200, "probe probe/b"),
+        "{}",
+        rig.logs()
+    );
+    let (_, body) = http(
+        &rig.nodes[0].addr(),
+        "GET",
+        "/parties/probe/a?op=call&party=probe&room=b&next=probe%2Fa",
+        b"",
+    )
+    .await;
+    assert!(body.contains("deadlock"), "{body}");
+    let (_, claims) = rig.audit().await;
+    assert!(
+        claims.iter().all(|c| c.room != "b" || c.node == "n2"),
+        "only node 2 ever held b: {claims:?}"
+    );
+}
+
+/// Connect a WebSocket once the party is served (deploys reach nodes
+/// through an announcement).
+async fn eventually_ws(url: &str) -> (workload::Ws, ()) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(url).await {
+            return (ws, ());
+        }
+        assert!(Instant::now() < deadline, "{url} never accepted a socket");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -281,13 +281,27 @@ pub async fn wait_port(port: u16) {
 pub struct NodeSpec {
     pub id: String,
     pub port: u16,
+    /// Where the other nodes reach it (its peer link's proxy).
+    pub advertise: String,
     pub database: String,
     pub component: PathBuf,
     pub lease_ttl_ms: u64,
     /// The negative control: no epoch fence, no lease check.
     pub unfenced: bool,
-    /// `None`: the rejected design, each node on its own SQLite.
+    /// `false`: the rejected design, each node on its own SQLite.
     pub clustered: bool,
+    /// Run under libfaketime with this `FAKETIME` (a skewed clock).
+    pub faketime: Option<String>,
+}
+
+/// Debian's libfaketime (package faketime), for a node with a skewed clock.
+pub fn libfaketime() -> String {
+    let path = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    assert!(
+        Path::new(path).exists(),
+        "{path} is missing: install Debian's faketime (scripts/test.sh does)"
+    );
+    path.to_owned()
 }
 
 pub struct Node {
@@ -298,19 +312,24 @@ pub struct Node {
 
 impl Node {
     pub async fn start(spec: NodeSpec) -> Node {
+        let mut node = Node::stopped(spec);
+        node.restart().await;
+        node
+    }
+
+    /// A node not started yet ([`Node::restart`] starts it).
+    pub fn stopped(spec: NodeSpec) -> Node {
         let dir = std::env::temp_dir().join(format!(
             "dormouse-node-{}-{}",
             spec.id,
             uuid::Uuid::new_v4()
         ));
         std::fs::create_dir_all(&dir).expect("node dir");
-        let mut node = Node {
+        Node {
             spec,
             child: None,
             dir,
-        };
-        node.restart().await;
-        node
+        }
     }
 
     pub fn addr(&self) -> String {
@@ -320,7 +339,7 @@ impl Node {
     pub async fn restart(&mut self) {
         let s = &self.spec;
         let mut toml = format!(
-            "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nidle_timeout_ms = 1000\ncompile_cache_dir = \"{}\"\n\
+            "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nidle_timeout_ms = 1000\nping_interval_ms = 1000\ncompile_cache_dir = \"{}\"\n\
              [parties.ledger]\ncomponent = \"{}\"\n",
             s.port,
             self.dir.join("data").display(),
@@ -329,8 +348,8 @@ impl Node {
         );
         if s.clustered {
             toml += &format!(
-                "[cluster]\ndatabase = \"{}\"\nnode_id = \"{}\"\nadvertise = \"127.0.0.1:{}\"\nlease_ttl_ms = {}\naudit = true\nunfenced_writes = {}\n",
-                s.database, s.id, s.port, s.lease_ttl_ms, s.unfenced
+                "[cluster]\ndatabase = \"{}\"\nnode_id = \"{}\"\nadvertise = \"{}\"\nlease_ttl_ms = {}\naudit = true\nunfenced_writes = {}\n",
+                s.database, s.id, s.advertise, s.lease_ttl_ms, s.unfenced
             );
         }
         let config = self.dir.join("dormouse.toml");
@@ -340,7 +359,14 @@ impl Node {
             .append(true)
             .open(self.dir.join("log"))
             .expect("node log");
-        let child = Command::new(env!("CARGO_BIN_EXE_dormouse"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dormouse"));
+        if let Some(skew) = &s.faketime {
+            command
+                .env("LD_PRELOAD", libfaketime())
+                .env("FAKETIME", skew)
+                .env("FAKETIME_NO_CACHE", "1");
+        }
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -353,6 +379,21 @@ impl Node {
             .expect("dormouse serve starts");
         self.child = Some(child);
         wait_port(self.spec.port).await;
+    }
+
+    /// The node's resident memory, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("the node runs");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
     }
 
     pub fn log(&self) -> String {
@@ -422,6 +463,95 @@ mod tempdir {
     impl Drop for Dir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A TCP proxy on one link of the test's topology (node to PostgreSQL,
+/// HAProxy to node, node to node), which can cut the link: while cut, it
+/// moves no byte either way on existing connections and connects new ones
+/// nowhere, as a network partition does (no reset, no FIN: peers time out).
+pub struct Proxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: String) -> Proxy {
+        use std::sync::atomic::Ordering::Relaxed;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (c, target) = (c.clone(), target.clone());
+                tokio::spawn(async move {
+                    while c.load(Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::select! {
+                        () = pump(cr, sw, &c) => {}
+                        () = pump(sr, cw, &c) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, cut, task }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copy one direction, holding the bytes while the link is cut.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    cut: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        while cut.load(Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Read before the cut, delivered after it heals: never while cut.
+        while cut.load(Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
         }
     }
 }

@@ -61,14 +61,15 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// `clients` clients on `rooms` rooms through `port` (HAProxy's), until stopped.
-    pub fn start(port: u16, rooms: usize, clients: usize, seed: u64) -> Workload {
+    /// `clients` clients on `rooms` rooms through `port` (HAProxy's), each
+    /// pausing `pause` between operations, until stopped.
+    pub fn start(port: u16, rooms: usize, clients: usize, pause: Duration, seed: u64) -> Workload {
         let history = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let clients = (0..clients)
             .map(|c| {
                 let (h, s) = (history.clone(), stop.clone());
-                tokio::spawn(client(port, rooms, c, seed, h, s))
+                tokio::spawn(client(port, rooms, c, seed, pause, h, s))
             })
             .collect();
         Workload {
@@ -153,6 +154,7 @@ async fn client(
     rooms: usize,
     c: usize,
     seed: u64,
+    pause: Duration,
     history: Arc<Mutex<Vec<Op>>>,
     stop: Arc<AtomicBool>,
 ) {
@@ -195,7 +197,7 @@ async fn client(
                 }
             };
             history.lock().expect("history").push(op);
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(pause).await;
         }
     }
 }
