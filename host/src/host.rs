@@ -307,15 +307,41 @@ impl Host {
                     }
                 }
                 () = cluster.fenced() => self.evict_all(1012, "this node left the cluster; reconnect").await,
-                _ = sweep.tick() => match cluster.orphaned_alarms(now_ms()).await {
-                    Ok(keys) => {
-                        for key in keys {
-                            self.dispatch(&key, Event::Alarm { retry: 0 }).await;
+                _ = sweep.tick() => {
+                    self.hand_off_quiet_rooms();
+                    match cluster.orphaned_alarms(now_ms()).await {
+                        Ok(keys) => {
+                            for key in keys {
+                                self.dispatch(&key, Event::Alarm { retry: 0 }).await;
+                            }
                         }
+                        Err(e) => tracing::warn!(error = %e, "cannot look for orphaned alarms"),
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot look for orphaned alarms"),
-                },
+                }
             }
+        }
+    }
+
+    /// Ask quiet rooms whose every socket came through one other node to
+    /// move there (a few per tick, so a node that joins takes rooms over
+    /// gradually). The balancer's hash decides where clients go; this node
+    /// learns it from where forwarded sockets come from.
+    fn hand_off_quiet_rooms(&self) {
+        /// How long a room must have had no event to be handed off.
+        const QUIET_MS: u64 = 2000;
+        /// Hand-offs per tick (per second), at most.
+        const PER_TICK: usize = 16;
+        let now = now_ms();
+        let rooms = lock(&self.rooms);
+        let quiet = rooms.values().filter(|e| {
+            let s = &e.status;
+            let all = s.connections.load(Relaxed);
+            all > 0
+                && s.forwarded.load(Relaxed) == all
+                && now.saturating_sub(s.last_event_ms.load(Relaxed)) >= QUIET_MS
+        });
+        for e in quiet.take(PER_TICK) {
+            e.tx.try_send(Event::HandOff);
         }
     }
 

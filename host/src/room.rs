@@ -111,6 +111,10 @@ pub enum Event {
     /// Drop the instance after the current event (a new version was
     /// deployed, or a wake needs its slot).
     Hibernate,
+    /// In a cluster: every socket of this quiet room came through one
+    /// other node, where the balancer now sends its clients. Give the room
+    /// up and close its sockets with 1012: they reconnect there.
+    HandOff,
     /// Close every connection with this code and stop; the registry has
     /// already forgotten this actor. 1001 when the party was deleted, 1012
     /// when this node left the cluster.
@@ -132,6 +136,8 @@ pub struct Connect {
     pub conn: ConnRef,
     pub request: wit::Request,
     pub outbound: Outbound,
+    /// The socket came through another node of the cluster.
+    pub forwarded: bool,
     pub reply: oneshot::Sender<Result<Accepted, wit::Response>>,
 }
 
@@ -524,6 +530,7 @@ impl Room {
             }
             Event::Alarm { retry } => self.alarm(retry).await,
             Event::Hibernate => self.hibernate(),
+            Event::HandOff => self.hand_off(),
             Event::Evict { code, reason } => self.evict(code, reason),
         }
     }
@@ -542,12 +549,37 @@ impl Room {
         }
     }
 
+    /// Give the room up to the node its clients now come through (the host
+    /// asked: see [`Event::HandOff`]), unless a direct socket came meanwhile.
+    fn hand_off(&mut self) {
+        let state = self.state();
+        let all = state.connections.len() as u64;
+        if all == 0 || state.status.forwarded.load(Relaxed) != all {
+            return;
+        }
+        self.log(
+            "host",
+            "handing the room off to the node its clients come through",
+        );
+        self.hibernate();
+        self.state().storage.hand_off();
+        self.evict(1012, "this room is moving to another node; reconnect");
+    }
+
     /// In a cluster, an event runs only once this node holds the room
     /// (claimed now if need be). When another node holds it, the event is
     /// answered here: a connect or request gets 503 (the client retries
     /// and lands on the owner), a socket of this room is closed with 1012.
     async fn claimed(&mut self, event: Event) -> Option<Event> {
-        if self.builtin || matches!(event, Event::Hibernate) {
+        if self.builtin || matches!(event, Event::Hibernate | Event::HandOff) {
+            return Some(event);
+        }
+        // An event of a socket the room no longer has is dropped by
+        // `handle`: no reason to claim the room for it.
+        if let Event::Message { conn, .. } | Event::Closed { conn, .. } | Event::Error { conn, .. } =
+            &event
+            && !self.current(conn)
+        {
             return Some(event);
         }
         let claiming = self.state().storage.claim().await;
@@ -603,6 +635,7 @@ impl Room {
             tags: Vec::new(),
             state: None,
             outbound: c.outbound,
+            forwarded: c.forwarded,
         };
         // A client that reconnects with the same `_pk` (partysocket does)
         // replaces its old socket: the old one is closed and the room hears

@@ -37,6 +37,9 @@ pub struct Connection {
     pub tags: Vec<String>,
     pub state: Option<Vec<u8>>,
     pub outbound: Outbound,
+    /// In a cluster: the socket came through another node (the balancer
+    /// sent it there), so that node is where its room would rather be.
+    pub forwarded: bool,
 }
 
 /// The sending half of a connection's outbound queue. The queue is bounded
@@ -194,6 +197,8 @@ pub struct RoomStatus {
     /// (at most one such request waits in its queue).
     pub hibernate_asked: AtomicBool,
     pub connections: AtomicU64,
+    /// How many of the connections came through another node.
+    pub forwarded: AtomicU64,
     pub last_event_ms: AtomicU64,
     /// The auto-response pair (request -> response); boxed, as most rooms
     /// never set one.
@@ -409,15 +414,24 @@ impl RoomState {
     pub fn remove(&mut self, id: &str) -> Option<Box<Connection>> {
         let c = self.connections.remove(id)?;
         self.party_metrics.connections.fetch_sub(1, Relaxed);
+        if c.forwarded {
+            self.status.forwarded.fetch_sub(1, Relaxed);
+        }
         Some(c)
     }
 
     /// Add a connection, returning one it replaces (same id).
     pub fn insert(&mut self, id: Arc<str>, c: Connection) -> Option<Box<Connection>> {
         self.party_metrics.connections.fetch_add(1, Relaxed);
+        if c.forwarded {
+            self.status.forwarded.fetch_add(1, Relaxed);
+        }
         let old = self.connections.insert(id, Box::new(c));
-        if old.is_some() {
+        if let Some(o) = &old {
             self.party_metrics.connections.fetch_sub(1, Relaxed);
+            if o.forwarded {
+                self.status.forwarded.fetch_sub(1, Relaxed);
+            }
         }
         old
     }
@@ -506,6 +520,7 @@ pub(crate) mod test_support {
             tags: Vec::new(),
             state: None,
             outbound,
+            forwarded: false,
         };
         state.insert(id.into(), c);
         rx

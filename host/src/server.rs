@@ -305,6 +305,7 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
         conn: conn.clone(),
         request: wit_request(&req, Vec::new()),
         outbound,
+        forwarded: forward::is_forwarded(&req),
         reply,
     };
     let key = room_key(path);

@@ -508,12 +508,18 @@ impl RoomStorage {
     /// In a cluster, give the room up as the actor retires, unless an alarm
     /// is pending (the holder fires it). Runs in the background.
     pub fn release(&mut self) {
+        if self.claim.as_ref().is_some_and(|c| c.alarm.is_some()) {
+            return;
+        }
+        self.hand_off();
+    }
+
+    /// In a cluster, give the room up now, alarm or not (a due alarm of a
+    /// room nobody holds is fired by whichever node sweeps it first).
+    pub fn hand_off(&mut self) {
         let (Some(cluster), Some(claim)) = (&self.cluster, self.claim.take()) else {
             return;
         };
-        if claim.alarm.is_some() {
-            return;
-        }
         let cluster = cluster.clone();
         let key = (self.party.clone(), self.room.clone());
         tokio::spawn(async move { cluster.release(&key, claim.epoch).await });
@@ -557,7 +563,7 @@ impl RoomStorage {
             if !batch.delete_all
                 && let Some(old) = claim.data.get(k)
             {
-                bytes -= (k.len() + old.len()) as u64;
+                bytes = bytes.saturating_sub((k.len() + old.len()) as u64);
             }
             match v {
                 Some(v) => {

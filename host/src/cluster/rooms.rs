@@ -2,11 +2,11 @@
 //! commit whose every write is fenced by it, releases, and the rooms whose
 //! alarms a dead node left behind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 use tracing::{info, warn};
 
 use super::{Cluster, ClusterError, LIVE_OWNER, Pg, bounded};
@@ -183,6 +183,7 @@ impl Cluster {
     /// alone while all share one round of fsync.
     pub(super) async fn commit_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Commit>) {
         let pg = Pg::new(&self.config.database);
+        let mut statements = Statements::default();
         while let Some(first) = rx.recv().await {
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
@@ -191,7 +192,7 @@ impl Cluster {
                     Err(_) => break,
                 }
             }
-            let results = bounded(&pg, self.commit_group(&pg, &group)).await;
+            let results = bounded(&pg, self.commit_group(&pg, &mut statements, &group)).await;
             match results {
                 Ok(results) => {
                     for (c, r) in group.into_iter().zip(results) {
@@ -211,113 +212,86 @@ impl Cluster {
         }
     }
 
+    /// One transaction: BEGIN, every hook's write as one statement, all
+    /// sent at once (tokio-postgres pipelines them on the connection), and
+    /// COMMIT: three round trips and one fsync for the whole group. A fenced
+    /// hook's statement matches no row and so writes nothing, while the
+    /// others commit; a failing statement fails the group.
     async fn commit_group(
         &self,
         pg: &Pg,
+        statements: &mut Statements,
         group: &[Commit],
     ) -> Result<Vec<Result<i64, ClusterError>>, ClusterError> {
         let client = pg.get().await?;
-        client.batch_execute("BEGIN").await?;
-        let mut results = Vec::with_capacity(group.len());
+        if !statements
+            .client
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &client))
+        {
+            *statements = Statements {
+                client: Some(client.clone()),
+                ..Statements::default()
+            };
+        }
+        let mut prepared = Vec::with_capacity(group.len());
         for c in group {
-            client.batch_execute("SAVEPOINT hook").await?;
-            match self.apply(&client, c).await {
-                Ok(Some(seq)) => {
-                    client.batch_execute("RELEASE SAVEPOINT hook").await?;
-                    results.push(Ok(seq));
-                }
-                Ok(None) => {
-                    client.batch_execute("ROLLBACK TO SAVEPOINT hook").await?;
-                    results.push(Err(ClusterError::Fenced));
-                }
-                Err(e) => {
-                    client.batch_execute("ROLLBACK TO SAVEPOINT hook").await?;
-                    results.push(Err(e.into()));
-                }
-            }
+            prepared.push(statements.get(&client, self.write_kind(&c.writes)).await?);
+        }
+        let params: Vec<WriteParams> = group.iter().map(|c| self.params(c)).collect();
+        client.batch_execute("BEGIN").await?;
+        let writes = group
+            .iter()
+            .zip(&prepared)
+            .zip(&params)
+            .map(|((_, stmt), p)| {
+                let client = &client;
+                async move { client.query_opt(stmt, &p.refs()).await }
+            });
+        let rows = futures_util::future::join_all(writes).await;
+        let mut results = Vec::with_capacity(group.len());
+        for row in rows {
+            results.push(match row? {
+                Some(r) => Ok(r.get::<_, i64>(0)),
+                None => Err(ClusterError::Fenced),
+            });
         }
         client.batch_execute("COMMIT").await?;
         Ok(results)
     }
 
-    /// One hook's writes, if the room's epoch is still `c.epoch`: the seq
-    /// of the commit, or `None` when fenced (and nothing was written).
-    async fn apply(
-        &self,
-        client: &Client,
-        c: &Commit,
-    ) -> Result<Option<i64>, tokio_postgres::Error> {
-        let (party, room) = (&*c.key.0, &*c.key.1);
+    /// Which statement a hook's writes need (see [`write_sql`]).
+    fn write_kind(&self, w: &Writes) -> WriteKind {
+        WriteKind {
+            deletes: w.delete_all || !w.deletes.is_empty(),
+            puts: !w.puts.is_empty(),
+            audit: self.config.audit,
+            // `unfenced_writes` exists only for the checker's negative
+            // control: it shows what the epoch condition prevents.
+            fenced: !self.config.unfenced_writes,
+        }
+    }
+
+    fn params(&self, c: &Commit) -> WriteParams {
         let w = &c.writes;
         let (set_alarm, alarm) = match w.alarm {
             Some(at) => (true, at.map(|a| i64::try_from(a).unwrap_or(i64::MAX))),
             None => (false, None),
         };
-        let bytes = w.bytes as i64;
-        // The fence. `unfenced_writes` exists only for the checker's
-        // negative control: it shows what this one condition prevents.
-        let fence = if self.config.unfenced_writes {
-            "$3::bigint IS NOT NULL"
-        } else {
-            "epoch = $3"
-        };
-        let row = client
-            .query_opt(
-                &format!(
-                    "UPDATE rooms SET seq = seq + 1, bytes = $4,
-                       alarm_ms = CASE WHEN $5 THEN $6 ELSE alarm_ms END
-                     WHERE party = $1 AND room = $2 AND {fence} RETURNING seq"
-                ),
-                &[&party, &room, &c.epoch, &bytes, &set_alarm, &alarm],
-            )
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let seq: i64 = row.get(0);
-        if w.delete_all {
-            client
-                .execute(
-                    "DELETE FROM room_kv WHERE party = $1 AND room = $2",
-                    &[&party, &room],
-                )
-                .await?;
+        WriteParams {
+            party: c.key.0.to_string(),
+            room: c.key.1.to_string(),
+            epoch: c.epoch,
+            bytes: w.bytes as i64,
+            set_alarm,
+            alarm,
+            delete_all: w.delete_all,
+            deletes: w.deletes.clone(),
+            keys: w.puts.iter().map(|(k, _)| k.clone()).collect(),
+            values: w.puts.iter().map(|(_, v)| v.clone()).collect(),
+            node: self.config.node_id.clone(),
+            inc: self.inc(),
         }
-        if !w.deletes.is_empty() {
-            client
-                .execute(
-                    "DELETE FROM room_kv WHERE party = $1 AND room = $2 AND k = ANY($3)",
-                    &[&party, &room, &w.deletes],
-                )
-                .await?;
-        }
-        if !w.puts.is_empty() {
-            let keys: Vec<&str> = w.puts.iter().map(|(k, _)| k.as_str()).collect();
-            let values: Vec<&[u8]> = w.puts.iter().map(|(_, v)| v.as_slice()).collect();
-            client
-                .execute(
-                    "INSERT INTO room_kv (party, room, k, v)
-                     SELECT $1, $2, k, v FROM unnest($3::text[], $4::bytea[]) AS t(k, v)
-                     ON CONFLICT (party, room, k) DO UPDATE SET v = EXCLUDED.v",
-                    &[&party, &room, &keys, &values],
-                )
-                .await?;
-        }
-        if self.config.audit {
-            client
-                .execute(
-                    "INSERT INTO commit_log (party, room, epoch, seq, node_id, inc)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[
-                        &party,
-                        &room,
-                        &c.epoch,
-                        &seq,
-                        &self.config.node_id,
-                        &self.inc(),
-                    ],
-                )
-                .await?;
-        }
-        Ok(Some(seq))
     }
 
     /// Rooms whose alarm is due and whose owner is gone (or none): a
@@ -376,5 +350,108 @@ impl Cluster {
                 .collect())
         })
         .await
+    }
+}
+
+/// The shape of one hook's write statement.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct WriteKind {
+    deletes: bool,
+    puts: bool,
+    audit: bool,
+    fenced: bool,
+}
+
+/// One hook's write as one statement (one round trip, and pipelined with
+/// the group's others): the fence first, and every other part only if the
+/// fence matched. `$1` party, `$2` room, `$3` epoch, `$4` stored bytes,
+/// `$5`/`$6` set the alarm to, `$7` delete all, `$8` keys to delete, `$9`/`$10`
+/// keys and values to put, `$11`/`$12` node and incarnation (audit). A key
+/// is never both deleted and put (the delete spares the put keys), since
+/// two parts of one statement may not touch one row.
+fn write_sql(k: WriteKind) -> String {
+    let fence = if k.fenced {
+        "epoch = $3"
+    } else {
+        "$3::bigint IS NOT NULL"
+    };
+    let mut sql = format!(
+        "WITH f AS (UPDATE rooms SET seq = seq + 1, bytes = $4,
+                      alarm_ms = CASE WHEN $5 THEN $6 ELSE alarm_ms END
+                    WHERE party = $1 AND room = $2 AND {fence} RETURNING seq)"
+    );
+    if k.deletes {
+        sql += ", d AS (DELETE FROM room_kv WHERE party = $1 AND room = $2
+                   AND EXISTS (SELECT 1 FROM f)
+                   AND ($7 OR k = ANY($8::text[])) AND NOT (k = ANY($9::text[])))";
+    }
+    if k.puts {
+        sql += ", w AS (INSERT INTO room_kv (party, room, k, v)
+                   SELECT $1, $2, t.k, t.v FROM unnest($9::text[], $10::bytea[]) AS t(k, v)
+                   WHERE EXISTS (SELECT 1 FROM f)
+                   ON CONFLICT (party, room, k) DO UPDATE SET v = EXCLUDED.v)";
+    }
+    if k.audit {
+        sql += ", a AS (INSERT INTO commit_log (party, room, epoch, seq, node_id, inc)
+                   SELECT $1, $2, $3, seq, $11, $12 FROM f)";
+    }
+    // Every parameter is named in every variant, so each has a type.
+    sql += " SELECT seq FROM f WHERE $7::bool IS NOT NULL AND $8::text[] IS NOT NULL
+              AND $9::text[] IS NOT NULL AND $10::bytea[] IS NOT NULL
+              AND $11::text IS NOT NULL AND $12::bigint IS NOT NULL";
+    sql
+}
+
+/// The group commit's prepared statements, for the connection they were
+/// prepared on.
+#[derive(Default)]
+struct Statements {
+    client: Option<Arc<Client>>,
+    by_kind: HashMap<WriteKind, Statement>,
+}
+
+impl Statements {
+    async fn get(&mut self, client: &Client, kind: WriteKind) -> Result<Statement, ClusterError> {
+        if let Some(s) = self.by_kind.get(&kind) {
+            return Ok(s.clone());
+        }
+        let s = client.prepare(&write_sql(kind)).await?;
+        self.by_kind.insert(kind, s.clone());
+        Ok(s)
+    }
+}
+
+/// One hook's statement parameters, owned while the group is in flight.
+struct WriteParams {
+    party: String,
+    room: String,
+    epoch: i64,
+    bytes: i64,
+    set_alarm: bool,
+    alarm: Option<i64>,
+    delete_all: bool,
+    deletes: Vec<String>,
+    keys: Vec<String>,
+    values: Vec<Vec<u8>>,
+    node: String,
+    inc: i64,
+}
+
+impl WriteParams {
+    fn refs(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 12] {
+        [
+            &self.party,
+            &self.room,
+            &self.epoch,
+            &self.bytes,
+            &self.set_alarm,
+            &self.alarm,
+            &self.delete_all,
+            &self.deletes,
+            &self.keys,
+            &self.values,
+            &self.node,
+            &self.inc,
+        ]
     }
 }

@@ -798,3 +798,58 @@ async fn eventually_ws(url: &str) -> (workload::Ws, ()) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_room_moves_to_the_node_its_clients_come_through() {
+    use futures_util::StreamExt;
+    let rig = Rig::start(2, true, false).await;
+    // Node 1 holds the room; a second client comes through node 2.
+    let mut first = direct(&rig.nodes[0], "h").await;
+    assert!(ask(&mut first, "append x a a", "ok").await.is_some());
+    let mut through = direct(&rig.nodes[1], "h").await;
+    assert!(ask(&mut through, "append x b b", "ok").await.is_some());
+    // While a socket came to node 1 directly, the quiet room stays there.
+    // (Both clients keep reading, so they answer the nodes' pings.)
+    let quiet = Duration::from_secs(4);
+    tokio::join!(
+        listen_for(&mut first, quiet),
+        listen_for(&mut through, quiet)
+    );
+    assert!(
+        ask(&mut through, "read x", "list x").await.is_some(),
+        "{}",
+        rig.logs()
+    );
+    // Once every socket comes through node 2 and the room is quiet, node 1
+    // hands it off: the socket is closed with 1012.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        match tokio::time::timeout_at(deadline, through.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f))))) => {
+                break Some(u16::from(f.code));
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => break None,
+        }
+    };
+    assert_eq!(code, Some(1012), "{}", rig.logs());
+    // The client reconnects where the balancer sends it: node 2 claims the
+    // room, and nothing was lost.
+    let mut again = direct(&rig.nodes[1], "h").await;
+    let seen = ask(&mut again, "read x", "list x").await;
+    assert_eq!(seen.as_deref(), Some("list x a,b"));
+    let (_, claims) = rig.audit().await;
+    let last = claims
+        .iter()
+        .filter(|c| c.room == "h")
+        .max_by_key(|c| c.epoch);
+    assert_eq!(last.map(|c| c.node.as_str()), Some("n2"), "{claims:?}");
+}
+
+/// Read (and drop) what a socket receives for a while: its pings get their
+/// pongs, as a browser's would.
+async fn listen_for(ws: &mut workload::Ws, d: Duration) {
+    use futures_util::StreamExt;
+    let _ = tokio::time::timeout(d, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+}
