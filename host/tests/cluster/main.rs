@@ -503,8 +503,8 @@ async fn a_socket_on_any_node_reaches_the_rooms_holder() {
 
 /// Acknowledged appends per second from `clients` clients on `rooms` rooms
 /// through `port`, over `secs` seconds.
-async fn append_rate(port: u16, rooms: usize, clients: usize, secs: u64) -> f64 {
-    let load = Workload::start(port, rooms, clients, Duration::from_millis(20), 99);
+async fn append_rate(port: u16, rooms: usize, clients: usize, pause: Duration, secs: u64) -> f64 {
+    let load = Workload::start(port, rooms, clients, pause, 99);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = load.acked();
     tokio::time::sleep(Duration::from_secs(secs)).await;
@@ -519,27 +519,29 @@ async fn append_rate(port: u16, rooms: usize, clients: usize, secs: u64) -> f64 
 #[ignore = "figures, not a test: cargo test --release -p dormouse --test cluster -- --ignored figures --nocapture"]
 async fn figures() {
     const SOCKETS: usize = 5000;
-    let (rooms, clients, secs) = (30, 60, 10);
-    let single = Rig::start(1, false, false).await;
-    let sqlite = append_rate(single.lb.port, rooms, clients, secs).await;
-    drop(single);
-    let single_for_memory = Rig::start(1, false, false).await;
-    let one_pg = Rig::start(1, true, false).await;
-    let pg1 = append_rate(one_pg.lb.port, rooms, clients, secs).await;
-    drop(one_pg);
-    let mut three = Rig::start(3, true, false).await;
-    let pg3 = append_rate(three.lb.port, rooms, clients, secs).await;
-    eprintln!(
-        "durable appends/s through HAProxy, {clients} clients, {rooms} rooms: one node on SQLite {sqlite:.0}, one node on PostgreSQL {pg1:.0} ({:.2}x), three nodes on PostgreSQL {pg3:.0} ({:.2}x)",
-        pg1 / sqlite,
-        pg3 / sqlite
-    );
-    // Memory per idle socket: a single node and a cluster node, the same
-    // sockets (spread over 50 rooms) to each, one node at a time.
-    for (label, rig) in [
-        ("single node", &single_for_memory),
-        ("cluster node", &three),
-    ] {
+    let rooms = 30;
+    // Two loads: clients that pause 20 ms between operations, and clients
+    // that never pause (as many appends as the setup takes).
+    for (clients, pause_ms) in [(60, 20), (200, 0)] {
+        let pause = Duration::from_millis(pause_ms);
+        let mut rates = Vec::new();
+        for (n, clustered) in [(1, false), (1, true), (3, true)] {
+            let rig = Rig::start(n, clustered, false).await;
+            rates.push(append_rate(rig.lb.port, rooms, clients, pause, 10).await);
+        }
+        eprintln!(
+            "durable appends/s through HAProxy, {clients} clients pausing {pause_ms} ms, {rooms} rooms: one node on SQLite {:.0}, one node on PostgreSQL {:.0} ({:.2}x), three nodes on PostgreSQL {:.0} ({:.2}x)",
+            rates[0],
+            rates[1],
+            rates[1] / rates[0],
+            rates[2],
+            rates[2] / rates[0]
+        );
+    }
+    // Memory per idle socket: a fresh single node and a fresh cluster
+    // node, the same sockets (spread over 50 rooms) to each.
+    for (label, clustered) in [("single node", false), ("cluster node", true)] {
+        let rig = Rig::start(1, clustered, false).await;
         let node = &rig.nodes[0];
         let before = node.rss_bytes();
         let mut held = Vec::new();
@@ -559,6 +561,7 @@ async fn figures() {
             after.saturating_sub(before) / SOCKETS as u64
         );
     }
+    let mut three = Rig::start(3, true, false).await;
     // Failover: kill the holder of a room, time until it takes a write again.
     let mut holder = direct(&three.nodes[0], "fail").await;
     assert!(ask(&mut holder, "append x a a", "ok").await.is_some());
