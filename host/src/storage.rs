@@ -437,6 +437,7 @@ pub struct RoomStorage {
 /// A room's claim in a cluster: its epoch, and its data as committed.
 struct Claim {
     epoch: i64,
+    inc: i64,
     data: BTreeMap<String, Vec<u8>>,
     alarm: Option<u64>,
     bytes: u64,
@@ -492,12 +493,19 @@ impl RoomStorage {
             return Ok(Claiming::Held);
         }
         let key = (self.party.clone(), self.room.clone());
-        let Some(Claimed { epoch, data, alarm }) = cluster.claim(&key).await? else {
+        let Some(Claimed {
+            epoch,
+            inc,
+            data,
+            alarm,
+        }) = cluster.claim(&key).await?
+        else {
             return Err(StorageError::Moved);
         };
         let bytes = data.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         self.claim = Some(Claim {
             epoch,
+            inc,
             data,
             alarm,
             bytes,
@@ -581,7 +589,7 @@ impl RoomStorage {
             bytes,
         };
         let key = (self.party.clone(), self.room.clone());
-        if let Err(e) = cluster.commit(&key, claim.epoch, writes).await {
+        if let Err(e) = cluster.commit(&key, (claim.epoch, claim.inc), writes).await {
             self.claim = None;
             return Err(e.into());
         }

@@ -16,6 +16,9 @@ use crate::sync::lock;
 /// A room this node claimed: its epoch and its data as of the claim.
 pub struct Claimed {
     pub epoch: i64,
+    /// This node's incarnation that claimed it: a later incarnation (after
+    /// a self-fence) never commits under this claim.
+    pub inc: i64,
     pub data: BTreeMap<String, Vec<u8>>,
     pub alarm: Option<u64>,
 }
@@ -38,6 +41,7 @@ const MAX_GROUP: usize = 256;
 pub(super) struct Commit {
     key: RoomKey,
     epoch: i64,
+    inc: i64,
     writes: Writes,
     reply: oneshot::Sender<Result<i64, ClusterError>>,
 }
@@ -92,6 +96,7 @@ impl Cluster {
             let data = rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
             Ok(Some(Claimed {
                 epoch,
+                inc,
                 data,
                 alarm: alarm.map(|a| a.max(0) as u64),
             }))
@@ -153,16 +158,20 @@ impl Cluster {
     pub async fn commit(
         &self,
         key: &RoomKey,
-        epoch: i64,
+        (epoch, inc): (i64, i64),
         writes: Writes,
     ) -> Result<i64, ClusterError> {
-        if !self.is_live() {
+        // A claim of an earlier incarnation of this node is void: that
+        // incarnation self-fenced, and its lease may have lapsed.
+        let stale = inc != self.inc() && !self.config.unfenced_writes;
+        if !self.is_live() || stale {
             return Err(ClusterError::Fenced);
         }
         let (reply, done) = oneshot::channel();
         let commit = Commit {
             key: key.clone(),
             epoch,
+            inc,
             writes,
             reply,
         };
@@ -290,7 +299,7 @@ impl Cluster {
             keys: w.puts.iter().map(|(k, _)| k.clone()).collect(),
             values: w.puts.iter().map(|(_, v)| v.clone()).collect(),
             node: self.config.node_id.clone(),
-            inc: self.inc(),
+            inc: c.inc,
         }
     }
 
@@ -366,12 +375,14 @@ struct WriteKind {
 /// the group's others): the fence first, and every other part only if the
 /// fence matched. `$1` party, `$2` room, `$3` epoch, `$4` stored bytes,
 /// `$5`/`$6` set the alarm to, `$7` delete all, `$8` keys to delete, `$9`/`$10`
-/// keys and values to put, `$11`/`$12` node and incarnation (audit). A key
+/// keys and values to put, `$11`/`$12` the claiming node and incarnation. A key
 /// is never both deleted and put (the delete spares the put keys), since
 /// two parts of one statement may not touch one row.
 fn write_sql(k: WriteKind) -> String {
+    // The holder is named too: a room given up (its holder cleared, its
+    // epoch kept) takes no more writes under that epoch.
     let fence = if k.fenced {
-        "epoch = $3"
+        "epoch = $3 AND owner_node = $11 AND owner_inc = $12"
     } else {
         "$3::bigint IS NOT NULL"
     };
