@@ -4,7 +4,8 @@
 //! postgresql and haproxy; `scripts/test.sh` installs them.
 //!
 //! `DORMOUSE_CLUSTER_SECONDS=N cargo test -p dormouse --test cluster -- --ignored long_run`
-//! runs randomized seeds of the fault run for N seconds.
+//! runs randomized seeds of the fault run for N seconds
+//! (`DORMOUSE_CLUSTER_SEED=S` starts from seed S, to replay a failure).
 
 mod checker;
 mod procs;
@@ -445,9 +446,15 @@ async fn long_run() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
     let started = Instant::now();
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_secs());
+    // DORMOUSE_CLUSTER_SEED replays a seed (and goes on from it).
+    let mut seed = std::env::var("DORMOUSE_CLUSTER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs())
+        });
     let mut runs = 0;
     while started.elapsed() < Duration::from_secs(seconds) {
         let (violations, summary, rig) = fault_run(seed).await;
