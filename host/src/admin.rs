@@ -51,7 +51,7 @@ pub async fn handle(req: Request<Incoming>, host: Arc<Host>, peer: SocketAddr) -
             Err(e) => failure(e),
         },
         (Method::GET, ["rooms"]) => answer(host.rooms().await),
-        (Method::GET, ["logs"]) => logs(&host, &query),
+        (Method::GET, ["logs"]) => logs(&req, &host, &query).await,
         _ => text(
             StatusCode::NOT_FOUND,
             "no such admin endpoint: see /_dormouse/{parties,rooms,logs}".into(),
@@ -135,7 +135,10 @@ fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Stream log lines (JSON, one per line) for the rooms the query selects.
-fn logs(host: &Host, query: &str) -> Response<Body> {
+/// Stream room log lines as NDJSON. In a cluster, the node asked also
+/// streams every other live node's lines (asking each with the caller's
+/// token), and each line names the node it comes from.
+async fn logs(req: &Request<Incoming>, host: &Host, query: &str) -> Response<Body> {
     let decode = |v: &str| {
         percent_encoding::percent_decode_str(v)
             .decode_utf8_lossy()
@@ -143,32 +146,85 @@ fn logs(host: &Host, query: &str) -> Response<Body> {
     };
     let party = param(query, "party").map(decode);
     let room = param(query, "room").map(decode);
-    let rx = host.logs().subscribe();
+    let node = host.cluster().map(|c| c.node_id().to_owned());
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(256);
+    let mut local = host.logs().subscribe();
     let shutdown = host.shutdown().clone();
-    let stream = futures_util::stream::unfold(rx, move |mut rx| {
-        let (party, room, shutdown) = (party.clone(), room.clone(), shutdown.clone());
-        async move {
-            loop {
-                let line = tokio::select! {
-                    () = shutdown.cancelled() => return None,
-                    line = rx.recv() => line,
-                };
-                let text = match line {
-                    Ok(l) => {
-                        if party.as_deref().is_some_and(|p| p != &*l.party)
-                            || room.as_deref().is_some_and(|r| r != &*l.room)
-                        {
-                            continue;
-                        }
-                        serde_json::to_string(&*l).unwrap_or_default()
+    let out = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            let line = tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = out.closed() => return,
+                line = local.recv() => line,
+            };
+            let text = match line {
+                Ok(l) => {
+                    if party.as_deref().is_some_and(|p| p != &*l.party)
+                        || room.as_deref().is_some_and(|r| r != &*l.room)
+                    {
+                        continue;
                     }
-                    Err(RecvError::Lagged(n)) => format!("{{\"missed\":{n}}}"),
-                    Err(RecvError::Closed) => return None,
-                };
-                let frame = Frame::data(Bytes::from(text + "\n"));
-                return Some((Ok::<_, std::convert::Infallible>(frame), rx));
+                    let mut v = serde_json::to_value(&*l).unwrap_or_default();
+                    if let (Some(n), Some(o)) = (&node, v.as_object_mut()) {
+                        o.insert("node".into(), n.clone().into());
+                    }
+                    v.to_string()
+                }
+                Err(RecvError::Lagged(n)) => format!("{{\"missed\":{n}}}"),
+                Err(RecvError::Closed) => return,
+            };
+            if out.send(text).await.is_err() {
+                return;
             }
         }
+    });
+    if let Some(cluster) = host.cluster()
+        && !crate::forward::is_forwarded(req)
+    {
+        let peers = cluster.peers().await.unwrap_or_default();
+        let path = format!("/_dormouse/logs?{query}");
+        let auth = req.headers().get(header::AUTHORIZATION).cloned();
+        for (id, addr) in peers {
+            let (out, path, auth, me) = (
+                tx.clone(),
+                path.clone(),
+                auth.clone(),
+                cluster.node_id().to_owned(),
+            );
+            tokio::spawn(async move {
+                let Some(mut body) = crate::forward::stream(&addr, &path, auth.as_ref(), &me).await
+                else {
+                    let _ = out.send(format!("{{\"unreachable\":{:?}}}", id)).await;
+                    return;
+                };
+                let mut pending = Vec::new();
+                loop {
+                    let frame = tokio::select! {
+                        () = out.closed() => return,
+                        f = body.frame() => f,
+                    };
+                    let Some(Ok(frame)) = frame else { return };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    pending.extend_from_slice(&data);
+                    while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=i).collect();
+                        let text = String::from_utf8_lossy(&line[..i]).into_owned();
+                        if out.send(text).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    }
+    drop(tx);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let text = rx.recv().await?;
+        let frame = Frame::data(Bytes::from(text + "\n"));
+        Some((Ok::<_, std::convert::Infallible>(frame), rx))
     });
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
     r.headers_mut().insert(

@@ -472,8 +472,12 @@ async fn tail(server: &str, party: Option<String>, room: Option<String>) -> anyh
         .stream(&path, |line| {
             match serde_json::from_str::<serde_json::Value>(line) {
                 Ok(l) if l.get("message").is_some() => println!(
-                    "{:<5} {}/{} {}",
+                    "{:<5} {}{}/{} {}",
                     l["level"].as_str().unwrap_or(""),
+                    // A cluster's lines name their node.
+                    l["node"]
+                        .as_str()
+                        .map_or(String::new(), |n| format!("[{n}] ")),
                     l["party"].as_str().unwrap_or(""),
                     l["room"].as_str().unwrap_or(""),
                     l["message"].as_str().unwrap_or("")

@@ -176,3 +176,38 @@ pub async fn call(
         body,
     })
 }
+
+/// A GET to another node whose answer streams (`/_dormouse/logs`): its
+/// body, or `None` when the node cannot be reached or refuses.
+pub async fn stream(
+    addr: &str,
+    path_and_query: &str,
+    authorization: Option<&HeaderValue>,
+    from: &str,
+) -> Option<Incoming> {
+    let tcp = tokio::time::timeout(CONNECT, TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let mut out = Request::builder()
+        .uri(path_and_query)
+        .header(hyper::header::HOST, addr)
+        .header(FORWARDED, from);
+    if let Some(a) = authorization {
+        out = out.header(hyper::header::AUTHORIZATION, a);
+    }
+    let resp = sender
+        .send_request(out.body(Full::new(Bytes::new())).ok()?)
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        warn!(%addr, status = %resp.status(), "a node refused to stream its log");
+        return None;
+    }
+    Some(resp.into_body())
+}

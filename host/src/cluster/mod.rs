@@ -370,6 +370,21 @@ impl Cluster {
         }
     }
 
+    /// The other nodes with a live lease: (node id, address).
+    pub async fn peers(&self) -> Result<Vec<(String, String)>, ClusterError> {
+        let rows = bounded(&self.shared, async {
+            let client = self.shared.get().await?;
+            Ok(client
+                .query(
+                    "SELECT node_id, addr FROM nodes WHERE lease_expires > now() AND node_id <> $1",
+                    &[&self.config.node_id],
+                )
+                .await?)
+        })
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Where a room's events go. A room this node holds is local without a
     /// query; otherwise the database says who holds it, if anyone live.
     pub async fn owner(&self, key: &RoomKey) -> Result<Owner, ClusterError> {

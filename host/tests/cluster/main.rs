@@ -863,3 +863,100 @@ async fn listen_for(ws: &mut workload::Ws, d: Duration) {
     use futures_util::StreamExt;
     let _ = tokio::time::timeout(d, async { while let Some(Ok(_)) = ws.next().await {} }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holders_alarm_fires_on_a_survivor() {
+    let mut rig = Rig::start(2, true, false).await;
+    let probe = std::fs::read(
+        dormouse::project::build(&repo().join("tests/guests/probe")).expect("the probe builds"),
+    )
+    .expect("probe.wasm");
+    let (status, body) = http(
+        &rig.nodes[0].addr(),
+        "PUT",
+        "/_dormouse/parties/probe",
+        &probe,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Node 1 holds the room (a socket keeps it there) and its alarm, due
+    // in 2 s; then node 1 dies.
+    let url = format!("ws://{}/parties/probe/alarmed", rig.nodes[0].addr());
+    let (_held, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("a socket");
+    let (status, body) = http(
+        &rig.nodes[0].addr(),
+        "POST",
+        "/parties/probe/alarmed?op=alarm&in_ms=2000&fail=0",
+        b"",
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    rig.nodes[0].kill9().await;
+    // Node 2's sweeper claims the room once node 1's lease has run out, and
+    // fires the alarm there. Nobody asks node 2 about the room before its
+    // claim shows in the log, so only the sweep can have made that claim.
+    let deadline = Instant::now() + Duration::from_millis(TTL_MS) + Duration::from_secs(10);
+    loop {
+        let (_, claims) = rig.audit().await;
+        if claims.iter().any(|c| c.room == "alarmed" && c.node == "n2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no survivor claimed the room\n{}",
+            rig.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = eventually(
+        &rig.nodes[1].addr(),
+        "GET",
+        "/parties/probe/alarmed?op=alarm-state",
+        |_, b| b.starts_with("ok=0"),
+    )
+    .await;
+    assert_eq!(
+        (status, body.trim()),
+        (200, "ok=0 at=none"),
+        "{}",
+        rig.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_on_one_node_shows_every_nodes_rooms() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let rig = Rig::start(2, true, false).await;
+    // The log stream of node 1, as `dormouse tail` reads it.
+    let mut tcp = tokio::net::TcpStream::connect(rig.nodes[0].addr())
+        .await
+        .expect("node 1");
+    let head = "GET /_dormouse/logs?party=ledger HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test:secret\r\n\r\n";
+    tcp.write_all(head.as_bytes())
+        .await
+        .expect("ask for the log");
+    let mut lines = BufReader::new(tcp).lines();
+    // Node 1 subscribes to node 2's log first: give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Activity on a room node 2 holds, and on one node 1 holds.
+    let mut on_2 = direct(&rig.nodes[1], "t2").await;
+    assert!(ask(&mut on_2, "append x a a", "ok").await.is_some());
+    let mut on_1 = direct(&rig.nodes[0], "t1").await;
+    assert!(ask(&mut on_1, "append x a a", "ok").await.is_some());
+    let (mut saw_1, mut saw_2) = (false, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(saw_1 && saw_2) {
+        let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline, lines.next_line()).await else {
+            break;
+        };
+        saw_1 |= line.contains("\"room\":\"t1\"") && line.contains("\"node\":\"n1\"");
+        saw_2 |= line.contains("\"room\":\"t2\"") && line.contains("\"node\":\"n2\"");
+    }
+    assert!(
+        saw_1 && saw_2,
+        "node 1's tail missed a node: n1 {saw_1}, n2 {saw_2}\n{}",
+        rig.logs()
+    );
+}
