@@ -8,13 +8,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use crate::http::{Body, full, text};
+use crate::http::{Body, full, header_pairs, text};
 use crate::route::RoomKey;
 use crate::wit;
 
@@ -25,6 +26,26 @@ pub const FORWARDED: &str = "x-dormouse-forwarded";
 
 /// How long connecting to the owner may take before the client gets 503.
 const CONNECT: Duration = Duration::from_secs(2);
+
+/// An HTTP/1 connection to another node, driven in the background (with
+/// upgrades, for a forwarded WebSocket); why not, as a line.
+async fn connect(addr: &str) -> Result<SendRequest<Full<Bytes>>, String> {
+    let tcp = match tokio::time::timeout(CONNECT, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("connect timed out".into()),
+    };
+    let _ = tcp.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(error = %e, "a connection to another node ended");
+        }
+    });
+    Ok(sender)
+}
 
 /// Whether this request came from another node.
 pub fn is_forwarded<B>(req: &Request<B>) -> bool {
@@ -48,22 +69,10 @@ pub async fn forward(
             format!("the node serving this room ({addr}) cannot be reached; retry"),
         )
     };
-    let tcp = match tokio::time::timeout(CONNECT, TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return unavailable(e.to_string()),
-        Err(_) => return unavailable("connect timed out".into()),
+    let mut sender = match connect(addr).await {
+        Ok(sender) => sender,
+        Err(e) => return unavailable(e),
     };
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) =
-        match hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp)).await {
-            Ok(pair) => pair,
-            Err(e) => return unavailable(e.to_string()),
-        };
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            debug!(error = %e, "forwarded connection ended");
-        }
-    });
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, body) = req.into_parts();
     let body = match Limited::new(body, limit).collect().await {
@@ -130,16 +139,7 @@ pub async fn call(
     chain: &[RoomKey],
     from: &str,
 ) -> Option<wit::Response> {
-    let tcp = tokio::time::timeout(CONNECT, TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
-            .await
-            .ok()?;
-    tokio::spawn(conn);
+    let mut sender = connect(addr).await.ok()?;
     // The callee's path is the room's; the query is the caller's.
     let query = request
         .uri
@@ -163,16 +163,7 @@ pub async fn call(
     let body = body.collect().await.ok()?.to_bytes().to_vec();
     Some(wit::Response {
         status: parts.status.as_u16(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: header_pairs(&parts.headers),
         body,
     })
 }
@@ -185,15 +176,7 @@ pub async fn stream(
     authorization: Option<&HeaderValue>,
     from: &str,
 ) -> Option<Incoming> {
-    let tcp = tokio::time::timeout(CONNECT, TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
-            .await
-            .ok()?;
-    tokio::spawn(conn);
+    let mut sender = connect(addr).await.ok()?;
     let mut out = Request::builder()
         .uri(path_and_query)
         .header(hyper::header::HOST, addr)

@@ -16,6 +16,20 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
+/// Headers as (name, value) pairs, as WIT carries them (a value that is
+/// not UTF-8 is kept lossily).
+pub fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// A one-line plain-text answer.
 pub fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(full(body + "\n"));

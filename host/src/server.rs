@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::cluster::Owner;
 use crate::forward;
 use crate::host::Host;
-use crate::http::{Body, full, text};
+use crate::http::{Body, full, header_pairs, text};
 use crate::room::{Accepted, ConnRef, Connect, Event};
 use crate::room_state::Outbound;
 use crate::route::RoomKey;
@@ -246,16 +246,7 @@ fn wit_request<B>(req: &Request<B>, body: Vec<u8>) -> wit::Request {
             .uri()
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |pq| pq.to_string()),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: header_pairs(req.headers()),
         body,
     }
 }

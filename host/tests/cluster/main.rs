@@ -643,18 +643,7 @@ async fn eventually(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_to_one_node_reaches_every_node() {
     let mut rig = Rig::start(3, true, false).await;
-    let counter = std::fs::read(
-        dormouse::project::build(&repo().join("examples/counter")).expect("the counter builds"),
-    )
-    .expect("counter.wasm");
-    let (status, body) = http(
-        &rig.nodes[0].addr(),
-        "PUT",
-        "/_dormouse/parties/counter",
-        &counter,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    deploy(&rig.nodes[0], "counter", "examples/counter").await;
     // Each node serves it, in a room it claims itself (a fresh room on
     // each node: its first request claims it there).
     for (i, node) in rig.nodes.iter().enumerate() {
@@ -751,18 +740,7 @@ async fn a_deploy_to_one_node_reaches_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_calls_a_room_that_another_node_holds() {
     let rig = Rig::start(2, true, false).await;
-    let probe = std::fs::read(
-        dormouse::project::build(&repo().join("tests/guests/probe")).expect("the probe builds"),
-    )
-    .expect("probe.wasm");
-    let (status, body) = http(
-        &rig.nodes[0].addr(),
-        "PUT",
-        "/_dormouse/parties/probe",
-        &probe,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    deploy(&rig.nodes[0], "probe", "tests/guests/probe").await;
     // Node 2 holds room b while a socket keeps it live.
     let url = format!("ws://{}/parties/probe/b", rig.nodes[1].addr());
     let (_held, _) = eventually_ws(&url).await;
@@ -867,18 +845,7 @@ async fn listen_for(ws: &mut workload::Ws, d: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_holders_alarm_fires_on_a_survivor() {
     let mut rig = Rig::start(2, true, false).await;
-    let probe = std::fs::read(
-        dormouse::project::build(&repo().join("tests/guests/probe")).expect("the probe builds"),
-    )
-    .expect("probe.wasm");
-    let (status, body) = http(
-        &rig.nodes[0].addr(),
-        "PUT",
-        "/_dormouse/parties/probe",
-        &probe,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    deploy(&rig.nodes[0], "probe", "tests/guests/probe").await;
     // Node 1 holds the room (a socket keeps it there) and its alarm, due
     // in 2 s; then node 1 dies.
     let url = format!("ws://{}/parties/probe/alarmed", rig.nodes[0].addr());
@@ -959,4 +926,13 @@ async fn tail_on_one_node_shows_every_nodes_rooms() {
         "node 1's tail missed a node: n1 {saw_1}, n2 {saw_2}\n{}",
         rig.logs()
     );
+}
+
+/// Build a room crate and deploy it as `party` through one node's admin API.
+async fn deploy(node: &Node, party: &str, dir: &str) {
+    let wasm = dormouse::project::build(&repo().join(dir)).expect("the room builds");
+    let bytes = std::fs::read(wasm).expect("the built component");
+    let path = format!("/_dormouse/parties/{party}");
+    let (status, body) = http(&node.addr(), "PUT", &path, &bytes).await;
+    assert_eq!(status, 200, "{body}");
 }
