@@ -253,8 +253,8 @@ impl Host {
     /// Start what runs beside the rooms: the alarm loop and the ping tick.
     pub fn start(self: &Arc<Self>) {
         self.tasks.spawn(self.clone().fire_alarms());
-        if self.shared.cluster.is_some() {
-            self.tasks.spawn(self.clone().follow_cluster());
+        if let Some(cluster) = &self.shared.cluster {
+            self.follow_cluster(cluster);
         }
         let (pings, stop) = (self.pings.clone(), self.shared.shutdown.clone());
         self.tasks.spawn(async move { pings.run(stop).await });
@@ -285,41 +285,55 @@ impl Host {
     }
 
     /// In a cluster: close every room's sockets with 1012 when this node
-    /// self-fences (its clients reconnect to the room's next holder), claim
-    /// rooms whose alarm is due while their holder is gone, and serve what
-    /// other nodes deploy.
-    async fn follow_cluster(self: Arc<Self>) {
-        let Some(cluster) = self.shared.cluster.clone() else {
-            return;
-        };
-        let mut sweep = tokio::time::interval(std::time::Duration::from_secs(1));
-        let mut deploys = cluster.deploys();
-        loop {
-            tokio::select! {
-                () = self.shared.shutdown.cancelled() => return,
-                Some(party) = deploys.recv() => {
-                    let followed = match party {
-                        Some(name) => self.follow_deploy(&name).await,
-                        None => self.follow_deploys().await,
-                    };
-                    if let Err(e) = followed {
-                        tracing::error!("cannot follow the cluster's deploys: {e}");
-                    }
-                }
-                () = cluster.fenced() => self.evict_all(1012, "this node left the cluster; reconnect").await,
-                _ = sweep.tick() => {
-                    self.hand_off_quiet_rooms();
-                    match cluster.orphaned_alarms(now_ms()).await {
-                        Ok(keys) => {
-                            for key in keys {
-                                self.dispatch(&key, Event::Alarm { retry: 0 }).await;
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot look for orphaned alarms"),
-                    }
+    /// self-fences (its clients reconnect to the room's next holder), serve
+    /// what other nodes deploy, and each second claim rooms whose alarm is
+    /// due while their holder is gone and hand quiet rooms off. Three tasks,
+    /// so that a slow compile never delays a fence.
+    fn follow_cluster(self: &Arc<Self>, cluster: &Arc<Cluster>) {
+        let (host, c) = (self.clone(), cluster.clone());
+        self.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = host.shared.shutdown.cancelled() => return,
+                    () = c.fenced() => host.evict_all(1012, "this node left the cluster; reconnect").await,
                 }
             }
-        }
+        });
+        let (host, mut deploys) = (self.clone(), cluster.deploys());
+        self.tasks.spawn(async move {
+            loop {
+                let party = tokio::select! {
+                    () = host.shared.shutdown.cancelled() => return,
+                    Some(party) = deploys.recv() => party,
+                };
+                let followed = match party {
+                    Some(name) => host.follow_deploy(&name).await,
+                    None => host.follow_deploys().await,
+                };
+                if let Err(e) = followed {
+                    tracing::error!("cannot follow the cluster's deploys: {e}");
+                }
+            }
+        });
+        let (host, c) = (self.clone(), cluster.clone());
+        self.tasks.spawn(async move {
+            let mut sweep = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = host.shared.shutdown.cancelled() => return,
+                    _ = sweep.tick() => {}
+                }
+                host.hand_off_quiet_rooms();
+                match c.orphaned_alarms(now_ms()).await {
+                    Ok(keys) => {
+                        for key in keys {
+                            host.dispatch(&key, Event::Alarm { retry: 0 }).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot look for orphaned alarms"),
+                }
+            }
+        });
     }
 
     /// Ask quiet rooms whose every socket came through one other node to

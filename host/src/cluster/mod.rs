@@ -366,7 +366,8 @@ impl Cluster {
                 "lease not renewed in time: self-fenced; every room here closes with 1012"
             );
             lock(&self.owned).clear();
-            self.fenced.notify_waiters();
+            // One waiter (the host); a permit is kept if it is busy.
+            self.fenced.notify_one();
         }
     }
 

@@ -187,9 +187,10 @@ impl Cluster {
         r
     }
 
-    /// The group commit: every commit waiting goes in one transaction, each
-    /// in a savepoint with its own fence check, so one fenced room fails
-    /// alone while all share one round of fsync.
+    /// The group commit: every commit waiting (up to [`MAX_GROUP`]) goes in
+    /// one transaction ([`Cluster::commit_group`]); each hook hears its own
+    /// outcome. A failed group fails every hook in it, and the next group
+    /// starts on a fresh connection.
     pub(super) async fn commit_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Commit>) {
         let pg = Pg::new(&self.config.database);
         let mut statements = Statements::default();
