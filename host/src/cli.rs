@@ -157,19 +157,13 @@ impl ClusterArgs {
             });
             c.database = database;
         }
-        let listen = config.listen.to_string();
+        // Left empty, they default when the node joins (`ClusterConfig::resolved`).
         let Some(c) = &mut config.cluster else { return };
-        if c.advertise.is_empty() {
-            c.advertise = listen;
-        }
         if let Some(v) = self.advertise {
             c.advertise = v;
         }
         if let Some(v) = self.node_id {
             c.node_id = v;
-        }
-        if c.node_id.is_empty() {
-            c.node_id = c.advertise.clone();
         }
         if let Some(v) = self.lease_ttl_ms {
             c.lease_ttl_ms = v;

@@ -81,6 +81,21 @@ fn default_lease_ttl_ms() -> u64 {
     10_000
 }
 
+impl ClusterConfig {
+    /// The defaults of what was left out: `advertise` is the listen
+    /// address, and `node_id` the advertised address.
+    pub fn resolved(&self, listen: SocketAddr) -> ClusterConfig {
+        let mut c = self.clone();
+        if c.advertise.is_empty() {
+            c.advertise = listen.to_string();
+        }
+        if c.node_id.is_empty() {
+            c.node_id = c.advertise.clone();
+        }
+        c
+    }
+}
+
 /// One party: a component (or a room crate to build into one) and its vars.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -292,13 +307,8 @@ impl Config {
                 );
             }
         }
-        if let Some(c) = &self.cluster {
-            if c.lease_ttl_ms < 1000 {
-                bail!("cluster.lease_ttl_ms must be at least 1000");
-            }
-            if c.node_id.is_empty() || c.advertise.is_empty() {
-                bail!("cluster.node_id and cluster.advertise must not be empty");
-            }
+        if self.cluster.as_ref().is_some_and(|c| c.lease_ttl_ms < 1000) {
+            bail!("cluster.lease_ttl_ms must be at least 1000");
         }
         if self.ping_interval_ms == 0 {
             bail!("ping_interval_ms must be at least 1");
@@ -403,6 +413,11 @@ mod tests {
             ),
             ("[parties.main]", "give either `component`"),
             ("[limits]\nmessage_bytes = 0", "limits.message_bytes"),
+            (
+                "[cluster]\ndatabase = \"postgres://x\"\nlease_ttl_ms = 10",
+                "cluster.lease_ttl_ms",
+            ),
+            ("[cluster]\nnode_id = \"a\"", "missing field `database`"),
             ("[limits]\nconnections_per_room = 0", "connections_per_room"),
             (
                 "[parties.main]\ncomponent = \"a.wasm\"\n[parties.main.limits]\ninstance_memory_bytes = 999999999999",
@@ -428,6 +443,23 @@ mod tests {
         let l = config.party_limits("main");
         assert_eq!((l.hook_cpu_ms, l.connections_per_room), (50, Some(3)));
         assert_eq!(config.party_limits("other").hook_cpu_ms, 5_000);
+        // A cluster node named by nothing but its database: it advertises
+        // its listen address, and that is its name.
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:2001\"\n[cluster]\ndatabase = \"postgres://x\"",
+        )
+        .expect("write");
+        let config = Config::load(&path).expect("a bare [cluster] loads");
+        let c = config
+            .cluster
+            .as_ref()
+            .expect("cluster")
+            .resolved(config.listen);
+        assert_eq!(
+            (c.advertise.as_str(), c.node_id.as_str(), c.lease_ttl_ms),
+            ("127.0.0.1:2001", "127.0.0.1:2001", 10_000)
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }
