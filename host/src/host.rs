@@ -355,7 +355,11 @@ impl Host {
                 && now.saturating_sub(s.last_event_ms.load(Relaxed)) >= QUIET_MS
         });
         for e in quiet.take(PER_TICK) {
-            e.tx.try_send(Event::HandOff);
+            if e.tx.try_send(Event::HandOff)
+                && let Some(c) = &self.shared.cluster
+            {
+                c.metrics.hand_offs.fetch_add(1, Relaxed);
+            }
         }
     }
 
@@ -376,6 +380,15 @@ impl Host {
                 cluster.release(&key, epoch).await;
             }
         }
+    }
+
+    /// The Prometheus text: the host's series, and a cluster node's.
+    pub fn render_metrics(&self) -> String {
+        let mut out = self.shared.metrics.render();
+        if let Some(c) = &self.shared.cluster {
+            out += &c.metrics.render();
+        }
+        out
     }
 
     /// This node's cluster, when it is in one.
@@ -945,6 +958,7 @@ impl RoomCalls for Host {
                 match cluster.owner(&target).await {
                     Ok(Owner::Local) => {}
                     Ok(Owner::Remote(addr)) => {
+                        cluster.metrics.forwards.fetch_add(1, Relaxed);
                         let from = cluster.node_id();
                         return forward::call(&addr, &target, request, &chain, from).await;
                     }

@@ -252,6 +252,84 @@ impl Metrics {
 }
 
 /// A metric's `# HELP` and `# TYPE` lines.
+/// A cluster node's counters (`cluster.rs` and the host count them).
+#[derive(Default)]
+pub struct ClusterMetrics {
+    /// 1 while this node holds a valid lease.
+    pub live: AtomicI64,
+    pub claims: AtomicU64,
+    pub self_fences: AtomicU64,
+    /// Hook commits refused by the fence (another node held the room).
+    pub fenced_commits: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_groups: AtomicU64,
+    /// Sockets, requests and room-to-room calls sent to another node.
+    pub forwards: AtomicU64,
+    pub hand_offs: AtomicU64,
+}
+
+impl ClusterMetrics {
+    /// The Prometheus text of the cluster's series.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let series: [(&str, &str, &str, i64); 8] = [
+            (
+                "dormouse_cluster_live",
+                "gauge",
+                "1 while this node holds a valid lease.",
+                self.live.load(Relaxed),
+            ),
+            (
+                "dormouse_cluster_claims_total",
+                "counter",
+                "Rooms this node claimed (each bumps the room's epoch).",
+                self.claims.load(Relaxed) as i64,
+            ),
+            (
+                "dormouse_cluster_self_fences_total",
+                "counter",
+                "Times this node stopped serving because it could not renew its lease in time.",
+                self.self_fences.load(Relaxed) as i64,
+            ),
+            (
+                "dormouse_cluster_fenced_commits_total",
+                "counter",
+                "Hook commits refused because another node held the room.",
+                self.fenced_commits.load(Relaxed) as i64,
+            ),
+            (
+                "dormouse_cluster_commits_total",
+                "counter",
+                "Hook commits written to PostgreSQL.",
+                self.commits.load(Relaxed) as i64,
+            ),
+            (
+                "dormouse_cluster_commit_groups_total",
+                "counter",
+                "Transactions the group commit made (commits per group = commits / groups).",
+                self.commit_groups.load(Relaxed) as i64,
+            ),
+            (
+                "dormouse_cluster_forwards_total",
+                "counter",
+                "Sockets, requests and room-to-room calls forwarded to the node that holds their room.",
+                self.forwards.load(Relaxed) as i64,
+            ),
+            (
+                "dormouse_cluster_hand_offs_total",
+                "counter",
+                "Quiet rooms handed off to the node their clients come through.",
+                self.hand_offs.load(Relaxed) as i64,
+            ),
+        ];
+        for (name, kind, help, v) in series {
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+        out
+    }
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");

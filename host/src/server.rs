@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -186,7 +187,7 @@ async fn handle(
         }
         Ok(Route::Health) => text(StatusCode::OK, "ok".into()),
         Ok(Route::Metrics) => {
-            let mut r = text(StatusCode::OK, host.metrics().render());
+            let mut r = text(StatusCode::OK, host.render_metrics());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -207,6 +208,7 @@ async fn handle(
                 match cluster.owner(&key).await {
                     Ok(Owner::Local) => {}
                     Ok(Owner::Remote(addr)) => {
+                        cluster.metrics.forwards.fetch_add(1, Relaxed);
                         let limit = host.limits_for(&path.party).message_bytes;
                         return forward::forward(req, &addr, cluster.node_id(), limit).await;
                     }

@@ -25,6 +25,7 @@ use tokio_postgres::{Client, NoTls};
 use tracing::{error, info, warn};
 
 use crate::config::ClusterConfig;
+use crate::metrics::ClusterMetrics;
 use crate::route::RoomKey;
 use crate::sync::lock;
 
@@ -126,6 +127,7 @@ pub struct Cluster {
     /// Notified when this node self-fences: the host then closes every
     /// room's sockets with 1012.
     fenced: Notify,
+    pub metrics: ClusterMetrics,
 }
 
 /// A connection that reconnects when it breaks.
@@ -208,6 +210,7 @@ impl Cluster {
             live: AtomicBool::new(false),
             owned: Mutex::default(),
             fenced: Notify::new(),
+            metrics: ClusterMetrics::default(),
             config,
         });
         cluster.register(&Pg::new(&cluster.config.database)).await?;
@@ -289,6 +292,7 @@ impl Cluster {
         self.incarnation.store(inc as u64, Relaxed);
         *lock(&self.deadline) = t_send + self.ttl() - self.margin();
         self.live.store(true, Relaxed);
+        self.metrics.live.store(1, Relaxed);
         info!(node = id, incarnation = inc, addr = %self.config.advertise, "joined the cluster");
         Ok(())
     }
@@ -361,6 +365,8 @@ impl Cluster {
             return;
         }
         if self.live.swap(false, Relaxed) {
+            self.metrics.live.store(0, Relaxed);
+            self.metrics.self_fences.fetch_add(1, Relaxed);
             error!(
                 node = self.config.node_id,
                 "lease not renewed in time: self-fenced; every room here closes with 1012"

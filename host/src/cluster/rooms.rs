@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, Statement};
@@ -103,6 +104,7 @@ impl Cluster {
         })
         .await?;
         if let Some(c) = &claimed {
+            self.metrics.claims.fetch_add(1, Relaxed);
             lock(&self.owned).insert(key.clone(), c.epoch);
             info!(party, room, epoch = c.epoch, "claimed");
         }
@@ -181,9 +183,14 @@ impl Cluster {
         let r = done
             .await
             .unwrap_or_else(|_| Err(ClusterError::Unavailable("the committer stopped".into())));
-        if let Err(ClusterError::Fenced) = r {
-            self.forget(key, epoch);
-        }
+        match &r {
+            Ok(_) => self.metrics.commits.fetch_add(1, Relaxed),
+            Err(ClusterError::Fenced) => {
+                self.forget(key, epoch);
+                self.metrics.fenced_commits.fetch_add(1, Relaxed)
+            }
+            Err(_) => 0,
+        };
         r
     }
 
@@ -267,6 +274,7 @@ impl Cluster {
             });
         }
         client.batch_execute("COMMIT").await?;
+        self.metrics.commit_groups.fetch_add(1, Relaxed);
         Ok(results)
     }
 

@@ -500,6 +500,12 @@ async fn a_socket_on_any_node_reaches_the_rooms_holder() {
     // Only node 1 ever claimed the room.
     let (_, claims) = rig.audit().await;
     assert!(claims.iter().all(|c| c.node == "n1"), "{claims:?}");
+    let (_, metrics) = http(&rig.nodes[1].addr(), "GET", "/_dormouse/metrics", b"").await;
+    assert!(metrics.contains("dormouse_cluster_live 1"), "{metrics}");
+    assert!(metrics.contains("dormouse_cluster_forwards_total 1"), "{metrics}");
+    let (_, metrics) = http(&rig.nodes[0].addr(), "GET", "/_dormouse/metrics", b"").await;
+    assert!(metrics.contains("dormouse_cluster_claims_total 1"), "{metrics}");
+    assert!(metrics.contains("dormouse_cluster_commits_total 2"), "{metrics}");
     // The figure for BENCHMARKS.md (not asserted: this machine is shared).
     let direct_rtt = median_rtt(&mut on_holder, 300).await;
     let forwarded_rtt = median_rtt(&mut forwarded, 300).await;
@@ -822,6 +828,8 @@ async fn a_quiet_room_moves_to_the_node_its_clients_come_through() {
         }
     };
     assert_eq!(code, Some(1012), "{}", rig.logs());
+    let (_, metrics) = http(&rig.nodes[0].addr(), "GET", "/_dormouse/metrics", b"").await;
+    assert!(metrics.contains("dormouse_cluster_hand_offs_total 1"), "{metrics}");
     // The client reconnects where the balancer sends it: node 2 claims the
     // room, and nothing was lost.
     let mut again = direct(&rig.nodes[1], "h").await;
