@@ -352,6 +352,7 @@ impl Node {
                 s.database, s.id, s.advertise, s.lease_ttl_ms, s.unfenced
             );
         }
+        std::fs::create_dir_all(&self.dir).expect("node dir");
         let config = self.dir.join("dormouse.toml");
         std::fs::write(&config, toml).expect("node config");
         let log = std::fs::OpenOptions::new()
