@@ -71,8 +71,10 @@ pub struct ClusterConfig {
     /// history checker (`dormouse-cluster-check`). Off in production.
     #[serde(default)]
     pub audit: bool,
-    /// Test-only: commit without the epoch fence. The checker's negative
-    /// control uses it to show the fence is what keeps one writer per room.
+    /// Test-only: a node that trusts its own belief that it holds a room:
+    /// no epoch or holder check in the write, no lease check before it, no
+    /// self-fencing. The checker's negative control uses it to show that
+    /// the fence is what keeps one writer per room.
     #[serde(default)]
     pub unfenced_writes: bool,
 }
