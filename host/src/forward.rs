@@ -26,6 +26,9 @@ pub const FORWARDED: &str = "x-dormouse-forwarded";
 
 /// How long connecting to the owner may take before the client gets 503.
 const CONNECT: Duration = Duration::from_secs(2);
+/// How long the owner may take to answer (a room-to-room call is bounded
+/// by its caller too): a node cut off mid-way must not hold the forward.
+const ANSWER: Duration = Duration::from_secs(10);
 
 /// An HTTP/1 connection to another node, driven in the background (with
 /// upgrades, for a forwarded WebSocket); why not, as a line.
@@ -87,12 +90,11 @@ pub async fn forward(
     if let Ok(v) = HeaderValue::from_str(from) {
         parts.headers.insert(FORWARDED, v);
     }
-    let mut resp = match sender
-        .send_request(Request::from_parts(parts, Full::new(body)))
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return unavailable(e.to_string()),
+    let sent = sender.send_request(Request::from_parts(parts, Full::new(body)));
+    let mut resp = match tokio::time::timeout(ANSWER, sent).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return unavailable(e.to_string()),
+        Err(_) => return unavailable("no answer in time".into()),
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let owner_upgrade = hyper::upgrade::on(&mut resp);
@@ -108,9 +110,10 @@ pub async fn forward(
         return Response::from_parts(parts, full(Bytes::new()));
     }
     let (parts, body) = resp.into_parts();
-    match body.collect().await {
-        Ok(b) => Response::from_parts(parts, full(b.to_bytes())),
-        Err(e) => unavailable(e.to_string()),
+    match tokio::time::timeout(ANSWER, body.collect()).await {
+        Ok(Ok(b)) => Response::from_parts(parts, full(b.to_bytes())),
+        Ok(Err(e)) => unavailable(e.to_string()),
+        Err(_) => unavailable("no answer in time".into()),
     }
 }
 
@@ -158,9 +161,17 @@ pub async fn call(
         .header(hyper::header::HOST, addr)
         .body(Full::new(Bytes::from(request.body)))
         .ok()?;
-    let resp = sender.send_request(out).await.ok()?;
+    let resp = tokio::time::timeout(ANSWER, sender.send_request(out))
+        .await
+        .ok()?
+        .ok()?;
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.ok()?.to_bytes().to_vec();
+    let body = tokio::time::timeout(ANSWER, body.collect())
+        .await
+        .ok()?
+        .ok()?
+        .to_bytes()
+        .to_vec();
     Some(wit::Response {
         status: parts.status.as_u16(),
         headers: header_pairs(&parts.headers),

@@ -791,6 +791,14 @@ impl Room {
             self.hibernate();
             return Err(());
         }
+        // In a cluster, a hook that wrote nothing still answers clients (a
+        // read, say): only while this node holds the room. A node that
+        // paused past its lease (a zombie) answers nothing on waking.
+        if !instance.state().storage.still_held() {
+            instance.state().discard();
+            self.evict(1012, "this room moved to another node; reconnect");
+            return Err(());
+        }
         instance.state().release(&self.shared.metrics);
         match alarm {
             Some(Some(at)) => self.shared.alarms.set(self.key.clone(), at, 0),

@@ -533,6 +533,17 @@ impl RoomStorage {
         tokio::spawn(async move { cluster.release(&key, claim.epoch).await });
     }
 
+    /// Whether this node may still act for the room: always on one node; in
+    /// a cluster, while its lease is valid and the claim is this
+    /// incarnation's. Checked before a hook's output leaves.
+    pub fn still_held(&self) -> bool {
+        match (&self.cluster, &self.claim) {
+            (None, _) => true,
+            (Some(c), Some(claim)) => c.holds(claim.inc),
+            (Some(_), None) => false,
+        }
+    }
+
     /// Forget the claim (the node self-fenced): the next event claims again.
     pub fn drop_claim(&mut self) {
         if let (Some(cluster), Some(claim)) = (&self.cluster, self.claim.take()) {

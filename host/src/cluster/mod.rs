@@ -297,6 +297,12 @@ impl Cluster {
         Ok(())
     }
 
+    /// Whether a claim made by incarnation `inc` of this node is still
+    /// good: the lease is valid and the node has not rejoined since.
+    pub fn holds(&self, inc: i64) -> bool {
+        self.config.unfenced_writes || (self.is_live() && inc == self.inc())
+    }
+
     fn inc(&self) -> i64 {
         self.incarnation.load(Relaxed) as i64
     }

@@ -165,8 +165,7 @@ impl Cluster {
     ) -> Result<i64, ClusterError> {
         // A claim of an earlier incarnation of this node is void: that
         // incarnation self-fenced, and its lease may have lapsed.
-        let stale = inc != self.inc() && !self.config.unfenced_writes;
-        if !self.is_live() || stale {
+        if !self.holds(inc) {
             return Err(ClusterError::Fenced);
         }
         let (reply, done) = oneshot::channel();

@@ -17,13 +17,15 @@ pub struct Commit {
     pub inc: i64,
 }
 
-/// One claim from `ownership_log`.
+/// One claim from `ownership_log`, with PostgreSQL's time of it (the
+/// machine's wall clock, as the history's).
 #[derive(Debug, Clone)]
 pub struct Claim {
     pub room: String,
     pub epoch: i64,
     pub node: String,
     pub inc: i64,
+    pub at: std::time::SystemTime,
 }
 
 pub fn check(
@@ -113,7 +115,7 @@ pub fn check(
     }
     // C5 reads: a prefix of the final list, holding every append
     // acknowledged before the read was invoked.
-    let mut acked: HashMap<&str, Vec<(std::time::Instant, &str)>> = HashMap::new();
+    let mut acked: HashMap<&str, Vec<(std::time::SystemTime, &str)>> = HashMap::new();
     for a in history {
         if let (Kind::Append { value }, Some(t)) = (&a.kind, a.complete) {
             acked.entry(&a.room).or_default().push((t, value));
@@ -143,6 +145,41 @@ pub fn check(
                     op.room
                 ));
             }
+        }
+    }
+    // C7 serving: no node answers an operation invoked after another
+    // node claimed the room (unless it claimed the room back since). The
+    // answer was made after the invoke, so it came from a node that no
+    // longer held the room. Skipped for rooms with no claims (one node).
+    let mut by_room: HashMap<&str, Vec<&Claim>> = HashMap::new();
+    for c in claims {
+        by_room.entry(&c.room).or_default().push(c);
+    }
+    for list in by_room.values_mut() {
+        list.sort_by_key(|c| c.at);
+    }
+    for op in history {
+        let (Some(node), Some(done)) = (&op.node, op.complete) else {
+            continue;
+        };
+        let Some(room_claims) = by_room.get(op.room.as_str()) else {
+            continue;
+        };
+        let Some(mine) = room_claims.iter().rfind(|c| c.node == *node && c.at < done) else {
+            v.push(format!(
+                "C7: {node} answered in room {} without ever claiming it",
+                op.room
+            ));
+            continue;
+        };
+        if let Some(other) = room_claims
+            .iter()
+            .find(|c| c.node != *node && c.at > mine.at && c.at < op.invoke)
+        {
+            v.push(format!(
+                "C7: {node} answered in room {} after {} claimed it (epoch {})",
+                op.room, other.node, other.epoch
+            ));
         }
     }
     v

@@ -130,7 +130,10 @@ impl Rig {
             })
             .unwrap_or_default();
         let claims = pg
-            .query("SELECT room, epoch, node_id, inc FROM ownership_log", &[])
+            .query(
+                "SELECT room, epoch, node_id, inc, at FROM ownership_log",
+                &[],
+            )
             .await
             .map(|rows| {
                 rows.iter()
@@ -139,6 +142,7 @@ impl Rig {
                         epoch: r.get(1),
                         node: r.get(2),
                         inc: r.get(3),
+                        at: r.get(4),
                     })
                     .collect()
             })
@@ -168,12 +172,7 @@ async fn read(port: u16, room: &str) -> Vec<String> {
         if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await
             && let Some(a) = ask(&mut ws, "read x", "list x").await
         {
-            let items = a.trim_start_matches("list x").trim();
-            return items
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
+            return workload::parse_list(&a).1;
         }
         assert!(
             Instant::now() < deadline,
@@ -307,79 +306,124 @@ async fn direct(node: &Node, room: &str) -> workload::Ws {
 
 /// Scenario 2, the zombie: node 1 holds a room and is paused for twice the
 /// TTL; node 2 claims the room meanwhile and acknowledges appends; then node
-/// 1 resumes with appends waiting in its socket. Returns the checker's
-/// violations and how many appends node 1 acknowledged after it resumed.
+/// 1 resumes with three appends and a read waiting in its socket. Returns
+/// the checker's violations and how many of those node 1 answered after
+/// it resumed.
 async fn zombie(unfenced: bool) -> (Vec<String>, usize, Rig) {
+    use std::time::SystemTime;
     let rig = Rig::start(2, true, unfenced).await;
     let room = "z";
     let mut history = Vec::new();
-    fn append(history: &mut Vec<Op>, room: &str, value: &str, invoke: Instant, acked: bool) {
+    fn append(history: &mut Vec<Op>, value: &str, invoke: SystemTime, by: Option<&str>) {
         history.push(Op {
-            room: room.into(),
+            room: "z".into(),
             kind: Kind::Append {
                 value: value.into(),
             },
             invoke,
-            complete: acked.then(Instant::now),
+            complete: by.map(|_| SystemTime::now()),
+            node: by.map(str::to_owned),
         });
     }
     let mut old = direct(&rig.nodes[0], room).await;
-    let t = Instant::now();
+    let t = SystemTime::now();
     let first = ask(&mut old, "append x a1 a1", "ok").await;
     assert!(first.is_some(), "node 1 serves the room");
-    append(&mut history, room, "a1", t, true);
+    append(&mut history, "a1", t, Some("n1"));
     rig.nodes[0].pause();
     // Waiting in node 1's socket while it is paused.
-    for v in ["z1", "z2", "z3"] {
+    let waiting = [
+        "append x z1 z1",
+        "append x z2 z2",
+        "append x z3 z3",
+        "read x",
+    ];
+    let sent = SystemTime::now();
+    for command in waiting {
         use futures_util::SinkExt;
-        old.send(tokio_tungstenite::tungstenite::Message::text(format!(
-            "append x {v} {v}"
-        )))
-        .await
-        .expect("the kernel takes the frame");
-        append(&mut history, room, v, Instant::now(), false);
+        old.send(tokio_tungstenite::tungstenite::Message::text(command))
+            .await
+            .expect("the kernel takes the frame");
     }
     tokio::time::sleep(Duration::from_millis(TTL_MS * 2)).await;
     // Node 2 takes over the room and acknowledges writes.
     let mut new = None;
     for _ in 0..50 {
         let mut ws = direct(&rig.nodes[1], room).await;
-        let t = Instant::now();
+        let t = SystemTime::now();
         if ask(&mut ws, "append x b1 b1", "ok").await.is_some() {
-            append(&mut history, room, "b1", t, true);
+            append(&mut history, "b1", t, Some("n2"));
             new = Some(ws);
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut new = new.expect("node 2 claims the room after node 1's lease");
-    let t = Instant::now();
+    let t = SystemTime::now();
     assert!(ask(&mut new, "append x b2 b2", "ok").await.is_some());
-    append(&mut history, room, "b2", t, true);
+    append(&mut history, "b2", t, Some("n2"));
     rig.nodes[0].resume();
-    // What node 1 acknowledges now, from the appends that waited.
-    let mut zombie_acks = 0;
+    // What node 1 answers now, of what waited: into the history as it
+    // came (the checker judges it).
+    let mut zombie_answers = 0;
     {
         use futures_util::StreamExt;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, old.next()).await {
-            if m.to_text().is_ok_and(|t| t.starts_with("ok")) {
-                zombie_acks += 1;
+            let Ok(text) = m.to_text() else { continue };
+            if let Some(rest) = text.strip_prefix("ok ") {
+                zombie_answers += 1;
+                let value = rest.split(' ').next().unwrap_or_default();
+                append(
+                    &mut history,
+                    value,
+                    sent,
+                    Some(&workload::answered_by(text)),
+                );
+            } else if text.starts_with("list ") {
+                zombie_answers += 1;
+                let (node, seen) = workload::parse_list(text);
+                history.push(Op {
+                    room: room.into(),
+                    kind: Kind::Read { seen: Some(seen) },
+                    invoke: sent,
+                    complete: Some(SystemTime::now()),
+                    node: Some(node),
+                });
             }
         }
     }
-    for (i, op) in history.iter_mut().enumerate() {
-        if (1..=3).contains(&i) && i <= zombie_acks {
-            op.complete = Some(Instant::now());
+    // A read the client sends now, after node 2's claim: a zombie must
+    // not answer it (it is closed, or it stays silent).
+    let late = SystemTime::now();
+    let asked = ask(&mut old, "read x", "list x").await;
+    if let Some(answer) = asked {
+        zombie_answers += 1;
+        let (node, seen) = workload::parse_list(&answer);
+        history.push(Op {
+            room: room.into(),
+            kind: Kind::Read { seen: Some(seen) },
+            invoke: late,
+            complete: Some(SystemTime::now()),
+            node: Some(node),
+        });
+    }
+    // The appends that waited and were never answered: outcome unknown.
+    for v in ["z1", "z2", "z3"] {
+        let answered = history
+            .iter()
+            .any(|o| matches!(&o.kind, Kind::Append { value } if value == v));
+        if !answered {
+            append(&mut history, v, sent, None);
         }
     }
-    let t = Instant::now();
+    let t = SystemTime::now();
     let after = ask(&mut new, "append x b3 b3", "ok").await.is_some();
-    append(&mut history, room, "b3", t, after);
+    append(&mut history, "b3", t, after.then_some("n2"));
     let fin = HashMap::from([(room.to_owned(), read(rig.lb.port, room).await)]);
     let (commits, claims) = rig.audit().await;
     let violations = checker::check(&history, &fin, &commits, &claims);
-    (violations, zombie_acks, rig)
+    (violations, zombie_answers, rig)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,6 +455,10 @@ async fn the_checker_catches_writes_without_the_epoch_fence() {
     assert!(
         violations.iter().any(|v| v.starts_with("C1")),
         "the checker missed the lost acknowledged appends: {violations:#?}"
+    );
+    assert!(
+        violations.iter().any(|v| v.starts_with("C7")),
+        "the checker missed the zombie answering after the claim: {violations:#?}"
     );
 }
 
@@ -493,19 +541,28 @@ async fn a_socket_on_any_node_reaches_the_rooms_holder() {
     // Node 2 forwards this socket to node 1, which holds the room.
     let mut forwarded = direct(&rig.nodes[1], "f").await;
     let seen = ask(&mut forwarded, "read x", "list x").await;
-    assert_eq!(seen.as_deref(), Some("list x a"), "{}", rig.logs());
+    assert_eq!(seen.as_deref(), Some("list x n1 a"), "{}", rig.logs());
     assert!(ask(&mut forwarded, "append x b b", "ok").await.is_some());
     let seen = ask(&mut on_holder, "read x", "list x").await;
-    assert_eq!(seen.as_deref(), Some("list x a,b"));
+    assert_eq!(seen.as_deref(), Some("list x n1 a,b"));
     // Only node 1 ever claimed the room.
     let (_, claims) = rig.audit().await;
     assert!(claims.iter().all(|c| c.node == "n1"), "{claims:?}");
     let (_, metrics) = http(&rig.nodes[1].addr(), "GET", "/_dormouse/metrics", b"").await;
     assert!(metrics.contains("dormouse_cluster_live 1"), "{metrics}");
-    assert!(metrics.contains("dormouse_cluster_forwards_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("dormouse_cluster_forwards_total 1"),
+        "{metrics}"
+    );
     let (_, metrics) = http(&rig.nodes[0].addr(), "GET", "/_dormouse/metrics", b"").await;
-    assert!(metrics.contains("dormouse_cluster_claims_total 1"), "{metrics}");
-    assert!(metrics.contains("dormouse_cluster_commits_total 2"), "{metrics}");
+    assert!(
+        metrics.contains("dormouse_cluster_claims_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dormouse_cluster_commits_total 2"),
+        "{metrics}"
+    );
     // The figure for BENCHMARKS.md (not asserted: this machine is shared).
     let direct_rtt = median_rtt(&mut on_holder, 300).await;
     let forwarded_rtt = median_rtt(&mut forwarded, 300).await;
@@ -829,12 +886,15 @@ async fn a_quiet_room_moves_to_the_node_its_clients_come_through() {
     };
     assert_eq!(code, Some(1012), "{}", rig.logs());
     let (_, metrics) = http(&rig.nodes[0].addr(), "GET", "/_dormouse/metrics", b"").await;
-    assert!(metrics.contains("dormouse_cluster_hand_offs_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("dormouse_cluster_hand_offs_total 1"),
+        "{metrics}"
+    );
     // The client reconnects where the balancer sends it: node 2 claims the
     // room, and nothing was lost.
     let mut again = direct(&rig.nodes[1], "h").await;
     let seen = ask(&mut again, "read x", "list x").await;
-    assert_eq!(seen.as_deref(), Some("list x a,b"));
+    assert_eq!(seen.as_deref(), Some("list x n2 a,b"));
     let (_, claims) = rig.audit().await;
     let last = claims
         .iter()

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -28,14 +28,36 @@ pub enum Kind {
     },
 }
 
-/// One operation of the history.
+/// One operation of the history. Times are the wall clock, which the
+/// nodes' PostgreSQL shares (the checker compares them with claim times).
 #[derive(Debug, Clone)]
 pub struct Op {
     pub room: String,
     pub kind: Kind,
-    pub invoke: Instant,
+    pub invoke: SystemTime,
     /// When the answer came; `None` when it never did (outcome unknown).
-    pub complete: Option<Instant>,
+    pub complete: Option<SystemTime>,
+    /// The node that answered.
+    pub node: Option<String>,
+}
+
+/// A read's answer, `list KEY NODE V1,V2,...`: the node and the values.
+pub fn parse_list(answer: &str) -> (String, Vec<String>) {
+    let mut words = answer.splitn(4, ' ').skip(2);
+    let node = words.next().unwrap_or_default().to_owned();
+    let values = words
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (node, values)
+}
+
+/// An append's answer, `ok IDEM NODE`: the node.
+pub fn answered_by(answer: &str) -> String {
+    answer.rsplit(' ').next().unwrap_or_default().to_owned()
 }
 
 /// A tiny deterministic generator (xorshift), seeded per client.
@@ -168,20 +190,16 @@ async fn client(
                 break;
             }
             n += 1;
-            let invoke = Instant::now();
+            let invoke = SystemTime::now();
             let op = if rng.below(4) == 0 {
                 let answer = until_answered(port, &room, &mut ws, "read x", "list x", &stop).await;
-                let seen = answer.map(|a| {
-                    let items = a.trim_start_matches("list x").trim();
-                    items
-                        .split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                });
+                let parsed = answer.as_deref().map(parse_list);
                 Op {
-                    complete: seen.as_ref().map(|_| Instant::now()),
-                    kind: Kind::Read { seen },
+                    complete: parsed.as_ref().map(|_| SystemTime::now()),
+                    node: parsed.as_ref().map(|(node, _)| node.clone()),
+                    kind: Kind::Read {
+                        seen: parsed.map(|(_, seen)| seen),
+                    },
                     room: room.clone(),
                     invoke,
                 }
@@ -190,7 +208,8 @@ async fn client(
                 let command = format!("append x {value} {value}");
                 let answer = until_answered(port, &room, &mut ws, &command, "ok", &stop).await;
                 Op {
-                    complete: answer.map(|_| Instant::now()),
+                    complete: answer.as_ref().map(|_| SystemTime::now()),
+                    node: answer.as_deref().map(answered_by),
                     kind: Kind::Append { value },
                     room: room.clone(),
                     invoke,

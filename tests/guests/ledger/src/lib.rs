@@ -3,16 +3,18 @@
 //! id, so a client that retries an append whose answer it never saw gets it
 //! applied exactly once.
 //!
-//! Text commands (answers go to the sender):
+//! Text commands (answers go to the sender; NODE is the party var `node`,
+//! which each test node sets to its name, so the history knows who served):
 //! - `append KEY VALUE IDEM`: append VALUE to list KEY unless IDEM was seen;
-//!   answers `ok IDEM` once the append is durable (the output gate);
-//! - `read KEY`: answers `list KEY V1,V2,...` (empty after the space when none);
+//!   answers `ok IDEM NODE` once the append is durable (the output gate);
+//! - `read KEY`: answers `list KEY NODE V1,V2,...` (nothing after NODE's
+//!   space when the list is empty);
 //! - anything else: `error what`.
 //!
 //! Storage: `l:KEY` holds the list, comma-separated; `i:IDEM` marks an
 //! applied append.
 
-use dormouse_sdk::{Connection, Message, Room, storage};
+use dormouse_sdk::{Connection, Message, Room, context, storage};
 
 #[derive(Default)]
 struct Ledger;
@@ -28,6 +30,7 @@ fn list(key: &str) -> String {
 impl Room for Ledger {
     fn on_message(&mut self, conn: &Connection, message: Message) {
         let Message::Text(text) = message else { return };
+        let node = context::var("node").unwrap_or_else(|| "-".into());
         let words: Vec<&str> = text.split(' ').collect();
         let answer = match words.as_slice() {
             ["append", key, value, idem] => {
@@ -45,9 +48,9 @@ impl Room for Ledger {
                         return;
                     }
                 }
-                format!("ok {idem}")
+                format!("ok {idem} {node}")
             }
-            ["read", key] => format!("list {key} {}", list(key)),
+            ["read", key] => format!("list {key} {node} {}", list(key)),
             _ => format!("error unknown command {text:?}"),
         };
         let _ = conn.send_text(&answer);
