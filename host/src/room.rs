@@ -530,7 +530,7 @@ impl Room {
             }
             Event::Alarm { retry } => self.alarm(retry).await,
             Event::Hibernate => self.hibernate(),
-            Event::HandOff => self.hand_off(),
+            Event::HandOff => self.hand_off().await,
             Event::Evict { code, reason } => self.evict(code, reason),
         }
     }
@@ -551,7 +551,7 @@ impl Room {
 
     /// Give the room up to the node its clients now come through (the host
     /// asked: see [`Event::HandOff`]), unless a direct socket came meanwhile.
-    fn hand_off(&mut self) {
+    async fn hand_off(&mut self) {
         let state = self.state();
         let all = state.connections.len() as u64;
         if all == 0 || state.status.forwarded.load(Relaxed) != all {
@@ -562,7 +562,9 @@ impl Room {
             "handing the room off to the node its clients come through",
         );
         self.hibernate();
-        self.state().storage.hand_off();
+        // Given up in PostgreSQL before the sockets hear of it: a client
+        // that reconnected sooner would find this node still the holder.
+        self.state().storage.hand_off().await;
         self.evict(1012, "this room is moving to another node; reconnect");
     }
 

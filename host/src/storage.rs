@@ -519,18 +519,23 @@ impl RoomStorage {
         if self.claim.as_ref().is_some_and(|c| c.alarm.is_some()) {
             return;
         }
-        self.hand_off();
-    }
-
-    /// In a cluster, give the room up now, alarm or not (a due alarm of a
-    /// room nobody holds is fired by whichever node sweeps it first).
-    pub fn hand_off(&mut self) {
         let (Some(cluster), Some(claim)) = (&self.cluster, self.claim.take()) else {
             return;
         };
         let cluster = cluster.clone();
         let key = (self.party.clone(), self.room.clone());
         tokio::spawn(async move { cluster.release(&key, claim.epoch).await });
+    }
+
+    /// In a cluster, give the room up now, alarm or not (a due alarm of a
+    /// room nobody holds is fired by whichever node sweeps it first), and
+    /// return once PostgreSQL has it.
+    pub async fn hand_off(&mut self) {
+        let (Some(cluster), Some(claim)) = (&self.cluster, self.claim.take()) else {
+            return;
+        };
+        let key = (self.party.clone(), self.room.clone());
+        cluster.release(&key, claim.epoch).await;
     }
 
     /// Whether this node may still act for the room: always on one node; in
