@@ -11,7 +11,7 @@
 //! | --- | --- | --- |
 //! | edge | [`server`] | accept loops, routing, WebSocket upgrade, on-request, health, metrics, static files |
 //! | edge | `admin` | the admin API under `/_dormouse/`: deploy, versions, rollback, rooms, logs |
-//! | edge | [`socket`] | one task per WebSocket: frames in, outbound queue out, lingering close |
+//! | edge | [`socket`] | one task per WebSocket: frames in, what the room could not write straight out, pings, lingering close |
 //! | host | [`host`] | parties and deploys, the registry of room actors, the alarm loop, the ping tick, shutdown |
 //! | host | [`forward`] | in a cluster: a room's socket, request or room-to-room call goes to the node that holds it |
 //! | host | [`versions`] | deployed components and their precompiled forms on disk |
@@ -30,6 +30,7 @@
 //! | leaf | [`alarms`] | the alarm index the host's alarm loop fires from |
 //! | leaf | [`route`] | URL parsing, room keys |
 //! | leaf | [`logs`], [`metrics`] | room log lines for `dormouse tail`; Prometheus names, hook and failure kinds |
+//! | leaf | [`outbound`] | a connection's bounded way out: frames the room writes straight to the socket, or queues |
 //! | leaf | [`ws`] | WebSocket <-> WIT messages |
 //! | leaf | [`wit`], [`http`] | the one `bindgen!` site; the host's own HTTP answers |
 //! | leaf | [`clock`], [`sync`] | the wall clock and a shared tick; locks that survive a panic |
@@ -63,6 +64,7 @@ mod imports;
 pub mod instance;
 pub mod logs;
 pub mod metrics;
+pub mod outbound;
 pub mod project;
 pub mod project_js;
 pub mod project_py;

@@ -5,23 +5,21 @@
 //! (the host imports in `imports/` work on it); when the room hibernates it is
 //! taken back out and the `Store` is dropped. Guest memory goes; this stays.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, RwLock, Weak};
 
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
-use crate::config::{Limits, MESSAGE_OVERHEAD};
+use crate::config::Limits;
 use crate::logs::Logs;
 use crate::metrics::{Metrics, PartyMetrics};
+use crate::outbound::{Frame, Outbound};
 use crate::route::RoomKey;
 use crate::storage::RoomStorage;
-use crate::sync::lock;
 use crate::wit::{Request, Response};
 
 /// The most bytes one hook may queue for sending (all messages, all
@@ -40,143 +38,6 @@ pub struct Connection {
     /// In a cluster: the socket came through another node (the balancer
     /// sent it there), so that node is where its room would rather be.
     pub forwarded: bool,
-}
-
-/// The sending half of a connection's outbound queue. The queue is bounded
-/// in bytes, not messages: a burst of many small messages (10,000 broadcasts
-/// in one hook) is fine, a client that stops reading is not.
-///
-/// An idle queue allocates nothing but its shared header (a channel would
-/// allocate a block of slots per socket up front: ~1.8 KiB each at tens of
-/// thousands of idle sockets).
-pub struct Outbound {
-    shared: Arc<Shared>,
-    limit: usize,
-}
-
-struct Shared {
-    messages: std::sync::Mutex<VecDeque<Message>>,
-    /// Wakes the socket task: a message came, or the last sender went.
-    ready: Notify,
-    /// Bytes queued, each message counted with [`MESSAGE_OVERHEAD`].
-    queued: AtomicUsize,
-    senders: AtomicUsize,
-    /// Set when the queue overflows: the socket task then closes with 1008.
-    overflowed: AtomicBool,
-    /// Wakes the socket task on overflow, even mid-write.
-    overflow: Notify,
-}
-
-/// The receiving half, owned by the socket task.
-pub struct OutboundQueue {
-    shared: Arc<Shared>,
-}
-
-/// What a queued message counts for against the queue's limit.
-fn cost(message: &Message) -> usize {
-    message.len() + MESSAGE_OVERHEAD
-}
-
-impl Outbound {
-    /// A queue of at most `limit` bytes; the receiver goes to the socket task.
-    pub fn new(limit: usize) -> (Outbound, OutboundQueue) {
-        let shared = Arc::new(Shared {
-            messages: std::sync::Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
-            queued: AtomicUsize::new(0),
-            senders: AtomicUsize::new(1),
-            overflowed: AtomicBool::new(false),
-            overflow: Notify::new(),
-        });
-        let out = Outbound {
-            shared: shared.clone(),
-            limit,
-        };
-        (out, OutboundQueue { shared })
-    }
-
-    /// Queue a message without waiting; past the limit the client is marked
-    /// too slow. One message always fits an empty queue, whatever its size.
-    pub fn push(&self, message: Message) -> bool {
-        let c = cost(&message);
-        let before = self.shared.queued.fetch_add(c, Relaxed);
-        if before > 0 && before + c > self.limit {
-            self.shared.queued.fetch_sub(c, Relaxed);
-            self.shared.overflowed.store(true, Relaxed);
-            self.shared.overflow.notify_waiters();
-            return false;
-        }
-        lock(&self.shared.messages).push_back(message);
-        self.shared.ready.notify_one();
-        true
-    }
-
-    /// Ask the socket to close with this code and reason.
-    pub fn close(&self, code: u16, reason: &str) {
-        self.push(Message::Close(Some(CloseFrame {
-            code: code.into(),
-            reason: reason.into(),
-        })));
-    }
-}
-
-impl Clone for Outbound {
-    fn clone(&self) -> Self {
-        self.shared.senders.fetch_add(1, Relaxed);
-        Outbound {
-            shared: self.shared.clone(),
-            limit: self.limit,
-        }
-    }
-}
-
-impl Drop for Outbound {
-    fn drop(&mut self) {
-        if self.shared.senders.fetch_sub(1, Relaxed) == 1 {
-            self.shared.ready.notify_one();
-        }
-    }
-}
-
-impl OutboundQueue {
-    /// The next message to write; `None` once the queue is empty and every
-    /// sender is gone (the room dropped the connection).
-    pub async fn recv(&self) -> Option<Message> {
-        loop {
-            if let Some(message) = self.try_recv() {
-                return Some(message);
-            }
-            if self.shared.senders.load(Relaxed) == 0 {
-                return None;
-            }
-            // A notify_one before this point left a permit: no lost wakeup.
-            self.shared.ready.notified().await;
-        }
-    }
-
-    /// Returns once the queue has overflowed (the client reads too slowly).
-    pub async fn overflowed(&self) {
-        loop {
-            // Registered before looking, so an overflow meanwhile is seen.
-            let overflow = self.shared.overflow.notified();
-            if self.shared.overflowed.load(Relaxed) {
-                return;
-            }
-            overflow.await;
-        }
-    }
-
-    pub fn try_recv(&self) -> Option<Message> {
-        let mut messages = lock(&self.shared.messages);
-        let message = messages.pop_front()?;
-        // Give a burst's memory back once it has drained.
-        if messages.is_empty() && messages.capacity() > 64 {
-            *messages = VecDeque::new();
-        }
-        drop(messages);
-        self.shared.queued.fetch_sub(cost(&message), Relaxed);
-        Some(message)
-    }
 }
 
 /// A message a hook sent, held until the hook's writes are durable.
@@ -358,14 +219,20 @@ impl RoomState {
         for out in hook.outbox.drain(..) {
             match out {
                 Outgoing::To(id, m) => {
-                    if let Some(c) = self.connections.get(id.as_str()) {
-                        sent += u64::from(c.outbound.push(m));
+                    if let (Some(c), Some(frame)) =
+                        (self.connections.get(id.as_str()), Frame::new(&m))
+                    {
+                        sent += u64::from(c.outbound.push(&frame));
                     }
                 }
                 Outgoing::All(m, except) => {
+                    // Encoded once for every recipient.
+                    let Some(frame) = Frame::new(&m) else {
+                        continue;
+                    };
                     for (id, c) in &self.connections {
                         if !except.iter().any(|e| **e == **id) {
-                            sent += u64::from(c.outbound.push(m.clone()));
+                            sent += u64::from(c.outbound.push(&frame));
                         }
                     }
                 }
@@ -443,6 +310,7 @@ pub(crate) mod test_support {
     //! through their generated `Host` traits without Wasm.
 
     use super::*;
+    use crate::outbound::OutboundQueue;
     use crate::storage::Storage;
 
     /// No other rooms: these tests call no room.
@@ -483,32 +351,6 @@ pub(crate) mod test_support {
         );
         state.vars = Arc::new(BTreeMap::from([("K".into(), "v".into())]));
         state
-    }
-
-    #[test]
-    fn the_outbound_queue_is_bounded_in_bytes() {
-        let (out, queue) = Outbound::new(1000);
-        // One message always fits an empty queue.
-        assert!(out.push(Message::binary(vec![0; 5000])));
-        assert!(!out.push(Message::text("x")));
-        assert!(queue.shared.overflowed.load(Relaxed));
-        let (out, small) = Outbound::new(1000);
-        for _ in 0..10 {
-            assert!(out.push(Message::text("tiny")));
-        }
-        assert!(!small.shared.overflowed.load(Relaxed));
-        assert!(small.try_recv().is_some());
-        assert!(queue.try_recv().is_some());
-        // The last sender gone and the queue drained: the socket hears `None`.
-        drop(out);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        let mut n = 0;
-        while rt.block_on(small.recv()).is_some() {
-            n += 1;
-        }
-        assert_eq!(n, 9);
     }
 
     /// Add a connection; its outbound queue's receiver.

@@ -16,7 +16,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -27,8 +27,8 @@ use crate::cluster::Owner;
 use crate::forward;
 use crate::host::Host;
 use crate::http::{Body, full, header_pairs, text};
+use crate::outbound::Outbound;
 use crate::room::{Accepted, ConnRef, Connect, Event};
-use crate::room_state::Outbound;
 use crate::route::RoomKey;
 use crate::route::{self, RoomPath, Route, RouteError};
 use crate::socket::Socket;
@@ -331,10 +331,23 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
     let config = ws_config(limits.message_bytes);
     let span = tracing::info_span!("connection", party = %key.0, room = %key.1, id = %conn.id);
     let task = async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let io = TokioIo::new(upgraded);
-                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        // The socket itself, not hyper's boxed IO: the room writes to it
+        // directly (`outbound`). Hyper serves only `TokioIo<TcpStream>`s,
+        // so the downcast fails only if that changes.
+        let tcp = match on_upgrade.await {
+            Ok(upgraded) => upgraded
+                .downcast::<TokioIo<TcpStream>>()
+                .map_err(|_| "the upgraded connection is not a TCP stream".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match tcp {
+            Ok(parts) => {
+                let wire = socket.outbound.attach(parts.io.into_inner());
+                // What the client sent after its upgrade request, which hyper read.
+                let early = parts.read_buf.to_vec();
+                let ws =
+                    WebSocketStream::from_partially_read(wire, early, Role::Server, Some(config))
+                        .await;
                 socket.run(ws).await;
             }
             Err(e) => {

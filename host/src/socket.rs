@@ -1,11 +1,12 @@
-//! One task per WebSocket: frames in become room events, the connection's
-//! outbound queue goes out. Knows no Wasm and no SQLite.
+//! One task per WebSocket: frames in become room events; what the room
+//! could not write straight to the socket goes out from here. Knows no
+//! Wasm and no SQLite.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -14,8 +15,9 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Ticker;
+use crate::outbound::{Next, OutboundQueue, Wire};
 use crate::room::{ConnRef, Event, RoomTx};
-use crate::room_state::{OutboundQueue, RoomStatus};
+use crate::room_state::RoomStatus;
 use crate::ws::from_ws;
 
 /// How long a close the host starts lingers: writing its close frame, then
@@ -46,11 +48,10 @@ struct Ended {
 }
 
 impl Socket {
-    pub async fn run<S>(mut self, mut ws: WebSocketStream<S>)
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    pub async fn run(mut self, mut ws: WebSocketStream<Wire>) {
         let ended = self.pump(&mut ws).await;
+        // Closes the socket now, whenever the room lets go of its half.
+        drop(ws);
         let Some(ended) = ended else { return };
         let _ = self
             .room
@@ -65,10 +66,7 @@ impl Socket {
 
     /// Move frames both ways until the socket ends; `None` at host shutdown
     /// (the rooms are stopping too, so no on-close is owed).
-    async fn pump<S>(&mut self, ws: &mut WebSocketStream<S>) -> Option<Ended>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    async fn pump(&mut self, ws: &mut WebSocketStream<Wire>) -> Option<Ended> {
         // The tick in which the client was last heard from.
         let mut heard = self.pings.now();
         loop {
@@ -82,23 +80,23 @@ impl Socket {
                     close(ws, CloseCode::Policy, TOO_SLOW).await;
                     return Some(Ended { code: 1008, reason: TOO_SLOW.into(), was_clean: false });
                 }
-                out = self.outbound.recv() => {
-                    let Some(message) = out else {
+                next = self.outbound.next() => match next {
+                    Next::Flush => {
+                        if let Err(ended) = self.guarded(ws.flush()).await {
+                            return ended;
+                        }
+                    }
+                    Next::Close(frame) => {
+                        let (code, reason) = (u16::from(frame.code), frame.reason.to_string());
+                        close(ws, frame.code, &reason).await;
+                        return Some(Ended { code, reason, was_clean: true });
+                    }
+                    Next::Dropped => {
                         // The room dropped this connection (it was replaced).
                         close(ws, CloseCode::Normal, "").await;
                         return Some(Ended { code: 1000, reason: String::new(), was_clean: true });
-                    };
-                    if let Message::Close(frame) = message {
-                        let (code, reason) = frame
-                            .map(|f| (u16::from(f.code), f.reason.to_string()))
-                            .unwrap_or((1000, String::new()));
-                        close(ws, CloseCode::from(code), &reason).await;
-                        return Some(Ended { code, reason, was_clean: true });
                     }
-                    if let Err(ended) = self.write(ws, message).await {
-                        return ended;
-                    }
-                }
+                },
                 tick = self.pings.next() => {
                     // Nothing heard for two whole intervals (three ticks
                     // since the one it was last heard in): the peer is gone
@@ -106,7 +104,7 @@ impl Socket {
                     if tick.saturating_sub(heard) >= 3 {
                         return Some(Ended { code: 1006, reason: "ping timeout".into(), was_clean: false });
                     }
-                    if let Err(ended) = self.write(ws, Message::Ping(Default::default())).await {
+                    if let Err(ended) = self.guarded(ws.send(Message::Ping(Default::default()))).await {
                         return ended;
                     }
                 }
@@ -117,7 +115,7 @@ impl Socket {
                     match incoming {
                         Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                             if let Some(reply) = self.status.answer(&message) {
-                                if let Err(ended) = self.write(ws, reply).await {
+                                if let Err(ended) = self.guarded(ws.send(reply)).await {
                                     return ended;
                                 }
                                 continue;
@@ -133,7 +131,9 @@ impl Socket {
                         // or write: they never reach (or wake) the room.
                         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                         Some(Ok(Message::Close(frame))) => {
-                            // tungstenite queues the echo; flush it out.
+                            // tungstenite queues the echo; flush it out,
+                            // and nothing after it.
+                            ws.get_ref().seal();
                             let _ = ws.flush().await;
                             let (code, reason) = frame
                                 .map(|f| (u16::from(f.code), f.reason.to_string()))
@@ -172,19 +172,16 @@ impl Socket {
 }
 
 impl Socket {
-    /// Write one message. A client that stops reading blocks this write, so
-    /// it also gives up when the outbound queue overflows meanwhile (1008,
-    /// no close frame: the write half is stuck mid-frame) or the host stops.
-    async fn write<S>(
+    /// Write (or flush) through tungstenite. A client that stops reading
+    /// blocks this, so it also gives up when the outbound queue overflows
+    /// meanwhile (1008, no close frame: the write side is stuck mid-frame)
+    /// or the host stops.
+    async fn guarded(
         &self,
-        ws: &mut WebSocketStream<S>,
-        message: Message,
-    ) -> Result<(), Option<Ended>>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+        op: impl Future<Output = Result<(), WsError>>,
+    ) -> Result<(), Option<Ended>> {
         tokio::select! {
-            sent = ws.send(message) => sent.map_err(|_| {
+            sent = op => sent.map_err(|_| {
                 Some(Ended { code: 1006, reason: String::new(), was_clean: false })
             }),
             () = self.outbound.overflowed() => Err(Some(Ended {
@@ -200,10 +197,8 @@ impl Socket {
 /// Send a close frame and wait (briefly) for the peer's answer. Boxed: it
 /// runs once per socket, and every idle socket's task would otherwise carry
 /// its space.
-async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+async fn close(ws: &mut WebSocketStream<Wire>, code: CloseCode, reason: &str) {
+    ws.get_ref().seal();
     Box::pin(close_inner(ws, code, reason)).await;
 }
 
@@ -213,10 +208,7 @@ where
 /// budget. Dropping a socket with unread bytes would send a TCP reset, and
 /// a reset makes the client's kernel discard the close frame it has not
 /// read yet: the client would see 1006 instead of the code and reason.
-async fn close_inner<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+async fn close_inner(ws: &mut WebSocketStream<Wire>, code: CloseCode, reason: &str) {
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from(reason),
