@@ -9,6 +9,8 @@
 //! would block waits in the queue, and only then is the socket task woken
 //! to finish it when the socket is writable.
 //!
+//! The room does so only when it is not busy ([`write_now`]).
+//!
 //! Every byte of one socket goes out in one order: all writers (the room,
 //! and the socket task through tungstenite: pongs, pings, the auto-response,
 //! close frames) take the same lock, a write that leaves bytes over queues
@@ -17,11 +19,13 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -32,6 +36,20 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::config::MESSAGE_OVERHEAD;
 use crate::sync::lock;
+
+/// What one nonblocking write of a small frame costs the room's thread
+/// (a loopback `send`: 1-2 us measured).
+const WRITE_COST: Duration = Duration::from_micros(2);
+
+/// Whether a room writes its output to `sockets` sockets itself: only if
+/// it was idle for at least as long as the writes take. A room that idle
+/// is not busy, and writing now is the lowest latency. A busier room
+/// leaves the writing to the sockets' tasks, which batch frames into one
+/// `writev` each and run on every worker while the room goes on: writing
+/// every frame from the room's one thread halved the relay's throughput.
+pub fn write_now(idle: Duration, sockets: usize) -> bool {
+    idle >= WRITE_COST.saturating_mul(sockets as u32)
+}
 
 /// A text or binary message encoded once as a server's WebSocket frame
 /// (unmasked, unfragmented), however many sockets it goes to.
@@ -94,6 +112,10 @@ pub enum Next {
 
 struct Shared {
     inner: Mutex<Inner>,
+    /// The socket, from the upgrade until the socket task ends. Apart from
+    /// `inner`, so the socket task writes and reads without holding the
+    /// lock the room pushes under; a read lock is all a write needs.
+    tcp: RwLock<Option<TcpStream>>,
     /// Wakes the socket task: bytes wait, a close came, or the last sender went.
     ready: Notify,
     /// Bytes waiting, each message counted with [`MESSAGE_OVERHEAD`].
@@ -110,12 +132,48 @@ struct Inner {
     /// Encoded frames not yet (wholly) written, oldest first. The first may
     /// be a frame's tail: nothing may be written before it.
     pending: VecDeque<Bytes>,
-    /// The socket, from the upgrade until the socket task ends.
-    tcp: Option<TcpStream>,
+    /// The socket task is writing frames it took from `pending`: nothing
+    /// else may be written until it has put back what it could not.
+    writing: bool,
     /// The room's close, not yet taken by the socket task.
     close: Option<CloseFrame>,
     /// A close frame was asked for, sent or received: no data frame may follow.
     sealed: bool,
+}
+
+impl Shared {
+    /// Write `bytes` now if nothing is ahead of them; queue what the socket
+    /// does not take. Called with `inner` locked, so the check and the
+    /// write are one step.
+    fn write_or_queue(&self, inner: &mut Inner, mut bytes: Bytes) {
+        if inner.pending.is_empty() && !inner.writing {
+            let tcp = read(&self.tcp);
+            if let Some(tcp) = tcp.as_ref() {
+                // An error (it would block, or the socket failed) writes
+                // nothing: all is queued, and the socket task hears of a
+                // failure from its own read or write.
+                if let Ok(n) = tcp.try_write(&bytes) {
+                    bytes.advance(n);
+                }
+            }
+        }
+        if !bytes.is_empty() {
+            self.queued
+                .fetch_add(bytes.len() + MESSAGE_OVERHEAD, Relaxed);
+            inner.pending.push_back(bytes);
+        }
+    }
+
+    /// Bytes of `pending` were written.
+    fn written(&self, n: usize, entries: usize) {
+        self.queued
+            .fetch_sub(n + entries * MESSAGE_OVERHEAD, Relaxed);
+    }
+}
+
+/// A read lock that a panic elsewhere does not poison.
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Outbound {
@@ -123,6 +181,7 @@ impl Outbound {
     pub fn new(limit: usize) -> (Outbound, OutboundQueue) {
         let shared = Arc::new(Shared {
             inner: Mutex::default(),
+            tcp: RwLock::new(None),
             ready: Notify::new(),
             queued: AtomicUsize::new(0),
             senders: AtomicUsize::new(1),
@@ -136,40 +195,36 @@ impl Outbound {
         (out, OutboundQueue { shared })
     }
 
-    /// Send a frame without waiting: written now if the socket takes it,
-    /// else queued. Past the limit the client is marked too slow. One frame
+    /// Send a frame without waiting: with `now`, written at once if the
+    /// socket takes it; else (or for what it does not take) queued for the
+    /// socket task. Past the limit the client is marked too slow. One frame
     /// always fits an empty queue, whatever its size. False if it will not
     /// be sent (too slow, or the connection is closing).
-    pub fn push(&self, frame: &Frame) -> bool {
+    pub fn push(&self, frame: &Frame, now: bool) -> bool {
         let shared = &*self.shared;
         let mut inner = lock(&shared.inner);
         if inner.sealed {
             return false;
         }
-        let mut bytes = frame.0.clone();
-        if inner.pending.is_empty()
-            && let Some(tcp) = &inner.tcp
-        {
-            match tcp.try_write(&bytes) {
-                Ok(n) if n == bytes.len() => return true,
-                Ok(n) => bytes.advance(n),
-                // Would block, or the socket failed: the socket task hears
-                // of a failure from its own read or write.
-                Err(_) => {}
-            }
-        }
-        let cost = bytes.len() + MESSAGE_OVERHEAD;
-        let before = shared.queued.fetch_add(cost, Relaxed);
-        if before > 0 && before + cost > self.limit && bytes.len() == frame.0.len() {
-            shared.queued.fetch_sub(cost, Relaxed);
+        let cost = frame.0.len() + MESSAGE_OVERHEAD;
+        let queued = shared.queued.load(Relaxed);
+        if queued > 0 && queued + cost > self.limit {
             drop(inner);
             shared.overflowed.store(true, Relaxed);
             shared.overflow.notify_waiters();
             return false;
         }
-        inner.pending.push_back(bytes);
+        if now {
+            shared.write_or_queue(&mut inner, frame.0.clone());
+        } else {
+            shared.queued.fetch_add(cost, Relaxed);
+            inner.pending.push_back(frame.0.clone());
+        }
+        let waiting = !inner.pending.is_empty();
         drop(inner);
-        shared.ready.notify_one();
+        if waiting {
+            shared.ready.notify_one();
+        }
         true
     }
 
@@ -212,11 +267,8 @@ impl OutboundQueue {
     /// Give the upgraded socket to the queue: from now on the room writes
     /// to it directly. Tungstenite reads and writes through the `Wire`.
     pub fn attach(&self, tcp: TcpStream) -> Wire {
-        let mut inner = lock(&self.shared.inner);
-        inner.tcp = Some(tcp);
-        let waiting = !inner.pending.is_empty();
-        drop(inner);
-        if waiting {
+        *self.shared.tcp.write().unwrap_or_else(|e| e.into_inner()) = Some(tcp);
+        if !lock(&self.shared.inner).pending.is_empty() {
             self.shared.ready.notify_one();
         }
         Wire {
@@ -262,9 +314,7 @@ impl OutboundQueue {
     pub fn try_recv(&self) -> Option<Message> {
         let mut inner = lock(&self.shared.inner);
         let mut wire = inner.pending.pop_front()?;
-        self.shared
-            .queued
-            .fetch_sub(wire.len() + MESSAGE_OVERHEAD, Relaxed);
+        self.shared.written(wire.len(), 1);
         let opcode = wire.get_u8() & 0x0F;
         let len = match wire.get_u8() {
             126 => usize::from(wire.get_u16()),
@@ -291,16 +341,30 @@ impl Wire {
     }
 }
 
+/// At most this many frames go in one `writev`.
+const BATCH: usize = 64;
+
 impl AsyncRead for Wire {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut inner = lock(&self.shared().inner);
-        match inner.tcp.as_mut() {
-            Some(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        let tcp = read(&self.shared().tcp);
+        let Some(tcp) = tcp.as_ref() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        loop {
+            ready!(tcp.poll_read_ready(cx))?;
+            match tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was stale; polling again registers the waker.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
     }
 }
@@ -313,66 +377,97 @@ impl AsyncWrite for Wire {
     /// still stops the socket task.
     fn poll_write(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let shared = self.shared();
         let mut inner = lock(&shared.inner);
-        let Inner { pending, tcp, .. } = &mut *inner;
-        let Some(tcp) = tcp.as_mut() else {
-            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
-        };
-        let mut written = 0;
-        if pending.is_empty() {
-            match Pin::new(tcp).poll_write(cx, buf) {
-                Poll::Ready(Ok(n)) => written = n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
-            }
-        }
-        if written < buf.len() {
-            let rest = Bytes::copy_from_slice(&buf[written..]);
-            shared
-                .queued
-                .fetch_add(rest.len() + MESSAGE_OVERHEAD, Relaxed);
-            pending.push_back(rest);
-        }
+        shared.write_or_queue(&mut inner, Bytes::copy_from_slice(buf));
         Poll::Ready(Ok(buf.len()))
     }
 
+    /// Write what waits, many frames to a `writev`, without holding the
+    /// lock the room pushes under: the frames are taken out (`writing`
+    /// keeps everything else behind them) and what the socket does not
+    /// take goes back in front.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let shared = self.shared();
-        let mut inner = lock(&shared.inner);
-        let Inner { pending, tcp, .. } = &mut *inner;
-        let Some(tcp) = tcp.as_mut() else {
-            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
-        };
-        while let Some(front) = pending.front_mut() {
-            let n = ready!(Pin::new(&mut *tcp).poll_write(cx, front))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        loop {
+            let mut batch = {
+                let mut inner = lock(&shared.inner);
+                if inner.pending.is_empty() {
+                    // Give a burst's memory back once it has drained.
+                    if inner.pending.capacity() > 64 {
+                        inner.pending = VecDeque::new();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                inner.writing = true;
+                std::mem::take(&mut inner.pending)
+            };
+            let result = Self::write_batch(shared, &mut batch, cx);
+            let mut inner = lock(&shared.inner);
+            inner.writing = false;
+            if !batch.is_empty() {
+                batch.append(&mut inner.pending);
+                inner.pending = batch;
             }
-            front.advance(n);
-            shared.queued.fetch_sub(n, Relaxed);
-            if front.is_empty() {
-                pending.pop_front();
-                shared.queued.fetch_sub(MESSAGE_OVERHEAD, Relaxed);
+            drop(inner);
+            match result {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
             }
         }
-        // Give a burst's memory back once it has drained.
-        if pending.capacity() > 64 {
-            *pending = VecDeque::new();
-        }
-        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
-        let mut inner = lock(&self.shared().inner);
-        match inner.tcp.as_mut() {
+        let mut tcp = self.shared().tcp.write().unwrap_or_else(|e| e.into_inner());
+        match tcp.as_mut() {
             Some(tcp) => Pin::new(tcp).poll_shutdown(cx),
             None => Poll::Ready(Ok(())),
         }
+    }
+}
+
+impl Wire {
+    /// Write the batch until it is empty (ready) or the socket is full
+    /// (pending, the waker registered).
+    fn write_batch(
+        shared: &Shared,
+        batch: &mut VecDeque<Bytes>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        let tcp = read(&shared.tcp);
+        let Some(tcp) = tcp.as_ref() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        while !batch.is_empty() {
+            ready!(tcp.poll_write_ready(cx))?;
+            let slices: Vec<IoSlice<'_>> =
+                batch.iter().take(BATCH).map(|b| IoSlice::new(b)).collect();
+            match tcp.try_write_vectored(&slices) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(mut n) => {
+                    let (mut bytes, mut done) = (0, 0);
+                    while n > 0 {
+                        let front = batch.front_mut().expect("written bytes were queued");
+                        let step = n.min(front.len());
+                        front.advance(step);
+                        n -= step;
+                        bytes += step;
+                        if front.is_empty() {
+                            batch.pop_front();
+                            done += 1;
+                        }
+                    }
+                    shared.written(bytes, done);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -382,8 +477,8 @@ impl Drop for Wire {
     fn drop(&mut self) {
         let mut inner = lock(&self.shared.inner);
         inner.sealed = true;
-        inner.tcp = None;
         inner.pending = VecDeque::new();
+        *self.shared.tcp.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -414,7 +509,7 @@ mod tests {
         let (out, queue) = Outbound::new(1 << 20);
         let _wire = queue.attach(server);
         // No socket task runs here: the bytes can only come from the push.
-        assert!(out.push(&frame(Message::text("hello"))));
+        assert!(out.push(&frame(Message::text("hello")), true));
         let mut got = [0u8; 7];
         let read = client.read_exact(&mut got);
         tokio::time::timeout(std::time::Duration::from_secs(10), read)
@@ -439,7 +534,7 @@ mod tests {
         const N: usize = 2000;
         for i in 0..N {
             let body = format!("{i}:{}", "x".repeat(4000));
-            assert!(out.push(&frame(Message::text(body))));
+            assert!(out.push(&frame(Message::text(body)), true));
         }
         assert!(!lock(&queue.shared.inner).pending.is_empty(), "some waited");
         let socket_task = tokio::spawn(async move {
@@ -480,19 +575,19 @@ mod tests {
     fn the_outbound_queue_is_bounded_in_bytes() {
         let (out, queue) = Outbound::new(1000);
         // One message always fits an empty queue.
-        assert!(out.push(&frame(Message::binary(vec![0; 5000]))));
-        assert!(!out.push(&frame(Message::text("x"))));
+        assert!(out.push(&frame(Message::binary(vec![0; 5000])), true));
+        assert!(!out.push(&frame(Message::text("x")), true));
         assert!(queue.shared.overflowed.load(Relaxed));
         let (out, small) = Outbound::new(1000);
         for _ in 0..10 {
-            assert!(out.push(&frame(Message::text("tiny"))));
+            assert!(out.push(&frame(Message::text("tiny")), true));
         }
         assert!(!small.shared.overflowed.load(Relaxed));
         assert_eq!(small.try_recv(), Some(Message::text("tiny")));
         assert_eq!(queue.try_recv().map(|m| m.len()), Some(5000));
         // A close goes after what was sent before it; nothing after it.
         out.close(4000, "bye");
-        assert!(!out.push(&frame(Message::text("late"))));
+        assert!(!out.push(&frame(Message::text("late")), true));
         // The last sender gone and the queue drained: the socket hears so.
         drop(out);
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -11,13 +11,14 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::Limits;
 use crate::logs::Logs;
 use crate::metrics::{Metrics, PartyMetrics};
-use crate::outbound::{Frame, Outbound};
+use crate::outbound::{self, Frame, Outbound};
 use crate::route::RoomKey;
 use crate::storage::RoomStorage;
 use crate::wit::{Request, Response};
@@ -209,12 +210,15 @@ impl RoomState {
         self.hook = None;
     }
 
-    /// Hand the outbox to the connections' queues. Called only once the
-    /// hook's writes are committed: this is the output gate's release.
-    pub fn release(&mut self, metrics: &Metrics) {
+    /// Hand the outbox to the connections. Called only once the hook's
+    /// writes are committed: this is the output gate's release. `idle`: how
+    /// idle the room is, which decides whether it writes to the sockets
+    /// itself ([`outbound::write_now`]).
+    pub fn release(&mut self, metrics: &Metrics, idle: Duration) {
         let Some(hook) = self.hook.as_deref_mut() else {
             return;
         };
+        let now = outbound::write_now(idle, self.connections.len());
         let mut sent = 0u64;
         for out in hook.outbox.drain(..) {
             match out {
@@ -222,7 +226,7 @@ impl RoomState {
                     if let (Some(c), Some(frame)) =
                         (self.connections.get(id.as_str()), Frame::new(&m))
                     {
-                        sent += u64::from(c.outbound.push(&frame));
+                        sent += u64::from(c.outbound.push(&frame, now));
                     }
                 }
                 Outgoing::All(m, except) => {
@@ -232,7 +236,7 @@ impl RoomState {
                     };
                     for (id, c) in &self.connections {
                         if !except.iter().any(|e| **e == **id) {
-                            sent += u64::from(c.outbound.push(&frame));
+                            sent += u64::from(c.outbound.push(&frame, now));
                         }
                     }
                 }

@@ -341,10 +341,13 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
             Err(e) => Err(e.to_string()),
         };
         match tcp {
-            Ok(parts) => {
-                let wire = socket.outbound.attach(parts.io.into_inner());
-                // What the client sent after its upgrade request, which hyper read.
-                let early = parts.read_buf.to_vec();
+            Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
+                let wire = socket.outbound.attach(io.into_inner());
+                // What the client sent after its upgrade request, which hyper
+                // read. Copied out: `read_buf` is a slice of hyper's whole
+                // read buffer (8 KiB), which it would keep for the socket's life.
+                let early = read_buf.to_vec();
+                drop(read_buf);
                 let ws =
                     WebSocketStream::from_partially_read(wire, early, Role::Server, Some(config))
                         .await;

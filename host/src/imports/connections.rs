@@ -208,6 +208,8 @@ impl Host for RoomState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
     use crate::metrics::Metrics;
     use crate::room_state::test_support::{connect, room_state};
 
@@ -228,7 +230,7 @@ mod tests {
             .expect("ok");
         // Nothing leaves before the output gate releases it.
         assert!(a.try_recv().is_none() && b.try_recv().is_none());
-        s.release(&Metrics::default());
+        s.release(&Metrics::default(), Duration::MAX);
         assert_eq!(
             a.try_recv().expect("a got"),
             tungstenite::Message::text("just a")
@@ -265,7 +267,7 @@ mod tests {
             .expect("no trap")
             .expect("ok");
         s.discard();
-        s.release(&Metrics::default());
+        s.release(&Metrics::default(), Duration::MAX);
         assert!(a.try_recv().is_none());
     }
 
@@ -279,7 +281,7 @@ mod tests {
         s.set_tags("a".into(), vec!["old".into()])
             .expect("no trap")
             .expect("ok");
-        s.release(&Metrics::default());
+        s.release(&Metrics::default(), Duration::MAX);
         // A failed hook changes state twice, tags and the auto-response.
         s.set_state("a".into(), Some(b"x".to_vec()))
             .expect("no trap")
@@ -314,7 +316,7 @@ mod tests {
         }))
         .expect("no trap")
         .expect("ok");
-        s.release(&Metrics::default());
+        s.release(&Metrics::default(), Duration::MAX);
         assert!(s.status.auto_response().is_some());
     }
 
