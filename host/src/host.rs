@@ -888,7 +888,7 @@ impl Host {
         );
         // Every log line of the room (hook failures, guest logs) carries this span.
         let span = tracing::info_span!("room", party = %key.0, room = %key.1);
-        self.tasks.spawn(actor.serve().instrument(span));
+        self.tasks.spawn(Box::new(actor).serve().instrument(span));
         (tx, generation)
     }
 

@@ -422,7 +422,8 @@ pub struct RoomStorage {
     storage: Arc<Storage>,
     cluster: Option<Arc<Cluster>>,
     /// In a cluster, the claim this room holds; `None` until claimed.
-    claim: Option<Claim>,
+    /// Boxed: every room has this field, few have a claim.
+    claim: Option<Box<Claim>>,
     party: Arc<str>,
     room: Arc<str>,
     /// The party's generation when this room's actor started.
@@ -503,13 +504,13 @@ impl RoomStorage {
             return Err(StorageError::Moved);
         };
         let bytes = data.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
-        self.claim = Some(Claim {
+        self.claim = Some(Box::new(Claim {
             epoch,
             inc,
             data,
             alarm,
             bytes,
-        });
+        }));
         Ok(Claiming::Claimed { alarm })
     }
 
@@ -630,7 +631,7 @@ impl RoomStorage {
     fn claimed(&self) -> Result<Option<&Claim>, StorageError> {
         match (&self.cluster, &self.claim) {
             (None, _) => Ok(None),
-            (Some(_), Some(c)) => Ok(Some(c)),
+            (Some(_), Some(c)) => Ok(Some(&**c)),
             (Some(_), None) => Err(StorageError::Moved),
         }
     }
