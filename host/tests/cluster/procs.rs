@@ -417,10 +417,32 @@ impl Node {
         }
     }
 
+    /// SIGSTOP, and wait until every thread has stopped: `kill` returns
+    /// before threads running on other cores have, and a node that reads
+    /// a client's frame in that gap starts work the test meant to find
+    /// waiting in its socket.
     pub fn pause(&self) {
-        if let Some(c) = &self.child {
-            signal(c, "STOP");
+        let Some(c) = &self.child else { return };
+        signal(c, "STOP");
+        let Some(pid) = c.id() else { return };
+        let stopped = || {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return true;
+            };
+            tasks.flatten().all(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                // The state follows the command name's closing parenthesis.
+                let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+                matches!(state, Some(Some('T' | 't')) | None)
+            })
+        };
+        for _ in 0..400 {
+            if stopped() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
+        panic!("node {pid} did not stop within 2 s of SIGSTOP");
     }
 
     pub fn resume(&self) {
