@@ -9,13 +9,15 @@
 //! would block waits in the queue, and only then is the socket task woken
 //! to finish it when the socket is writable.
 //!
-//! The room does so only when it is not busy ([`write_now`]).
+//! The room does so only when it is not busy ([`write_now`]); a busy room
+//! queues, and the socket task writes what waits many frames to a `writev`.
 //!
-//! Every byte of one socket goes out in one order: all writers (the room,
+//! Every byte of one socket goes out in one order. Every writer (the room,
 //! and the socket task through tungstenite: pongs, pings, the auto-response,
-//! close frames) take the same lock, a write that leaves bytes over queues
-//! them ahead of everything after it, and a frame is never split between
-//! two writers.
+//! close frames) decides under one lock whether it may write now: only if
+//! nothing waits and the socket task is not writing a batch it took out.
+//! What a write leaves over is queued ahead of everything after it, and a
+//! frame is never split between two writers.
 
 use std::collections::VecDeque;
 use std::io;
