@@ -23,6 +23,7 @@ use anyhow::{Context, bail};
 mod broadcast;
 mod languages;
 mod yjs;
+mod yjs_peers;
 
 pub use broadcast::{FloorArgs, floor};
 
@@ -56,7 +57,9 @@ pub enum Scenario {
     /// and a Node `ws` relay (when node is present).
     Broadcast,
     /// Yjs documents of 10 KB, 1 MB and 10 MB that hibernate: a client's
-    /// sync step 1 to the room's step 2, new and returning clients.
+    /// sync step 1 to the room's step 2, new and returning clients; then
+    /// --rooms documents with two clients each, 20,000 small inserts and
+    /// A-to-B throughput, beside Hocuspocus and the y-websocket server.
     Yjs,
     /// The relay in Rust and in TypeScript side by side: deploy time (first
     /// and second), wake, private memory per awake room, relay throughput.
@@ -229,8 +232,18 @@ impl Server {
             counter = parties.counter,
         );
         std::fs::write(dir.join("dormouse.toml"), config)?;
-        let exe = server_binary()?;
-        let child = Command::new(exe)
+        let (child, pid) = Server::spawn(&dir, addr).await?;
+        Ok(Server {
+            child,
+            addr,
+            pid,
+            dir,
+        })
+    }
+
+    /// Run `dormouse serve` on `dir`'s config; once it answers.
+    async fn spawn(dir: &Path, addr: SocketAddr) -> anyhow::Result<(Child, u32)> {
+        let child = Command::new(server_binary()?)
             .arg("serve")
             .arg("--config")
             .arg(dir.join("dormouse.toml"))
@@ -240,12 +253,6 @@ impl Server {
             .spawn()
             .context("cannot start the server")?;
         let pid = child.id().context("the server exited at once")?;
-        let server = Server {
-            child,
-            addr,
-            pid,
-            dir,
-        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while get(addr, "/_dormouse/health").await.is_err() {
             if Instant::now() > deadline {
@@ -253,7 +260,15 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(server)
+        Ok((child, pid))
+    }
+
+    /// Kill the server (SIGKILL) and start it again on the same data and
+    /// port: what its rooms then read comes from disk.
+    async fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill().await;
+        (self.child, self.pid) = Server::spawn(&self.dir, self.addr).await?;
+        Ok(())
     }
 
     /// Resident memory, bytes (`VmRSS` of `/proc/PID/status`).
@@ -306,6 +321,37 @@ impl Server {
         let _ = self.child.kill().await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// CPU time a process has used, seconds (utime + stime of `/proc/PID/stat`,
+/// in clock ticks of 1/100 s, as Linux reports them to user space).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .context("no command in /proc/PID/stat")?
+        .1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/PID/stat")?
+            .parse::<f64>()?)
+    };
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Resident memory of a process, bytes (`VmRSS` of `/proc/PID/status`).
+fn rss_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/PID/status")?;
+    Ok(kib * 1024)
 }
 
 /// A plain HTTP GET over a fresh connection; the body.

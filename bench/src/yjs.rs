@@ -3,7 +3,8 @@
 //! sync step 1 to a sleeping document: the wake, the read from storage and
 //! the room's sync step 2, for a new client (empty state vector: the stored
 //! snapshot goes out as it is) and a returning one (it has everything: only
-//! the delete set and the updates since are read and diffed).
+//! the delete set and the updates since are read and diffed). Then the
+//! workloads of `yjs_peers`, beside Hocuspocus and the y-websocket server.
 
 use std::time::Instant;
 
@@ -132,5 +133,6 @@ pub(super) async fn yjs(args: &BenchArgs, out: &mut Report) -> anyhow::Result<()
         );
     }
     server.stop().await;
-    Ok(())
+    // The shapes users have, beside the peers users compare with.
+    super::yjs_peers::peers(args, out).await
 }

@@ -24,6 +24,8 @@ import * as alarm from "dormouse:room/alarm@0.1.0";
 import * as context from "dormouse:room/context@0.1.0";
 
 const CHUNK = 1 << 20;
+/** The most keys one getMany, putMany or deleteMany takes (the host's bound). */
+const MAX_MANY = 128;
 const READ_ONLY = "y:read-only";
 const CUSTOM = "__YPS:";
 const BATCH = "y-pk-batch#";
@@ -150,17 +152,20 @@ class Document {
     const sv = Y.encodeStateVector(doc);
     // Diffed against its own state vector, an update keeps only deletions.
     const ds = Y.diffUpdate(snapshot, sv);
-    const old = storage
-      .list({ prefix: "y:", reverse: false })
-      .map(([k]) => k)
-      .filter((k) => k.startsWith("y:s:") || k.startsWith("y:u:"));
-    storage.deleteMany(old);
+    // All in this hook's one batch: a throw half way rolls the whole
+    // compaction back. The host takes at most MAX_MANY keys a call, and a
+    // burst leaves thousands of updates, so they go in pieces.
+    const old = [];
+    for (const prefix of ["y:s:", "y:u:"]) {
+      for (const [k] of storage.list({ prefix, reverse: false })) old.push(k);
+    }
+    for (let i = 0; i < old.length; i += MAX_MANY) storage.deleteMany(old.slice(i, i + MAX_MANY));
     const entries = [];
     for (let part = 0; part * CHUNK < snapshot.length; part++) {
       entries.push([`y:s:${hex(part, 4)}`, snapshot.subarray(part * CHUNK, (part + 1) * CHUNK)]);
     }
     entries.push(["y:sv", sv], ["y:ds", ds]);
-    storage.putMany(entries);
+    for (let i = 0; i < entries.length; i += MAX_MANY) storage.putMany(entries.slice(i, i + MAX_MANY));
     this.nextSeq = 0;
     this.loaded = { snapshot, sv, ds, updates: [] };
     return doc;
@@ -217,6 +222,15 @@ function held(id) {
   }
 }
 
+/** The clients the other open connections speak for: Map(client -> clock). */
+function othersClocks(id) {
+  const clocks = new Map();
+  for (const info of connections.list(undefined)) {
+    if (info.id !== id) for (const [client, { clock }] of held(info.id)) clocks.set(client, clock);
+  }
+  return clocks;
+}
+
 const binary = (bytes) => ({ tag: "binary", val: bytes });
 
 // ------------------------------------------------------------------ server
@@ -257,6 +271,9 @@ export class YServer {
   }
 
   onConnect(conn, ctx) {
+    // Awareness heartbeats are the host's to keep and relay (they change
+    // nothing but clocks): they never wake the room.
+    connections.setPresence("yjs-awareness");
     if (this.isReadOnly(conn, ctx)) {
       connections.setTags(conn.id, [...(connections.get(conn.id)?.tags ?? []), READ_ONLY]);
     }
@@ -327,23 +344,36 @@ export class YServer {
             return this.#malformed(conn, `malformed Yjs message: sync type ${kind}`);
           }
         } else if (type === 1) {
-          const update = decoding.readVarUint8Array(d);
-          const entries = readAwareness(update);
+          // As the Rust SDK's `awareness::apply`: a connection speaks for
+          // the clients it announced first; an echo of another connection's
+          // client (the y-websocket provider sends on every state it hears)
+          // is neither kept nor relayed; what is kept goes to everyone, the
+          // sender too, so a lone client hears its renewal back.
+          const entries = readAwareness(decoding.readVarUint8Array(d));
           const mine = held(conn.id);
+          let others;
+          const relay = new Map();
           for (const [client, entry] of entries) {
+            if (!mine.has(client)) {
+              others ??= othersClocks(conn.id);
+              const clock = others.get(client);
+              if (clock !== undefined ? clock >= entry.clock : entry.json === "null") continue;
+            }
             if (entry.json === "null") {
               if (mine.delete(client)) quiet = false;
             } else {
               if (mine.get(client)?.json !== entry.json) quiet = false;
               mine.set(client, entry);
             }
+            relay.set(client, entry);
           }
+          if (relay.size === 0) continue;
           try {
             connections.setState(conn.id, writeAwareness(mine));
           } catch (e) {
             context.log("warn", `yjs: awareness of ${conn.id} not kept: ${e}`);
           }
-          this.room.broadcast(awarenessMessage(update), [conn.id]);
+          this.room.broadcast(awarenessMessage(writeAwareness(relay)));
         } else if (type === 3) {
           const all = new Map();
           for (const info of connections.list(undefined)) for (const [k, v] of held(info.id)) all.set(k, v);

@@ -185,3 +185,19 @@ pub fn set_auto_response(pair: Option<(Message, Message)>) -> Result<(), Error> 
 pub fn auto_response() -> Option<(Message, Message)> {
     wit::get_auto_response().map(|p| (p.request, p.response))
 }
+
+/// Presence the host keeps for the room by itself, without waking it.
+pub use wit::Presence;
+
+/// Set (or with `None`, clear) the room's presence rule: messages it
+/// covers are handled by the host and never reach `on_message`.
+/// [`crate::yjs`] sets [`Presence::YjsAwareness`], so a client's awareness
+/// heartbeat is kept and relayed without a wake.
+///
+/// ```no_run
+/// use dormouse_sdk::connections::{self, Presence};
+/// connections::set_presence(Some(Presence::YjsAwareness));
+/// ```
+pub fn set_presence(rule: Option<Presence>) {
+    wit::set_presence(rule);
+}

@@ -52,7 +52,11 @@ pub fn get(key: &str) -> Result<Option<Vec<u8>>, Error> {
     wit::get(key)
 }
 
-/// The entries that exist among `keys` (at most 128), in key order.
+/// The most keys (or entries) one `get_many`, `put_many` or `delete_many`
+/// takes: the host refuses more with `too-large`. Call in pieces.
+pub const MAX_MANY: usize = 128;
+
+/// The entries that exist among `keys` (at most [`MAX_MANY`]), in key order.
 ///
 /// ```no_run
 /// let found = dormouse_sdk::storage::get_many(&["a".into(), "b".into()]);
@@ -70,7 +74,7 @@ pub fn put(key: &str, value: &[u8]) -> Result<(), Error> {
     wit::put(key, value)
 }
 
-/// Write several values (at most 128).
+/// Write several values (at most [`MAX_MANY`]).
 ///
 /// ```no_run
 /// dormouse_sdk::storage::put_many(&[("a".into(), b"1".to_vec())]).ok();
@@ -88,7 +92,7 @@ pub fn delete(key: &str) -> Result<bool, Error> {
     wit::delete(key)
 }
 
-/// Delete several keys (at most 128); how many existed.
+/// Delete several keys (at most [`MAX_MANY`]); how many existed.
 ///
 /// ```no_run
 /// let n = dormouse_sdk::storage::delete_many(&["a".into(), "b".into()]).unwrap_or(0);

@@ -144,11 +144,18 @@ pub const BUILTIN_RELAY: &str = "relay";
 /// byte count: so a flood of empty messages is bounded too.
 pub const MESSAGE_OVERHEAD: usize = 64;
 
+/// The largest WebSocket message either way: what `message_bytes` may be
+/// set to, and what a room may send. A client's messages are bounded by
+/// `message_bytes`; a room's are not, because what a room must send can
+/// outgrow what a client may: a 1 MiB Yjs document's sync answer is ~1.7 MB.
+pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
+
 /// Bounds on guests and clients. Defaults follow DESIGN.md.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Largest WebSocket message (and HTTP body), bytes.
+    /// Largest WebSocket message from a client (and HTTP body), bytes; a
+    /// room may send up to [`MAX_MESSAGE_BYTES`].
     pub message_bytes: usize,
     /// Largest connection state blob, bytes.
     pub connection_state_bytes: usize,
@@ -174,6 +181,12 @@ pub struct Limits {
     pub header_timeout_ms: u64,
     /// Rooms awake at once (the pooling allocator's size).
     pub awake_rooms: u32,
+    /// Bytes of an instance slot's memory (and of its tables) kept resident
+    /// when its room hibernates, so the next wake on that slot takes fewer
+    /// page faults. Every slot that was ever in use keeps this much, so it
+    /// is paid for the busiest moment's awake rooms, for good; 0 gives
+    /// everything back (see `instance::Runtime::new`).
+    pub warm_slot_bytes: usize,
     /// The first retry of a failing on-alarm waits this long; each next one twice as long.
     pub alarm_retry_ms: u64,
     /// Bytes of keys and values one hook may write (its batch is held in
@@ -199,6 +212,7 @@ impl Default for Limits {
             connections_per_room: None,
             header_timeout_ms: 10_000,
             awake_rooms: 1000,
+            warm_slot_bytes: 0,
             alarm_retry_ms: 2_000,
             hook_write_bytes: 64 << 20,
             storage_bytes_per_room: 1 << 30,
@@ -343,7 +357,7 @@ impl Config {
 
 /// Ranges serde cannot check; `at` names the table in the message.
 fn check_limits(l: &Limits, at: &str) -> anyhow::Result<()> {
-    if l.message_bytes == 0 || l.message_bytes > 32 << 20 {
+    if l.message_bytes == 0 || l.message_bytes > MAX_MESSAGE_BYTES {
         bail!("{at}.message_bytes must be 1 byte to 32 MiB");
     }
     if l.awake_rooms == 0 {

@@ -51,11 +51,6 @@ const HOST_IMPORTS: [&str; 7] = [
 /// component (componentize-py makes 14; Rust 2 to 4).
 const CORE_INSTANCES_PER_ROOM: u32 = 16;
 
-/// Bytes of a freed memory or table slot kept resident (see `Runtime::new`):
-/// what a small room touches in a wake, so at most this much per awake-room
-/// slot stays resident while the slot is free.
-const KEEP_RESIDENT: usize = 128 << 10;
-
 /// The engine and the linker every party shares.
 pub struct Runtime {
     engine: Engine,
@@ -95,16 +90,20 @@ impl Runtime {
         pool.max_core_instances_per_component(32);
         pool.max_memories_per_component(2);
         pool.max_tables_per_component(8);
-        // A freed slot's resident pages, up to KEEP_RESIDENT bytes, are
-        // reset in place and stay resident instead of going back to the
-        // kernel: the next wake on the slot takes no page faults and no
-        // TLB shootdown. Halves the wake here (BENCHMARKS.md). It needs
-        // Linux's PAGEMAP_SCAN (6.7+) to find those pages; without it
-        // wasmtime would clear the whole range, so then it stays off.
-        if PoolingAllocationConfig::is_pagemap_scan_available() {
+        // With `warm_slot_bytes`, a freed slot's resident pages, up to that
+        // many bytes, are reset in place and stay resident instead of going
+        // back to the kernel: the next wake on the slot takes no page
+        // faults. That halved the wake (16 to 7 us), but wasmtime keeps
+        // them in every slot ever used, for good: after a busy moment with
+        // 1,000 rooms awake, 1,000 slots held up to 128 KiB each long after
+        // every room hibernated, which is what hibernation is to give back.
+        // So the default is 0 (BENCHMARKS.md has both). It needs Linux's
+        // PAGEMAP_SCAN (6.7+) to find those pages; without it wasmtime
+        // would clear the whole range, so then it stays off.
+        if limits.warm_slot_bytes > 0 && PoolingAllocationConfig::is_pagemap_scan_available() {
             pool.pagemap_scan(wasmtime::Enabled::Auto);
-            pool.linear_memory_keep_resident(KEEP_RESIDENT);
-            pool.table_keep_resident(KEEP_RESIDENT);
+            pool.linear_memory_keep_resident(limits.warm_slot_bytes);
+            pool.table_keep_resident(limits.warm_slot_bytes);
         }
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).why(|| "cannot create the Wasm engine".into())?;
@@ -390,6 +389,10 @@ impl Instance {
 
     pub fn state(&mut self) -> &mut RoomState {
         &mut self.store.data_mut().room
+    }
+
+    pub fn state_ref(&self) -> &RoomState {
+        &self.store.data().room
     }
 
     /// Drop the instance, keeping the room's state.

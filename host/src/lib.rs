@@ -31,6 +31,7 @@
 //! | leaf | [`route`] | URL parsing, room keys |
 //! | leaf | [`logs`], [`metrics`] | room log lines for `dormouse tail`; Prometheus names, hook and failure kinds |
 //! | leaf | [`outbound`] | a connection's bounded way out: frames the room writes straight to the socket, or queues |
+//! | leaf | `presence` | presence the host keeps without waking a room: Yjs awareness renewals |
 //! | leaf | [`ws`] | WebSocket <-> WIT messages |
 //! | leaf | [`wit`], [`http`] | the one `bindgen!` site; the host's own HTTP answers |
 //! | leaf | [`clock`], [`sync`] | the wall clock and a shared tick; locks that survive a panic |
@@ -65,6 +66,7 @@ pub mod instance;
 pub mod logs;
 pub mod metrics;
 pub mod outbound;
+mod presence;
 pub mod project;
 pub mod project_js;
 pub mod project_py;

@@ -14,8 +14,17 @@
 //! A hook's sends wait in the state's outbox. When the hook returns, its
 //! storage batch is committed and awaited; only then is the outbox released
 //! to the sockets. If the hook traps or the commit fails, both are dropped,
-//! so no client ever sees a state that a crash could lose. The room handles
-//! its next event only after that, so it always reads its own writes.
+//! so no client ever sees a state that a crash could lose.
+//!
+//! While more messages wait in the queue, a message's hook does not commit
+//! alone: its writes and output are settled (a savepoint) and the next
+//! message's hook runs, reading them, until the queue holds something else
+//! or the group reaches its bound ([`Room::joins_group`]); then one commit
+//! makes the whole group durable and every output leaves, in order. A hook
+//! that fails takes back only what it did since the savepoint; the group's
+//! earlier hooks still commit. So a burst of N small updates costs one
+//! commit per group instead of N commits in series, and nothing leaves
+//! before it is durable.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -34,11 +43,13 @@ use crate::cluster::Cluster;
 use crate::config::Limits;
 use crate::instance::{Call, Failure, Instance, Party, Reply, Runtime};
 use crate::metrics::{FailureKind, Hook, Metrics};
-use crate::outbound::Outbound;
+use crate::outbound::{self, Outbound};
+use crate::presence;
 use crate::room_state::{Capabilities, Connection, Outgoing, RoomState, RoomStatus};
 use crate::route::RoomKey;
 use crate::storage::{Claiming, RoomStorage, Storage, StorageError};
 use crate::sync::lock;
+use crate::wit::dormouse::room::connections::Presence;
 use crate::wit::{self, ConnectionInfo};
 use crate::ws::to_ws;
 
@@ -176,6 +187,11 @@ enum Life {
 /// How many events may wait for a room before senders wait too.
 const ROOM_QUEUE: usize = 64;
 
+/// The most hooks whose writes share one commit (see [`Room::joins_group`]).
+const MAX_GROUP: u16 = ROOM_QUEUE as u16;
+/// A group stops growing once its writes or its output hold this much.
+const GROUP_BYTES: usize = 1 << 20;
+
 /// A room's event queue: bounded, many senders, one receiver (the actor).
 /// Lighter than a tokio channel, which allocates a block of 32 slots and
 /// pads its halves to cache lines: an empty queue here is one allocation of
@@ -268,6 +284,16 @@ impl RoomRx {
         lock(&self.0.events).is_empty()
     }
 
+    /// Whether the next event is one whose hook may share a commit with
+    /// the hook before it (see `Room::joins_group`). Only the actor takes
+    /// events, so what it sees here is what it takes next.
+    fn next_joins_group(&self) -> bool {
+        matches!(
+            lock(&self.0.events).front().map(|e| &**e),
+            Some(Event::Message { .. } | Event::Closed { .. } | Event::Error { .. })
+        )
+    }
+
     pub fn try_recv(&mut self) -> Option<Box<Event>> {
         let mut events = lock(&self.0.events);
         let event = events.pop_front()?;
@@ -325,6 +351,9 @@ pub struct Room {
     /// How long the room was idle before this event: whether it may write
     /// its output to the sockets itself ([`outbound::write_now`]).
     idle_before: Duration,
+    /// Hooks that ran since the last commit and wait to share the next
+    /// one (see [`Room::joins_group`]).
+    group: u16,
 }
 
 impl Room {
@@ -367,6 +396,7 @@ impl Room {
             life: Life::Hibernated(state),
             last_event: Instant::now(),
             idle_before: Duration::ZERO,
+            group: 0,
         }
     }
 
@@ -416,11 +446,16 @@ impl Room {
                     // Boxed: the hook futures (instantiation included) are
                     // large, and an idle actor should not carry their space.
                     Box::pin(self.handle(event)).await;
+                    // A group whose next event turned out not to run a
+                    // hook (a stale socket's) commits now.
+                    if self.group > 0 && !self.rx.next_joins_group() {
+                        let _ = Box::pin(self.flush(Hook::Message)).await;
+                    }
                     self.last_event = Instant::now();
                     // A quiet event keeps the deadline it found; one that
                     // woke the room ends its wake at once.
                     let quiet = std::mem::take(&mut self.state().quiet);
-                    if idle.is_zero() || (quiet && idle_timer.is_none()) {
+                    if self.group == 0 && (idle.is_zero() || (quiet && idle_timer.is_none())) {
                         // Let the sockets this event woke write first:
                         // dropping the instance takes longer than sending.
                         tokio::task::yield_now().await;
@@ -448,6 +483,10 @@ impl Room {
             if !self.awake() && self.state().connections.is_empty() && self.retire() {
                 return;
             }
+        }
+        // Shutdown between two hooks of a group: theirs commit first.
+        if self.group > 0 {
+            let _ = Box::pin(self.flush(Hook::Message)).await;
         }
         self.hibernate();
         self.state()
@@ -509,6 +548,9 @@ impl Room {
             Event::Message { conn, message } => {
                 if self.current(&conn) {
                     self.shared.metrics.messages_in.fetch_add(1, Relaxed);
+                    if self.presence_renewal(&conn, &message) {
+                        return;
+                    }
                     let _ = self.hook(Call::Message(conn.id.to_string(), message)).await;
                 }
             }
@@ -555,9 +597,44 @@ impl Room {
         }
     }
 
+    /// A presence renewal the room asked the host to keep (see
+    /// [`crate::presence`]): taken into the sender's state and relayed to
+    /// every connection, without a hook or a wake. Not while a group waits
+    /// for its commit, whose output must leave first.
+    fn presence_renewal(&mut self, conn: &ConnRef, message: &wit::Message) -> bool {
+        let idle = idle(&self.rx, self.idle_before);
+        let metrics = self.shared.metrics.clone();
+        let group = self.group;
+        let state = self.state();
+        let (Some(Presence::YjsAwareness), wit::Message::Binary(bytes), 0) =
+            (state.presence, message, group)
+        else {
+            return false;
+        };
+        let max = state.limits.connection_state_bytes;
+        let Some(c) = state.connections.get_mut(&*conn.id) else {
+            return false;
+        };
+        let renewed = match presence::yjs_renewal(bytes, c.state.as_deref()) {
+            Some(renewed) if renewed.len() <= max => renewed,
+            _ => return false,
+        };
+        c.state = Some(renewed);
+        let now = outbound::write_now(idle, state.connections.len());
+        let sent = state.broadcast_now(&to_ws(message.clone()), &[], now);
+        metrics.messages_out.fetch_add(sent, Relaxed);
+        state.quiet = true;
+        true
+    }
+
     /// Close and forget every connection (the party was deleted, or the
     /// room is no longer this node's).
     fn evict(&mut self, code: u16, reason: &str) {
+        // Output never sent was never seen: a group still open goes too.
+        if self.group > 0 {
+            self.group = 0;
+            self.state().discard_all();
+        }
         self.hibernate();
         let state = self.state();
         state.storage.drop_claim();
@@ -788,6 +865,10 @@ impl Room {
             Err(failure) => {
                 instance.state().discard();
                 self.failed(hook.label(), failure);
+                // The hooks before it in the group succeeded: theirs commit.
+                if self.group > 0 {
+                    let _ = self.flush(hook).await;
+                }
                 self.hibernate();
                 return Err(());
             }
@@ -797,6 +878,47 @@ impl Room {
         if hook == Hook::Alarm && !state.storage.alarm_touched() {
             state.storage.set_alarm(None);
         }
+        if self.joins_group(hook) {
+            self.state().settle();
+            self.group += 1;
+            return Ok(reply);
+        }
+        self.flush(hook).await?;
+        Ok(reply)
+    }
+
+    /// Whether the hook that just ran leaves its writes and output for the
+    /// next one's commit: while more messages wait, their hooks run first
+    /// and one commit makes them all durable, then every output leaves in
+    /// order. A Durable Object's output gate does the same (its events run
+    /// while a write is in flight; their writes coalesce). Only messages,
+    /// closes and errors group (nothing waits on their answer), at most
+    /// [`MAX_GROUP`] and bounded in bytes; not on a cluster, where a claim
+    /// can be lost between two events; and not with an idle timeout of 0,
+    /// which promises a wake per event.
+    fn joins_group(&self, hook: Hook) -> bool {
+        let Life::Awake(instance) = &self.life else {
+            return false;
+        };
+        let state = instance.state_ref();
+        matches!(hook, Hook::Message | Hook::Close | Hook::Error)
+            && self.group < MAX_GROUP
+            && self.shared.cluster.is_none()
+            && !self.shared.idle_timeout.is_zero()
+            && state.storage.pending_bytes() < GROUP_BYTES
+            && state
+                .hook_ref()
+                .is_none_or(|h| h.outbox_bytes < GROUP_BYTES)
+            && self.rx.next_joins_group()
+    }
+
+    /// Commit what the hooks since the last commit wrote, then release
+    /// their output, in order: the output gate. On a failure every one of
+    /// them is undone and the instance dropped. `hook`: the last one, for
+    /// the log.
+    async fn flush(&mut self, hook: Hook) -> Result<(), ()> {
+        self.group = 0;
+        let state = self.state();
         let batch = state.storage.take_batch();
         let alarm = batch.alarm_change();
         if !batch.is_empty()
@@ -805,7 +927,7 @@ impl Room {
             // The guest believes its writes happened; its memory cannot be
             // trusted any more than the messages it sent.
             error!(hook = hook.label(), error = %e, "commit failed; output dropped and instance dropped");
-            instance.state().discard();
+            self.state().discard_all();
             if matches!(e, StorageError::Moved) {
                 // Another node holds the room: its clients must go there.
                 self.evict(1012, "this room moved to another node; reconnect");
@@ -816,19 +938,20 @@ impl Room {
         // In a cluster, a hook that wrote nothing still answers clients (a
         // read, say): only while this node holds the room. A node that
         // paused past its lease (a zombie) answers nothing on waking.
-        if !instance.state().storage.still_held() {
-            instance.state().discard();
+        if !self.state().storage.still_held() {
+            self.state().discard_all();
             self.evict(1012, "this room moved to another node; reconnect");
             return Err(());
         }
         let idle = idle(&self.rx, self.idle_before);
-        instance.state().release(&self.shared.metrics, idle);
+        let metrics = self.shared.metrics.clone();
+        self.state().release(&metrics, idle);
         match alarm {
             Some(Some(at)) => self.shared.alarms.set(self.key.clone(), at, 0),
             Some(None) => self.shared.alarms.clear(&self.key),
             None => {}
         }
-        Ok(reply)
+        Ok(())
     }
 
     /// The alarm fired: run on-alarm if it is still due; retry with backoff

@@ -21,6 +21,7 @@ use crate::metrics::{Metrics, PartyMetrics};
 use crate::outbound::{self, Frame, Outbound};
 use crate::route::RoomKey;
 use crate::storage::RoomStorage;
+use crate::wit::dormouse::room::connections::Presence;
 use crate::wit::{Request, Response};
 
 /// The most bytes one hook may queue for sending (all messages, all
@@ -136,6 +137,17 @@ pub struct Hook {
     /// The rooms waiting on the request being handled now, outermost first
     /// (empty unless the hook is on-request called by a room).
     pub chain: Vec<RoomKey>,
+    /// Where the running hook began, when the hooks before it wait to
+    /// share its commit (see [`RoomState::settle`]).
+    mark: Option<HookMark>,
+}
+
+/// The outbox, undo log and auto-response as the running hook found them.
+struct HookMark {
+    outbox: usize,
+    outbox_bytes: usize,
+    undo: usize,
+    auto_response: Option<Option<(Message, Message)>>,
 }
 
 /// The room's host-side state.
@@ -162,6 +174,9 @@ pub struct RoomState {
     /// The hook being run called `context.quiet`: it does not count as
     /// activity for the idle timeout. Reset by the room before each event.
     pub(crate) quiet: bool,
+    /// What presence the host keeps for the room without waking it
+    /// ([`crate::presence`]).
+    pub(crate) presence: Option<Presence>,
 }
 
 impl RoomState {
@@ -192,6 +207,7 @@ impl RoomState {
             party_metrics,
             closing: None,
             quiet: false,
+            presence: None,
         }
     }
 
@@ -210,7 +226,21 @@ impl RoomState {
         self.hook = None;
     }
 
-    /// Hand the outbox to the connections. Called only once the hook's
+    /// The hook that ran last is done, but its output waits for the next
+    /// hook's writes to share one commit: a later [`RoomState::discard`]
+    /// takes back only what comes after this.
+    pub fn settle(&mut self) {
+        self.storage.savepoint();
+        let hook = self.hook();
+        hook.mark = Some(HookMark {
+            outbox: hook.outbox.len(),
+            outbox_bytes: hook.outbox_bytes,
+            undo: hook.undo.len(),
+            auto_response: hook.auto_response.clone(),
+        });
+    }
+
+    /// Hand the outbox to the connections. Called only once the hooks'
     /// writes are committed: this is the output gate's release. `idle`: how
     /// idle the room is, which decides whether it writes to the sockets
     /// itself ([`outbound::write_now`]).
@@ -218,9 +248,10 @@ impl RoomState {
         let Some(hook) = self.hook.as_deref_mut() else {
             return;
         };
+        let mut outbox = std::mem::take(&mut hook.outbox);
         let now = outbound::write_now(idle, self.connections.len());
         let mut sent = 0u64;
-        for out in hook.outbox.drain(..) {
+        for out in outbox.drain(..) {
             match out {
                 Outgoing::To(id, m) => {
                     if let (Some(c), Some(frame)) =
@@ -229,17 +260,7 @@ impl RoomState {
                         sent += u64::from(c.outbound.push(&frame, now));
                     }
                 }
-                Outgoing::All(m, except) => {
-                    // Encoded once for every recipient.
-                    let Some(frame) = Frame::new(&m) else {
-                        continue;
-                    };
-                    for (id, c) in &self.connections {
-                        if !except.iter().any(|e| **e == **id) {
-                            sent += u64::from(c.outbound.push(&frame, now));
-                        }
-                    }
-                }
+                Outgoing::All(m, except) => sent += self.broadcast_now(&m, &except, now),
                 Outgoing::Close(id, code, reason) => {
                     if let Some(c) = self.connections.get(id.as_str()) {
                         c.outbound.close(code, &reason);
@@ -247,7 +268,13 @@ impl RoomState {
                 }
             }
         }
+        let Some(hook) = self.hook.as_deref_mut() else {
+            return;
+        };
+        // Kept, empty, for the next hook's sends.
+        hook.outbox = outbox;
         hook.outbox_bytes = 0;
+        hook.mark = None;
         metrics.messages_out.fetch_add(sent, Relaxed);
         hook.undo = Vec::new();
         if let Some(pair) = hook.auto_response.take() {
@@ -255,17 +282,56 @@ impl RoomState {
         }
     }
 
-    /// Undo everything the hook did (it failed, or its commit did): its
-    /// messages, writes, connection state and tags, and auto-response.
+    /// Send `message` to every connection but `except`, now (not through
+    /// the outbox: the caller has nothing waiting for a commit). Encoded
+    /// once for every recipient; how many it reached.
+    pub fn broadcast_now(&self, message: &Message, except: &[String], now: bool) -> u64 {
+        let Some(frame) = Frame::new(message) else {
+            return 0;
+        };
+        let mut sent = 0;
+        for (id, c) in &self.connections {
+            if !except.iter().any(|e| **e == **id) {
+                sent += u64::from(c.outbound.push(&frame, now));
+            }
+        }
+        sent
+    }
+
+    /// Undo everything the running hook did (it failed): its messages,
+    /// writes, connection state and tags, and auto-response. What the hooks
+    /// before it did (see [`RoomState::settle`]) stays, to be committed.
     pub fn discard(&mut self) {
         self.storage.rollback();
         let Some(hook) = self.hook.as_deref_mut() else {
             return;
         };
-        hook.outbox.clear();
-        hook.outbox_bytes = 0;
-        hook.auto_response = None;
-        for undo in std::mem::take(&mut hook.undo).into_iter().rev() {
+        let mark = hook.mark.take().unwrap_or(HookMark {
+            outbox: 0,
+            outbox_bytes: 0,
+            undo: 0,
+            auto_response: None,
+        });
+        hook.outbox.truncate(mark.outbox);
+        hook.outbox_bytes = mark.outbox_bytes;
+        hook.auto_response = mark.auto_response;
+        let undo = hook.undo.split_off(mark.undo.min(hook.undo.len()));
+        self.undo(undo);
+    }
+
+    /// Undo everything every hook since the last commit did (their commit
+    /// failed).
+    pub fn discard_all(&mut self) {
+        self.storage.rollback_all();
+        if let Some(hook) = self.hook.as_deref_mut() {
+            hook.mark = None;
+        }
+        self.discard();
+    }
+
+    /// Put connection state and tags back, newest change first.
+    fn undo(&mut self, undo: Vec<Undo>) {
+        for undo in undo.into_iter().rev() {
             match undo {
                 Undo::State(id, old) => {
                     if let Some(c) = self.connections.get_mut(id.as_str()) {

@@ -431,8 +431,28 @@ pub struct RoomStorage {
     /// The party's limits: bytes per hook, per room, per list.
     limits: Arc<Limits>,
     pending: Batch,
+    /// Where the running hook began, when `pending` also holds the writes
+    /// of earlier hooks that will share its commit ([`RoomStorage::savepoint`]).
+    /// Boxed: only a room in the middle of a group has one.
+    mark: Option<Box<Mark>>,
     /// The room's stored bytes as of its last commit; read on first need.
     stored: Option<u64>,
+}
+
+/// What the batch was when the running hook began: enough to take back this
+/// hook's writes alone, keeping the earlier hooks' (see `Room::run`, which
+/// lets the hooks of queued messages share one commit).
+#[derive(Default)]
+struct Mark {
+    bytes: usize,
+    delete_all: bool,
+    alarm: Option<Option<u64>>,
+    /// Each key this hook staged, with what the batch held for it before
+    /// (`None`: nothing).
+    prior: HashMap<String, Option<Option<Vec<u8>>>>,
+    /// The batch's writes as they were at the mark, once this hook called
+    /// delete-all (which clears them).
+    writes: Option<BTreeMap<String, Option<Vec<u8>>>>,
 }
 
 /// A room's claim in a cluster: its epoch, and its data as committed.
@@ -469,18 +489,88 @@ impl RoomStorage {
             room,
             limits,
             pending: Batch::default(),
+            mark: None,
             stored: None,
         }
     }
 
     /// The pending writes, leaving none behind (for commit).
     pub fn take_batch(&mut self) -> Batch {
+        self.mark = None;
         std::mem::take(&mut self.pending)
     }
 
-    /// Forget the pending writes (the hook failed).
+    /// The hook that ran last is done, and its writes wait for a commit
+    /// that the next hook's will share: a later [`RoomStorage::rollback`]
+    /// takes back only what comes after this.
+    pub fn savepoint(&mut self) {
+        self.mark = Some(Box::new(Mark {
+            bytes: self.pending.bytes,
+            delete_all: self.pending.delete_all,
+            alarm: self.pending.alarm,
+            ..Mark::default()
+        }));
+    }
+
+    /// Forget the running hook's writes (it failed): back to the savepoint,
+    /// or to nothing pending when there is none.
     pub fn rollback(&mut self) {
+        let Some(mark) = self.mark.take() else {
+            self.pending = Batch::default();
+            return;
+        };
+        let Mark {
+            bytes,
+            delete_all,
+            alarm,
+            prior,
+            writes,
+        } = *mark;
+        match writes {
+            Some(writes) => self.pending.writes = writes,
+            None => {
+                for (key, before) in prior {
+                    match before {
+                        Some(v) => self.pending.writes.insert(key, v),
+                        None => self.pending.writes.remove(&key),
+                    };
+                }
+            }
+        }
+        self.pending.bytes = bytes;
+        self.pending.delete_all = delete_all;
+        self.pending.alarm = alarm;
+    }
+
+    /// Forget every pending write, of every hook since the last commit
+    /// (their shared commit failed).
+    pub fn rollback_all(&mut self) {
+        self.mark = None;
         self.pending = Batch::default();
+    }
+
+    /// Bytes of keys and values waiting for the next commit, all hooks.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.bytes
+    }
+
+    /// Bytes the running hook staged (the per-hook bound): what the batch
+    /// grew by since the savepoint.
+    fn hook_bytes(&self) -> usize {
+        let base = self.mark.as_ref().map_or(0, |m| m.bytes);
+        self.pending.bytes.saturating_sub(base)
+    }
+
+    /// Remember what the batch held for `key` before this hook first
+    /// touched it, when a savepoint is set.
+    fn note_prior(&mut self, key: &str) {
+        if let Some(mark) = &mut self.mark
+            && mark.writes.is_none()
+            && !mark.prior.contains_key(key)
+        {
+            let before = self.pending.writes.get(key).cloned();
+            mark.prior.insert(key.to_owned(), before);
+        }
     }
 
     /// In a cluster, make sure this node holds the room before it handles
@@ -692,12 +782,26 @@ impl RoomStorage {
     }
 
     pub fn delete_all(&mut self) {
+        if let Some(mark) = &mut self.mark
+            && mark.writes.is_none()
+        {
+            // The writes as at the mark: today's, with this hook's undone.
+            let mut writes = std::mem::take(&mut self.pending.writes);
+            for (key, before) in std::mem::take(&mut mark.prior) {
+                match before {
+                    Some(v) => writes.insert(key, v),
+                    None => writes.remove(&key),
+                };
+            }
+            mark.writes = Some(writes);
+        }
         self.pending.writes.clear();
         self.pending.bytes = 0;
         self.pending.delete_all = true;
     }
 
     fn stage(&mut self, key: String, value: Option<Vec<u8>>) {
+        self.note_prior(&key);
         self.pending.bytes -= self.staged_bytes(&key);
         self.pending.bytes += entry_bytes(&key, &value);
         self.pending.writes.insert(key, value);
@@ -705,6 +809,7 @@ impl RoomStorage {
 
     /// Forget what the batch holds for one key.
     fn unstage(&mut self, key: &str) {
+        self.note_prior(key);
         self.pending.bytes -= self.staged_bytes(key);
         self.pending.writes.remove(key);
     }
@@ -720,7 +825,7 @@ impl RoomStorage {
     /// The hook's writes wait in host memory until it returns: bound them.
     fn check_hook_bytes(&self, key: &str, size: usize) -> Result<(), StorageError> {
         let max = self.limits.hook_write_bytes;
-        if self.pending.bytes - self.staged_bytes(key) + size > max {
+        if self.hook_bytes().saturating_sub(self.staged_bytes(key)) + size > max {
             return Err(StorageError::TooLarge(format!(
                 "one hook may write at most {max} bytes of keys and values"
             )));
@@ -957,7 +1062,10 @@ impl RoomStorage {
 
     /// Whether the current hook set or deleted the alarm.
     pub fn alarm_touched(&self) -> bool {
-        self.pending.alarm.is_some()
+        match &self.mark {
+            Some(mark) => self.pending.alarm != mark.alarm,
+            None => self.pending.alarm.is_some(),
+        }
     }
 }
 
@@ -1029,6 +1137,61 @@ mod tests {
             r.limits.clone(),
         );
         assert_eq!(other.get("a").expect("get"), None);
+    }
+
+    /// Hooks that share a commit: a failed hook takes back only its own
+    /// writes (puts, deletes, delete-all, the alarm), and each hook is held
+    /// to its own write bound.
+    #[tokio::test]
+    async fn a_rollback_after_a_savepoint_keeps_the_earlier_hooks_writes() {
+        let dir = tempdir();
+        let mut r = room_with(
+            &dir,
+            Limits {
+                hook_write_bytes: 100,
+                ..Limits::default()
+            },
+        );
+        r.put("kept".into(), b"1".to_vec()).expect("put");
+        commit(&mut r).await;
+        // Hook 1 writes and settles.
+        r.put("a".into(), b"1".to_vec()).expect("put");
+        r.put("b".into(), vec![b'x'; 90]).expect("put");
+        r.set_alarm(Some(5));
+        r.savepoint();
+        // Hook 2 overwrites, deletes, adds, sets the alarm, then fails.
+        r.put("a".into(), b"2".to_vec()).expect("put");
+        assert!(r.delete("b").expect("delete"));
+        r.put("c".into(), b"3".to_vec()).expect("put");
+        r.set_alarm(None);
+        assert!(r.alarm_touched());
+        r.rollback();
+        assert_eq!(r.get("a").expect("get"), Some(b"1".to_vec()));
+        assert_eq!(r.get("b").expect("get"), Some(vec![b'x'; 90]));
+        assert_eq!(r.get("c").expect("get"), None);
+        assert_eq!(r.alarm().expect("alarm"), Some(5));
+        // Hook 3: its own 100 bytes, though hook 1's 92 are pending too.
+        r.savepoint();
+        r.put("d".into(), vec![b'y'; 90])
+            .expect("a hook's own bound");
+        // ...and a delete-all it takes back.
+        r.delete_all();
+        r.put("e".into(), b"5".to_vec()).expect("put");
+        assert_eq!(r.get("kept").expect("get"), None);
+        r.rollback();
+        assert_eq!(r.get("d").expect("get"), None);
+        assert_eq!(r.get("e").expect("get"), None);
+        assert_eq!(
+            keys(r.list(&ListOptions::default()).expect("list")),
+            ["a", "b", "kept"]
+        );
+        commit(&mut r).await;
+        let r = room(&dir);
+        assert_eq!(
+            keys(r.list(&ListOptions::default()).expect("list")),
+            ["a", "b", "kept"]
+        );
+        assert_eq!(r.alarm().expect("alarm"), Some(5));
     }
 
     #[tokio::test]

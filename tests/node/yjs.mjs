@@ -155,13 +155,34 @@ const scenarios = {
     await until("an update is seen", () => names(b) === "ada lovelace,bob,cy" && names(c) === "ada lovelace,bob,cy");
     say("update seen");
     await sleep(Number(args[0] ?? 0)); // and again
+    // Only a's client may be announced gone: the others' providers relayed
+    // the states they heard, and the room must not take those as a's.
+    const removed = new Set();
+    for (const x of [b, c]) x.provider.awareness.on("change", ({ removed: r }) => r.forEach((id) => removed.add(id)));
     // Gone without a word (a crash, a lost network): a graceful provider
     // sends its own removal, so only the room can tell the others here.
     a.provider.shouldConnect = false;
     a.provider.ws.terminate();
     await until("a leave is seen", () => names(b) === "bob,cy" && names(c) === "bob,cy");
     say("leave seen");
+    await sleep(300);
+    equal([...removed].join(","), String(a.doc.clientID), "clients announced gone");
+    say("no one else left");
     close(b, c);
+  },
+
+  // A lone client hears its own presence back, as from the y-websocket
+  // server: its provider closes a socket that received nothing for 30 s,
+  // and a lone editor's only traffic may be its presence renewal.
+  async lone() {
+    const a = client("ws");
+    await synced(a);
+    await sleep(200);
+    const before = a.provider.wsLastMessageReceived;
+    a.provider.awareness.setLocalStateField("user", { name: "ada" });
+    await until("its presence back", () => a.provider.wsLastMessageReceived > before, 3000);
+    say("echoed");
+    close(a);
   },
 
   // Presence renewed with an unchanged state every 100 ms for ARG ms (the

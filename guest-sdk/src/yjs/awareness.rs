@@ -23,22 +23,54 @@ fn held(conn: &Connection) -> HashMap<ClientID, AwarenessUpdateEntry> {
         .unwrap_or_default()
 }
 
-/// Take a connection's awareness update into its state. Returns whether it
-/// changed anything but clocks: an update that only renews states (the
-/// clients' heartbeat, every 15 s) is not activity.
-pub(crate) fn apply(conn: &Connection, update: &AwarenessUpdate) -> bool {
+/// What one awareness message from a connection comes to.
+pub(crate) struct Applied {
+    /// Whether it changed anything but clocks: an update that only renews
+    /// states (the clients' heartbeat, every 15 s) is not activity.
+    pub changed: bool,
+    /// The entries to relay to everyone, the sender too (`None`: nothing).
+    pub relay: Option<AwarenessUpdate>,
+}
+
+/// Take a connection's awareness update into its state.
+///
+/// A connection speaks for the clients it announced first. The y-websocket
+/// provider sends on every state it hears, others' included; an entry for
+/// a client another connection already holds at that clock or later is such
+/// an echo: it is neither kept (the sender's close would then announce that
+/// client gone) nor relayed. What is kept goes to everyone, the sender too,
+/// as the y-websocket server does: a lone client hears its own renewal back,
+/// and its provider, which closes a socket silent for 30 s, stays connected.
+pub(crate) fn apply(conn: &Connection, update: &AwarenessUpdate) -> Applied {
     let mut clients = held(conn);
+    let mut others: Option<HashMap<ClientID, u32>> = None;
+    let mut relay = HashMap::new();
     let mut changed = false;
     for (client, entry) in &update.clients {
+        if !clients.contains_key(client) {
+            let others = others.get_or_insert_with(|| others_clocks(conn));
+            match others.get(client) {
+                Some(clock) if *clock >= entry.clock => continue,
+                None if &*entry.json == REMOVED => continue,
+                _ => {}
+            }
+        }
         if &*entry.json == REMOVED {
             changed |= clients.remove(client).is_some();
-            continue;
+        } else {
+            match clients.get(client) {
+                Some(old) if old.json == entry.json => {}
+                _ => changed = true,
+            }
+            clients.insert(*client, entry.clone());
         }
-        match clients.get(client) {
-            Some(old) if old.json == entry.json => {}
-            _ => changed = true,
-        }
-        clients.insert(*client, entry.clone());
+        relay.insert(*client, entry.clone());
+    }
+    if relay.is_empty() {
+        return Applied {
+            changed: false,
+            relay: None,
+        };
     }
     let bytes = AwarenessUpdate { clients }.encode_v1();
     if let Err(e) = conn.set_state(Some(&bytes)) {
@@ -46,7 +78,21 @@ pub(crate) fn apply(conn: &Connection, update: &AwarenessUpdate) -> bool {
         let line = format!("yjs: awareness of {} not kept: {e:?}", conn.id());
         context::log(Level::Warn, &line);
     }
-    changed
+    Applied {
+        changed,
+        relay: Some(AwarenessUpdate { clients: relay }),
+    }
+}
+
+/// The clients the other open connections speak for, with their clocks.
+fn others_clocks(conn: &Connection) -> HashMap<ClientID, u32> {
+    let mut clocks = HashMap::new();
+    for other in connections::list(None) {
+        if other.id() != conn.id() {
+            clocks.extend(held(&other).into_iter().map(|(c, e)| (c, e.clock)));
+        }
+    }
+    clocks
 }
 
 /// Every open connection's awareness, as one update (`None` if there is none).

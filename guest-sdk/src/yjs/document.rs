@@ -266,12 +266,21 @@ impl Document {
             shot.delete_set.encode(&mut ds);
             (snapshot, shot.state_map.encode_v1(), ds.to_vec())
         };
-        let old: Vec<String> = storage::list(&ListOptions::prefix("y:"))?
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| k.starts_with("y:s:") || k.starts_with("y:u:"))
-            .collect();
-        storage::delete_many(&old)?;
+        // Every key goes in this one hook's batch, so a trap half way rolls
+        // the whole compaction back and the document stays as it was. The
+        // host takes at most `storage::MAX_MANY` keys a call: a burst leaves
+        // thousands of updates, so they go in pieces.
+        let mut old = Vec::new();
+        for prefix in ["y:s:", "y:u:"] {
+            old.extend(
+                storage::list(&ListOptions::prefix(prefix))?
+                    .into_iter()
+                    .map(|(k, _)| k),
+            );
+        }
+        for keys in old.chunks(storage::MAX_MANY) {
+            storage::delete_many(keys)?;
+        }
         let mut entries: Vec<storage::Entry> = snapshot
             .chunks(CHUNK)
             .enumerate()
@@ -279,7 +288,9 @@ impl Document {
             .collect();
         entries.push(("y:sv".into(), sv.clone()));
         entries.push(("y:ds".into(), ds.clone()));
-        storage::put_many(&entries)?;
+        for entries in entries.chunks(storage::MAX_MANY) {
+            storage::put_many(entries)?;
+        }
         self.next_seq = Some(0);
         self.loaded = Some(Loaded {
             snapshot: Some(snapshot),

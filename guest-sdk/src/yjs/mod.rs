@@ -29,8 +29,11 @@
 //!   small put, and relayed to the others; the output gate means a client
 //!   sees its edit relayed only once it is durable;
 //! - awareness updates are kept in the sender's connection state (they
-//!   survive hibernation) and relayed; a heartbeat that changes nothing but
-//!   clocks is [`context::quiet`], so presence alone never keeps a room awake;
+//!   survive hibernation) and relayed to everyone, the sender too (see
+//!   `awareness::apply`); a heartbeat that changes nothing but clocks is
+//!   kept and relayed by the host without waking the room
+//!   ([`connections::Presence::YjsAwareness`]), and one that reaches the
+//!   room anyway is [`context::quiet`];
 //!   a closed connection's clients are broadcast as removed;
 //! - y-partykit's custom messages (text frames starting `__YPS:`) go to
 //!   [`YRoom::on_custom_message`];
@@ -157,12 +160,19 @@ pub struct Y<R: YRoom> {
     batches: std::collections::HashMap<String, Vec<u8>>,
 }
 
+/// Send to one connection. A refusal (a closed connection is only late;
+/// anything else is a bound) is logged, never dropped in silence.
 fn send(conn: &Connection, message: &YMessage) {
-    let _ = conn.send(Message::Binary(message.encode_v1()));
+    match conn.send(Message::Binary(message.encode_v1())) {
+        Ok(()) | Err(crate::Error::UnknownConnection(_)) => {}
+        Err(e) => context::log(Level::Error, &format!("yjs: send to {}: {e:?}", conn.id())),
+    }
 }
 
 fn broadcast(message: &YMessage, except: &[&str]) {
-    let _ = connections::broadcast(Message::Binary(message.encode_v1()), except);
+    if let Err(e) = connections::broadcast(Message::Binary(message.encode_v1()), except) {
+        context::log(Level::Error, &format!("yjs: broadcast: {e:?}"));
+    }
 }
 
 /// Close a client whose message is not y-protocols (reasons are cut to fit
@@ -231,6 +241,9 @@ impl<R: YRoom> Room for Y<R> {
             }
             Access::Write => {}
         }
+        // Awareness heartbeats are the host's to keep and relay (they
+        // change nothing but clocks): they never wake the room.
+        connections::set_presence(Some(connections::Presence::YjsAwareness));
         match self.document.state_vector() {
             Ok(sv) => match yrs::StateVector::decode_v1(&sv) {
                 Ok(sv) => send(conn, &YMessage::Sync(SyncMessage::SyncStep1(sv))),
@@ -325,8 +338,11 @@ impl<R: YRoom> Y<R> {
                     }
                 }
                 YMessage::Awareness(update) => {
-                    quiet &= !awareness::apply(conn, &update);
-                    broadcast(&YMessage::Awareness(update), &[conn.id()]);
+                    let applied = awareness::apply(conn, &update);
+                    quiet &= !applied.changed;
+                    if let Some(relay) = applied.relay {
+                        broadcast(&YMessage::Awareness(relay), &[]);
+                    }
                 }
                 YMessage::AwarenessQuery => {
                     if let Some(all) = awareness::all() {

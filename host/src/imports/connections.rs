@@ -9,10 +9,9 @@ use std::sync::Arc;
 use tokio_tungstenite::tungstenite;
 
 use super::check_size;
-#[cfg(test)]
-use crate::config::Limits;
+use crate::config::MAX_MESSAGE_BYTES;
 use crate::room_state::{Connection, MAX_OUTBOX_BYTES, Outgoing, RoomState, Undo};
-use crate::wit::dormouse::room::connections::{AutoResponse as AutoResponsePair, Host};
+use crate::wit::dormouse::room::connections::{AutoResponse as AutoResponsePair, Host, Presence};
 use crate::wit::{ConnectionInfo, Error, Message};
 use crate::ws::{from_ws, len as message_len, to_ws};
 
@@ -35,7 +34,7 @@ impl RoomState {
 
     /// Charge `len` bytes to the outbox, or refuse.
     fn reserve(&mut self, len: usize) -> Result<(), Error> {
-        check_size("message", len, self.limits.message_bytes)?;
+        check_size("message", len, MAX_MESSAGE_BYTES)?;
         let hook = self.hook();
         if hook.outbox_bytes + len > MAX_OUTBOX_BYTES {
             return Err(Error::TooLarge(format!(
@@ -95,6 +94,11 @@ impl Host for RoomState {
                 response: from_ws(&response)?,
             })
         }))
+    }
+
+    fn set_presence(&mut self, rule: Option<Presence>) -> wasmtime::Result<()> {
+        self.presence = rule;
+        Ok(())
     }
 
     fn send(&mut self, id: String, message: Message) -> wasmtime::Result<Result<(), Error>> {
@@ -271,6 +275,57 @@ mod tests {
         assert!(a.try_recv().is_none());
     }
 
+    /// Hooks that share a commit: the failed one's messages and state go,
+    /// the settled one's stay and leave at the release, in order; and if
+    /// the shared commit fails, everything goes.
+    #[test]
+    fn discard_after_settle_keeps_the_settled_hooks_output() {
+        let mut s = room_state();
+        let a = connect(&mut s, "a");
+        s.send("a".into(), text("first"))
+            .expect("no trap")
+            .expect("ok");
+        s.set_state("a".into(), Some(b"one".to_vec()))
+            .expect("no trap")
+            .expect("ok");
+        s.settle();
+        s.send("a".into(), text("lost"))
+            .expect("no trap")
+            .expect("ok");
+        s.set_state("a".into(), Some(b"two".to_vec()))
+            .expect("no trap")
+            .expect("ok");
+        s.discard();
+        assert_eq!(
+            s.get_state("a".into()).expect("no trap").expect("ok"),
+            Some(b"one".to_vec())
+        );
+        s.send("a".into(), text("second"))
+            .expect("no trap")
+            .expect("ok");
+        s.release(&Metrics::default(), Duration::MAX);
+        let frames: Vec<_> = std::iter::from_fn(|| a.try_recv()).collect();
+        assert_eq!(frames.len(), 2, "first and second, not lost");
+
+        s.send("a".into(), text("gone"))
+            .expect("no trap")
+            .expect("ok");
+        s.set_state("a".into(), Some(b"three".to_vec()))
+            .expect("no trap")
+            .expect("ok");
+        s.settle();
+        s.send("a".into(), text("gone too"))
+            .expect("no trap")
+            .expect("ok");
+        s.discard_all();
+        s.release(&Metrics::default(), Duration::MAX);
+        assert!(a.try_recv().is_none());
+        assert_eq!(
+            s.get_state("a".into()).expect("no trap").expect("ok"),
+            Some(b"one".to_vec())
+        );
+    }
+
     #[test]
     fn discard_undoes_state_tags_and_auto_response() {
         let mut s = room_state();
@@ -332,7 +387,14 @@ mod tests {
             s.close("a".into(), 1006, String::new()).expect("no trap"),
             Err(Error::Invalid(_))
         ));
-        let big = "x".repeat(Limits::default().message_bytes + 1);
+        // A room may send more than a client may (a large document's
+        // sync answer), up to the protocol's ceiling.
+        let large = "x".repeat(crate::config::Limits::default().message_bytes + 1);
+        assert!(matches!(
+            s.send("a".into(), text(&large)).expect("no trap"),
+            Ok(())
+        ));
+        let big = "x".repeat(MAX_MESSAGE_BYTES + 1);
         assert!(matches!(
             s.send("a".into(), text(&big)).expect("no trap"),
             Err(Error::TooLarge(_))
