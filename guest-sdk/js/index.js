@@ -37,14 +37,16 @@ function show(value) {
 
 // -------------------------------------------------------------- connections
 
-/** A WIT message from a string, an ArrayBuffer or a view of one. */
+/** A WIT message from a string, an ArrayBuffer or a view of one; anything
+ *  else is sent as its string, as a WebSocket's `send` (and so PartyKit's
+ *  `conn.send(0)`) does. */
 function toMessage(message) {
   if (typeof message === "string") return { tag: "text", val: message };
   if (message instanceof ArrayBuffer) return { tag: "binary", val: new Uint8Array(message) };
   if (ArrayBuffer.isView(message)) {
     return { tag: "binary", val: new Uint8Array(message.buffer, message.byteOffset, message.byteLength) };
   }
-  throw new TypeError("a message is a string, an ArrayBuffer or a typed array");
+  return { tag: "text", val: String(message) };
 }
 
 /** What a hook receives: a string, or an ArrayBuffer (as PartyKit gives). */
@@ -388,6 +390,37 @@ function lobby() {
   return { id: context.id(), env: Object.fromEntries(context.vars()), parties };
 }
 
+/** An error as a log line: its name, message and stack (SpiderMonkey's
+ *  stack leaves the message out). */
+function describe(e) {
+  if (e instanceof Error) return `${e.name}: ${e.message}${e.stack ? `\n${e.stack}` : ""}`;
+  try {
+    return typeof e === "string" ? e : JSON.stringify(e);
+  } catch {
+    return String(e);
+  }
+}
+
+/** onConnect's refusals: WIT responses thrown as its `result`'s error. */
+const refusals = new WeakSet();
+
+function refusal(witResponse) {
+  refusals.add(witResponse);
+  return witResponse;
+}
+
+/** Run a hook; a throw (but a refusal, which answers) is logged with its
+ *  message and stack before it traps: the host alone would only know that
+ *  the instance hit `unreachable`. */
+async function reporting(hook, run) {
+  try {
+    return await run();
+  } catch (e) {
+    if (!refusals.has(e)) context.log("error", `${hook} threw ${describe(e)}`);
+    throw e;
+  }
+}
+
 /** The `dormouse:room/hooks` export for a `Party.Server` class. A hook
  *  may be async: componentize-js runs the event loop until its promise
  *  settles, so its writes and messages still commit together. A throw in a
@@ -400,61 +433,75 @@ export function serve(ServerClass) {
   };
   return {
     async onStart() {
-      server = null;
-      await room().onStart?.();
+      return reporting("onStart", async () => {
+        server = null;
+        await room().onStart?.();
+      });
     },
 
     async onConnect(info, witRequest) {
-      let request = toRequest(witRequest);
-      if (typeof ServerClass.onBeforeConnect === "function") {
-        const verdict = await ServerClass.onBeforeConnect(request, lobby(), {});
-        if (verdict instanceof Response) throw await toWitResponse(verdict);
-        if (verdict instanceof Request) request = verdict;
-      }
-      const conn = connection(info);
-      const ctx = { request };
-      const s = room();
-      if (typeof s.getConnectionTags === "function") {
-        const tags = await s.getConnectionTags(conn, ctx);
-        call(() => connections.setTags(conn.id, [...(tags ?? [])]));
-      }
-      try {
-        await s.onConnect?.(conn, ctx);
-      } catch (e) {
-        // A Response thrown refuses the upgrade with it.
-        if (e instanceof Response) throw await toWitResponse(e);
-        throw e;
-      }
+      return reporting("onConnect", async () => {
+        let request = toRequest(witRequest);
+        if (typeof ServerClass.onBeforeConnect === "function") {
+          const verdict = await ServerClass.onBeforeConnect(request, lobby(), {});
+          if (verdict instanceof Response) throw refusal(await toWitResponse(verdict));
+          if (verdict instanceof Request) request = verdict;
+        }
+        const conn = connection(info);
+        const ctx = { request };
+        const s = room();
+        if (typeof s.getConnectionTags === "function") {
+          const tags = await s.getConnectionTags(conn, ctx);
+          call(() => connections.setTags(conn.id, [...(tags ?? [])]));
+        }
+        try {
+          await s.onConnect?.(conn, ctx);
+        } catch (e) {
+          // A Response thrown refuses the upgrade with it.
+          if (e instanceof Response) throw refusal(await toWitResponse(e));
+          throw e;
+        }
+      });
     },
 
     async onMessage(id, message) {
-      await room().onMessage?.(fromMessage(message), new Connection(id));
+      return reporting("onMessage", async () => {
+        await room().onMessage?.(fromMessage(message), new Connection(id));
+      });
     },
 
     async onClose(id, code, reason, wasClean) {
-      await room().onClose?.(new Connection(id), code, reason, wasClean);
+      return reporting("onClose", async () => {
+        await room().onClose?.(new Connection(id), code, reason, wasClean);
+      });
     },
 
     async onError(id, description) {
-      await room().onError?.(new Connection(id), new Error(description));
+      return reporting("onError", async () => {
+        await room().onError?.(new Connection(id), new Error(description));
+      });
     },
 
     async onRequest(witRequest) {
-      let request = toRequest(witRequest);
-      if (typeof ServerClass.onBeforeRequest === "function") {
-        const verdict = await ServerClass.onBeforeRequest(request, lobby(), {});
-        if (verdict instanceof Response) return toWitResponse(verdict);
-        if (verdict instanceof Request) request = verdict;
-      }
-      const s = room();
-      if (typeof s.onRequest !== "function") {
-        return toWitResponse(text(404, "not found"));
-      }
-      return toWitResponse(await s.onRequest(request));
+      return reporting("onRequest", async () => {
+        let request = toRequest(witRequest);
+        if (typeof ServerClass.onBeforeRequest === "function") {
+          const verdict = await ServerClass.onBeforeRequest(request, lobby(), {});
+          if (verdict instanceof Response) return toWitResponse(verdict);
+          if (verdict instanceof Request) request = verdict;
+        }
+        const s = room();
+        if (typeof s.onRequest !== "function") {
+          return toWitResponse(text(404, "not found"));
+        }
+        return toWitResponse(await s.onRequest(request));
+      });
     },
 
     async onAlarm(_retryCount) {
-      await room().onAlarm?.();
+      return reporting("onAlarm", async () => {
+        await room().onAlarm?.();
+      });
     },
   };
 }

@@ -91,6 +91,12 @@ pub mod dispatch {
     }
 
     pub fn on_start<R: Room>() {
+        // A panic's message goes to the room's log (`dormouse tail`): std
+        // would write it to stderr, which a room does not have, and the
+        // host alone only sees the trap that follows.
+        std::panic::set_hook(Box::new(|info| {
+            crate::context::log(crate::Level::Error, &info.to_string());
+        }));
         ROOM.with(|cell| *cell.borrow_mut() = Some(Box::new(R::default())));
         with::<R, _>(|r| r.on_start())
     }

@@ -87,8 +87,33 @@ fn authorize(
     host: &Host,
     peer: SocketAddr,
 ) -> Result<String, Box<Response<Body>>> {
+    // A browser names the page that made a request: a page of another
+    // origin (a cross-site form or fetch) reaches nothing here, token or
+    // not. The CLI sends no Origin.
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let own = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| format!("http://{h}"));
+        if own
+            .as_deref()
+            .is_none_or(|own| origin.as_bytes() != own.as_bytes())
+        {
+            return Err(Box::new(text(
+                StatusCode::FORBIDDEN,
+                "the admin API answers no web page of another origin".into(),
+            )));
+        }
+    }
     let Some(expected) = &host.config().admin_token else {
-        if peer.ip().is_loopback() {
+        // No token: loopback only, and by a loopback name, so a page whose
+        // DNS name was rebound to 127.0.0.1 is not taken for the user.
+        let host_name = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        if peer.ip().is_loopback() && host_name.is_some_and(loopback_name) {
             return Ok("local".into());
         }
         return Err(Box::new(text(
@@ -112,6 +137,21 @@ fn authorize(
         return Err(Box::new(r));
     }
     Ok(token_name(expected).to_owned())
+}
+
+/// Whether a Host header names this machine's loopback: `localhost` (and
+/// `*.localhost`), `127.x.x.x` or `[::1]`, with or without a port.
+fn loopback_name(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `NAME:SECRET` is named NAME; a bare secret is `default`.
@@ -246,5 +286,31 @@ mod tests {
         assert_eq!(token_name("ci:s3cret"), "ci");
         assert_eq!(token_name("s3cret"), "default");
         assert_eq!(param("a=1&version=3", "version"), Some("3"));
+    }
+
+    #[test]
+    fn loopback_names() {
+        for name in [
+            "localhost",
+            "localhost:1999",
+            "LOCALHOST",
+            "app.localhost:80",
+            "127.0.0.1:1999",
+            "127.1.2.3",
+            "[::1]:1999",
+            "[::1]",
+        ] {
+            assert!(loopback_name(name), "{name}");
+        }
+        for name in [
+            "evil.example:1999",
+            "localhost.evil.example",
+            "10.0.0.1:1999",
+            "[::2]:1",
+            "",
+            "0.0.0.0:1999",
+        ] {
+            assert!(!loopback_name(name), "{name}");
+        }
     }
 }

@@ -301,6 +301,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     args.server.apply(&mut config);
     args.cluster.apply(&mut config);
     config.compiler = std::env::current_exe().ok();
+    admin_token(&mut config)?;
+    let host = Host::open(config).await?;
+    if host.parties()?.is_empty() {
+        info!("no parties yet: `dormouse deploy DIR --party NAME` uploads one");
+    }
+    serve_host(host, |_| {}).await
+}
+
+/// The admin token: the config's, `DORMOUSE_TOKEN`, or the one in the data
+/// dir (made now if there is none), which the CLI run from the same folder
+/// finds by itself.
+fn admin_token(config: &mut Config) -> anyhow::Result<()> {
     if config.admin_token.is_none() {
         config.admin_token = std::env::var("DORMOUSE_TOKEN")
             .ok()
@@ -314,11 +326,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         config.admin_token = Some(token);
     }
-    let host = Host::open(config).await?;
-    if host.parties()?.is_empty() {
-        info!("no parties yet: `dormouse deploy DIR --party NAME` uploads one");
-    }
-    serve_host(host, |_| {}).await
+    Ok(())
 }
 
 /// `dormouse dev DIR`: DIR is a room crate (served as party `main`), or a
@@ -349,11 +357,10 @@ async fn dev(dir: PathBuf, server: ServerArgs) -> anyhow::Result<()> {
     };
     server.apply(&mut config);
     config.compiler = std::env::current_exe().ok();
-    if config.admin_token.is_none() {
-        config.admin_token = std::env::var("DORMOUSE_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty());
-    }
+    // As closed as `serve`: without a token, any web page the user opens
+    // could upload room code to it (a cross-site "simple" POST needs no
+    // preflight), or read its logs through a rebound DNS name.
+    admin_token(&mut config)?;
     let crates: Vec<(String, PathBuf)> = config
         .parties
         .iter()

@@ -450,6 +450,7 @@ pub fn response(r: wit::Response) -> Response<Body> {
             );
         }
     };
+    let length = r.body.len().to_string();
     let mut out = Response::new(full(r.body));
     *out.status_mut() = status;
     for (name, value) in r.headers {
@@ -457,6 +458,9 @@ pub fn response(r: wit::Response) -> Response<Body> {
             header::HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),
         ) {
+            // What the host sets anyway (a JavaScript `Response` always
+            // carries its body's length): nothing to say.
+            (Ok(n), Ok(_)) if n == header::CONTENT_LENGTH && value.trim() == length => {}
             // The host frames the body and owns the connection: a guest's
             // length or hop-by-hop headers could desynchronise the stream.
             (Ok(n), Ok(_)) if HOST_HEADERS.contains(&n) => {

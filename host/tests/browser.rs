@@ -81,6 +81,31 @@ async fn dev(example: &str) -> (Child, String) {
     (child, addr)
 }
 
+/// One plain HTTP request to `addr`; the status and the body.
+async fn dormouse_http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("dev listens");
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes())
+        .await
+        .expect("request sent");
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.expect("an answer");
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
 fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
@@ -145,6 +170,9 @@ async fn chat_page_in_chromium() {
     require("node", "install Node.js");
     require("chromium", "apt-get install chromium");
     let (_dev, addr) = dev("chat").await;
+    // dev is as closed as serve: its admin API wants the token it made.
+    let (status, _) = dormouse_http(&addr, "GET", "/_dormouse/parties").await;
+    assert_eq!(status, 401, "dev's admin API answered without its token");
     let lines = browse("chat", &addr).await;
     assert_eq!(
         lines,

@@ -390,3 +390,36 @@ async fn a_torn_version_file_costs_that_version_not_the_host() {
     );
     server.stop().await;
 }
+
+/// A web page of another origin can neither upload room code nor read
+/// anything under `/_dormouse/`, even on loopback with no token set (a
+/// browser sends a cross-site `text/plain` POST without a preflight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_page_of_another_origin_reaches_no_admin_endpoint() {
+    let server = Server::start(Options::main("counter")).await;
+    let other = component("relay");
+    let mut request = format!(
+        "POST /_dormouse/parties/main HTTP/1.1\r\nHost: {}\r\nOrigin: http://evil.example\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        server.addr,
+        other.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&other);
+    let (status, body) = raw_http(server.addr, &request).await.expect("an answer");
+    assert_eq!(status, 403, "{body}");
+    let read = format!(
+        "GET /_dormouse/logs HTTP/1.1\r\nHost: evil.example:{}\r\nOrigin: http://evil.example:{}\r\n\
+         Connection: close\r\n\r\n",
+        server.addr.port(),
+        server.addr.port()
+    );
+    let (status, _) = raw_http(server.addr, read.as_bytes())
+        .await
+        .expect("an answer");
+    assert_eq!(status, 403);
+    // The counter still counts: nothing was replaced.
+    let mut a = server.ws("/parties/main/c").await;
+    assert_eq!(recv_text(&mut a).await, "0");
+    server.stop().await;
+}

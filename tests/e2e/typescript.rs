@@ -31,6 +31,11 @@ async fn state_tags_and_storage_survive_hibernation() {
         "http://localhost/parties/main/s?tag=blue"
     );
     assert_eq!(ask(&mut c, "tagged:blue").await, "1");
+    // A number and a boolean go as their strings, as on PartyKit.
+    assert_eq!(ask(&mut c, "number:0").await, "0");
+    assert_eq!(recv_text(&mut c).await, "true");
+    assert_eq!(recv_text(&mut a).await, "true");
+    assert_eq!(recv_text(&mut b).await, "true");
     assert_eq!(ask(&mut c, "get:k").await, r#"{"x":[1,2]}"#);
     assert_eq!(ask(&mut c, "get:nothing").await, "null");
     assert_eq!(
@@ -79,8 +84,21 @@ async fn on_request_answers_with_a_response_and_rooms_call_rooms() {
 async fn a_throw_in_a_hook_is_a_trap() {
     let server = Server::start(Options::main("surface-ts")).await;
     let traps = "dormouse_guest_traps_total{party=\"main\",kind=\"trap\"}";
+    let mut logs = server.host.logs().subscribe();
     let mut a = server.ws("/parties/main/t").await;
     send_text(&mut a, "throw").await;
+    // The error's message and stack reach the room's log.
+    let said = tokio::time::timeout(WAIT, async {
+        loop {
+            let line = logs.recv().await.expect("log stream open");
+            if line.level == "error" && line.message.starts_with("onMessage threw") {
+                return line.message.clone();
+            }
+        }
+    })
+    .await
+    .expect("the throw is logged");
+    assert!(said.contains("Error: boom"), "{said}");
     assert_eq!(
         ask(&mut a, "get:doomed").await,
         "null",

@@ -58,6 +58,16 @@ async fn awareness_survives_hibernation_and_leaves_are_seen(guest: &'static str)
     server.stop().await;
 }
 
+// A room's answer may be larger than what a client may send: a new client
+// of a 1.2 MB document syncs with the default limits.
+in_each_language!(a_large_document_reaches_a_new_client: rust => "yjs", ts => "yjs-ts");
+async fn a_large_document_reaches_a_new_client(guest: &'static str) {
+    let server = Server::start(yjs_server(guest, 10_000)).await;
+    let out = scenario(server.addr, "large", "large", &[]).await;
+    assert_eq!(out, ["synced 1200000"]);
+    server.stop().await;
+}
+
 // A lone editor's presence renewal comes back to it, so its provider
 // never finds the socket silent and reconnects.
 in_each_language!(a_lone_client_hears_its_presence_back: rust => "yjs", ts => "yjs-ts");

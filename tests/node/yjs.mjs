@@ -171,6 +171,19 @@ const scenarios = {
     close(b, c);
   },
 
+  // A document larger than a client may send in one message (1 MiB by
+  // default), typed in 100 KB pieces: a new client still syncs, though the
+  // room's answer is one message of all of it.
+  async large() {
+    const a = client("ws");
+    await synced(a);
+    for (let i = 0; i < 12; i++) a.doc.getText("t").insert(0, "y".repeat(100_000));
+    const b = client("ws");
+    await until("a new client has the large document", () => b.provider.synced && b.doc.getText("t").length === 1_200_000, 20000);
+    say("synced 1200000");
+    close(a, b);
+  },
+
   // A lone client hears its own presence back, as from the y-websocket
   // server: its provider closes a socket that received nothing for 30 s,
   // and a lone editor's only traffic may be its presence renewal.

@@ -5,6 +5,7 @@ A room is a module (``app.py``) with a ``Server`` class::
     import dormouse
 
     class Server(dormouse.Server):
+        @_reported("on-message")
         def on_message(self, message, sender):
             count = (self.room.storage.get("count") or 0) + 1
             self.room.storage.put("count", count)
@@ -287,6 +288,28 @@ class Server:
     def on_alarm(self) -> None: ...
 
 
+def _reported(hook: str):
+    """A hook whose exception is logged with its traceback before it traps
+    (the host alone would only know that the instance failed). A refusal
+    (``Err``) is an answer, not a failure."""
+
+    def wrap(f):
+        def run(*args):
+            try:
+                return f(*args)
+            except Err:
+                raise
+            except BaseException:
+                import traceback
+
+                log(f"{hook} raised {traceback.format_exc()}", "error")
+                raise
+
+        return run
+
+    return wrap
+
+
 def serve(server_class):
     """The ``Hooks`` export componentize-py wants, for a Server class (the
     build writes ``Hooks = dormouse.serve(Server)``)."""
@@ -300,10 +323,12 @@ def serve(server_class):
         return state["server"]
 
     class Hooks(exports.Hooks):
+        @_reported("on-start")
         def on_start(self) -> None:
             state["server"] = None
             room().on_start()
 
+        @_reported("on-connect")
         def on_connect(self, conn, request) -> None:
             c, r = Connection(conn.id, conn.uri), Request(request)
             s = room()
@@ -317,15 +342,19 @@ def serve(server_class):
         def on_message(self, conn, message) -> None:
             room().on_message(_from_wit(message), Connection(conn))
 
+        @_reported("on-close")
         def on_close(self, conn, code, reason, was_clean) -> None:
             room().on_close(Connection(conn), code, reason, was_clean)
 
+        @_reported("on-error")
         def on_error(self, conn, description) -> None:
             room().on_error(Connection(conn), description)
 
+        @_reported("on-request")
         def on_request(self, request):
             return room().on_request(Request(request))._to_wit()
 
+        @_reported("on-alarm")
         def on_alarm(self, retry_count) -> None:
             room().on_alarm()
 

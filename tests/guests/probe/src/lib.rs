@@ -107,10 +107,6 @@ fn misuse(me: &Connection) -> String {
             "delete-many-129",
             outcome(storage::delete_many(&too_many).map(drop)),
         ),
-        (
-            "message-oversized",
-            outcome(me.send(Message::Binary(vec![0; (1 << 20) + 1]))),
-        ),
     ];
     let report: Vec<String> = calls.iter().map(|(n, o)| format!("{n}={o}")).collect();
     report.join(";")

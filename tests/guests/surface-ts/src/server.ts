@@ -41,6 +41,12 @@ export default class Surface implements Party.Server {
       case "uri":
         sender.send(sender.uri);
         break;
+      // PartyKit sends what is not a string or bytes as its string.
+      case "number":
+        // (PartyKit's types take strings and bytes; its runtime, anything.)
+        sender.send(Number(arg) as unknown as string);
+        this.room.broadcast(true as unknown as string);
+        break;
       case "tagged":
         sender.send(String([...this.room.getConnections(arg)].length));
         break;
