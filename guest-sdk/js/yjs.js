@@ -125,7 +125,10 @@ class Document {
       }
     }
     const all = this.loadAll();
-    if (theirs.size === 0 && all.snapshot.length > 0) return [all.snapshot, all.updates];
+    // A new client: the snapshot as stored, and the updates since as one.
+    if (theirs.size === 0 && all.snapshot.length > 0) {
+      return [all.snapshot, all.updates.length > 1 ? [Y.mergeUpdates(all.updates)] : all.updates];
+    }
     return [Y.diffUpdate(this.full(), sv), []];
   }
 

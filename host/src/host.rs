@@ -35,6 +35,10 @@ use crate::sync::lock;
 use crate::versions::Versions;
 use crate::wit;
 
+/// How often, at most, the host gives freed memory back after rooms
+/// hibernated (a trim walks every arena: milliseconds on a large heap).
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Host {
     config: Config,
     /// The host's limits; [`Host::limits_for`] gives a party's.
@@ -258,6 +262,26 @@ impl Host {
         }
         let (pings, stop) = (self.pings.clone(), self.shared.shutdown.clone());
         self.tasks.spawn(async move { pings.run(stop).await });
+        self.tasks.spawn(self.clone().trim_after_hibernations());
+    }
+
+    /// Hibernation gives memory back: what rooms' instances freed is
+    /// returned to the kernel (glibc would keep it in its arenas), at most
+    /// every [`TRIM_EVERY`], and only after rooms hibernated.
+    async fn trim_after_hibernations(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TRIM_EVERY);
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                () = self.shared.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = self.shared.metrics.hibernations.load(Relaxed);
+            if now != seen {
+                seen = now;
+                let _ = tokio::task::spawn_blocking(crate::versions::release_freed_memory).await;
+            }
+        }
     }
 
     /// The tick every socket pings its client on.

@@ -93,6 +93,8 @@ pub struct Metrics {
     pub component_cache_misses: AtomicU64,
     /// Wakes that found every awake-room slot taken and waited for one.
     pub pool_full_waits: AtomicU64,
+    /// Instances dropped (rooms hibernated), for the host's memory trim.
+    pub hibernations: AtomicU64,
     pub wake_seconds: Histogram,
     /// By [`Hook`], in the order of [`Hook::ALL`].
     pub hook_seconds: [Histogram; Hook::ALL.len()],

@@ -2,14 +2,17 @@
 //! renewals (the clients' heartbeat), read and rewritten in lib0's encoding.
 //!
 //! A y-protocols client renews its awareness every 15 s with its state
-//! unchanged and its clock one higher. Waking a room for that costs a wake
-//! per client every 15 s, for nothing: so a room that sets the
-//! `yjs-awareness` rule (`connections.set-presence`) has the host take a
-//! renewal into the sender's state and relay it, and nothing else. What
-//! counts as a renewal is narrow on purpose: every entry names a client the
-//! sender's state already holds, with byte-identical JSON. Anything else (a
-//! new client, a changed state, a removal, a malformed frame) reaches the
-//! room's on-message as before, so the room stays the authority.
+//! unchanged and its clock one higher, and the y-websocket provider sends
+//! back every state it hears, so each renewal returns from every other
+//! client too. Waking a room for those costs wakes per client every 15 s,
+//! for nothing: so a room that sets the `yjs-awareness` rule
+//! (`connections.set-presence`) has the host take a renewal into the
+//! sender's state and relay it, and drop an echo. What counts is narrow on
+//! purpose: a renewal names only clients the sender's state holds, with
+//! byte-identical JSON; an echo names only clients other connections hold,
+//! at their clocks or older. Anything else (a new client, a changed state, a
+//! removal, a malformed frame) reaches the room's on-message as before, so
+//! the room stays the authority.
 
 /// A lib0 reader over one message.
 struct Reader<'a> {
@@ -70,18 +73,56 @@ fn entries(payload: &[u8]) -> Option<Vec<(u64, u64, &[u8])>> {
 /// y-protocols' message type of an awareness update.
 const MESSAGE_AWARENESS: u64 = 1;
 
-/// When `message` is a y-websocket awareness message that only renews
-/// clients `held` holds (an awareness update as a connection's state keeps
-/// it), the state with their new clocks; else `None`.
-pub fn yjs_renewal(message: &[u8], held: Option<&[u8]>) -> Option<Vec<u8>> {
+/// What the host does with a Yjs awareness message.
+#[derive(Debug, PartialEq)]
+pub enum Awareness {
+    /// It renews only clients the sender holds: its new state; relay it.
+    Renewal(Vec<u8>),
+    /// It only repeats what other connections hold, at their clocks or
+    /// older (the y-websocket provider sends on every state it hears, so
+    /// each renewal comes back from every other client): nothing to do.
+    Echo,
+}
+
+/// The awareness update inside a y-websocket awareness message.
+fn awareness_payload(message: &[u8]) -> Option<&[u8]> {
     let mut r = Reader { bytes: message };
     if r.var_uint()? != MESSAGE_AWARENESS {
         return None;
     }
     let payload = r.var_bytes()?;
-    if !r.bytes.is_empty() {
+    r.bytes.is_empty().then_some(payload)
+}
+
+/// What `message` is to the host, when it is a renewal by its sender
+/// (`held`: the sender's state, an awareness update) or an echo of what
+/// `others` (the other connections' states) hold; `None`: the room's.
+pub fn yjs_awareness<'a>(
+    message: &[u8],
+    held: Option<&[u8]>,
+    others: impl Iterator<Item = &'a [u8]>,
+) -> Option<Awareness> {
+    let payload = awareness_payload(message)?;
+    if let Some(state) = renewal(payload, held) {
+        return Some(Awareness::Renewal(state));
+    }
+    let heard = entries(payload)?;
+    if heard.is_empty() {
         return None;
     }
+    let mut known: Vec<(u64, u64)> = Vec::new();
+    for state in others {
+        known.extend(entries(state)?.into_iter().map(|(c, clock, _)| (c, clock)));
+    }
+    heard
+        .iter()
+        .all(|(client, clock, _)| known.iter().any(|(c, k)| c == client && k >= clock))
+        .then_some(Awareness::Echo)
+}
+
+/// When `payload` only renews clients `held` holds (an awareness update as
+/// a connection's state keeps it), the state with their new clocks.
+fn renewal(payload: &[u8], held: Option<&[u8]>) -> Option<Vec<u8>> {
     let renewals = entries(payload)?;
     let mut state = entries(held?)?;
     if renewals.is_empty() {
@@ -127,6 +168,35 @@ mod tests {
         write_var_uint(&mut out, payload.len() as u64);
         out.extend_from_slice(&payload);
         out
+    }
+
+    /// Alone: nobody else holds anything.
+    fn yjs_renewal(message: &[u8], held: Option<&[u8]>) -> Option<Vec<u8>> {
+        match yjs_awareness(message, held, std::iter::empty())? {
+            Awareness::Renewal(state) => Some(state),
+            Awareness::Echo => panic!("no one else holds anything"),
+        }
+    }
+
+    #[test]
+    fn an_echo_of_what_others_hold_is_nothing() {
+        let mine = update(&[(1, 4, r#"{"u":"bob"}"#)]);
+        let ada = update(&[(9, 6, r#"{"u":"ada"}"#)]);
+        let others = || [ada.as_slice()].into_iter();
+        // Ada's state at her clock, or older, sent back by bob.
+        for clock in [5, 6] {
+            let echo = message(&[(9, clock, r#"{"u":"ada"}"#)]);
+            assert_eq!(
+                yjs_awareness(&echo, Some(&mine), others()),
+                Some(Awareness::Echo)
+            );
+        }
+        // Newer than what ada's connection holds, or a client no one holds:
+        // the room decides.
+        let newer = message(&[(9, 7, r#"{"u":"ada"}"#)]);
+        assert_eq!(yjs_awareness(&newer, Some(&mine), others()), None);
+        let unknown = message(&[(5, 1, r#"{"u":"cy"}"#)]);
+        assert_eq!(yjs_awareness(&unknown, Some(&mine), others()), None);
     }
 
     #[test]

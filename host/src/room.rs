@@ -534,6 +534,7 @@ impl Room {
         let mut state = instance.into_state();
         state.forget_hook();
         self.shared.slot_freed.notify_waiters();
+        self.shared.metrics.hibernations.fetch_add(1, Relaxed);
         state.status.awake.store(false, Relaxed);
         state.status.hibernate_asked.store(false, Relaxed);
         self.log("host", "hibernated");
@@ -599,8 +600,9 @@ impl Room {
 
     /// A presence renewal the room asked the host to keep (see
     /// [`crate::presence`]): taken into the sender's state and relayed to
-    /// every connection, without a hook or a wake. Not while a group waits
-    /// for its commit, whose output must leave first.
+    /// every connection, without a hook or a wake; or an echo of what the
+    /// room holds, dropped. Not while a group waits for its commit, whose
+    /// output must leave first.
     fn presence_renewal(&mut self, conn: &ConnRef, message: &wit::Message) -> bool {
         let idle = idle(&self.rx, self.idle_before);
         let metrics = self.shared.metrics.clone();
@@ -612,12 +614,25 @@ impl Room {
             return false;
         };
         let max = state.limits.connection_state_bytes;
+        let held = state
+            .connections
+            .get(&*conn.id)
+            .and_then(|c| c.state.as_deref());
+        let others = state
+            .connections
+            .iter()
+            .filter(|(id, _)| **id != conn.id)
+            .filter_map(|(_, c)| c.state.as_deref());
+        let renewed = match presence::yjs_awareness(bytes, held, others) {
+            Some(presence::Awareness::Renewal(renewed)) if renewed.len() <= max => renewed,
+            Some(presence::Awareness::Echo) => {
+                state.quiet = true;
+                return true;
+            }
+            _ => return false,
+        };
         let Some(c) = state.connections.get_mut(&*conn.id) else {
             return false;
-        };
-        let renewed = match presence::yjs_renewal(bytes, c.state.as_deref()) {
-            Some(renewed) if renewed.len() <= max => renewed,
-            _ => return false,
         };
         c.state = Some(renewed);
         let now = outbound::write_now(idle, state.connections.len());

@@ -254,12 +254,14 @@ pub fn compile_component(
     component.serialize().map_err(anyhow::Error::from)
 }
 
-/// Give the memory a compile freed back to the kernel. Cranelift allocates
-/// hundreds of MB for a large component (a JavaScript room: ~450 MB) and
-/// frees it, but glibc keeps freed pages in its arenas, so without this the
-/// host stays that much larger after every first deploy.
+/// Give freed memory back to the kernel. Cranelift allocates hundreds of MB
+/// for a large component (a JavaScript room: ~450 MB) and frees it, and a
+/// burst of wakes frees what their stores held, but glibc keeps freed pages
+/// in its arenas, so without this the host stays that much larger after a
+/// first deploy, or after many rooms woke and hibernated (`Host::start`
+/// runs it then, in the background).
 #[allow(unsafe_code)]
-fn release_freed_memory() {
+pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes no pointers; it only walks glibc's own free
     // lists and returns whole free pages to the kernel.

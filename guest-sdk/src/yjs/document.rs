@@ -205,10 +205,16 @@ impl Document {
         let loaded = self.load_all()?;
         let snapshot = loaded.snapshot.as_deref().unwrap_or_default();
         if sv.is_empty() && !snapshot.is_empty() {
-            // A new client: the stored bytes as they are, nothing decoded.
+            // A new client: the snapshot's stored bytes as they are, and
+            // the updates since as one (hundreds of small messages cost a
+            // client far more to apply than one merged update).
+            let updates = match loaded.updates.len() {
+                0 | 1 => loaded.updates.clone(),
+                _ => vec![yrs::merge_updates_v1(&loaded.updates).map_err(invalid)?],
+            };
             return Ok(Answer {
                 step2: snapshot.to_vec(),
-                updates: loaded.updates.clone(),
+                updates,
             });
         }
         let all = loaded.full()?;
