@@ -23,7 +23,7 @@ const [kind, base, workload, ...args] = process.argv.slice(2);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const figure = (name, value, unit) => console.log(`figure ${name} ${value} ${unit}`);
 
-async function until(what, check, ms = 120_000) {
+async function until(what, check, ms = 60_000) {
   const end = Date.now() + ms;
   while (!check()) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
