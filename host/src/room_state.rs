@@ -142,7 +142,9 @@ pub struct Hook {
     mark: Option<HookMark>,
 }
 
-/// The outbox, undo log and auto-response as the running hook found them.
+/// The outbox, undo log and auto-response as the running hook found them
+/// (the default: all empty, as with no earlier hook in the group).
+#[derive(Default)]
 struct HookMark {
     outbox: usize,
     outbox_bytes: usize,
@@ -306,12 +308,7 @@ impl RoomState {
         let Some(hook) = self.hook.as_deref_mut() else {
             return;
         };
-        let mark = hook.mark.take().unwrap_or(HookMark {
-            outbox: 0,
-            outbox_bytes: 0,
-            undo: 0,
-            auto_response: None,
-        });
+        let mark = hook.mark.take().unwrap_or_default();
         hook.outbox.truncate(mark.outbox);
         hook.outbox_bytes = mark.outbox_bytes;
         hook.auto_response = mark.auto_response;

@@ -528,14 +528,7 @@ impl RoomStorage {
         } = *mark;
         match writes {
             Some(writes) => self.pending.writes = writes,
-            None => {
-                for (key, before) in prior {
-                    match before {
-                        Some(v) => self.pending.writes.insert(key, v),
-                        None => self.pending.writes.remove(&key),
-                    };
-                }
-            }
+            None => undo_staged(&mut self.pending.writes, prior),
         }
         self.pending.bytes = bytes;
         self.pending.delete_all = delete_all;
@@ -787,12 +780,7 @@ impl RoomStorage {
         {
             // The writes as at the mark: today's, with this hook's undone.
             let mut writes = std::mem::take(&mut self.pending.writes);
-            for (key, before) in std::mem::take(&mut mark.prior) {
-                match before {
-                    Some(v) => writes.insert(key, v),
-                    None => writes.remove(&key),
-                };
-            }
+            undo_staged(&mut writes, std::mem::take(&mut mark.prior));
             mark.writes = Some(writes);
         }
         self.pending.writes.clear();
@@ -1066,6 +1054,20 @@ impl RoomStorage {
             Some(mark) => self.pending.alarm != mark.alarm,
             None => self.pending.alarm.is_some(),
         }
+    }
+}
+
+/// Put back what a batch held for each key before a hook staged it
+/// ([`Mark::prior`]; `None`: nothing).
+fn undo_staged(
+    writes: &mut BTreeMap<String, Option<Vec<u8>>>,
+    prior: HashMap<String, Option<Option<Vec<u8>>>>,
+) {
+    for (key, before) in prior {
+        match before {
+            Some(v) => writes.insert(key, v),
+            None => writes.remove(&key),
+        };
     }
 }
 
