@@ -1,13 +1,15 @@
 // The JavaScript SDK: PartyKit's `Party.Server` class API over Dormouse's WIT
-// world (`wit/`). `dormouse build` bundles a room with esbuild and wraps it
-// as `export const hooks = serve(Server)`, which componentize-js turns into
-// the component's `dormouse:room/hooks` export. One section per WIT
+// world (`wit/`). `dormouse build` bundles a room with esbuild and exports
+// what `serve(Server)` makes as `hooks` and `timerHooks`, which
+// componentize-js turns into the component's `dormouse:room/hooks` and
+// `dormouse:room/timer-hooks` exports. One section per WIT
 // interface, in the order of `wit/world.wit`; names follow PartyKit's.
 import * as context from "dormouse:room/context@0.1.0";
 import * as connections from "dormouse:room/connections@0.1.0";
 import * as storageWit from "dormouse:room/storage@0.1.0";
 import * as alarm from "dormouse:room/alarm@0.1.0";
 import * as rooms from "dormouse:room/rooms@0.1.0";
+import * as timers from "dormouse:room/timers@0.1.0";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -278,6 +280,97 @@ class Storage {
   async sync() {}
 }
 
+// ------------------------------------------------------------------- timers
+
+// setTimeout and setInterval as on PartyKit (a Durable Object): a pending
+// timer keeps the room awake and fires in a hook of its own (on-timer),
+// whose writes commit together and whose messages leave after them, as any
+// hook's. componentize-js's own timers run only while a hook's promise is
+// pending, so the SDK keeps its timers itself and asks the host
+// (`timers.set`) for the earliest; its native timer is kept for waiting
+// inside a hook (`await new Promise((r) => setTimeout(r, 10))`).
+const nativeSetTimeout = globalThis.setTimeout;
+const nativeClearTimeout = globalThis.clearTimeout;
+/** Pending timers by id: when each is due, its interval, its callback. */
+const pendingTimers = new Map();
+let lastTimerId = 0;
+/** The time last asked of the host (`undefined`: none is set there). */
+let timerAsked;
+
+function addTimer(callback, ms, args, repeat) {
+  if (typeof callback !== "function") throw new TypeError("a timer's callback must be a function");
+  const delay = Math.max(0, Number(ms) || 0);
+  const id = ++lastTimerId;
+  pendingTimers.set(id, {
+    at: Date.now() + delay,
+    every: repeat ? Math.max(1, delay) : undefined,
+    run: () => callback(...args),
+  });
+  return id;
+}
+
+function clearTimer(id) {
+  pendingTimers.delete(Number(id));
+}
+
+globalThis.setTimeout = (callback, ms, ...args) => addTimer(callback, ms, args, false);
+globalThis.setInterval = (callback, ms, ...args) => addTimer(callback, ms, args, true);
+globalThis.clearTimeout = clearTimer;
+globalThis.clearInterval = clearTimer;
+
+/** When the earliest pending timer is due, if any. */
+function nextTimer() {
+  let next;
+  for (const t of pendingTimers.values()) if (next === undefined || t.at < next) next = t.at;
+  return next;
+}
+
+/** Run the timers that are due, earliest first; what their callbacks
+ *  returned (an async callback's promise is awaited by the hook). */
+function runDueTimers() {
+  const now = Date.now();
+  const due = [...pendingTimers].filter(([, t]) => t.at <= now).sort(([a, x], [b, y]) => x.at - y.at || a - b);
+  const results = [];
+  for (const [id, t] of due) {
+    // An earlier callback may have cleared it.
+    if (pendingTimers.get(id) !== t) continue;
+    if (t.every === undefined) pendingTimers.delete(id);
+    else t.at = now + t.every;
+    results.push(t.run());
+  }
+  return results;
+}
+
+/** The hook's promise, once settled. While it waits on one of the SDK's
+ *  timers, wait (natively) for the earliest and run what is due; a hook
+ *  that settles at once pays nothing when no timer is pending. */
+async function settled(promise) {
+  let done = false;
+  const watched = promise.finally(() => {
+    done = true;
+  });
+  for (;;) {
+    const next = nextTimer();
+    if (next === undefined) return watched;
+    let handle;
+    const wait = new Promise((resolve) => {
+      handle = nativeSetTimeout(resolve, Math.max(0, next - Date.now()));
+    });
+    await Promise.race([watched.catch(() => {}), wait]);
+    nativeClearTimeout(handle);
+    if (done) return watched;
+    await Promise.all(runDueTimers());
+  }
+}
+
+/** Tell the host when the earliest timer is due, if that changed. */
+function askForTimer() {
+  const next = nextTimer();
+  if (next === timerAsked) return;
+  timerAsked = next;
+  timers.set(next === undefined ? undefined : Math.min(0xffffffff, Math.max(0, next - Date.now())));
+}
+
 // -------------------------------------------------------------------- rooms
 
 /** PartyKit's `room.context.parties.<party>.get(id)`: `fetch` runs that
@@ -413,16 +506,19 @@ function refusal(witResponse) {
  *  message and stack before it traps: the host alone would only know that
  *  the instance hit `unreachable`. */
 async function reporting(hook, run) {
+  let result;
   try {
-    return await run();
+    result = await settled(run());
   } catch (e) {
     if (!refusals.has(e)) context.log("error", `${hook} threw ${describe(e)}`);
     throw e;
   }
+  askForTimer();
+  return result;
 }
 
-/** The `dormouse:room/hooks` export for a `Party.Server` class. A hook
- *  may be async: componentize-js runs the event loop until its promise
+/** The `dormouse:room/hooks` and `timer-hooks` exports for a
+ *  `Party.Server` class. A hook may be async: it ends when its promise
  *  settles, so its writes and messages still commit together. A throw in a
  *  hook drops the instance and rolls the hook back, as a Rust panic does. */
 export function serve(ServerClass) {
@@ -431,7 +527,7 @@ export function serve(ServerClass) {
     if (server === null) server = new ServerClass(new Room());
     return server;
   };
-  return {
+  const hooks = {
     async onStart() {
       return reporting("onStart", async () => {
         server = null;
@@ -504,4 +600,14 @@ export function serve(ServerClass) {
       });
     },
   };
+  const timerHooks = {
+    async onTimer() {
+      // The host's timer fired: none is set there now.
+      timerAsked = undefined;
+      return reporting("a timer", async () => {
+        await Promise.all(runDueTimers());
+      });
+    },
+  };
+  return { hooks, timerHooks };
 }

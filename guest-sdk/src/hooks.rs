@@ -1,4 +1,4 @@
-//! `dormouse:room/hooks`: the [`Room`] trait a room implements, and the
+//! `dormouse:room/hooks` (and `timer-hooks`): the [`Room`] trait a room implements, and the
 //! dispatch that [`crate::export!`] wires to the component's exports.
 
 use crate::{Connection, Message, Request, Response};
@@ -62,6 +62,10 @@ pub trait Room: Default + 'static {
     fn on_alarm(&mut self, retry_count: u32) {
         let _ = retry_count;
     }
+
+    /// The time set with [`crate::timers::set`] came. The room stayed
+    /// awake for it, so its fields are as the last hook left them.
+    fn on_timer(&mut self) {}
 }
 
 /// Called by the code [`crate::export!`] generates; not for direct use.
@@ -123,5 +127,9 @@ pub mod dispatch {
 
     pub fn on_alarm<R: Room>(retry_count: u32) {
         with::<R, _>(|r| r.on_alarm(retry_count))
+    }
+
+    pub fn on_timer<R: Room>() {
+        with::<R, _>(|r| r.on_timer())
     }
 }

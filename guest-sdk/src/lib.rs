@@ -64,6 +64,7 @@ pub mod context;
 pub mod hooks;
 pub mod rooms;
 pub mod storage;
+pub mod timers;
 mod types;
 #[cfg(feature = "yjs")]
 pub mod yjs;
@@ -121,6 +122,12 @@ macro_rules! export {
             }
             fn on_alarm(retry_count: u32) {
                 $crate::hooks::dispatch::on_alarm::<$room>(retry_count)
+            }
+        }
+
+        impl $crate::bindings::exports::dormouse::room::timer_hooks::Guest for __DormouseHooks {
+            fn on_timer() {
+                $crate::hooks::dispatch::on_timer::<$room>()
             }
         }
 

@@ -15,6 +15,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::admin_token::constant_time_eq;
 use crate::host::{AdminError, Host};
 use crate::http::{Body, json, text};
 
@@ -159,14 +160,6 @@ pub fn token_name(token: &str) -> &str {
     token.split_once(':').map_or("default", |(name, _)| name)
 }
 
-/// Equal bytes, in time that depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
@@ -226,14 +219,11 @@ async fn logs(req: &Request<Incoming>, host: &Host, query: &str) -> Response<Bod
         let path = format!("/_dormouse/logs?{query}");
         let auth = req.headers().get(header::AUTHORIZATION).cloned();
         for (id, addr) in peers {
-            let (out, path, auth, me) = (
-                tx.clone(),
-                path.clone(),
-                auth.clone(),
-                cluster.node_id().to_owned(),
-            );
+            let (out, path, auth, cluster) =
+                (tx.clone(), path.clone(), auth.clone(), cluster.clone());
             tokio::spawn(async move {
-                let Some(mut body) = crate::forward::stream(&addr, &path, auth.as_ref(), &me).await
+                let Some(mut body) =
+                    crate::forward::stream(&addr, &path, auth.as_ref(), &cluster).await
                 else {
                     let _ = out.send(format!("{{\"unreachable\":{:?}}}", id)).await;
                     return;

@@ -1,5 +1,5 @@
-//! The admin token `dormouse serve` makes on its first start, and where the
-//! CLI on the same machine finds it.
+//! The admin token `dormouse serve` makes on its first start, where the
+//! CLI on the same machine finds it, and how a secret is compared.
 //!
 //! Trusting every loopback peer is unsafe behind a reverse proxy on the same
 //! machine (every request then comes from loopback), and the admin API
@@ -70,6 +70,15 @@ fn read(path: &Path) -> anyhow::Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Equal bytes, in time that depends only on the lengths: for comparing a
+/// secret (a token, a signature) with what a client sent.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! kept up to date by rooms after each commit. When an alarm is due the
 //! scheduler sends the room an `Alarm` event; the room checks storage again
 //! (the alarm may have moved), runs on-alarm, and on failure asks for a retry
-//! here with backoff.
+//! here with backoff. Only the guest's own failures spend one of its
+//! [`MAX_RETRIES`]; a failure of the host's (the party is not deployed, no
+//! instance slot, storage, a claim) delays the alarm and spends nothing.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -20,12 +22,23 @@ use crate::route::RoomKey;
 /// How many times a failing on-alarm is retried before the alarm is dropped.
 pub const MAX_RETRIES: u32 = 6;
 
+/// Which attempt an alarm event is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Attempt {
+    /// Earlier attempts whose on-alarm failed: the guest's own failures,
+    /// at most [`MAX_RETRIES`].
+    pub retry: u32,
+    /// Earlier attempts the host could not make (see the module doc): no
+    /// bound, only a longer wait each time.
+    pub stalls: u32,
+}
+
 #[derive(Default)]
 struct Schedule {
     /// (due time, room): the earliest first.
     by_time: BTreeSet<(u64, RoomKey)>,
-    /// room -> (due time, retry count).
-    by_room: HashMap<RoomKey, (u64, u32)>,
+    /// room -> (due time, which attempt).
+    by_room: HashMap<RoomKey, (u64, Attempt)>,
 }
 
 /// The host's alarm index.
@@ -37,9 +50,9 @@ pub struct Alarms {
 
 impl Alarms {
     /// Schedule (or move) a room's alarm.
-    pub fn set(&self, key: RoomKey, at_ms: u64, retry: u32) {
+    pub fn set(&self, key: RoomKey, at_ms: u64, attempt: Attempt) {
         let mut s = self.lock();
-        if let Some((old, _)) = s.by_room.insert(key.clone(), (at_ms, retry)) {
+        if let Some((old, _)) = s.by_room.insert(key.clone(), (at_ms, attempt)) {
             s.by_time.remove(&(old, key.clone()));
         }
         let earliest = s.by_time.first().is_none_or(|(t, _)| at_ms < *t);
@@ -65,8 +78,8 @@ impl Alarms {
         s.by_time.retain(|(_, (p, _))| &**p != party);
     }
 
-    /// The alarms due at `now`, removed from the schedule, with their retry counts.
-    pub fn take_due(&self, now: u64) -> Vec<(RoomKey, u32)> {
+    /// The alarms due at `now`, removed from the schedule, with their attempts.
+    pub fn take_due(&self, now: u64) -> Vec<(RoomKey, Attempt)> {
         let mut s = self.lock();
         let mut due = Vec::new();
         while let Some((at, key)) = s.by_time.first().cloned() {
@@ -74,8 +87,8 @@ impl Alarms {
                 break;
             }
             s.by_time.pop_first();
-            let retry = s.by_room.remove(&key).map_or(0, |(_, r)| r);
-            due.push((key, retry));
+            let attempt = s.by_room.remove(&key).map(|(_, a)| a).unwrap_or_default();
+            due.push((key, attempt));
         }
         due
     }
@@ -124,18 +137,25 @@ mod tests {
     #[test]
     fn due_in_time_order_and_moves_replace() {
         let a = Alarms::default();
-        a.set(key("late"), 300, 0);
-        a.set(key("early"), 100, 2);
-        a.set(key("moved"), 50, 0);
-        a.set(key("moved"), 1000, 0);
+        let second = Attempt {
+            retry: 2,
+            stalls: 1,
+        };
+        a.set(key("late"), 300, Attempt::default());
+        a.set(key("early"), 100, second);
+        a.set(key("moved"), 50, Attempt::default());
+        a.set(key("moved"), 1000, Attempt::default());
         assert_eq!(a.next_due(), Some(100));
         assert!(a.take_due(99).is_empty());
-        assert_eq!(a.take_due(300), vec![(key("early"), 2), (key("late"), 0)]);
+        assert_eq!(
+            a.take_due(300),
+            vec![(key("early"), second), (key("late"), Attempt::default())]
+        );
         a.clear(&key("moved"));
         assert!(a.is_empty());
         assert_eq!(a.next_due(), None);
-        a.set(key("x"), 5, 0);
-        a.set(("other".into(), "x".into()), 6, 0);
+        a.set(key("x"), 5, Attempt::default());
+        a.set(("other".into(), "x".into()), 6, Attempt::default());
         a.clear_party("main");
         assert_eq!(a.len(), 1);
         assert_eq!(a.next_due(), Some(6));

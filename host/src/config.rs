@@ -189,6 +189,14 @@ pub struct Limits {
     pub warm_slot_bytes: usize,
     /// The first retry of a failing on-alarm waits this long; each next one twice as long.
     pub alarm_retry_ms: u64,
+    /// How long pending timers (`setTimeout`, `setInterval`) keep a room
+    /// awake past its last event that was not a timer; then it hibernates
+    /// as usual and its timers go. Long enough for any batching, debounce
+    /// or game round between two client messages; bounded so a forgotten
+    /// `setInterval` in a room nobody uses gives its memory back (a Durable
+    /// Object would stay, billed, for ever). 0: timers never keep a room
+    /// awake past its idle timeout.
+    pub timers_awake_ms: u64,
     /// Bytes of keys and values one hook may write (its batch is held in
     /// host memory until it commits); past it a write gets `too-large`.
     pub hook_write_bytes: usize,
@@ -214,6 +222,7 @@ impl Default for Limits {
             awake_rooms: 1000,
             warm_slot_bytes: 0,
             alarm_retry_ms: 2_000,
+            timers_awake_ms: 300_000,
             hook_write_bytes: 64 << 20,
             storage_bytes_per_room: 1 << 30,
         }

@@ -2,6 +2,10 @@
 //! for a room that another live node holds goes to that node, frames in
 //! both directions. Browsers cannot follow a redirect on a WebSocket
 //! handshake, so a node forwards instead of redirecting.
+//!
+//! A node's request to another carries a signed mark ([`FORWARDED`]); every
+//! other `x-dormouse-*` header, from a client or a guest, is dropped at the
+//! door ([`admit`]), so no client can pass for a node.
 
 use std::time::Duration;
 
@@ -15,14 +19,124 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
+use hyper::HeaderMap;
+use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use sha2::{Digest, Sha256};
+
+use crate::admin_token::constant_time_eq;
+use crate::clock::now_ms;
+use crate::cluster::Cluster;
 use crate::http::{Body, full, header_pairs, text};
 use crate::route::RoomKey;
 use crate::wit;
 
 /// Marks a request one node forwarded to another. The owner serves it
 /// (claiming the room if its own view is stale) and never forwards it again,
-/// so two nodes that disagree cannot bounce a request between them.
+/// so two nodes that disagree cannot bounce a request between them. Its
+/// value is `NODE;UNIX_MS;MAC`: the MAC (HMAC-SHA256 under the cluster's
+/// secret) covers node, time, method, path and query, and the [`CHAIN`].
 pub const FORWARDED: &str = "x-dormouse-forwarded";
+
+/// The headers only nodes may send.
+const PREFIX: &str = "x-dormouse-";
+
+/// How far a mark's time may be from this node's clock: it bounds how long
+/// a captured mark can be replayed. Wide, because nodes' clocks are not
+/// trusted to agree (the cluster tests run one 90 s ahead): nothing here
+/// orders events by two machines' clocks.
+const MARK_AGE_MS: u64 = 10 * 60_000;
+
+/// HMAC-SHA256 (RFC 2104), hex.
+fn hmac(key: &[u8], message: &[u8]) -> String {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let inner = Sha256::new()
+        .chain_update(k.map(|b| b ^ 0x36))
+        .chain_update(message)
+        .finalize();
+    let outer = Sha256::new()
+        .chain_update(k.map(|b| b ^ 0x5c))
+        .chain_update(inner)
+        .finalize();
+    outer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn mac(secret: &str, from: &str, at: u64, method: &str, uri: &str, chain: &str) -> String {
+    let message = format!("{from}\n{at}\n{method}\n{uri}\n{chain}");
+    hmac(secret.as_bytes(), message.as_bytes())
+}
+
+/// The [`FORWARDED`] value for a request from node `from`.
+fn mark(secret: &str, from: &str, method: &str, uri: &str, chain: &str) -> String {
+    let at = now_ms();
+    let mac = mac(secret, from, at, method, uri, chain);
+    format!("{from};{at};{mac}")
+}
+
+/// Whether the request carries a mark this cluster's secret made, recently.
+fn verified<B>(req: &Request<B>, secret: &str) -> bool {
+    let value = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let Some(mark) = value(FORWARDED) else {
+        return false;
+    };
+    let mut parts = mark.splitn(3, ';');
+    let (Some(from), Some(at), Some(given)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(at) = at.parse::<u64>() else {
+        return false;
+    };
+    if now_ms().abs_diff(at) > MARK_AGE_MS {
+        return false;
+    }
+    let uri = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let want = mac(
+        secret,
+        from,
+        at,
+        req.method().as_str(),
+        uri,
+        value(CHAIN).unwrap_or(""),
+    );
+    constant_time_eq(want.as_bytes(), given.as_bytes())
+}
+
+/// Drop every `x-dormouse-*` header of a request at the door, unless it is
+/// a node's of this cluster (its mark verifies): the markers are trusted
+/// by their presence after this.
+pub fn admit<B>(req: &mut Request<B>, cluster: Option<&Cluster>) {
+    if !req.headers().keys().any(|k| k.as_str().starts_with(PREFIX)) {
+        return;
+    }
+    if let Some(cluster) = cluster
+        && verified(req, cluster.secret())
+    {
+        return;
+    }
+    strip(req.headers_mut());
+}
+
+/// Remove the headers only nodes may send.
+pub fn strip(headers: &mut HeaderMap) {
+    let names: Vec<_> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(PREFIX))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// Whether a header name is one only nodes may send (for headers a guest
+/// gives, which are not a `HeaderMap`).
+pub fn reserved(name: &str) -> bool {
+    name.len() >= PREFIX.len() && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
+}
 
 /// How long connecting to the owner may take before the client gets 503.
 const CONNECT: Duration = Duration::from_secs(2);
@@ -62,7 +176,7 @@ pub fn is_forwarded<B>(req: &Request<B>) -> bool {
 pub async fn forward(
     mut req: Request<Incoming>,
     addr: &str,
-    from: &str,
+    cluster: &Cluster,
     limit: usize,
 ) -> Response<Body> {
     let unavailable = |why: String| {
@@ -87,7 +201,15 @@ pub async fn forward(
             );
         }
     };
-    if let Ok(v) = HeaderValue::from_str(from) {
+    let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mark = mark(
+        cluster.secret(),
+        cluster.node_id(),
+        parts.method.as_str(),
+        uri,
+        "",
+    );
+    if let Ok(v) = HeaderValue::from_str(&mark) {
         parts.headers.insert(FORWARDED, v);
     }
     let sent = sender.send_request(Request::from_parts(parts, Full::new(body)));
@@ -128,8 +250,18 @@ pub fn chain<B>(req: &Request<B>) -> Vec<RoomKey> {
     };
     v.split(',')
         .filter_map(|k| k.split_once('/'))
-        .map(|(p, r)| (p.into(), r.into()))
+        .filter_map(|(p, r)| {
+            let room = percent_decode_str(r).decode_utf8().ok()?;
+            Some((p.into(), room.as_ref().into()))
+        })
         .collect()
+}
+
+/// A room id as one path segment (or chain entry): every byte but letters
+/// and digits percent-encoded, so a '%', ',' or '/' in an id comes back as
+/// itself (`a%41` stays `a%41`, never `aA`).
+fn encode(room: &str) -> String {
+    utf8_percent_encode(room, NON_ALPHANUMERIC).to_string()
 }
 
 /// A room-to-room call for a room another node holds: its on-request runs
@@ -140,7 +272,7 @@ pub async fn call(
     target: &RoomKey,
     request: wit::Request,
     chain: &[RoomKey],
-    from: &str,
+    cluster: &Cluster,
 ) -> Option<wit::Response> {
     let mut sender = connect(addr).await.ok()?;
     // The callee's path is the room's; the query is the caller's.
@@ -148,16 +280,30 @@ pub async fn call(
         .uri
         .split_once('?')
         .map_or(String::new(), |(_, q)| format!("?{q}"));
+    let uri = format!("/parties/{}/{}{query}", target.0, encode(&target.1));
     let mut out = Request::builder()
         .method(request.method.as_str())
-        .uri(format!("/parties/{}/{}{query}", target.0, target.1));
+        .uri(uri.as_str());
     for (name, value) in &request.headers {
-        out = out.header(name.as_str(), value.as_str());
+        if !reserved(name) {
+            out = out.header(name.as_str(), value.as_str());
+        }
     }
-    let chain: Vec<String> = chain.iter().map(|(p, r)| format!("{p}/{r}")).collect();
+    let chain: Vec<String> = chain
+        .iter()
+        .map(|(p, r)| format!("{p}/{}", encode(r)))
+        .collect();
+    let chain = chain.join(",");
+    let mark = mark(
+        cluster.secret(),
+        cluster.node_id(),
+        request.method.as_str(),
+        &uri,
+        &chain,
+    );
     let out = out
-        .header(FORWARDED, from)
-        .header(CHAIN, chain.join(","))
+        .header(FORWARDED, mark)
+        .header(CHAIN, chain)
         .header(hyper::header::HOST, addr)
         .body(Full::new(Bytes::from(request.body)))
         .ok()?;
@@ -185,13 +331,20 @@ pub async fn stream(
     addr: &str,
     path_and_query: &str,
     authorization: Option<&HeaderValue>,
-    from: &str,
+    cluster: &Cluster,
 ) -> Option<Incoming> {
     let mut sender = connect(addr).await.ok()?;
+    let mark = mark(
+        cluster.secret(),
+        cluster.node_id(),
+        "GET",
+        path_and_query,
+        "",
+    );
     let mut out = Request::builder()
         .uri(path_and_query)
         .header(hyper::header::HOST, addr)
-        .header(FORWARDED, from);
+        .header(FORWARDED, mark);
     if let Some(a) = authorization {
         out = out.header(hyper::header::AUTHORIZATION, a);
     }
@@ -204,4 +357,76 @@ pub async fn stream(
         return None;
     }
     Some(resp.into_body())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(mark: &str, uri: &str, chain: Option<&str>) -> Request<()> {
+        let mut r = Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header(FORWARDED, mark)
+            .header("x-other", "kept");
+        if let Some(chain) = chain {
+            r = r.header(CHAIN, chain);
+        }
+        r.body(()).expect("a request")
+    }
+
+    #[test]
+    fn a_mark_holds_only_for_its_secret_request_and_time() {
+        let uri = "/parties/main/r?x=1";
+        let good = mark("s3cret", "n1", "POST", uri, "main/a");
+        assert!(verified(&request(&good, uri, Some("main/a")), "s3cret"));
+        assert!(!verified(&request(&good, uri, Some("main/a")), "other"));
+        assert!(!verified(
+            &request(&good, "/parties/main/q?x=1", Some("main/a")),
+            "s3cret"
+        ));
+        assert!(!verified(&request(&good, uri, Some("main/b")), "s3cret"));
+        assert!(!verified(&request(&good, uri, None), "s3cret"));
+        // A client's guesses.
+        assert!(!verified(&request("n1", uri, None), "s3cret"));
+        assert!(!verified(&request("n1;1;00", uri, None), "s3cret"));
+        // A replay of a real mark, long after.
+        let at = now_ms() - 2 * MARK_AGE_MS;
+        let old = format!("n1;{at};{}", mac("s3cret", "n1", at, "POST", uri, ""));
+        assert!(!verified(&request(&old, uri, None), "s3cret"));
+    }
+
+    #[test]
+    fn a_client_loses_every_node_header_at_the_door() {
+        let mut req = request("n1;1;00", "/parties/main/r", Some("main/a"));
+        req.headers_mut()
+            .insert("X-Dormouse-Anything", HeaderValue::from_static("1"));
+        admit(&mut req, None);
+        let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-other"]);
+        assert!(reserved("X-Dormouse-Chain") && !reserved("x-dormous") && !reserved("x-other"));
+    }
+
+    #[test]
+    fn room_ids_cross_nodes_as_they_are() {
+        let odd = "a%41,b c";
+        let uri = format!("/parties/main/{}", encode(odd));
+        match crate::route::parse(&uri) {
+            Ok(crate::route::Route::Room(path)) => assert_eq!(path.room, odd),
+            other => panic!("{other:?}"),
+        }
+        let chain = format!("main/{},other/x", encode(odd));
+        let req = request("", "/", Some(&chain));
+        let want: Vec<RoomKey> = vec![("main".into(), odd.into()), ("other".into(), "x".into())];
+        assert_eq!(super::chain(&req), want);
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test case 2 of RFC 4231.
+        assert_eq!(
+            hmac(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::alarms::Alarms;
+use crate::alarms::{Alarms, Attempt};
 use crate::clock::{Ticker, now_ms};
 use crate::cluster::{Cluster, Owner};
 use crate::config::{Config, Limits};
@@ -210,7 +210,7 @@ impl Host {
         // the room, and a sweeper claims rooms whose holder died.
         if cluster.is_none() {
             for (party, room, at) in storage.alarms()? {
-                alarms.set((party.into(), room.into()), at, 0);
+                alarms.set((party.into(), room.into()), at, Attempt::default());
             }
         }
         let party_limits = config
@@ -293,10 +293,10 @@ impl Host {
     async fn fire_alarms(self: Arc<Self>) {
         let alarms = self.shared.alarms.clone();
         loop {
-            for (key, retry) in alarms.take_due(now_ms()) {
+            for (key, attempt) in alarms.take_due(now_ms()) {
                 let host = self.clone();
                 self.tasks.spawn(async move {
-                    host.dispatch(&key, Event::Alarm { retry }).await;
+                    host.dispatch(&key, Event::Alarm { attempt }).await;
                 });
             }
             // Sleep until the next alarm, or until an earlier one is set.
@@ -351,7 +351,8 @@ impl Host {
                 match c.orphaned_alarms(now_ms()).await {
                     Ok(keys) => {
                         for key in keys {
-                            host.dispatch(&key, Event::Alarm { retry: 0 }).await;
+                            let attempt = Attempt::default();
+                            host.dispatch(&key, Event::Alarm { attempt }).await;
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot look for orphaned alarms"),
@@ -983,8 +984,7 @@ impl RoomCalls for Host {
                     Ok(Owner::Local) => {}
                     Ok(Owner::Remote(addr)) => {
                         cluster.metrics.forwards.fetch_add(1, Relaxed);
-                        let from = cluster.node_id();
-                        return forward::call(&addr, &target, request, &chain, from).await;
+                        return forward::call(&addr, &target, request, &chain, cluster).await;
                     }
                     Err(_) => return None,
                 }

@@ -1,9 +1,9 @@
 //! The Wasm side: the engine, a party's compiled component, and a room's
 //! instance with its bounds (epoch deadline, memory cap).
 //!
-//! Compile once and link once per party version ([`Party::load`] ends in a
-//! `RoomPre`); per wake only `instantiate_async`, from a pooling allocator,
-//! so waking a room costs microseconds.
+//! Compile once and link once per party version ([`Party::load`] ends in an
+//! `InstancePre` and the hooks' indices); per wake only `instantiate_async`,
+//! from a pooling allocator, so waking a room costs microseconds.
 //!
 //! Deadlines: a ticker thread bumps the engine's epoch every [`TICK`]. Before
 //! each hook the store gets a budget of ticks; at every tick a hook that has
@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{
+    Component, ComponentExportIndex, HasSelf, InstancePre, Linker, ResourceTable, TypedFunc,
+};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
     UpdateDeadline,
@@ -46,6 +48,9 @@ const HOST_IMPORTS: [&str; 7] = [
     "wasi:filesystem/",
     "wasi:sockets/",
 ];
+
+/// The interface that holds `on-timer` (see `wit/timers.wit`).
+const TIMER_HOOKS: &str = "dormouse:room/timer-hooks@0.1.0";
 
 /// Core instances the pool holds per awake room: enough for any toolchain's
 /// component (componentize-py makes 14; Rust 2 to 4).
@@ -112,7 +117,7 @@ impl Runtime {
         // Rust guests built for wasm32-wasip2 import a few WASI interfaces
         // through std even when they do no I/O; the context below grants nothing.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        wit::Room::add_to_linker::<InstanceState, HasSelf<RoomState>>(&mut linker, |s| {
+        wit::RoomCore::add_to_linker::<InstanceState, HasSelf<RoomState>>(&mut linker, |s| {
             &mut s.room
         })?;
 
@@ -145,7 +150,12 @@ pub struct Party {
     pub name: String,
     /// Kept to write its precompiled form to the version cache.
     pub component: Component,
-    pre: wit::RoomPre<InstanceState>,
+    pre: InstancePre<InstanceState>,
+    /// The hooks' places in an instance, checked against the world once.
+    hooks: wit::RoomCoreIndices,
+    /// Where `timer-hooks.on-timer` is, when the component exports it
+    /// (components built before timers do not).
+    on_timer: Option<ComponentExportIndex>,
     pub vars: Arc<BTreeMap<String, String>>,
     /// Size of the component, bytes.
     pub size: usize,
@@ -219,9 +229,12 @@ impl Party {
         let pre = runtime.linker.instantiate_pre(&component).why(|| {
             format!("party {name}: the component imports something the host does not give")
         })?;
-        let pre = wit::RoomPre::new(pre).why(|| {
+        let hooks = wit::RoomCoreIndices::new(&pre).why(|| {
             format!("party {name}: the component does not export dormouse:room/hooks@0.1.0")
         })?;
+        let on_timer = component
+            .get_export_index(None, TIMER_HOOKS)
+            .and_then(|i| component.get_export_index(Some(&i), "on-timer"));
         component
             .initialize_copy_on_write_image()
             .why(|| format!("party {name}: cannot prepare the memory image"))?;
@@ -229,6 +242,8 @@ impl Party {
             name: name.to_owned(),
             component,
             pre,
+            hooks,
+            on_timer,
             vars: Arc::new(vars),
             size,
             version: None,
@@ -291,6 +306,7 @@ pub enum Call {
     Error(String, String),
     Request(Request),
     Alarm(u32),
+    Timer,
 }
 
 impl Call {
@@ -303,6 +319,7 @@ impl Call {
             Call::Error(..) => Hook::Error,
             Call::Request(..) => Hook::Request,
             Call::Alarm(..) => Hook::Alarm,
+            Call::Timer => Hook::Timer,
         }
     }
 }
@@ -317,7 +334,8 @@ pub enum Reply {
 /// A room's live instance.
 pub struct Instance {
     store: Store<InstanceState>,
-    room: wit::Room,
+    room: wit::RoomCore,
+    on_timer: Option<TypedFunc<(), ()>>,
     ticks: u64,
 }
 
@@ -370,8 +388,13 @@ impl Instance {
             ))
         });
         store.set_epoch_deadline(1);
-        match party.pre.instantiate_async(&mut store).await {
-            Ok(room) => Ok(Instance { store, room, ticks }),
+        match Instance::instantiate(party, &mut store).await {
+            Ok((room, on_timer)) => Ok(Instance {
+                store,
+                room,
+                on_timer,
+                ticks,
+            }),
             Err(error) => {
                 let pool_full = error
                     .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
@@ -385,6 +408,20 @@ impl Instance {
                 Err((store.into_data().room, Failure { kind, error }))
             }
         }
+    }
+
+    /// The bindings of a new instance, and its on-timer if exported.
+    async fn instantiate(
+        party: &Party,
+        store: &mut Store<InstanceState>,
+    ) -> wasmtime::Result<(wit::RoomCore, Option<TypedFunc<(), ()>>)> {
+        let instance = party.pre.instantiate_async(&mut *store).await?;
+        let room = party.hooks.load(&mut *store, &instance)?;
+        let on_timer = match &party.on_timer {
+            Some(index) => Some(instance.get_typed_func::<(), ()>(&mut *store, index)?),
+            None => None,
+        };
+        Ok((room, on_timer))
     }
 
     pub fn state(&mut self) -> &mut RoomState {
@@ -418,6 +455,11 @@ impl Instance {
             Call::Error(c, d) => hooks.call_on_error(s, &c, &d).await.map(|()| Reply::Done),
             Call::Request(r) => hooks.call_on_request(s, &r).await.map(Reply::Response),
             Call::Alarm(n) => hooks.call_on_alarm(s, n).await.map(|()| Reply::Done),
+            Call::Timer => match &self.on_timer {
+                Some(f) => f.call_async(s, ()).await.map(|()| Reply::Done),
+                // Only a component that exports it can have set a timer.
+                None => Ok(Reply::Done),
+            },
         };
         result.map_err(|error| Failure {
             kind: classify(&error, self.store.data()).unwrap_or(FailureKind::Trap),

@@ -19,10 +19,11 @@ pub enum Hook {
     Error,
     Request,
     Alarm,
+    Timer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 7] = [
+    pub const ALL: [Hook; 8] = [
         Hook::Start,
         Hook::Connect,
         Hook::Message,
@@ -30,6 +31,7 @@ impl Hook {
         Hook::Error,
         Hook::Request,
         Hook::Alarm,
+        Hook::Timer,
     ];
 
     /// The hook's WIT name, as logs and labels show it.
@@ -42,6 +44,7 @@ impl Hook {
             Hook::Error => "on-error",
             Hook::Request => "on-request",
             Hook::Alarm => "on-alarm",
+            Hook::Timer => "on-timer",
         }
     }
 }

@@ -78,7 +78,7 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
 
     // The entry is generated, fed on stdin, and resolved from the project.
     let source = format!(
-        "import Server from {entry:?};\nimport {{ serve }} from \"dormouse\";\nexport const hooks = serve(Server);\n",
+        "import Server from {entry:?};\nimport {{ serve }} from \"dormouse\";\nconst room = serve(Server);\nexport const hooks = room.hooks;\nexport const timerHooks = room.timerHooks;\n",
         entry = format!("./{entry}")
     );
     let mut esbuild = Command::new(&tools.esbuild);

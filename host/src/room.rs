@@ -37,7 +37,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use crate::alarms::{Alarms, MAX_RETRIES};
+use crate::alarms::{Alarms, Attempt, MAX_RETRIES};
 use crate::clock::now_ms;
 use crate::cluster::Cluster;
 use crate::config::Limits;
@@ -87,6 +87,29 @@ pub trait Registry: Send + Sync {
     fn hibernate_least_recent(&self);
 }
 
+/// Whose failure kept a hook from completing: an alarm spends a retry only
+/// on the guest's own (see `alarms.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// The guest trapped, ran out of time or memory, or failed to start.
+    Guest,
+    /// The host could not run it: no such party, no instance slot, a
+    /// storage or cluster failure.
+    Host,
+}
+
+impl Fault {
+    fn of(failure: &Failure) -> Fault {
+        match failure.kind {
+            FailureKind::PoolFull => Fault::Host,
+            _ => Fault::Guest,
+        }
+    }
+}
+
+/// The longest a host failure delays an alarm before it tries again.
+const MAX_STALL_MS: u64 = 5 * 60_000;
+
 /// How long a wake waits for an awake-room slot to free before it fails.
 const POOL_WAIT: Duration = Duration::from_secs(5);
 /// How often a waiting wake looks again without a notification.
@@ -116,9 +139,9 @@ pub enum Event {
         chain: Vec<RoomKey>,
         reply: oneshot::Sender<wit::Response>,
     },
-    /// The room's alarm is due; `retry` counts earlier failed attempts.
+    /// The room's alarm is due.
     Alarm {
-        retry: u32,
+        attempt: Attempt,
     },
     /// Drop the instance after the current event (a new version was
     /// deployed, or a wake needs its slot).
@@ -165,11 +188,13 @@ pub struct Accepted {
 /// What woke the actor loop.
 enum Next {
     Event(Box<Event>),
+    /// The guest's timer is due.
+    Timer,
     Idle,
     Stop,
 }
 
-/// Wait out the idle timer, if there is one.
+/// Wait out a timer, if there is one.
 async fn idle_wait(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
     match timer {
         Some(t) => t.as_mut().await,
@@ -182,6 +207,14 @@ enum Life {
     Awake(Instance),
     /// Only while moving between the two.
     Moving,
+}
+
+/// Set a timer to `deadline`, reusing its allocation.
+fn rearm(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, deadline: tokio::time::Instant) {
+    match timer {
+        Some(t) => t.as_mut().reset(deadline),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+    }
 }
 
 /// How many events may wait for a room before senders wait too.
@@ -354,6 +387,11 @@ pub struct Room {
     /// Hooks that ran since the last commit and wait to share the next
     /// one (see [`Room::joins_group`]).
     group: u16,
+    /// The guest's pending timer (`timers.set`): only while awake.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the last event that counts as activity ended (not a timer, not
+    /// a quiet one): the idle timeout, and the timers' cap, run from here.
+    last_active: tokio::time::Instant,
 }
 
 impl Room {
@@ -397,6 +435,8 @@ impl Room {
             last_event: Instant::now(),
             idle_before: Duration::ZERO,
             group: 0,
+            timer: None,
+            last_active: tokio::time::Instant::now(),
         }
     }
 
@@ -424,6 +464,7 @@ impl Room {
                     Some(event) => Next::Event(event),
                     None => Next::Stop,
                 },
+                () = idle_wait(&mut self.timer) => Next::Timer,
                 () = idle_wait(&mut idle_timer) => Next::Idle,
             };
             match next {
@@ -453,9 +494,13 @@ impl Room {
                     }
                     self.last_event = Instant::now();
                     // A quiet event keeps the deadline it found; one that
-                    // woke the room ends its wake at once.
+                    // woke the room ends its wake at once, unless it left
+                    // a timer pending.
                     let quiet = std::mem::take(&mut self.state().quiet);
-                    if self.group == 0 && (idle.is_zero() || (quiet && idle_timer.is_none())) {
+                    if self.group == 0
+                        && self.timer.is_none()
+                        && (idle.is_zero() || (quiet && idle_timer.is_none()))
+                    {
                         // Let the sockets this event woke write first:
                         // dropping the instance takes longer than sending.
                         tokio::task::yield_now().await;
@@ -465,17 +510,34 @@ impl Room {
                     let connections = state.connections.len() as u64;
                     state.status.connections.store(connections, Relaxed);
                     state.status.last_event_ms.store(now_ms(), Relaxed);
+                    if !quiet {
+                        self.last_active = tokio::time::Instant::now();
+                    }
                     if !self.awake() {
                         idle_timer = None;
-                    } else if !quiet {
-                        let deadline = tokio::time::Instant::now() + idle;
-                        match &mut idle_timer {
-                            Some(timer) => timer.as_mut().reset(deadline),
-                            None => idle_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                        }
+                    } else if !quiet || idle_timer.is_none() {
+                        rearm(&mut idle_timer, self.last_active + idle);
+                    }
+                }
+                Next::Timer => {
+                    self.timer = None;
+                    Box::pin(self.hook(Call::Timer)).await.ok();
+                    self.last_event = Instant::now();
+                    self.state().quiet = false;
+                    // The timers are done: the room is idle from its last
+                    // activity, as if they had never been set.
+                    if self.timer.is_none() && self.awake() {
+                        rearm(&mut idle_timer, self.last_active + idle);
                     }
                 }
                 Next::Idle => {
+                    // Pending timers keep the room awake, up to their cap.
+                    let cap = self.state().limits.timers_awake_ms;
+                    let until = self.last_active + idle.max(Duration::from_millis(cap));
+                    if self.timer.is_some() && tokio::time::Instant::now() < until {
+                        rearm(&mut idle_timer, until);
+                        continue;
+                    }
                     self.hibernate();
                     idle_timer = None;
                 }
@@ -533,6 +595,8 @@ impl Room {
         };
         let mut state = instance.into_state();
         state.forget_hook();
+        // Timers live in the instance.
+        self.timer = None;
         self.shared.slot_freed.notify_waiters();
         self.shared.metrics.hibernations.fetch_add(1, Relaxed);
         state.status.awake.store(false, Relaxed);
@@ -591,7 +655,7 @@ impl Room {
                 self.state().hook().chain.clear();
                 let _ = reply.send(response);
             }
-            Event::Alarm { retry } => self.alarm(retry).await,
+            Event::Alarm { attempt } => self.alarm(attempt).await,
             Event::Hibernate => self.hibernate(),
             Event::HandOff => self.hand_off().await,
             Event::Evict { code, reason } => self.evict(code, reason),
@@ -701,7 +765,9 @@ impl Room {
             Ok(Claiming::Held) => return Some(event),
             Ok(Claiming::Claimed { alarm }) => {
                 if let Some(at) = alarm {
-                    self.shared.alarms.set(self.key.clone(), at, 0);
+                    self.shared
+                        .alarms
+                        .set(self.key.clone(), at, Attempt::default());
                 }
                 return Some(event);
             }
@@ -718,6 +784,11 @@ impl Room {
             }
             Event::Request { reply, .. } => {
                 let _ = reply.send(text_response(503, line));
+            }
+            // Not lost: tried again later (a node that holds the room has
+            // it scheduled itself).
+            Event::Alarm { attempt } if !matches!(e, StorageError::Moved) => {
+                self.retry_alarm(attempt, Fault::Host).await;
             }
             _ => self.evict(1012, "this room moved to another node; reconnect"),
         }
@@ -787,7 +858,7 @@ impl Room {
     }
 
     /// Wake if needed, then run one hook.
-    async fn hook(&mut self, call: Call) -> Result<Reply, ()> {
+    async fn hook(&mut self, call: Call) -> Result<Reply, Fault> {
         if self.builtin {
             return Ok(self.builtin_relay(call));
         }
@@ -795,7 +866,7 @@ impl Room {
         self.run(call).await
     }
 
-    async fn wake(&mut self) -> Result<(), ()> {
+    async fn wake(&mut self) -> Result<(), Fault> {
         if self.awake() {
             return Ok(());
         }
@@ -806,7 +877,7 @@ impl Room {
             .and_then(|r| r.party(&self.key.0));
         let Some(party) = party else {
             warn!("no such party is deployed");
-            return Err(());
+            return Err(Fault::Host);
         };
         let started = Instant::now();
         let Life::Hibernated(mut state) = std::mem::replace(&mut self.life, Life::Moving) else {
@@ -842,7 +913,7 @@ impl Room {
                     let Some(left) = POOL_WAIT.checked_sub(since.elapsed()) else {
                         self.life = Life::Hibernated(state);
                         self.failed("instantiate", failure);
-                        return Err(());
+                        return Err(Fault::Host);
                     };
                     if let Some(registry) = shared.registry.upgrade() {
                         registry.hibernate_least_recent();
@@ -853,8 +924,9 @@ impl Room {
                 }
                 Err((back, failure)) => {
                     self.life = Life::Hibernated(back);
+                    let fault = Fault::of(&failure);
                     self.failed("instantiate", failure);
-                    return Err(());
+                    return Err(fault);
                 }
             }
         }
@@ -867,10 +939,10 @@ impl Room {
     }
 
     /// Run one hook on the awake instance, then commit and release its output.
-    async fn run(&mut self, call: Call) -> Result<Reply, ()> {
+    async fn run(&mut self, call: Call) -> Result<Reply, Fault> {
         let hook = call.hook();
         let Life::Awake(instance) = &mut self.life else {
-            return Err(());
+            return Err(Fault::Host);
         };
         let started = Instant::now();
         let result = instance.call(call).await;
@@ -879,19 +951,27 @@ impl Room {
             Ok(reply) => reply,
             Err(failure) => {
                 instance.state().discard();
+                let fault = Fault::of(&failure);
                 self.failed(hook.label(), failure);
                 // The hooks before it in the group succeeded: theirs commit.
                 if self.group > 0 {
                     let _ = self.flush(hook).await;
                 }
                 self.hibernate();
-                return Err(());
+                return Err(fault);
             }
         };
         let state = instance.state();
         // An alarm that on-alarm handled is done, unless the hook set a new one.
         if hook == Hook::Alarm && !state.storage.alarm_touched() {
             state.storage.set_alarm(None);
+        }
+        if let Some(timer) = state.hook_mut().and_then(|h| h.timer.take()) {
+            let at = |ms: u32| tokio::time::Instant::now() + Duration::from_millis(ms.into());
+            match (timer, &mut self.timer) {
+                (None, t) => *t = None,
+                (Some(ms), t) => rearm(t, at(ms)),
+            }
         }
         if self.joins_group(hook) {
             self.state().settle();
@@ -931,7 +1011,7 @@ impl Room {
     /// their output, in order: the output gate. On a failure every one of
     /// them is undone and the instance dropped. `hook`: the last one, for
     /// the log.
-    async fn flush(&mut self, hook: Hook) -> Result<(), ()> {
+    async fn flush(&mut self, hook: Hook) -> Result<(), Fault> {
         self.group = 0;
         let state = self.state();
         let batch = state.storage.take_batch();
@@ -948,7 +1028,7 @@ impl Room {
                 self.evict(1012, "this room moved to another node; reconnect");
             }
             self.hibernate();
-            return Err(());
+            return Err(Fault::Host);
         }
         // In a cluster, a hook that wrote nothing still answers clients (a
         // read, say): only while this node holds the room. A node that
@@ -956,13 +1036,16 @@ impl Room {
         if !self.state().storage.still_held() {
             self.state().discard_all();
             self.evict(1012, "this room moved to another node; reconnect");
-            return Err(());
+            return Err(Fault::Host);
         }
         let idle = idle(&self.rx, self.idle_before);
         let metrics = self.shared.metrics.clone();
         self.state().release(&metrics, idle);
         match alarm {
-            Some(Some(at)) => self.shared.alarms.set(self.key.clone(), at, 0),
+            Some(Some(at)) => self
+                .shared
+                .alarms
+                .set(self.key.clone(), at, Attempt::default()),
             Some(None) => self.shared.alarms.clear(&self.key),
             None => {}
         }
@@ -970,31 +1053,54 @@ impl Room {
     }
 
     /// The alarm fired: run on-alarm if it is still due; retry with backoff
-    /// when it fails, and drop it after [`MAX_RETRIES`] retries.
-    async fn alarm(&mut self, retry: u32) {
+    /// when it fails, and drop it after [`MAX_RETRIES`] failures of the
+    /// guest's own. When the host could not run it, try again later
+    /// without spending a retry.
+    async fn alarm(&mut self, attempt: Attempt) {
         // The schedule may be stale: the alarm may have moved or gone since.
         let at = match self.state().storage.alarm() {
             Ok(at) => at,
             Err(e) => {
-                error!(error = %e, "cannot read the alarm; retrying");
-                self.retry_alarm(retry).await;
+                error!(error = %e, "cannot read the alarm; trying again later");
+                self.retry_alarm(attempt, Fault::Host).await;
                 return;
             }
         };
         match at {
             None => return,
             Some(at) if at > now_ms() => {
-                self.shared.alarms.set(self.key.clone(), at, retry);
+                self.shared.alarms.set(self.key.clone(), at, attempt);
                 return;
             }
             Some(_) => {}
         }
-        if self.hook(Call::Alarm(retry)).await.is_err() {
-            self.retry_alarm(retry).await;
+        if let Err(fault) = self.hook(Call::Alarm(attempt.retry)).await {
+            self.retry_alarm(attempt, fault).await;
         }
     }
 
-    async fn retry_alarm(&mut self, retry: u32) {
+    async fn retry_alarm(&mut self, attempt: Attempt, fault: Fault) {
+        if fault == Fault::Host {
+            let wait = self
+                .shared
+                .alarm_retry_ms
+                .saturating_mul(1 << attempt.stalls.min(16))
+                .min(MAX_STALL_MS);
+            warn!(
+                stalls = attempt.stalls + 1,
+                wait_ms = wait,
+                "the host could not run on-alarm; trying again later (no retry spent)"
+            );
+            let next = Attempt {
+                stalls: attempt.stalls + 1,
+                ..attempt
+            };
+            self.shared
+                .alarms
+                .set(self.key.clone(), now_ms().saturating_add(wait), next);
+            return;
+        }
+        let retry = attempt.retry;
         if retry < MAX_RETRIES {
             let backoff = self.shared.alarm_retry_ms.saturating_mul(1 << retry);
             warn!(
@@ -1002,11 +1108,13 @@ impl Room {
                 backoff_ms = backoff,
                 "on-alarm failed; retrying"
             );
-            self.shared.alarms.set(
-                self.key.clone(),
-                now_ms().saturating_add(backoff),
-                retry + 1,
-            );
+            let next = Attempt {
+                retry: retry + 1,
+                ..attempt
+            };
+            self.shared
+                .alarms
+                .set(self.key.clone(), now_ms().saturating_add(backoff), next);
             return;
         }
         error!(
@@ -1040,7 +1148,9 @@ impl Room {
                 Reply::Done
             }
             Call::Request(_) => Reply::Response(text_response(200, "builtin relay")),
-            Call::Start | Call::Close(..) | Call::Error(..) | Call::Alarm(_) => Reply::Done,
+            Call::Start | Call::Close(..) | Call::Error(..) | Call::Alarm(_) | Call::Timer => {
+                Reply::Done
+            }
         }
     }
 

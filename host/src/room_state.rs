@@ -137,6 +137,9 @@ pub struct Hook {
     /// The rooms waiting on the request being handled now, outermost first
     /// (empty unless the hook is on-request called by a room).
     pub chain: Vec<RoomKey>,
+    /// The timer the hook set (`timers.set`), for the room to arm when it
+    /// returns: `Some(None)` cancels.
+    pub timer: Option<Option<u32>>,
     /// Where the running hook began, when the hooks before it wait to
     /// share its commit (see [`RoomState::settle`]).
     mark: Option<HookMark>,
@@ -221,6 +224,11 @@ impl RoomState {
     /// The current hook's pending output, if it has any.
     pub fn hook_ref(&self) -> Option<&Hook> {
         self.hook.as_deref()
+    }
+
+    /// The same, to change.
+    pub fn hook_mut(&mut self) -> Option<&mut Hook> {
+        self.hook.as_deref_mut()
     }
 
     /// Free what the hooks of this wake used (the room is hibernating).

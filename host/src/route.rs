@@ -43,11 +43,13 @@ pub struct RoomPath {
 pub enum RouteError {
     #[error("party names match ^[a-z0-9_-]{{1,64}}$")]
     BadParty,
-    #[error("room ids are 1 to 256 bytes of UTF-8 after percent-decoding and hold no '/'")]
+    #[error(
+        "room ids are 1 to 256 bytes of UTF-8 after percent-decoding and hold no '/' and no NUL"
+    )]
     BadRoom,
     #[error("the path names no room: use /parties/:party/:room")]
     MissingRoom,
-    #[error("_pk must be 1 to 256 bytes of UTF-8")]
+    #[error("_pk must be 1 to 256 bytes of UTF-8, with no NUL")]
     BadConnectionId,
 }
 
@@ -80,13 +82,20 @@ fn room_path(party: &str, room: &str) -> Result<Route, RouteError> {
     let room = percent_decode_str(room)
         .decode_utf8()
         .map_err(|_| RouteError::BadRoom)?;
-    if room.is_empty() || room.len() > MAX_ROOM_ID || room.contains('/') {
+    if !valid_room_id(&room) {
         return Err(RouteError::BadRoom);
     }
     Ok(Route::Room(RoomPath {
         party: party.to_owned(),
         room: room.into_owned(),
     }))
+}
+
+/// Whether a (decoded) room id is 1 to 256 bytes with no '/' (it is one
+/// path segment) and no NUL (PostgreSQL's text cannot hold one, and an id
+/// must mean the same on one node and on a cluster).
+pub fn valid_room_id(room: &str) -> bool {
+    !room.is_empty() && room.len() <= MAX_ROOM_ID && !room.contains(['/', '\0'])
 }
 
 /// Whether `name` matches `^[a-z0-9_-]{1,64}$`.
@@ -109,7 +118,7 @@ pub fn connection_id(query: Option<&str>) -> Result<Option<String>, RouteError> 
         let id = percent_decode_str(&value)
             .decode_utf8()
             .map_err(|_| RouteError::BadConnectionId)?;
-        if id.is_empty() || id.len() > MAX_CONNECTION_ID {
+        if id.is_empty() || id.len() > MAX_CONNECTION_ID || id.contains('\0') {
             return Err(RouteError::BadConnectionId);
         }
         return Ok(Some(id.into_owned()));
@@ -146,6 +155,7 @@ mod tests {
         assert_eq!(parse("/parties/main/"), Err(RouteError::BadRoom));
         assert_eq!(parse("/parties/main/a%2Fb"), Err(RouteError::BadRoom));
         assert_eq!(parse("/parties/main/%FF"), Err(RouteError::BadRoom));
+        assert_eq!(parse("/parties/main/a%00b"), Err(RouteError::BadRoom));
         assert_eq!(parse("/parties/main"), Err(RouteError::MissingRoom));
         let long = "x".repeat(257);
         assert_eq!(

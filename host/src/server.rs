@@ -155,11 +155,14 @@ async fn serve_connection(
 }
 
 async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     host: Arc<Host>,
     peer: SocketAddr,
     port: Port,
 ) -> Response<Body> {
+    // A client cannot pass for a node: from here on, the node markers are
+    // trusted by their presence.
+    forward::admit(&mut req, host.cluster().map(|c| &**c));
     let route = route::parse(req.uri().path());
     match (&route, port) {
         (Ok(Route::Health | Route::Metrics), Port::Metrics) => {}
@@ -185,7 +188,7 @@ async fn handle(
             };
             text(status, e.to_string())
         }
-        Ok(Route::Health) => text(StatusCode::OK, "ok".into()),
+        Ok(Route::Health) => health(&host),
         Ok(Route::Metrics) => {
             let mut r = text(StatusCode::OK, host.render_metrics());
             r.headers_mut().insert(
@@ -210,7 +213,7 @@ async fn handle(
                     Ok(Owner::Remote(addr)) => {
                         cluster.metrics.forwards.fetch_add(1, Relaxed);
                         let limit = host.limits_for(&path.party).message_bytes;
-                        return forward::forward(req, &addr, cluster.node_id(), limit).await;
+                        return forward::forward(req, &addr, cluster, limit).await;
                     }
                     Err(e) => {
                         warn!(error = %e, "cannot route a room's request");
@@ -227,6 +230,26 @@ async fn handle(
                 request(req, host, path).await
             }
         }
+    }
+}
+
+/// `/_dormouse/health`: 200 `ok` while this node can serve rooms, else 503
+/// with the reason, so a balancer's check (HAProxy's `httpchk`) sends the
+/// clients elsewhere: a node shutting down, or in a cluster one that is not
+/// a live member (joining, or self-fenced when its lease lapsed).
+fn health(host: &Host) -> Response<Body> {
+    let why = if host.shutdown().is_cancelled() {
+        Some("draining: this node is shutting down")
+    } else if host.cluster().is_some_and(|c| !c.is_live()) {
+        Some(
+            "not a live member of the cluster (joining, or fenced: its lease lapsed); it serves no room",
+        )
+    } else {
+        None
+    };
+    match why {
+        Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, why.into()),
+        None => text(StatusCode::OK, "ok".into()),
     }
 }
 

@@ -6,10 +6,14 @@
 //! are `trappable` so a host function can end a guest that breaks the
 //! contract beyond what a WIT error can say. Exports are async so hooks run on
 //! a fiber that yields to tokio at every epoch tick (see `instance.rs`).
+//!
+//! The host binds `room-core`, the world without `timer-hooks`, so a
+//! component built before timers still loads; `instance.rs` looks
+//! `on-timer` up by name.
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "room",
+    world: "room-core",
     imports: {
         "dormouse:room/rooms.fetch": async | trappable,
         default: trappable,
@@ -18,13 +22,14 @@ wasmtime::component::bindgen!({
 });
 
 /// The WIT files themselves, for toolchains that read WIT (componentize-js).
-pub const SOURCES: [(&str, &str); 8] = [
+pub const SOURCES: [(&str, &str); 9] = [
     ("alarm.wit", include_str!("../../wit/alarm.wit")),
     ("connections.wit", include_str!("../../wit/connections.wit")),
     ("context.wit", include_str!("../../wit/context.wit")),
     ("hooks.wit", include_str!("../../wit/hooks.wit")),
     ("rooms.wit", include_str!("../../wit/rooms.wit")),
     ("storage.wit", include_str!("../../wit/storage.wit")),
+    ("timers.wit", include_str!("../../wit/timers.wit")),
     ("types.wit", include_str!("../../wit/types.wit")),
     ("world.wit", include_str!("../../wit/world.wit")),
 ];

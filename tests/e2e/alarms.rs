@@ -117,3 +117,28 @@ async fn an_alarm_that_always_traps_is_dropped_after_six_retries() {
     assert!(server.host.alarms().is_empty());
     server.stop().await;
 }
+
+/// An alarm that falls due while its party is left out of the config (one
+/// restart without it) is the host's failure, not the guest's: it waits,
+/// spending none of the six retries, and rings once the party is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_outlives_a_restart_without_its_party() {
+    let mut options = Options::main("alarm-clock").idle(50);
+    // Six retries of the guest's would be spent in 1.3 s.
+    options.limits.alarm_retry_ms = 20;
+    let server = Server::start(options).await;
+    let (status, _) = server
+        .http("POST", "/parties/main/kitchen?in_ms=200", "")
+        .await;
+    assert_eq!(status, 202);
+    let mut options = server.stop().await;
+    let parties = std::mem::replace(&mut options.parties, vec![("other", "probe")]);
+    let server = Server::start(options).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(server.host.alarms().len(), 1, "the alarm is still there");
+    let mut options = server.stop().await;
+    options.parties = parties;
+    let server = Server::start(options).await;
+    wait_body(&server, "/parties/main/kitchen", "1").await;
+    server.stop().await;
+}

@@ -35,6 +35,11 @@ async fn on_request_and_host_endpoints() {
     assert!(body.contains("party names"), "{body}");
     let (status, _) = server.http("GET", "/parties/main/a%2Fb", "").await;
     assert_eq!(status, 400);
+    // A NUL could not be stored in a cluster's PostgreSQL: refused the same
+    // way on every node.
+    let (status, body) = server.http("GET", "/parties/main/a%00b", "").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("no NUL"), "{body}");
     let (status, _) = server.http("GET", "/_dormouse/nothing", "").await;
     assert_eq!(status, 404);
 

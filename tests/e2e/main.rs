@@ -15,5 +15,6 @@ mod lifecycle;
 mod partysocket;
 mod races;
 mod relay;
+mod timers;
 mod typescript;
 mod yjs;

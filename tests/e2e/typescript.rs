@@ -176,3 +176,34 @@ async fn a_hook_that_never_settles_commits_nothing() {
     assert_eq!(server.metric(traps).await, 1.0);
     server.stop().await;
 }
+
+/// Timers as PartyKit's cursors example uses them: updates batched and
+/// flushed by a `setInterval` every 16 ms, a close flushed as a `remove`,
+/// an `await` on `setTimeout` inside a hook, and an async callback whose
+/// write commits. Every timer is due past the idle timeout (10 ms): only
+/// the pending timer keeps the room, and its memory, awake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_fire_as_on_partykit() {
+    let server = Server::start(Options::main("surface-ts").idle(10)).await;
+    let mut a = server.ws("/parties/main/c?_pk=a").await;
+    let mut b = server.ws("/parties/main/c?_pk=b").await;
+    send_text(&mut a, "cursor:1").await;
+    assert_eq!(recv_text(&mut a).await, "batch a:1");
+    assert_eq!(recv_text(&mut b).await, "batch a:1");
+    // The second update of a batching server (it never came before timers).
+    send_text(&mut a, "cursor:2").await;
+    assert_eq!(recv_text(&mut b).await, "batch a:2");
+    assert_eq!(recv_text(&mut a).await, "batch a:2");
+    // A client that leaves: the others hear of it, cursor included.
+    drop(b);
+    assert!(recv_text(&mut a).await.starts_with("closed b "));
+    assert_eq!(recv_text(&mut a).await, "batch remove b");
+
+    assert_eq!(ask(&mut a, "sleep:30").await, "slept");
+    send_text(&mut a, "later:200").await;
+    assert_eq!(recv_text(&mut a).await, "later 1");
+    assert_eq!(ask(&mut a, "get:later").await, "true");
+    // None pending now: the room hibernates.
+    server.wait_metric(HIBERNATED, 1.0).await;
+    server.stop().await;
+}

@@ -5,7 +5,6 @@ A room is a module (``app.py``) with a ``Server`` class::
     import dormouse
 
     class Server(dormouse.Server):
-        @_reported("on-message")
         def on_message(self, message, sender):
             count = (self.room.storage.get("count") or 0) + 1
             self.room.storage.put("count", count)
@@ -28,6 +27,7 @@ from wit_world.imports import connections as _connections
 from wit_world.imports import context as _context
 from wit_world.imports import rooms as _rooms
 from wit_world.imports import storage as _storage
+from wit_world.imports import timers as _timers
 from wit_world.imports import types as _types
 
 __all__ = ["Server", "Room", "Connection", "Storage", "Request", "Response", "serve"]
@@ -251,6 +251,17 @@ class Room:
         r = _call(_rooms.fetch, party, room, request)
         return Response(bytes(r.body), r.status, dict(r.headers))
 
+    def set_timer(self, after_ms: int) -> None:
+        """Run ``on_timer`` once, ``after_ms`` from now, replacing the time
+        set before. Unlike the alarm it is kept in memory: the room stays
+        awake until it fires (up to the host's ``timers_awake_ms`` past its
+        last event that was not a timer), so the Server's fields are still
+        there; it goes when the room hibernates."""
+        _timers.set(max(0, min(int(after_ms), 2**32 - 1)))
+
+    def cancel_timer(self) -> None:
+        _timers.set(None)
+
 
 def log(message: str, level: str = "info") -> None:
     """A line in the room's log (``dormouse tail``)."""
@@ -287,6 +298,9 @@ class Server:
 
     def on_alarm(self) -> None: ...
 
+    def on_timer(self) -> None:
+        """The time set with ``room.set_timer`` came."""
+
 
 def _reported(hook: str):
     """A hook whose exception is logged with its traceback before it traps
@@ -311,8 +325,9 @@ def _reported(hook: str):
 
 
 def serve(server_class):
-    """The ``Hooks`` export componentize-py wants, for a Server class (the
-    build writes ``Hooks = dormouse.serve(Server)``)."""
+    """The ``Hooks`` and ``TimerHooks`` exports componentize-py wants, for a
+    Server class (the build writes ``Hooks, TimerHooks =
+    dormouse.serve(Server)``)."""
     from wit_world import exports
 
     state = {"server": None}
@@ -339,6 +354,7 @@ def serve(server_class):
             if refusal is not None:
                 raise Err(refusal._to_wit())
 
+        @_reported("on-message")
         def on_message(self, conn, message) -> None:
             room().on_message(_from_wit(message), Connection(conn))
 
@@ -358,4 +374,9 @@ def serve(server_class):
         def on_alarm(self, retry_count) -> None:
             room().on_alarm()
 
-    return Hooks
+    class TimerHooks(exports.TimerHooks):
+        @_reported("on-timer")
+        def on_timer(self) -> None:
+            room().on_timer()
+
+    return Hooks, TimerHooks

@@ -99,7 +99,9 @@ const SCHEMA: &str = "
         party text NOT NULL, version integer NOT NULL, hash text NOT NULL,
         size bigint NOT NULL, created_ms bigint NOT NULL, token text NOT NULL,
         PRIMARY KEY (party, version));
-    CREATE TABLE IF NOT EXISTS parties (party text PRIMARY KEY, version integer NOT NULL);";
+    CREATE TABLE IF NOT EXISTS parties (party text PRIMARY KEY, version integer NOT NULL);
+    CREATE TABLE IF NOT EXISTS cluster_secret (
+        id integer PRIMARY KEY CHECK (id = 1), secret text NOT NULL);";
 
 /// A room's owner is live while its incarnation's lease has not expired,
 /// in the database's clock (never two machines' clocks compared).
@@ -127,6 +129,10 @@ pub struct Cluster {
     /// Notified when this node self-fences: the host then closes every
     /// room's sockets with 1012.
     fenced: Notify,
+    /// The key nodes sign their requests to each other with
+    /// ([`crate::forward`]): made by the first node, kept in PostgreSQL,
+    /// which every node already trusts.
+    secret: String,
     pub metrics: ClusterMetrics,
 }
 
@@ -201,6 +207,23 @@ impl Cluster {
             .batch_execute(&format!("BEGIN; {SCHEMA} COMMIT;"))
             .await
             .context("cannot create the cluster schema")?;
+        let fresh = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        client
+            .execute(
+                "INSERT INTO cluster_secret VALUES (1, $1) ON CONFLICT DO NOTHING",
+                &[&fresh],
+            )
+            .await
+            .context("cannot make the cluster's secret")?;
+        let secret: String = client
+            .query_one("SELECT secret FROM cluster_secret WHERE id = 1", &[])
+            .await
+            .context("cannot read the cluster's secret")?
+            .get(0);
         let (commits, rx) = mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             shared,
@@ -210,6 +233,7 @@ impl Cluster {
             live: AtomicBool::new(false),
             owned: Mutex::default(),
             fenced: Notify::new(),
+            secret,
             metrics: ClusterMetrics::default(),
             config,
         });
@@ -221,6 +245,11 @@ impl Cluster {
 
     pub fn node_id(&self) -> &str {
         &self.config.node_id
+    }
+
+    /// The key of node-to-node signatures.
+    pub fn secret(&self) -> &str {
+        &self.secret
     }
 
     fn ttl(&self) -> Duration {

@@ -10,6 +10,7 @@ mod connections;
 mod context;
 mod rooms;
 mod storage;
+mod timers;
 
 use crate::room_state::RoomState;
 use crate::wit::Error;

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::forward;
 use crate::room_state::RoomState;
 use crate::route::{self, RoomKey};
 use crate::wit::dormouse::room::rooms::Host;
@@ -26,11 +27,13 @@ impl Host for RoomState {
                 "no party named {party:?} is deployed"
             ))));
         }
-        if room.is_empty() || room.len() > route::MAX_ROOM_ID || room.contains('/') {
+        if !route::valid_room_id(&room) {
             return Ok(Err(Error::Invalid(
-                "room ids are 1 to 256 bytes and hold no '/'".into(),
+                "room ids are 1 to 256 bytes and hold no '/' and no NUL".into(),
             )));
         }
+        // Only nodes send `x-dormouse-*` headers (`forward.rs`).
+        request.headers.retain(|(name, _)| !forward::reserved(name));
         if request.body.len() > self.limits.message_bytes {
             return Ok(Err(Error::TooLarge(format!(
                 "request bodies are limited to {} bytes",

@@ -22,13 +22,24 @@ impl From<StorageError> for Error {
 
 impl RoomState {
     fn check_key(&self, key: &str) -> Result<(), Error> {
-        check_size("key", key.len(), self.limits.key_bytes)
+        check_size("key", key.len(), self.limits.key_bytes)?;
+        no_nul(key)
     }
 
     fn check_entry(&self, key: &str, value: &[u8]) -> Result<(), Error> {
         self.check_key(key)?;
         check_size("value", value.len(), self.limits.value_bytes)
     }
+}
+
+/// Keys hold no NUL: PostgreSQL's text cannot, and a key must mean the same
+/// on one node and on a cluster (where one would fail the whole group's
+/// commit, not just this call).
+fn no_nul(key: &str) -> Result<(), Error> {
+    if key.contains('\0') {
+        return Err(Error::Invalid("storage keys hold no NUL character".into()));
+    }
+    Ok(())
 }
 
 fn check_many(n: usize) -> Result<(), Error> {
@@ -108,6 +119,11 @@ impl Host for RoomState {
     }
 
     fn list(&mut self, o: wit::ListOptions) -> wasmtime::Result<Result<Vec<wit::Entry>, Error>> {
+        for bound in [&o.prefix, &o.start, &o.end].into_iter().flatten() {
+            if let Err(e) = no_nul(bound) {
+                return Ok(Err(e));
+            }
+        }
         let options = ListOptions {
             prefix: o.prefix,
             start: o.start,
@@ -149,6 +165,35 @@ mod tests {
             s.get_many(many).expect("no trap"),
             Err(Error::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn keys_with_nul_are_refused_and_write_nothing() {
+        let mut s = room_state();
+        let entries = vec![
+            ("ok".to_string(), vec![1]),
+            ("item:\0".to_string(), vec![2]),
+        ];
+        assert!(matches!(
+            s.put_many(entries).expect("no trap"),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            s.get("a\0b".into()).expect("no trap"),
+            Err(Error::Invalid(_))
+        ));
+        let options = wit::ListOptions {
+            prefix: Some("\0".into()),
+            start: None,
+            end: None,
+            limit: None,
+            reverse: false,
+        };
+        assert!(matches!(
+            s.list(options).expect("no trap"),
+            Err(Error::Invalid(_))
+        ));
+        assert_eq!(s.get("ok".into()).expect("no trap").expect("ok"), None);
     }
 
     #[test]

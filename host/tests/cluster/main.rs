@@ -295,6 +295,62 @@ async fn three_nodes_behind_haproxy_lose_nothing_through_every_fault() {
     assert!(claims.len() > ROOMS, "no room ever moved: {summary}");
 }
 
+/// A stall of PostgreSQL (SIGSTOP, for three TTLs) while clients write:
+/// every node's health leaves 200 (so HAProxy stops sending it clients it
+/// cannot serve), every node serves again once PostgreSQL is back, and no
+/// acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_leaves_200_while_postgresql_stalls_and_nothing_is_lost() {
+    const ROOMS: usize = 20;
+    let rig = Rig::with(3, 3, true, false, None).await;
+    let load = Workload::start(rig.lb.port, ROOMS, 40, PAUSE, 7);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for node in &rig.nodes {
+        let (status, body) = http(&node.addr(), "GET", "/_dormouse/health", b"").await;
+        assert_eq!((status, body.trim()), (200, "ok"));
+    }
+    rig.pg.pause();
+    let until = Instant::now() + Duration::from_millis(3 * TTL_MS);
+    let mut left = [false; 3];
+    while Instant::now() < until {
+        for (i, node) in rig.nodes.iter().enumerate() {
+            let (status, body) = http(&node.addr(), "GET", "/_dormouse/health", b"").await;
+            if status == 503 {
+                assert!(body.contains("not a live member"), "{body}");
+                left[i] = true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    rig.pg.resume();
+    assert_eq!(
+        left, [true; 3],
+        "every node's health left 200 during the stall"
+    );
+    for node in &rig.nodes {
+        let (status, body) =
+            eventually(&node.addr(), "GET", "/_dormouse/health", |s, _| s == 200).await;
+        assert_eq!(status, 200, "{} serves again: {body}", node.spec.id);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let history = load.stop().await;
+    let fin = rig.final_lists(ROOMS).await;
+    let (commits, claims) = rig.audit().await;
+    let violations = checker::check(&history, &fin, &commits, &claims);
+    assert!(
+        violations.is_empty(),
+        "{} violations:\n{}\n{}",
+        violations.len(),
+        violations[..violations.len().min(20)].join("\n"),
+        rig.logs()
+    );
+    let acked = history.iter().filter(|o| o.complete.is_some()).count();
+    assert!(
+        acked > 100,
+        "the clients did too little to show anything: {acked}"
+    );
+}
+
 /// A socket to one node directly (not through HAProxy), and its first answer.
 async fn direct(node: &Node, room: &str) -> workload::Ws {
     let url = format!("ws://{}/parties/ledger/{room}", node.addr());

@@ -175,6 +175,44 @@ impl Postgres {
         }
     }
 
+    /// SIGSTOP the server and every backend: PostgreSQL hangs with its
+    /// connections open (a stall, which no error reports), until
+    /// [`Postgres::resume`].
+    pub fn pause(&self) {
+        for pid in self.family() {
+            kill(pid, "STOP");
+        }
+    }
+
+    pub fn resume(&self) {
+        for pid in self.family() {
+            kill(pid, "CONT");
+        }
+    }
+
+    /// The postmaster and its children (the backends), from `/proc`.
+    fn family(&self) -> Vec<u32> {
+        let Some(root) = self.child.as_ref().and_then(|c| c.id()) else {
+            return Vec::new();
+        };
+        let mut pids = vec![root];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // After the command name's closing parenthesis: state, then ppid.
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split(' ').nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(root) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
     /// kill -9 the postmaster: its backends exit, as in a crash.
     pub async fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -204,10 +242,14 @@ impl Drop for Postgres {
 /// Send a signal by name to a child.
 pub fn signal(child: &Child, name: &str) {
     if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid.to_string()])
-            .status();
+        kill(pid, name);
     }
+}
+
+fn kill(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status();
 }
 
 pub struct Haproxy {

@@ -19,6 +19,10 @@
 //!   or `alarm`. The host must undo the change;
 //! - `has:K`: whether storage holds key K;
 //! - `close:CODE:REASON`: close this connection with that code and reason;
+//! - `timer:MS:K`: set the timer MS ahead, K times in a row (0: for ever);
+//!   each on-timer broadcasts `tick:N` (N counted in guest memory, so it
+//!   restarts at 1 in a new instance) and records N in storage (`ticks`);
+//!   `timer-off` cancels; `timer-panic` makes the next on-timer panic;
 //! - anything else: echoed back.
 //!
 //! On connect: `?reject=1` refuses with HTTP 401; `?tag=T` tags the connection.
@@ -33,14 +37,22 @@
 //!   on as its own call target) and answer with what it answered;
 //! - otherwise: `probe PARTY/ROOM`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dormouse_sdk::{
     Connection, Message, Request, Response, Room, alarm, connections, context, rooms, storage,
+    timers,
 };
 
 #[derive(Default)]
-struct Probe;
+struct Probe {
+    /// On-timer calls in this instance.
+    ticks: u64,
+    /// What `timer:MS:K` asked: every MS, K more times (0: for ever).
+    every: u64,
+    left: Option<u64>,
+    panic_on_timer: bool,
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -176,6 +188,14 @@ impl Room for Probe {
                 Err(e) => format!("error: {e}"),
             },
             "panic" => panic!("the probe was asked to panic"),
+            "timer-off" => {
+                timers::cancel();
+                "timer off".into()
+            }
+            "timer-panic" => {
+                self.panic_on_timer = true;
+                "armed".into()
+            }
             // On Wasm, `abort` is the `unreachable` instruction.
             "unreachable" => std::process::abort(),
             "loop" => spin(),
@@ -211,6 +231,12 @@ impl Room for Probe {
                         Ok(()) => return,
                         Err(e) => format!("error: {e}"),
                     }
+                } else if let Some(rest) = other.strip_prefix("timer:") {
+                    let (ms, times) = rest.split_once(':').unwrap_or((rest, "1"));
+                    self.every = ms.parse().unwrap_or(0);
+                    self.left = times.parse().ok().filter(|&k| k > 0);
+                    timers::set(Duration::from_millis(self.every));
+                    "timer set".into()
                 } else if let Some(k) = other.strip_prefix("has:") {
                     storage::get(k).ok().flatten().is_some().to_string()
                 } else if let Some(k) = other.strip_prefix("var:") {
@@ -228,6 +254,25 @@ impl Room for Probe {
             }
         };
         let _ = conn.send_text(&reply);
+    }
+
+    fn on_timer(&mut self) {
+        if self.panic_on_timer {
+            panic!("on-timer was asked to panic");
+        }
+        self.ticks += 1;
+        storage::put_json("ticks", &self.ticks).expect("a small value fits");
+        let _ = connections::broadcast(Message::Text(format!("tick:{}", self.ticks)), &[]);
+        let again = match &mut self.left {
+            None => true,
+            Some(left) => {
+                *left -= 1;
+                *left > 0
+            }
+        };
+        if again {
+            timers::set(Duration::from_millis(self.every));
+        }
     }
 
     fn on_close(&mut self, conn: &Connection, code: u16, _reason: &str, was_clean: bool) {

@@ -9,6 +9,13 @@
 //   hang             -> puts `doomed` = true, then awaits what never settles
 //   types            -> stores values JSON cannot say, reads them back
 //   fetch:ROOM       -> another room's onRequest, through context.parties
+//   cursor:X         -> batched as PartyKit's cursors example does: a
+//                       setInterval flushes `batch ID:X,...` every 16 ms to
+//                       everyone (a close adds `remove ID`), and clears
+//                       itself when a flush finds nothing
+//   sleep:MS         -> awaits setTimeout within the hook, then `slept`
+//   later:MS         -> an async setTimeout callback that puts `later` and
+//                       broadcasts `later N`, N counting in memory
 // ?tag=T sets the connection's tag; ?throw=1 makes onConnect throw; the
 // keys doom-close and doom-alarm, when true, make onClose and onAlarm throw.
 import type * as Party from "dormouse";
@@ -16,7 +23,26 @@ import type * as Party from "dormouse";
 type State = { n: number };
 
 export default class Surface implements Party.Server {
+  pending: string[] = [];
+  flusher: ReturnType<typeof setInterval> | undefined;
+  laters = 0;
+
   constructor(readonly room: Party.Room) {}
+
+  batch(update: string) {
+    this.pending.push(update);
+    this.flusher ??= setInterval(() => this.flush(), 16);
+  }
+
+  flush() {
+    if (this.pending.length === 0) {
+      clearInterval(this.flusher);
+      this.flusher = undefined;
+      return;
+    }
+    this.room.broadcast(`batch ${this.pending.join(",")}`);
+    this.pending = [];
+  }
 
   getConnectionTags(_conn: Party.Connection, ctx: Party.ConnectionContext) {
     const tag = new URL(ctx.request.url).searchParams.get("tag");
@@ -91,6 +117,19 @@ export default class Surface implements Party.Server {
         sender.send(`types ${ok.join(",")} ${many.size} ${[...listed.keys()].join()}`);
         break;
       }
+      case "cursor":
+        this.batch(`${sender.id}:${arg}`);
+        break;
+      case "sleep":
+        await new Promise((resolve) => setTimeout(resolve, Number(arg)));
+        sender.send("slept");
+        break;
+      case "later":
+        setTimeout(async () => {
+          await storage.put("later", true);
+          this.room.broadcast(`later ${++this.laters}`);
+        }, Number(arg));
+        break;
       case "fetch": {
         const res = await this.room.context.parties.main.get(arg).fetch("/hello", { method: "POST", body: "ping" });
         sender.send(`fetched ${res.status} ${await res.text()}`);
@@ -101,6 +140,7 @@ export default class Surface implements Party.Server {
 
   async onClose(conn: Party.Connection, code: number) {
     this.room.broadcast(`closed ${conn.id} ${code}`);
+    this.batch(`remove ${conn.id}`);
     if (await this.room.storage.get("doom-close")) throw new Error("onClose throws");
   }
 

@@ -1,0 +1,35 @@
+"""Ticker: a test guest for the Python SDK's timer (tests/e2e/timers.rs).
+
+``tick:MS:K`` sets the timer MS ahead, K times in a row; each ``on_timer``
+broadcasts ``tick N``, N counted in the Server's memory (so it restarts at 1
+in a new instance), and stores N under ``ticks``. ``starts`` answers how
+many times ``on_start`` ran in this room (counted in storage).
+"""
+
+import dormouse
+
+
+class Server(dormouse.Server):
+    ticks = 0
+    every = 0
+    left = 0
+
+    def on_start(self):
+        self.room.storage.put("starts", (self.room.storage.get("starts") or 0) + 1)
+
+    def on_message(self, message, sender):
+        if message == "starts":
+            sender.send(str(self.room.storage.get("starts")))
+        elif message.startswith("tick:"):
+            _, ms, times = message.split(":")
+            self.every, self.left = int(ms), int(times)
+            self.room.set_timer(self.every)
+            sender.send("timer set")
+
+    def on_timer(self):
+        self.ticks += 1
+        self.room.storage.put("ticks", self.ticks)
+        self.room.broadcast(f"tick {self.ticks}")
+        self.left -= 1
+        if self.left > 0:
+            self.room.set_timer(self.every)
