@@ -1,5 +1,5 @@
-//! The wall clock, in the unit alarms and logs use, and a tick many tasks
-//! share.
+//! The wall clock, in the unit alarms and logs use; a clock that counts
+//! suspended time, for lease deadlines; and a tick many tasks share.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,6 +12,60 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A point on a clock that keeps counting while the machine is suspended
+/// (Linux's CLOCK_BOOTTIME). A lease deadline on the monotonic clock, which
+/// stops during a VM or system suspend, would let a node wake after its
+/// lease expired and still think it live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BootInstant(Duration);
+
+impl BootInstant {
+    pub fn now() -> BootInstant {
+        BootInstant(boottime())
+    }
+
+    /// How long until this point; zero once it has passed.
+    pub fn remaining(self) -> Duration {
+        self.0.saturating_sub(boottime())
+    }
+}
+
+impl std::ops::Add<Duration> for BootInstant {
+    type Output = BootInstant;
+
+    fn add(self, d: Duration) -> BootInstant {
+        BootInstant(self.0 + d)
+    }
+}
+
+impl std::ops::Sub<Duration> for BootInstant {
+    type Output = BootInstant;
+
+    fn sub(self, d: Duration) -> BootInstant {
+        BootInstant(self.0.saturating_sub(d))
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn boottime() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_BOOTTIME exists on
+    // every Linux since 2.6.39, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Elsewhere, the monotonic clock (since the first call).
+#[cfg(not(target_os = "linux"))]
+fn boottime() -> Duration {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed()
 }
 
 /// A periodic tick that many tasks wait on together: one timer for all the

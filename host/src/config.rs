@@ -67,8 +67,10 @@ pub struct ClusterConfig {
     /// are claimable this long after its last renewal.
     #[serde(default = "default_lease_ttl_ms")]
     pub lease_ttl_ms: u64,
-    /// Record every commit's (epoch, seq, node) in `commit_log`, for the
-    /// history checker (`dormouse-cluster-check`). Off in production.
+    /// Record every commit's (epoch, seq, node) in `commit_log` and every
+    /// claim in `ownership_log`, for the history checker
+    /// (`dormouse-cluster-check`). Off in production: both grow by a row
+    /// per commit or claim.
     #[serde(default)]
     pub audit: bool,
     /// Test-only: a node that trusts its own belief that it holds a room:
@@ -85,16 +87,27 @@ fn default_lease_ttl_ms() -> u64 {
 
 impl ClusterConfig {
     /// The defaults of what was left out: `advertise` is the listen
-    /// address, and `node_id` the advertised address.
-    pub fn resolved(&self, listen: SocketAddr) -> ClusterConfig {
+    /// address, and `node_id` the advertised address. An address other
+    /// nodes cannot reach (0.0.0.0, `::`) is refused: every node would
+    /// share one id and forward to itself.
+    pub fn resolved(&self, listen: SocketAddr) -> anyhow::Result<ClusterConfig> {
         let mut c = self.clone();
         if c.advertise.is_empty() {
             c.advertise = listen.to_string();
         }
+        if c.advertise
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.ip().is_unspecified())
+        {
+            bail!(
+                "the cluster address {} is not one other nodes can reach: set [cluster] advertise (or --advertise) to this node's own address",
+                c.advertise
+            );
+        }
         if c.node_id.is_empty() {
             c.node_id = c.advertise.clone();
         }
-        c
+        Ok(c)
     }
 }
 
@@ -480,10 +493,22 @@ mod tests {
             .cluster
             .as_ref()
             .expect("cluster")
-            .resolved(config.listen);
+            .resolved(config.listen)
+            .expect("a routable listen address");
         assert_eq!(
             (c.advertise.as_str(), c.node_id.as_str(), c.lease_ttl_ms),
             ("127.0.0.1:2001", "127.0.0.1:2001", 10_000)
+        );
+        // Listening on every interface says nothing of where peers reach it.
+        let every = config.cluster.as_ref().expect("cluster");
+        let refused = every
+            .resolved("0.0.0.0:1999".parse().expect("an address"))
+            .expect_err("0.0.0.0 is refused");
+        assert!(refused.to_string().contains("advertise"), "{refused}");
+        assert!(
+            every
+                .resolved("[::]:1999".parse().expect("an address"))
+                .is_err()
         );
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -123,7 +123,7 @@ impl Host {
     pub async fn open(config: Config) -> anyhow::Result<Arc<Host>> {
         config.validate()?;
         let cluster = match &config.cluster {
-            Some(c) => Some(Cluster::join(c.resolved(config.listen)).await?),
+            Some(c) => Some(Cluster::join(c.resolved(config.listen)?).await?),
             None => None,
         };
         // Compiling the parties takes a while: off the runtime's workers.

@@ -20,10 +20,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{Notify, mpsc};
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 use tokio_postgres::{Client, NoTls};
 use tracing::{error, info, warn};
 
+use crate::clock::BootInstant;
 use crate::config::ClusterConfig;
 use crate::metrics::ClusterMetrics;
 use crate::route::RoomKey;
@@ -121,8 +122,8 @@ pub struct Cluster {
     commits: mpsc::UnboundedSender<Commit>,
     incarnation: AtomicU64,
     /// Until when this node may serve: `t_send + TTL - margin` of the last
-    /// renewal, on the monotonic clock.
-    deadline: Mutex<Instant>,
+    /// renewal, on a clock that counts suspended time.
+    deadline: Mutex<BootInstant>,
     live: AtomicBool,
     /// Rooms this node claimed and has not released: their epochs.
     owned: Mutex<HashMap<RoomKey, i64>>,
@@ -229,7 +230,7 @@ impl Cluster {
             shared,
             commits,
             incarnation: AtomicU64::new(0),
-            deadline: Mutex::new(Instant::now()),
+            deadline: Mutex::new(BootInstant::now()),
             live: AtomicBool::new(false),
             owned: Mutex::default(),
             fenced: Notify::new(),
@@ -266,7 +267,7 @@ impl Cluster {
     /// negative control without fences: a node that trusts its belief.)
     pub fn is_live(&self) -> bool {
         self.config.unfenced_writes
-            || (self.live.load(Relaxed) && Instant::now() < *lock(&self.deadline))
+            || (self.live.load(Relaxed) && BootInstant::now() < *lock(&self.deadline))
     }
 
     /// Resolves when this node self-fences.
@@ -303,7 +304,7 @@ impl Cluster {
                 _ => break,
             }
         }
-        let t_send = Instant::now();
+        let t_send = BootInstant::now();
         let ttl_ms = self.config.lease_ttl_ms as f64;
         let row = pg
             .get()
@@ -345,24 +346,26 @@ impl Cluster {
             let deadline = *lock(&self.deadline);
             tokio::select! {
                 () = tokio::time::sleep(self.ttl() / 3) => {}
-                () = tokio::time::sleep_until(deadline) => {}
+                () = tokio::time::sleep(deadline.remaining()) => {}
             }
             // First: a node that slept past its deadline (paused, or its
             // renewals failed) must not extend it, whatever the database
             // would now say: another node may have claimed its rooms.
-            if self.live.load(Relaxed) && Instant::now() >= *lock(&self.deadline) {
+            if self.live.load(Relaxed) && BootInstant::now() >= *lock(&self.deadline) {
                 self.self_fence();
             }
             if self.live.load(Relaxed) {
                 // Read before sending: the lease the database grants starts
                 // no earlier than this.
-                let t_send = Instant::now();
+                let t_send = BootInstant::now();
                 let renewed = bounded(&pg, async {
                     let client = pg.get().await?;
                     let n = client
                         .execute(
+                            // Never revive a lease that expired in the
+                            // database's time: its rooms may be claimed.
                             "UPDATE nodes SET lease_expires = now() + make_interval(secs => $3::float8 / 1000)
-                             WHERE node_id = $1 AND incarnation = $2",
+                             WHERE node_id = $1 AND incarnation = $2 AND lease_expires > now()",
                             &[&self.config.node_id, &self.inc(), &ttl_ms],
                         )
                         .await?;
@@ -375,13 +378,15 @@ impl Cluster {
                         *d = (*d).max(t_send + self.ttl() - self.margin());
                     }
                     Ok(false) => {
-                        error!("this node's incarnation was replaced; leaving the cluster");
+                        error!(
+                            "this node's lease expired or its incarnation was replaced; leaving the cluster"
+                        );
                         self.self_fence();
                     }
                     Err(e) => warn!(error = %e, "cannot renew the lease"),
                 }
             }
-            if self.live.load(Relaxed) && Instant::now() >= *lock(&self.deadline) {
+            if self.live.load(Relaxed) && BootInstant::now() >= *lock(&self.deadline) {
                 self.self_fence();
             }
             if !self.live.load(Relaxed)

@@ -65,7 +65,8 @@ impl Cluster {
                     &[&party, &room],
                 )
                 .await?;
-            // One statement: the claim and its audit row commit together.
+            // One statement: the claim and its audit row (only with
+            // `audit`: it grows by a row per claim) commit together.
             let row = client
                 .query_opt(
                     &format!(
@@ -79,10 +80,10 @@ impl Cluster {
                                   OR NOT {LIVE_OWNER})
                            RETURNING r.epoch, r.alarm_ms),
                          l AS (INSERT INTO ownership_log (party, room, epoch, node_id, inc)
-                               SELECT $1, $2, epoch, $3, $4 FROM c)
+                               SELECT $1, $2, epoch, $3, $4 FROM c WHERE $5)
                          SELECT epoch, alarm_ms FROM c"
                     ),
-                    &[&party, &room, me, &inc],
+                    &[&party, &room, me, &inc, &self.config.audit],
                 )
                 .await?;
             let Some(row) = row else { return Ok(None) };

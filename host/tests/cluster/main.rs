@@ -84,6 +84,7 @@ impl Rig {
                 unfenced,
                 clustered,
                 faketime: skew.filter(|_| i + 1 == running).map(str::to_owned),
+                audit: true,
             };
             links.push(l);
             if i < running {
@@ -349,6 +350,74 @@ async fn health_leaves_200_while_postgresql_stalls_and_nothing_is_lost() {
         acked > 100,
         "the clients did too little to show anything: {acked}"
     );
+}
+
+/// A lease that expired in the database's time is never renewed back to
+/// life (another node may already hold its rooms): the node leaves, its
+/// sockets close with 1012, and it joins again as a new incarnation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_not_revived() {
+    use futures_util::StreamExt;
+    let rig = Rig::with(1, 1, true, false, None).await;
+    let mut ws = direct(&rig.nodes[0], "r").await;
+    assert!(ask(&mut ws, "append x a a", "ok").await.is_some());
+    let pg = rig.pg.client().await;
+    let incarnation = "SELECT incarnation FROM nodes WHERE node_id = 'n1'";
+    let before: i64 = pg.query_one(incarnation, &[]).await.expect("n1").get(0);
+    pg.execute(
+        "UPDATE nodes SET lease_expires = now() - interval '1 second' WHERE node_id = 'n1'",
+        &[],
+    )
+    .await
+    .expect("the lease expires");
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(3 * TTL_MS);
+    let code = loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f))))) => {
+                break Some(u16::from(f.code));
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => break None,
+        }
+    };
+    assert_eq!(code, Some(1012), "{}", rig.logs());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now: i64 = pg.query_one(incarnation, &[]).await.expect("n1").get(0);
+        if now > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1 did not join again\n{}",
+            rig.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Without `audit` (production), claims and commits leave no rows behind:
+/// the logs would grow by one per claim and per commit for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_audit_claims_and_commits_leave_no_log() {
+    let mut rig = Rig::with(1, 1, true, false, None).await;
+    rig.nodes[0].stop().await;
+    rig.nodes[0].spec.audit = false;
+    rig.nodes[0].restart().await;
+    let mut ws = direct(&rig.nodes[0], "quiet-log").await;
+    assert!(ask(&mut ws, "append x a a", "ok").await.is_some());
+    let pg = rig.pg.client().await;
+    for table in ["ownership_log", "commit_log"] {
+        let rows: i64 = pg
+            .query_one(
+                &format!("SELECT count(*) FROM {table} WHERE room = 'quiet-log'"),
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(rows, 0, "{table}");
+    }
 }
 
 /// A socket to one node directly (not through HAProxy), and its first answer.

@@ -334,6 +334,8 @@ pub struct NodeSpec {
     pub clustered: bool,
     /// Run under libfaketime with this `FAKETIME` (a skewed clock).
     pub faketime: Option<String>,
+    /// Keep `commit_log` and `ownership_log` for the checker.
+    pub audit: bool,
 }
 
 /// Debian's libfaketime (package faketime), for a node with a skewed clock.
@@ -391,8 +393,8 @@ impl Node {
         );
         if s.clustered {
             toml += &format!(
-                "[cluster]\ndatabase = \"{}\"\nnode_id = \"{}\"\nadvertise = \"{}\"\nlease_ttl_ms = {}\naudit = true\nunfenced_writes = {}\n",
-                s.database, s.id, s.advertise, s.lease_ttl_ms, s.unfenced
+                "[cluster]\ndatabase = \"{}\"\nnode_id = \"{}\"\nadvertise = \"{}\"\nlease_ttl_ms = {}\naudit = {}\nunfenced_writes = {}\n",
+                s.database, s.id, s.advertise, s.lease_ttl_ms, s.audit, s.unfenced
             );
         }
         std::fs::create_dir_all(&self.dir).expect("node dir");
