@@ -11,6 +11,16 @@ export interface ServerOptions {
   hibernate?: boolean;
 }
 
+/** An HTTP request as a hook sees it: the Fetch API's, with what code
+ *  written for PartyKit (Cloudflare's `Request`) also reads. */
+export interface Request extends globalThis.Request {
+  json<T = unknown>(): Promise<T>;
+  /** Cloudflare's edge data. A self-hosted server has no edge: an empty
+   *  object, with `country` from a `cf-ipcountry` header when Cloudflare's
+   *  proxy is in front. */
+  readonly cf?: { country?: string; [key: string]: unknown };
+}
+
 /** PartyKit's connection context: the upgrade request. */
 export interface ConnectionContext {
   request: Request;
@@ -99,22 +109,43 @@ export interface Lobby {
   parties: Parties;
 }
 
-export type Request = globalThis.Request;
 export type Response = globalThis.Response;
 export type ExecutionContext = Record<string, never>;
+
+/** PartyKit's other names for the same types. */
+export type Party = Room;
+export type PartyKitRoom = Room;
+export type PartyRequest = Request;
+export type PartyStorage = Storage;
+export type PartyKitStorage = Storage;
+export type PartyConnection<TState = unknown> = Connection<TState>;
+export type PartyConnectionContext = ConnectionContext;
+export type PartyKitContext = ConnectionContext;
+export type PartyStub = Stub;
+export type PartyLobby = Lobby;
+export type PartyExecutionContext = ExecutionContext;
+export type PartyServer = Server;
+export type PartyWorker = Worker;
+export type PartyServerOptions = ServerOptions;
+
+/** Any connection's type, whatever state it carries: a server declares
+ *  its hooks with its own `Connection<State>` (as PartyKit's examples do),
+ *  which `Connection<unknown>` would refuse. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type AnyConnection = Connection<any>;
 
 /** A room's logic: PartyKit's `Party.Server`. Every hook is optional and
  *  may be async. */
 export interface Server {
   readonly options?: ServerOptions;
   onStart?(): void | Promise<void>;
-  onConnect?(connection: Connection, ctx: ConnectionContext): void | Promise<void>;
-  onMessage?(message: string | ArrayBuffer, sender: Connection): void | Promise<void>;
-  onClose?(connection: Connection, code: number, reason: string, wasClean: boolean): void | Promise<void>;
-  onError?(connection: Connection, error: Error): void | Promise<void>;
+  onConnect?(connection: AnyConnection, ctx: ConnectionContext): void | Promise<void>;
+  onMessage?(message: string | ArrayBuffer, sender: AnyConnection): void | Promise<void>;
+  onClose?(connection: AnyConnection, code: number, reason: string, wasClean: boolean): void | Promise<void>;
+  onError?(connection: AnyConnection, error: Error): void | Promise<void>;
   onRequest?(request: Request): Response | Promise<Response>;
   onAlarm?(): void | Promise<void>;
-  getConnectionTags?(connection: Connection, ctx: ConnectionContext): string[] | Promise<string[]>;
+  getConnectionTags?(connection: AnyConnection, ctx: ConnectionContext): string[] | Promise<string[]>;
 }
 
 /** The class itself, with PartyKit's static hooks. */

@@ -401,11 +401,17 @@ function toRequest(witRequest) {
   const headers = new Headers(witRequest.headers);
   const origin = `http://${headers.get("host") ?? "localhost"}`;
   const hasBody = !["GET", "HEAD"].includes(witRequest.method) && witRequest.body.length > 0;
-  return new Request(new URL(witRequest.uri, origin).href, {
+  const request = new Request(new URL(witRequest.uri, origin).href, {
     method: witRequest.method,
     headers,
     body: hasBody ? witRequest.body : undefined,
   });
+  // Cloudflare's edge data, which code written for PartyKit reads: a
+  // self-hosted server has none, but Cloudflare's proxy, when in front,
+  // says the country.
+  const country = headers.get("cf-ipcountry");
+  request.cf = country ? { country } : {};
+  return request;
 }
 
 function toWitRequest(request, body) {

@@ -8,6 +8,10 @@
 //! The SDK and the WIT are the ones built into this `dormouse`, so a room is
 //! always built against the contract of the host that builds it.
 //!
+//! When the project depends on `typescript`, the build type-checks it first
+//! (`tsc --noEmit`), with `dormouse` resolved to the types of the SDK it is
+//! built with; a type error stops the build, as `tsc` would.
+//!
 //! The component leaves out `wasi:http` (componentize-js `-d http
 //! fetch-event`): the host does not link it, since outgoing HTTP is not part
 //! of the room contract; rooms reach other rooms through `rooms.fetch`
@@ -73,6 +77,9 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
     let wit = write_files(&cache.join("wit"), &crate::wit::SOURCES)?;
     let dist = dir.join("dist");
     std::fs::create_dir_all(&dist).with_context(|| format!("cannot create {}", dist.display()))?;
+    if depends_on(&package, "typescript") {
+        type_check(&dir, &dist, &sdk)?;
+    }
     let bundle = dist.join("room.js");
     let wasm = dist.join("room.wasm");
 
@@ -111,6 +118,51 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
         .arg(&wasm);
     run_tool(componentize, b"", "componentize-js")?;
     Ok(wasm)
+}
+
+/// Whether package.json lists `name` among its dependencies.
+fn depends_on(package: &serde_json::Value, name: &str) -> bool {
+    ["dependencies", "devDependencies"]
+        .iter()
+        .any(|d| package[d].get(name).is_some())
+}
+
+/// `tsc --noEmit` over the project, through a tsconfig made in `dist/`: it
+/// extends the project's own (when there is one) and maps `dormouse` to
+/// the SDK's types, so a room checks against what it is built with.
+fn type_check(dir: &Path, dist: &Path, sdk: &Path) -> anyhow::Result<()> {
+    let tsc = dir.join("node_modules").join(".bin").join("tsc");
+    if !tsc.is_file() {
+        npm(dir, &["install", "--no-audit", "--no-fund"])?;
+    }
+    let own = dir.join("tsconfig.json");
+    let mut config = serde_json::json!({
+        "compilerOptions": {
+            "noEmit": true,
+            "skipLibCheck": true,
+            "paths": {
+                "dormouse": [sdk.join("index.d.ts")],
+                "dormouse/yjs": [sdk.join("yjs.d.ts")],
+            },
+        },
+        "include": [dir.join("src")],
+    });
+    if own.is_file() {
+        config["extends"] = serde_json::json!(own);
+    } else {
+        // What `dormouse new --lang ts` writes.
+        let options = &mut config["compilerOptions"];
+        options["target"] = "es2022".into();
+        options["module"] = "es2022".into();
+        options["moduleResolution"] = "bundler".into();
+        options["strict"] = true.into();
+    }
+    let path = dist.join("tsconfig.dormouse.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&config)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut check = Command::new(&tsc);
+    check.current_dir(dir).arg("-p").arg(&path);
+    run_tool(check, b"", "tsc (the type check)")
 }
 
 fn require_node() -> anyhow::Result<()> {
@@ -154,11 +206,7 @@ struct Tools {
 
 impl Tools {
     fn find(dir: &Path, package: &serde_json::Value) -> anyhow::Result<Tools> {
-        let pins = |name: &str| {
-            ["dependencies", "devDependencies"]
-                .iter()
-                .any(|d| package[d].get(name).is_some())
-        };
+        let pins = |name: &str| depends_on(package, name);
         let local = dir.join("node_modules").join(".bin");
         if pins("esbuild") && pins("@bytecodealliance/componentize-js") {
             if !local.join("componentize-js").is_file() || !local.join("esbuild").is_file() {

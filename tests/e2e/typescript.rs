@@ -70,6 +70,24 @@ async fn on_request_answers_with_a_response_and_rooms_call_rooms() {
         body,
         r#"{"method":"POST","path":"/parties/main/r/sub","body":"hi","room":"r"}"#
     );
+    assert_eq!(
+        server.http("PUT", "/parties/main/r", r#"{"n":21}"#).await,
+        (200, "42".into())
+    );
+    // No Cloudflare edge here: `cf` is empty but for the country its
+    // proxy says, when it is in front.
+    assert_eq!(
+        server.http("GET", "/parties/main/r/cf", "").await,
+        (200, "{}".into())
+    );
+    let request = format!(
+        "GET /parties/main/r/cf HTTP/1.1\r\nHost: {}\r\ncf-ipcountry: NZ\r\nConnection: close\r\n\r\n",
+        server.addr
+    );
+    let (_, cf) = raw_http(server.addr, request.as_bytes())
+        .await
+        .expect("an answer");
+    assert_eq!(cf, r#"{"country":"NZ"}"#);
     let mut a = server.ws("/parties/main/caller").await;
     assert_eq!(
         ask(&mut a, "fetch:callee").await,
@@ -206,4 +224,38 @@ async fn timers_fire_as_on_partykit() {
     // None pending now: the room hibernates.
     server.wait_metric(HIBERNATED, 1.0).await;
     server.stop().await;
+}
+
+/// A project that depends on `typescript` is type-checked by its build,
+/// against the SDK's types: a type error stops the build, with tsc's
+/// message. (tests/guests/surface-ts is checked the same way, and passes.)
+#[test]
+fn a_type_error_stops_the_build() {
+    let dir = data_dir().join("typed");
+    std::fs::create_dir_all(dir.join("src")).expect("project dir");
+    std::fs::write(
+        dir.join("package.json"),
+        r#"{ "name": "typed", "private": true, "type": "module", "devDependencies": { "typescript": "5.9.3" } }"#,
+    )
+    .expect("package.json");
+    std::fs::write(
+        dir.join("src/server.ts"),
+        "import type * as Party from \"dormouse\";\n\
+         export default class S implements Party.Server {\n\
+           constructor(readonly room: Party.Party) {}\n\
+           onMessage(message: string, sender: Party.Connection<{ n: number }>) {\n\
+             const n: number = sender.state?.n ?? \"none\";\n\
+             sender.send(String(n));\n\
+           }\n\
+         }\n",
+    )
+    .expect("server.ts");
+    let failed = dormouse::project::build(&dir).expect_err("a type error fails the build");
+    assert!(format!("{failed:#}").contains("tsc"), "{failed:#}");
+    // Fixed, it builds.
+    let fixed = std::fs::read_to_string(dir.join("src/server.ts"))
+        .expect("server.ts")
+        .replace("?? \"none\"", "?? 0");
+    std::fs::write(dir.join("src/server.ts"), fixed).expect("server.ts");
+    dormouse::project::build(&dir).expect("a well-typed room builds");
 }

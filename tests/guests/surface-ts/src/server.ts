@@ -16,6 +16,8 @@
 //   sleep:MS         -> awaits setTimeout within the hook, then `slept`
 //   later:MS         -> an async setTimeout callback that puts `later` and
 //                       broadcasts `later N`, N counting in memory
+// HTTP: /throw throws; /cf answers request.cf as JSON; a PUT of {"n":N}
+// answers 2N; anything else answers what it got.
 // ?tag=T sets the connection's tag; ?throw=1 makes onConnect throw; the
 // keys doom-close and doom-alarm, when true, make onClose and onAlarm throw.
 import type * as Party from "dormouse";
@@ -154,6 +156,11 @@ export default class Surface implements Party.Server {
   async onRequest(request: Party.Request) {
     const url = new URL(request.url);
     if (url.pathname.endsWith("/throw")) throw new Error("no answer");
+    if (url.pathname.endsWith("/cf")) return new Response(JSON.stringify(request.cf));
+    if (request.method === "PUT") {
+      const { n } = await request.json<{ n: number }>();
+      return new Response(String(n * 2));
+    }
     const body = await request.text();
     return new Response(JSON.stringify({ method: request.method, path: url.pathname, body, room: this.room.id }), {
       status: 201,
