@@ -1,8 +1,8 @@
 // The JavaScript SDK: PartyKit's `Party.Server` class API over Dormouse's WIT
 // world (`wit/`). `dormouse build` bundles a room with esbuild and exports
-// what `serve(Server)` makes as `hooks` and `timerHooks`, which
-// componentize-js turns into the component's `dormouse:room/hooks` and
-// `dormouse:room/timer-hooks` exports. One section per WIT
+// what `serve(Server)` makes as `hooks`, `timerHooks` and `lobbyHooks`,
+// which componentize-js turns into the component's `dormouse:room/hooks`,
+// `timer-hooks` and `lobby-hooks` exports. One section per WIT
 // interface, in the order of `wit/world.wit`; names follow PartyKit's.
 import * as context from "dormouse:room/context@0.1.0";
 import * as connections from "dormouse:room/connections@0.1.0";
@@ -523,8 +523,8 @@ async function reporting(hook, run) {
   return result;
 }
 
-/** The `dormouse:room/hooks` and `timer-hooks` exports for a
- *  `Party.Server` class. A hook may be async: it ends when its promise
+/** The `dormouse:room/hooks`, `timer-hooks` and `lobby-hooks` exports for
+ *  a `Party.Server` class. A hook may be async: it ends when its promise
  *  settles, so its writes and messages still commit together. A throw in a
  *  hook drops the instance and rolls the hook back, as a Rust panic does. */
 export function serve(ServerClass) {
@@ -543,12 +543,8 @@ export function serve(ServerClass) {
 
     async onConnect(info, witRequest) {
       return reporting("onConnect", async () => {
-        let request = toRequest(witRequest);
-        if (typeof ServerClass.onBeforeConnect === "function") {
-          const verdict = await ServerClass.onBeforeConnect(request, lobby(), {});
-          if (verdict instanceof Response) throw refusal(await toWitResponse(verdict));
-          if (verdict instanceof Request) request = verdict;
-        }
+        // onBeforeConnect ran in the lobby (lobbyHooks, below).
+        const request = toRequest(witRequest);
         const conn = connection(info);
         const ctx = { request };
         const s = room();
@@ -586,12 +582,8 @@ export function serve(ServerClass) {
 
     async onRequest(witRequest) {
       return reporting("onRequest", async () => {
-        let request = toRequest(witRequest);
-        if (typeof ServerClass.onBeforeRequest === "function") {
-          const verdict = await ServerClass.onBeforeRequest(request, lobby(), {});
-          if (verdict instanceof Response) return toWitResponse(verdict);
-          if (verdict instanceof Request) request = verdict;
-        }
+        // onBeforeRequest ran in the lobby (lobbyHooks, below).
+        const request = toRequest(witRequest);
         const s = room();
         if (typeof s.onRequest !== "function") {
           return toWitResponse(text(404, "not found"));
@@ -615,5 +607,25 @@ export function serve(ServerClass) {
       });
     },
   };
-  return { hooks, timerHooks };
+  // PartyKit's static hooks, which the host runs in the lobby: an instance
+  // of their own, before the room (a call into the room from there is an
+  // ordinary call). `undefined` tells the host the class has none.
+  const before = (name) => async (_room, witRequest) => {
+    const hook = ServerClass[name];
+    if (typeof hook !== "function") return undefined;
+    return reporting(name, async () => {
+      const verdict = await hook.call(ServerClass, toRequest(witRequest), lobby(), {});
+      if (verdict instanceof Response) return { tag: "err", val: await toWitResponse(verdict) };
+      if (verdict instanceof Request) {
+        const body = new Uint8Array(await verdict.arrayBuffer());
+        return { tag: "ok", val: toWitRequest(verdict, body) };
+      }
+      return { tag: "ok", val: witRequest };
+    });
+  };
+  const lobbyHooks = {
+    onBeforeConnect: before("onBeforeConnect"),
+    onBeforeRequest: before("onBeforeRequest"),
+  };
+  return { hooks, timerHooks, lobbyHooks };
 }

@@ -131,6 +131,23 @@ macro_rules! export {
             }
         }
 
+        // PartyKit's static hooks are TypeScript's; a Rust room decides in
+        // on-connect and on-request, so the host skips the lobby.
+        impl $crate::bindings::exports::dormouse::room::lobby_hooks::Guest for __DormouseHooks {
+            fn on_before_connect(
+                _room: ::std::string::String,
+                _request: $crate::Request,
+            ) -> ::core::option::Option<::core::result::Result<$crate::Request, $crate::Response>> {
+                ::core::option::Option::None
+            }
+            fn on_before_request(
+                _room: ::std::string::String,
+                _request: $crate::Request,
+            ) -> ::core::option::Option<::core::result::Result<$crate::Request, $crate::Response>> {
+                ::core::option::Option::None
+            }
+        }
+
         $crate::bindings::__export_room!(__DormouseHooks with_types_in $crate::bindings);
     };
 }

@@ -24,7 +24,7 @@ use crate::cluster::{Cluster, Owner};
 use crate::config::{Config, Limits};
 use crate::deploys::{Deploys, Version};
 use crate::forward;
-use crate::instance::{Party, Runtime};
+use crate::instance::{Before, Party, Runtime};
 use crate::logs::Logs;
 use crate::metrics::Metrics;
 use crate::room::{self, Event, Registry, RoomRx, RoomTx, Shared};
@@ -479,6 +479,21 @@ impl Host {
             .parties
             .get(party)
             .is_some_and(|p| p.builtin.is_some())
+    }
+
+    /// PartyKit's lobby, before a connect or request reaches its room
+    /// (see [`crate::lobby`]): `Ok` goes on with that request.
+    pub async fn lobby(
+        &self,
+        key: &RoomKey,
+        before: Before,
+        request: wit::Request,
+    ) -> Result<wit::Request, wit::Response> {
+        let Some(party) = self.party(&key.0) else {
+            return Ok(request);
+        };
+        let limits = self.limits_for(&key.0);
+        crate::lobby::run(&self.shared, &party, limits, key, before, request).await
     }
 
     /// A party's limits: its `[parties.NAME.limits]` over the host's.

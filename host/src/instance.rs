@@ -51,6 +51,11 @@ const HOST_IMPORTS: [&str; 7] = [
 
 /// The interface that holds `on-timer` (see `wit/timers.wit`).
 const TIMER_HOOKS: &str = "dormouse:room/timer-hooks@0.1.0";
+/// The interface of the lobby's hooks (see `wit/lobby.wit`).
+const LOBBY_HOOKS: &str = "dormouse:room/lobby-hooks@0.1.0";
+
+/// A lobby hook: (room, request) to what it decided, if it is defined.
+type LobbyFunc = TypedFunc<(String, Request), (Option<Result<Request, Response>>,)>;
 
 /// Core instances the pool holds per awake room: enough for any toolchain's
 /// component (componentize-py makes 14; Rust 2 to 4).
@@ -156,6 +161,11 @@ pub struct Party {
     /// Where `timer-hooks.on-timer` is, when the component exports it
     /// (components built before timers do not).
     on_timer: Option<ComponentExportIndex>,
+    /// Where `lobby-hooks`' two functions are, when exported.
+    lobby: Option<[ComponentExportIndex; 2]>,
+    /// Which lobby hooks the room turned out not to define (it answered
+    /// `none`): the host stops making a lobby for them.
+    pub lobby_undefined: [std::sync::atomic::AtomicBool; 2],
     pub vars: Arc<BTreeMap<String, String>>,
     /// Size of the component, bytes.
     pub size: usize,
@@ -164,6 +174,13 @@ pub struct Party {
 }
 
 impl Party {
+    /// Whether a lobby hook may be defined: exported, and not found
+    /// missing by an earlier call.
+    pub fn may_define(&self, before: Before) -> bool {
+        self.lobby.is_some()
+            && !self.lobby_undefined[before as usize].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Validate and compile a component. Every refusal is one sentence that
     /// names the problem; nothing is changed by a refusal.
     pub fn load(
@@ -232,9 +249,14 @@ impl Party {
         let hooks = wit::RoomCoreIndices::new(&pre).why(|| {
             format!("party {name}: the component does not export dormouse:room/hooks@0.1.0")
         })?;
-        let on_timer = component
-            .get_export_index(None, TIMER_HOOKS)
-            .and_then(|i| component.get_export_index(Some(&i), "on-timer"));
+        let export = |interface: &str, name: &str| {
+            let i = component.get_export_index(None, interface)?;
+            component.get_export_index(Some(&i), name)
+        };
+        let on_timer = export(TIMER_HOOKS, "on-timer");
+        let lobby = export(LOBBY_HOOKS, "on-before-connect")
+            .zip(export(LOBBY_HOOKS, "on-before-request"))
+            .map(|(c, r)| [c, r]);
         component
             .initialize_copy_on_write_image()
             .why(|| format!("party {name}: cannot prepare the memory image"))?;
@@ -244,6 +266,8 @@ impl Party {
             pre,
             hooks,
             on_timer,
+            lobby,
+            lobby_undefined: Default::default(),
             vars: Arc::new(vars),
             size,
             version: None,
@@ -307,6 +331,15 @@ pub enum Call {
     Request(Request),
     Alarm(u32),
     Timer,
+    /// A lobby hook, in an instance made for it alone: room id and request.
+    Lobby(Before, String, Request),
+}
+
+/// Which lobby hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Before {
+    Connect = 0,
+    Request = 1,
 }
 
 impl Call {
@@ -320,6 +353,8 @@ impl Call {
             Call::Request(..) => Hook::Request,
             Call::Alarm(..) => Hook::Alarm,
             Call::Timer => Hook::Timer,
+            Call::Lobby(Before::Connect, ..) => Hook::BeforeConnect,
+            Call::Lobby(Before::Request, ..) => Hook::BeforeRequest,
         }
     }
 }
@@ -329,6 +364,8 @@ pub enum Reply {
     Done,
     Connect(Result<(), Response>),
     Response(Response),
+    /// A lobby hook's decision; `None` when the room defines no such hook.
+    Lobby(Option<Result<Request, Response>>),
 }
 
 /// A room's live instance.
@@ -336,6 +373,7 @@ pub struct Instance {
     store: Store<InstanceState>,
     room: wit::RoomCore,
     on_timer: Option<TypedFunc<(), ()>>,
+    lobby: Option<[LobbyFunc; 2]>,
     ticks: u64,
 }
 
@@ -389,10 +427,11 @@ impl Instance {
         });
         store.set_epoch_deadline(1);
         match Instance::instantiate(party, &mut store).await {
-            Ok((room, on_timer)) => Ok(Instance {
+            Ok((room, on_timer, lobby)) => Ok(Instance {
                 store,
                 room,
                 on_timer,
+                lobby,
                 ticks,
             }),
             Err(error) => {
@@ -410,18 +449,30 @@ impl Instance {
         }
     }
 
-    /// The bindings of a new instance, and its on-timer if exported.
+    /// The bindings of a new instance, and its optional hooks if exported.
+    #[allow(clippy::type_complexity, reason = "one private helper's result")]
     async fn instantiate(
         party: &Party,
         store: &mut Store<InstanceState>,
-    ) -> wasmtime::Result<(wit::RoomCore, Option<TypedFunc<(), ()>>)> {
+    ) -> wasmtime::Result<(
+        wit::RoomCore,
+        Option<TypedFunc<(), ()>>,
+        Option<[LobbyFunc; 2]>,
+    )> {
         let instance = party.pre.instantiate_async(&mut *store).await?;
         let room = party.hooks.load(&mut *store, &instance)?;
         let on_timer = match &party.on_timer {
             Some(index) => Some(instance.get_typed_func::<(), ()>(&mut *store, index)?),
             None => None,
         };
-        Ok((room, on_timer))
+        let lobby = match &party.lobby {
+            Some([c, r]) => Some([
+                instance.get_typed_func(&mut *store, c)?,
+                instance.get_typed_func(&mut *store, r)?,
+            ]),
+            None => None,
+        };
+        Ok((room, on_timer, lobby))
     }
 
     pub fn state(&mut self) -> &mut RoomState {
@@ -459,6 +510,13 @@ impl Instance {
                 Some(f) => f.call_async(s, ()).await.map(|()| Reply::Done),
                 // Only a component that exports it can have set a timer.
                 None => Ok(Reply::Done),
+            },
+            Call::Lobby(before, room, r) => match &self.lobby {
+                Some(funcs) => funcs[before as usize]
+                    .call_async(s, (room, r))
+                    .await
+                    .map(|(decided,)| Reply::Lobby(decided)),
+                None => Ok(Reply::Lobby(None)),
             },
         };
         result.map_err(|error| Failure {

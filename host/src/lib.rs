@@ -63,6 +63,7 @@ pub mod host;
 pub mod http;
 mod imports;
 pub mod instance;
+mod lobby;
 pub mod logs;
 pub mod metrics;
 pub mod outbound;

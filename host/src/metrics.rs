@@ -20,10 +20,12 @@ pub enum Hook {
     Request,
     Alarm,
     Timer,
+    BeforeConnect,
+    BeforeRequest,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 8] = [
+    pub const ALL: [Hook; 10] = [
         Hook::Start,
         Hook::Connect,
         Hook::Message,
@@ -32,6 +34,8 @@ impl Hook {
         Hook::Request,
         Hook::Alarm,
         Hook::Timer,
+        Hook::BeforeConnect,
+        Hook::BeforeRequest,
     ];
 
     /// The hook's WIT name, as logs and labels show it.
@@ -45,6 +49,8 @@ impl Hook {
             Hook::Request => "on-request",
             Hook::Alarm => "on-alarm",
             Hook::Timer => "on-timer",
+            Hook::BeforeConnect => "on-before-connect",
+            Hook::BeforeRequest => "on-before-request",
         }
     }
 }

@@ -85,7 +85,7 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
 
     // The entry is generated, fed on stdin, and resolved from the project.
     let source = format!(
-        "import Server from {entry:?};\nimport {{ serve }} from \"dormouse\";\nconst room = serve(Server);\nexport const hooks = room.hooks;\nexport const timerHooks = room.timerHooks;\n",
+        "import Server from {entry:?};\nimport {{ serve }} from \"dormouse\";\nconst room = serve(Server);\nexport const hooks = room.hooks;\nexport const timerHooks = room.timerHooks;\nexport const lobbyHooks = room.lobbyHooks;\n",
         entry = format!("./{entry}")
     );
     let mut esbuild = Command::new(&tools.esbuild);

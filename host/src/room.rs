@@ -1151,6 +1151,7 @@ impl Room {
             Call::Start | Call::Close(..) | Call::Error(..) | Call::Alarm(_) | Call::Timer => {
                 Reply::Done
             }
+            Call::Lobby(..) => Reply::Lobby(None),
         }
     }
 
@@ -1188,7 +1189,7 @@ fn failed_response() -> wit::Response {
 }
 
 /// A one-line plain-text answer from the host on a room's behalf.
-fn text_response(status: u16, line: &str) -> wit::Response {
+pub(crate) fn text_response(status: u16, line: &str) -> wit::Response {
     wit::Response {
         status,
         headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],

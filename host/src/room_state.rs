@@ -182,6 +182,9 @@ pub struct RoomState {
     /// What presence the host keeps for the room without waking it
     /// ([`crate::presence`]).
     pub(crate) presence: Option<Presence>,
+    /// This is the lobby's state ([`crate::lobby`]), not the room's: a call
+    /// from it into the room is an ordinary call.
+    pub(crate) lobby: bool,
 }
 
 impl RoomState {
@@ -213,6 +216,7 @@ impl RoomState {
             closing: None,
             quiet: false,
             presence: None,
+            lobby: false,
         }
     }
 

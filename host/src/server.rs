@@ -27,6 +27,7 @@ use crate::cluster::Owner;
 use crate::forward;
 use crate::host::Host;
 use crate::http::{Body, full, header_pairs, text};
+use crate::instance::Before;
 use crate::outbound::Outbound;
 use crate::room::{Accepted, ConnRef, Connect, Event};
 use crate::route::RoomKey;
@@ -315,16 +316,21 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
         serial: host.next_serial(),
     };
     let limits = host.limits_for(&path.party);
+    let key = room_key(path);
+    let request = wit_request(&req, Vec::new());
+    let request = match host.lobby(&key, Before::Connect, request).await {
+        Ok(request) => request,
+        Err(refusal) => return response(refusal),
+    };
     let (outbound, outbound_rx) = Outbound::new(limits.outbound_queue_bytes);
     let (reply, verdict) = oneshot::channel();
     let connect = Connect {
         conn: conn.clone(),
-        request: wit_request(&req, Vec::new()),
+        request,
         outbound,
         forwarded: forward::is_forwarded(&req),
         reply,
     };
-    let key = room_key(path);
     if !host.dispatch(&key, Event::Connect(Box::new(connect))).await {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -432,20 +438,29 @@ async fn request(req: Request<Incoming>, host: Arc<Host>, path: RoomPath) -> Res
         }
     };
     let head = Request::from_parts(parts, ());
-    // A room-to-room call forwarded by another node carries its chain.
-    let chain = if forward::is_forwarded(&head) {
+    let key = room_key(path);
+    // A room-to-room call forwarded by another node carries its chain; it
+    // goes to the room itself, as a local one does, not through the lobby.
+    let call = forward::is_forwarded(&head) && head.headers().contains_key(forward::CHAIN);
+    let chain = if call {
         forward::chain(&head)
     } else {
         Vec::new()
     };
-    let request = wit_request(&head, body);
+    let mut request = wit_request(&head, body);
+    if !call {
+        request = match host.lobby(&key, Before::Request, request).await {
+            Ok(request) => request,
+            Err(answer) => return response(answer),
+        };
+    }
     let (reply, answer) = oneshot::channel();
     let event = Event::Request {
         request: Box::new(request),
         chain,
         reply,
     };
-    if !host.dispatch(&room_key(path), event).await {
+    if !host.dispatch(&key, event).await {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down".into(),

@@ -7,9 +7,9 @@
 //! contract beyond what a WIT error can say. Exports are async so hooks run on
 //! a fiber that yields to tokio at every epoch tick (see `instance.rs`).
 //!
-//! The host binds `room-core`, the world without `timer-hooks`, so a
-//! component built before timers still loads; `instance.rs` looks
-//! `on-timer` up by name.
+//! The host binds `room-core`, the world without `timer-hooks` and
+//! `lobby-hooks`, so a component built before them still loads;
+//! `instance.rs` looks their functions up by name.
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -22,11 +22,12 @@ wasmtime::component::bindgen!({
 });
 
 /// The WIT files themselves, for toolchains that read WIT (componentize-js).
-pub const SOURCES: [(&str, &str); 9] = [
+pub const SOURCES: [(&str, &str); 10] = [
     ("alarm.wit", include_str!("../../wit/alarm.wit")),
     ("connections.wit", include_str!("../../wit/connections.wit")),
     ("context.wit", include_str!("../../wit/context.wit")),
     ("hooks.wit", include_str!("../../wit/hooks.wit")),
+    ("lobby.wit", include_str!("../../wit/lobby.wit")),
     ("rooms.wit", include_str!("../../wit/rooms.wit")),
     ("storage.wit", include_str!("../../wit/storage.wit")),
     ("timers.wit", include_str!("../../wit/timers.wit")),

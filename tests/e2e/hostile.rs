@@ -215,17 +215,18 @@ async fn odd_paths_get_a_one_line_4xx() {
         ("/../../etc/passwd".into(), 404),
         ("/%2e%2e/%2e%2e/etc/passwd".into(), 404),
         ("/parties/nope/x".into(), 404),
+        // A NUL could not be kept by a cluster's PostgreSQL: refused on
+        // every node alike.
+        ("/parties/main/a%00b".into(), 400),
     ];
     for (path, want) in cases {
         let (status, body) = server.http("GET", &path, "").await;
         assert_eq!(status, want, "{path}: {body}");
         assert_eq!(body.trim_end().lines().count(), 1, "{path}: {body:?}");
     }
-    // Odd but valid: a room id with spaces, a NUL and non-ASCII is one room.
-    let (status, body) = server
-        .http("GET", "/parties/main/a%20b%00%E2%9C%93", "")
-        .await;
-    assert_eq!((status, body.as_str()), (200, "probe main/a b\0\u{2713}"));
+    // Odd but valid: a room id with spaces and non-ASCII is one room.
+    let (status, body) = server.http("GET", "/parties/main/a%20b%E2%9C%93", "").await;
+    assert_eq!((status, body.as_str()), (200, "probe main/a b\u{2713}"));
     server.stop().await;
 }
 

@@ -259,3 +259,34 @@ fn a_type_error_stops_the_build() {
     std::fs::write(dir.join("src/server.ts"), fixed).expect("server.ts");
     dormouse::project::build(&dir).expect("a well-typed room builds");
 }
+
+/// PartyKit's static hooks run in the lobby, outside the room: a refusal
+/// and a changed request reach the client and the room, and an
+/// onBeforeRequest that fetches its own room is answered (inside the room
+/// it would wait on itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_hooks_run_in_the_lobby() {
+    let server = Server::start(Options::main("surface-ts")).await;
+    let refused = tokio_tungstenite::connect_async(format!(
+        "ws://{}/parties/main/l?lobby=refuse",
+        server.addr
+    ))
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 403);
+            let body = r.body().clone().unwrap_or_default();
+            assert_eq!(String::from_utf8_lossy(&body), "refused by the lobby");
+        }
+        other => panic!("the lobby refuses the upgrade, got {other:?}"),
+    }
+    let mut marked = server.ws("/parties/main/l?lobby=mark").await;
+    assert_eq!(ask(&mut marked, "tagged:lobby-marked").await, "1");
+    let (status, body) = server.http("GET", "/parties/main/l/via-lobby", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        r#"lobby saw 201 {"method":"GET","path":"/parties/main/l/from-lobby","body":"","room":"l"}"#
+    );
+    server.stop().await;
+}

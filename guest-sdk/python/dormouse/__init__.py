@@ -325,9 +325,9 @@ def _reported(hook: str):
 
 
 def serve(server_class):
-    """The ``Hooks`` and ``TimerHooks`` exports componentize-py wants, for a
-    Server class (the build writes ``Hooks, TimerHooks =
-    dormouse.serve(Server)``)."""
+    """The ``Hooks``, ``TimerHooks`` and ``LobbyHooks`` exports
+    componentize-py wants, for a Server class (the build writes ``Hooks,
+    TimerHooks, LobbyHooks = dormouse.serve(Server)``)."""
     from wit_world import exports
 
     state = {"server": None}
@@ -379,4 +379,13 @@ def serve(server_class):
         def on_timer(self) -> None:
             room().on_timer()
 
-    return Hooks, TimerHooks
+    # PartyKit's static hooks are TypeScript's; a Python room decides in
+    # on_connect and on_request, so the host skips the lobby.
+    class LobbyHooks(exports.LobbyHooks):
+        def on_before_connect(self, room_id, request):
+            return None
+
+        def on_before_request(self, room_id, request):
+            return None
+
+    return Hooks, TimerHooks, LobbyHooks

@@ -42,9 +42,10 @@ impl Host for RoomState {
         }
         let target: RoomKey = (Arc::from(party.as_str()), Arc::from(room.as_str()));
         let me: RoomKey = (self.party.clone(), self.id.clone());
-        // The callee would wait on a room that waits on it: refuse.
+        // The callee would wait on a room that waits on it: refuse. (The
+        // lobby is not its room, and nothing waits on it.)
         let waiting = self.hook_ref().map_or(&[][..], |h| &h.chain[..]);
-        if target == me || waiting.contains(&target) {
+        if !self.lobby && (target == me || waiting.contains(&target)) {
             let path: Vec<String> = waiting
                 .iter()
                 .chain([&me, &target])
@@ -59,7 +60,9 @@ impl Host for RoomState {
             request.uri = format!("/parties/{party}/{room}");
         }
         let mut chain = waiting.to_vec();
-        chain.push(me);
+        if !self.lobby {
+            chain.push(me);
+        }
         // Two chains that wait on each other cannot be seen from one chain;
         // the timeout ends that case with an error instead of a hang.
         let timeout = Duration::from_millis(self.limits.hook_cpu_ms);

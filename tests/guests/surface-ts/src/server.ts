@@ -18,6 +18,10 @@
 //                       broadcasts `later N`, N counting in memory
 // HTTP: /throw throws; /cf answers request.cf as JSON; a PUT of {"n":N}
 // answers 2N; anything else answers what it got.
+// The lobby (static hooks, outside the room): ?lobby=refuse refuses the
+// connection with 403; ?lobby=mark adds a header the room tags as
+// `lobby-marked`; an HTTP request to .../via-lobby is answered by the lobby
+// with what the room itself answers to .../from-lobby.
 // ?tag=T sets the connection's tag; ?throw=1 makes onConnect throw; the
 // keys doom-close and doom-alarm, when true, make onClose and onAlarm throw.
 import type * as Party from "dormouse";
@@ -46,7 +50,26 @@ export default class Surface implements Party.Server {
     this.pending = [];
   }
 
+  static async onBeforeConnect(request: Party.Request, _lobby: Party.Lobby) {
+    const lobby = new URL(request.url).searchParams.get("lobby");
+    if (lobby === "refuse") return new Response("refused by the lobby", { status: 403 });
+    if (lobby === "mark") {
+      const marked = new Request(request);
+      marked.headers.set("x-lobby", "marked");
+      return marked;
+    }
+    return request;
+  }
+
+  static async onBeforeRequest(request: Party.Request, lobby: Party.Lobby) {
+    if (!new URL(request.url).pathname.endsWith("/via-lobby")) return request;
+    // The room itself: from inside it, this would wait on itself.
+    const answer = await lobby.parties.main.get(lobby.id).fetch("/from-lobby");
+    return new Response(`lobby saw ${answer.status} ${await answer.text()}`);
+  }
+
   getConnectionTags(_conn: Party.Connection, ctx: Party.ConnectionContext) {
+    if (ctx.request.headers.get("x-lobby") === "marked") return ["lobby-marked"];
     const tag = new URL(ctx.request.url).searchParams.get("tag");
     return tag ? [tag] : [];
   }

@@ -1,0 +1,101 @@
+//! PartyKit's lobby: a party's static `onBeforeConnect` and `onBeforeRequest`
+//! run in an instance made for the one call, before the event reaches the
+//! room, as PartyKit runs them in its edge worker. Outside the room, a call
+//! into it from there is an ordinary call (inside, a room that fetches
+//! itself waits on itself).
+//!
+//! The lobby's state is a room's with no connections, and storage under a
+//! room id no room can have (""), never committed: `lobby.wit` gives the
+//! lobby no storage, and a guest that reaches for it anyway reads nothing
+//! and keeps nothing. A room that answers `none` (it defines no such hook)
+//! is not asked again for that version of the party.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tracing::warn;
+
+use crate::config::Limits;
+use crate::instance::{Before, Call, Instance, Party, Reply};
+use crate::metrics::FailureKind;
+use crate::room::{Shared, text_response};
+use crate::room_state::RoomState;
+use crate::route::RoomKey;
+use crate::storage::RoomStorage;
+use crate::wit::{Request, Response};
+
+/// Run a lobby hook for a connect or request to room `key`: `Ok` goes on to
+/// the room with that request, `Err` answers instead.
+pub async fn run(
+    shared: &Shared,
+    party: &Party,
+    limits: Arc<Limits>,
+    key: &RoomKey,
+    before: Before,
+    request: Request,
+) -> Result<Request, Response> {
+    if !party.may_define(before) {
+        return Ok(request);
+    }
+    let (name, room) = (key.0.clone(), key.1.clone());
+    let storage = RoomStorage::new(
+        shared.storage.clone(),
+        None,
+        name.clone(),
+        Arc::from(""),
+        limits.clone(),
+    );
+    let mut state = RoomState::new(
+        name.clone(),
+        room.clone(),
+        shared.caps.clone(),
+        Arc::default(),
+        limits,
+        storage,
+        shared.metrics.party(&name),
+    );
+    state.vars = party.vars.clone();
+    state.lobby = true;
+    let hook = match before {
+        Before::Connect => "on-before-connect",
+        Before::Request => "on-before-request",
+    };
+    let mut instance = match Instance::new(&shared.runtime, party, state).await {
+        Ok(instance) => instance,
+        Err((_, failure)) => {
+            warn!(party = %name, room = %room, error = %failure.error, "cannot make the lobby");
+            let status = if failure.kind == FailureKind::PoolFull {
+                503
+            } else {
+                500
+            };
+            return Err(text_response(
+                status,
+                "the room's lobby could not start; retry",
+            ));
+        }
+    };
+    let result = instance
+        .call(Call::Lobby(before, room.to_string(), request.clone()))
+        .await;
+    let state = instance.state();
+    // Nothing the lobby did is kept.
+    state.storage.rollback_all();
+    match result {
+        Ok(Reply::Lobby(Some(decided))) => decided,
+        Ok(_) => {
+            party.lobby_undefined[before as usize].store(true, Relaxed);
+            Ok(request)
+        }
+        Err(failure) => {
+            shared.metrics.party(&name).trap(failure.kind);
+            let line = format!(
+                "{hook} failed ({}): {:#}",
+                failure.kind.label(),
+                failure.error
+            );
+            shared.caps.logs.emit(&name, &room, "error", line);
+            Err(text_response(500, "the room's lobby failed"))
+        }
+    }
+}
