@@ -30,7 +30,7 @@
 //!     fn on_timer(&mut self) {
 //!         let batch = format!("[{}]", self.pending.join(","));
 //!         self.pending.clear();
-//!         connections::broadcast(batch, &[]).ok();
+//!         connections::broadcast(Message::Text(batch), &[]).ok();
 //!     }
 //! }
 //! # dormouse_sdk::export!(Cursors);

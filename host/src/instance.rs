@@ -372,8 +372,11 @@ pub enum Reply {
 pub struct Instance {
     store: Store<InstanceState>,
     room: wit::RoomCore,
-    on_timer: Option<TypedFunc<(), ()>>,
-    lobby: Option<[LobbyFunc; 2]>,
+    /// For the optional hooks, looked up when first called: a typed lookup
+    /// checks the function's type, which every wake would pay for.
+    instance: wasmtime::component::Instance,
+    on_timer: Option<ComponentExportIndex>,
+    lobby: Option<[ComponentExportIndex; 2]>,
     ticks: u64,
 }
 
@@ -427,11 +430,12 @@ impl Instance {
         });
         store.set_epoch_deadline(1);
         match Instance::instantiate(party, &mut store).await {
-            Ok((room, on_timer, lobby)) => Ok(Instance {
+            Ok((room, instance)) => Ok(Instance {
                 store,
                 room,
-                on_timer,
-                lobby,
+                instance,
+                on_timer: party.on_timer,
+                lobby: party.lobby,
                 ticks,
             }),
             Err(error) => {
@@ -449,30 +453,14 @@ impl Instance {
         }
     }
 
-    /// The bindings of a new instance, and its optional hooks if exported.
-    #[allow(clippy::type_complexity, reason = "one private helper's result")]
+    /// A new instance and its hooks' bindings.
     async fn instantiate(
         party: &Party,
         store: &mut Store<InstanceState>,
-    ) -> wasmtime::Result<(
-        wit::RoomCore,
-        Option<TypedFunc<(), ()>>,
-        Option<[LobbyFunc; 2]>,
-    )> {
+    ) -> wasmtime::Result<(wit::RoomCore, wasmtime::component::Instance)> {
         let instance = party.pre.instantiate_async(&mut *store).await?;
         let room = party.hooks.load(&mut *store, &instance)?;
-        let on_timer = match &party.on_timer {
-            Some(index) => Some(instance.get_typed_func::<(), ()>(&mut *store, index)?),
-            None => None,
-        };
-        let lobby = match &party.lobby {
-            Some([c, r]) => Some([
-                instance.get_typed_func(&mut *store, c)?,
-                instance.get_typed_func(&mut *store, r)?,
-            ]),
-            None => None,
-        };
-        Ok((room, on_timer, lobby))
+        Ok((room, instance))
     }
 
     pub fn state(&mut self) -> &mut RoomState {
@@ -506,16 +494,27 @@ impl Instance {
             Call::Error(c, d) => hooks.call_on_error(s, &c, &d).await.map(|()| Reply::Done),
             Call::Request(r) => hooks.call_on_request(s, &r).await.map(Reply::Response),
             Call::Alarm(n) => hooks.call_on_alarm(s, n).await.map(|()| Reply::Done),
-            Call::Timer => match &self.on_timer {
-                Some(f) => f.call_async(s, ()).await.map(|()| Reply::Done),
+            Call::Timer => match self.on_timer {
+                Some(index) => match self.instance.get_typed_func::<(), ()>(&mut *s, index) {
+                    Ok(f) => f.call_async(s, ()).await.map(|()| Reply::Done),
+                    Err(e) => Err(e),
+                },
                 // Only a component that exports it can have set a timer.
                 None => Ok(Reply::Done),
             },
-            Call::Lobby(before, room, r) => match &self.lobby {
-                Some(funcs) => funcs[before as usize]
-                    .call_async(s, (room, r))
-                    .await
-                    .map(|(decided,)| Reply::Lobby(decided)),
+            Call::Lobby(before, room, r) => match self.lobby {
+                Some(indices) => {
+                    let index = indices[before as usize];
+                    match self.instance.get_typed_func::<_, _>(&mut *s, index) {
+                        Ok(f) => {
+                            let f: LobbyFunc = f;
+                            f.call_async(s, (room, r))
+                                .await
+                                .map(|(decided,)| Reply::Lobby(decided))
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
                 None => Ok(Reply::Lobby(None)),
             },
         };
