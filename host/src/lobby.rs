@@ -56,10 +56,6 @@ pub async fn run(
     );
     state.vars = party.vars.clone();
     state.lobby = true;
-    let hook = match before {
-        Before::Connect => "on-before-connect",
-        Before::Request => "on-before-request",
-    };
     let mut instance = match Instance::new(&shared.runtime, party, state).await {
         Ok(instance) => instance,
         Err((_, failure)) => {
@@ -75,9 +71,11 @@ pub async fn run(
             ));
         }
     };
-    let result = instance
-        .call(Call::Lobby(before, room.to_string(), request.clone()))
-        .await;
+    let call = Call::Lobby(before, room.to_string(), request.clone());
+    let hook = call.hook();
+    let started = std::time::Instant::now();
+    let result = instance.call(call).await;
+    shared.metrics.hook_seconds[hook as usize].observe(started.elapsed());
     let state = instance.state();
     // Nothing the lobby did is kept.
     state.storage.rollback_all();
@@ -90,7 +88,8 @@ pub async fn run(
         Err(failure) => {
             shared.metrics.party(&name).trap(failure.kind);
             let line = format!(
-                "{hook} failed ({}): {:#}",
+                "{} failed ({}): {:#}",
+                hook.label(),
                 failure.kind.label(),
                 failure.error
             );

@@ -357,7 +357,6 @@ async fn health_leaves_200_while_postgresql_stalls_and_nothing_is_lost() {
 /// sockets close with 1012, and it joins again as a new incarnation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_lease_is_not_revived() {
-    use futures_util::StreamExt;
     let rig = Rig::with(1, 1, true, false, None).await;
     let mut ws = direct(&rig.nodes[0], "r").await;
     assert!(ask(&mut ws, "append x a a", "ok").await.is_some());
@@ -370,16 +369,7 @@ async fn an_expired_lease_is_not_revived() {
     )
     .await
     .expect("the lease expires");
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(3 * TTL_MS);
-    let code = loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f))))) => {
-                break Some(u16::from(f.code));
-            }
-            Ok(Some(Ok(_))) => {}
-            _ => break None,
-        }
-    };
+    let code = close_code(&mut ws, Duration::from_millis(3 * TTL_MS)).await;
     assert_eq!(code, Some(1012), "{}", rig.logs());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -417,6 +407,22 @@ async fn without_audit_claims_and_commits_leave_no_log() {
             .expect("count")
             .get(0);
         assert_eq!(rows, 0, "{table}");
+    }
+}
+
+/// The code of the close frame a socket gets within `within`, reading past
+/// other messages; `None` if none comes.
+async fn close_code(ws: &mut workload::Ws, within: Duration) -> Option<u16> {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f))))) => {
+                return Some(u16::from(f.code));
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => return None,
+        }
     }
 }
 
@@ -977,7 +983,6 @@ async fn eventually_ws(url: &str) -> (workload::Ws, ()) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_room_moves_to_the_node_its_clients_come_through() {
-    use futures_util::StreamExt;
     let rig = Rig::start(2, true, false).await;
     // Node 1 holds the room; a second client comes through node 2.
     let mut first = direct(&rig.nodes[0], "h").await;
@@ -999,16 +1004,7 @@ async fn a_quiet_room_moves_to_the_node_its_clients_come_through() {
     // Once every socket comes through node 2 and the room is quiet, node 1
     // hands it off: the socket is closed with 1012.
     drop(first);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        match tokio::time::timeout_at(deadline, through.next()).await {
-            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f))))) => {
-                break Some(u16::from(f.code));
-            }
-            Ok(Some(Ok(_))) => {}
-            _ => break None,
-        }
-    };
+    let code = close_code(&mut through, Duration::from_secs(10)).await;
     assert_eq!(code, Some(1012), "{}", rig.logs());
     let (_, metrics) = http(&rig.nodes[0].addr(), "GET", "/_dormouse/metrics", b"").await;
     assert!(
