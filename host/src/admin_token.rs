@@ -23,13 +23,7 @@ pub fn ensure(data_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
     }
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-    // Two v4 UUIDs: 244 random bits from the OS's generator.
-    let secret = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let token = format!("admin:{secret}");
+    let token = format!("admin:{}", random_secret());
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -70,6 +64,16 @@ fn read(path: &Path) -> anyhow::Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// A fresh secret: two v4 UUIDs, 244 random bits from the OS's generator,
+/// as 64 hex digits.
+pub fn random_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 /// Equal bytes, in time that depends only on the lengths: for comparing a

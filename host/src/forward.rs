@@ -27,7 +27,7 @@ use crate::admin_token::constant_time_eq;
 use crate::clock::now_ms;
 use crate::cluster::Cluster;
 use crate::http::{Body, full, header_pairs, text};
-use crate::route::RoomKey;
+use crate::route::{RoomKey, node_header};
 use crate::wit;
 
 /// Marks a request one node forwarded to another. The owner serves it
@@ -36,9 +36,6 @@ use crate::wit;
 /// value is `NODE;UNIX_MS;MAC`: the MAC (HMAC-SHA256 under the cluster's
 /// secret) covers node, time, method, path and query, and the [`CHAIN`].
 pub const FORWARDED: &str = "x-dormouse-forwarded";
-
-/// The headers only nodes may send.
-const PREFIX: &str = "x-dormouse-";
 
 /// How far a mark's time may be from this node's clock: it bounds how long
 /// a captured mark can be replayed. Wide, because nodes' clocks are not
@@ -109,7 +106,7 @@ fn verified<B>(req: &Request<B>, secret: &str) -> bool {
 /// a node's of this cluster (its mark verifies): the markers are trusted
 /// by their presence after this.
 pub fn admit<B>(req: &mut Request<B>, cluster: Option<&Cluster>) {
-    if !req.headers().keys().any(|k| k.as_str().starts_with(PREFIX)) {
+    if !req.headers().keys().any(|k| node_header(k.as_str())) {
         return;
     }
     if let Some(cluster) = cluster
@@ -121,21 +118,15 @@ pub fn admit<B>(req: &mut Request<B>, cluster: Option<&Cluster>) {
 }
 
 /// Remove the headers only nodes may send.
-pub fn strip(headers: &mut HeaderMap) {
+fn strip(headers: &mut HeaderMap) {
     let names: Vec<_> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with(PREFIX))
+        .filter(|k| node_header(k.as_str()))
         .cloned()
         .collect();
     for name in names {
         headers.remove(name);
     }
-}
-
-/// Whether a header name is one only nodes may send (for headers a guest
-/// gives, which are not a `HeaderMap`).
-pub fn reserved(name: &str) -> bool {
-    name.len() >= PREFIX.len() && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
 }
 
 /// How long connecting to the owner may take before the client gets 503.
@@ -285,7 +276,7 @@ pub async fn call(
         .method(request.method.as_str())
         .uri(uri.as_str());
     for (name, value) in &request.headers {
-        if !reserved(name) {
+        if !node_header(name) {
             out = out.header(name.as_str(), value.as_str());
         }
     }
@@ -404,7 +395,9 @@ mod tests {
         admit(&mut req, None);
         let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-other"]);
-        assert!(reserved("X-Dormouse-Chain") && !reserved("x-dormous") && !reserved("x-other"));
+        assert!(
+            node_header("X-Dormouse-Chain") && !node_header("x-dormous") && !node_header("x-other")
+        );
     }
 
     #[test]

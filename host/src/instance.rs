@@ -163,9 +163,8 @@ pub struct Party {
     on_timer: Option<ComponentExportIndex>,
     /// Where `lobby-hooks`' two functions are, when exported.
     lobby: Option<[ComponentExportIndex; 2]>,
-    /// Which lobby hooks the room turned out not to define (it answered
-    /// `none`): the host stops making a lobby for them.
-    pub lobby_undefined: [std::sync::atomic::AtomicBool; 2],
+    /// What each lobby hook turned out to be, once asked ([`Known`] as u8).
+    lobby_known: [std::sync::atomic::AtomicU8; 2],
     pub vars: Arc<BTreeMap<String, String>>,
     /// Size of the component, bytes.
     pub size: usize,
@@ -174,11 +173,22 @@ pub struct Party {
 }
 
 impl Party {
-    /// Whether a lobby hook may be defined: exported, and not found
-    /// missing by an earlier call.
-    pub fn may_define(&self, before: Before) -> bool {
-        self.lobby.is_some()
-            && !self.lobby_undefined[before as usize].load(std::sync::atomic::Ordering::Relaxed)
+    /// What is known of a lobby hook: `Undefined` when the component does
+    /// not export the lobby, or a first call found the hook missing.
+    pub fn lobby_hook(&self, before: Before) -> Known {
+        if self.lobby.is_none() {
+            return Known::Undefined;
+        }
+        match self.lobby_known[before as usize].load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Known::Unknown,
+            1 => Known::Defined,
+            _ => Known::Undefined,
+        }
+    }
+
+    /// Record what a call found of a lobby hook.
+    pub fn learn(&self, before: Before, known: Known) {
+        self.lobby_known[before as usize].store(known as u8, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Validate and compile a component. Every refusal is one sentence that
@@ -267,7 +277,7 @@ impl Party {
             hooks,
             on_timer,
             lobby,
-            lobby_undefined: Default::default(),
+            lobby_known: Default::default(),
             vars: Arc::new(vars),
             size,
             version: None,
@@ -340,6 +350,15 @@ pub enum Call {
 pub enum Before {
     Connect = 0,
     Request = 1,
+}
+
+/// What the host knows of a lobby hook of a party version: the class's
+/// static hooks do not change while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Known {
+    Unknown = 0,
+    Defined = 1,
+    Undefined = 2,
 }
 
 impl Call {

@@ -14,6 +14,7 @@
 //! | edge | [`socket`] | one task per WebSocket: frames in, what the room could not write straight out, pings, lingering close |
 //! | host | [`host`] | parties and deploys, the registry of room actors, the alarm loop, the ping tick, shutdown |
 //! | host | [`forward`] | in a cluster: a room's socket, request or room-to-room call goes to the node that holds it |
+//! | host | `lobby` | PartyKit's static hooks, in an instance of their own before the room |
 //! | host | [`versions`] | deployed components and their precompiled forms on disk |
 //! | room | [`room`] | the room actor: events in order, wake, hibernate, output gate; what it may use of the host ([`room::Shared`], [`room::Registry`]) |
 //! | room | [`instance`] | engine, compiled parties, an instance with its deadline and memory cap |
@@ -23,12 +24,12 @@
 //! | store | [`cluster`] | several nodes on PostgreSQL: the lease, room claims, epoch-fenced group commit |
 //! | store | [`deploys`] | deploy metadata in SQLite: versions, the active one |
 //! | tools | [`client`] | the CLI's side of the admin API |
-//! | tools | [`admin_token`] | the token `serve` makes in its data dir, and where the CLI finds it |
+//! | tools | [`admin_token`] | the token `serve` makes in its data dir, where the CLI finds it; making and comparing secrets |
 //! | leaf | [`config`] | `dormouse.toml` and limits |
 //! | leaf | [`compile_cache`] | compiled function bodies on disk (Cranelift's incremental cache) |
 //! | leaf | [`project`], [`project_js`], [`project_py`], [`scaffold`] | building rooms (Rust crates; TypeScript/JavaScript and Python packages) to components; `dormouse new` |
 //! | leaf | [`alarms`] | the alarm index the host's alarm loop fires from |
-//! | leaf | [`route`] | URL parsing, room keys |
+//! | leaf | [`route`] | URL parsing, room keys, the rules for names (and the headers only nodes send) |
 //! | leaf | [`logs`], [`metrics`] | room log lines for `dormouse tail`; Prometheus names, hook and failure kinds |
 //! | leaf | [`outbound`] | a connection's bounded way out: frames the room writes straight to the socket, or queues |
 //! | leaf | `presence` | presence the host keeps without waking a room: Yjs awareness renewals |

@@ -8,15 +8,15 @@
 //! room id no room can have (""), never committed: `lobby.wit` gives the
 //! lobby no storage, and a guest that reaches for it anyway reads nothing
 //! and keeps nothing. A room that answers `none` (it defines no such hook)
-//! is not asked again for that version of the party.
+//! is not asked again for that version of the party; only that first call
+//! keeps a copy of the request, to go on with it.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use tracing::warn;
 
 use crate::config::Limits;
-use crate::instance::{Before, Call, Instance, Party, Reply};
+use crate::instance::{Before, Call, Instance, Known, Party, Reply};
 use crate::metrics::FailureKind;
 use crate::room::{Shared, text_response};
 use crate::room_state::RoomState;
@@ -34,7 +34,8 @@ pub async fn run(
     before: Before,
     request: Request,
 ) -> Result<Request, Response> {
-    if !party.may_define(before) {
+    let known = party.lobby_hook(before);
+    if known == Known::Undefined {
         return Ok(request);
     }
     let (name, room) = (key.0.clone(), key.1.clone());
@@ -71,7 +72,9 @@ pub async fn run(
             ));
         }
     };
-    let call = Call::Lobby(before, room.to_string(), request.clone());
+    // Only a first call can be answered `none`, which goes on unchanged.
+    let original = (known == Known::Unknown).then(|| request.clone());
+    let call = Call::Lobby(before, room.to_string(), request);
     let hook = call.hook();
     let started = std::time::Instant::now();
     let result = instance.call(call).await;
@@ -80,10 +83,14 @@ pub async fn run(
     // Nothing the lobby did is kept.
     state.storage.rollback_all();
     match result {
-        Ok(Reply::Lobby(Some(decided))) => decided,
+        Ok(Reply::Lobby(Some(decided))) => {
+            party.learn(before, Known::Defined);
+            decided
+        }
         Ok(_) => {
-            party.lobby_undefined[before as usize].store(true, Relaxed);
-            Ok(request)
+            party.learn(before, Known::Undefined);
+            // A hook that was there a call ago cannot vanish from a class.
+            original.ok_or_else(|| text_response(500, "the room's lobby answered nothing"))
         }
         Err(failure) => {
             shared.metrics.party(&name).trap(failure.kind);

@@ -182,8 +182,9 @@ pub struct RoomState {
     /// What presence the host keeps for the room without waking it
     /// ([`crate::presence`]).
     pub(crate) presence: Option<Presence>,
-    /// This is the lobby's state ([`crate::lobby`]), not the room's: a call
-    /// from it into the room is an ordinary call.
+    /// This is the state of the room's lobby (PartyKit's static hooks, run
+    /// by the host before the room), not the room's: a call from it into
+    /// the room is an ordinary call.
     pub(crate) lobby: bool,
 }
 

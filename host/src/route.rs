@@ -91,6 +91,16 @@ fn room_path(party: &str, room: &str) -> Result<Route, RouteError> {
     }))
 }
 
+/// The headers only nodes of a cluster may send each other: the edge drops
+/// any that a client or a guest sets.
+const NODE_HEADERS: &str = "x-dormouse-";
+
+/// Whether a header name is one only nodes may send (any case).
+pub fn node_header(name: &str) -> bool {
+    name.len() >= NODE_HEADERS.len()
+        && name[..NODE_HEADERS.len()].eq_ignore_ascii_case(NODE_HEADERS)
+}
+
 /// Whether a (decoded) room id is 1 to 256 bytes with no '/' (it is one
 /// path segment) and no NUL (PostgreSQL's text cannot hold one, and an id
 /// must mean the same on one node and on a cluster).

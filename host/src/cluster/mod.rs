@@ -24,6 +24,7 @@ use tokio::time::timeout;
 use tokio_postgres::{Client, NoTls};
 use tracing::{error, info, warn};
 
+use crate::admin_token::random_secret;
 use crate::clock::BootInstant;
 use crate::config::ClusterConfig;
 use crate::metrics::ClusterMetrics;
@@ -130,9 +131,9 @@ pub struct Cluster {
     /// Notified when this node self-fences: the host then closes every
     /// room's sockets with 1012.
     fenced: Notify,
-    /// The key nodes sign their requests to each other with
-    /// ([`crate::forward`]): made by the first node, kept in PostgreSQL,
-    /// which every node already trusts.
+    /// The key nodes sign their requests to each other with (the host's
+    /// forwarding does): made by the first node, kept in PostgreSQL, which
+    /// every node already trusts.
     secret: String,
     pub metrics: ClusterMetrics,
 }
@@ -208,15 +209,10 @@ impl Cluster {
             .batch_execute(&format!("BEGIN; {SCHEMA} COMMIT;"))
             .await
             .context("cannot create the cluster schema")?;
-        let fresh = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
         client
             .execute(
                 "INSERT INTO cluster_secret VALUES (1, $1) ON CONFLICT DO NOTHING",
-                &[&fresh],
+                &[&random_secret()],
             )
             .await
             .context("cannot make the cluster's secret")?;

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::forward;
 use crate::room_state::RoomState;
 use crate::route::{self, RoomKey};
 use crate::wit::dormouse::room::rooms::Host;
@@ -32,8 +31,10 @@ impl Host for RoomState {
                 "room ids are 1 to 256 bytes and hold no '/' and no NUL".into(),
             )));
         }
-        // Only nodes send `x-dormouse-*` headers (`forward.rs`).
-        request.headers.retain(|(name, _)| !forward::reserved(name));
+        // Only nodes send `x-dormouse-*` headers to each other.
+        request
+            .headers
+            .retain(|(name, _)| !route::node_header(name));
         if request.body.len() > self.limits.message_bytes {
             return Ok(Err(Error::TooLarge(format!(
                 "request bodies are limited to {} bytes",
