@@ -9,8 +9,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use dormouse::config::{Config, Limits, PartyConfig, PartyLimits};
-use dormouse::host::Host;
+use dormouse_host::config::{Config, Limits, PartyConfig, PartyLimits};
+use dormouse_host::host::Host;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -220,7 +220,7 @@ impl Server {
             let party = PartyConfig {
                 component: None,
                 krate: None,
-                builtin: Some(dormouse::config::BUILTIN_RELAY.into()),
+                builtin: Some(dormouse_host::config::BUILTIN_RELAY.into()),
                 vars: Default::default(),
                 limits: Default::default(),
             };
@@ -232,7 +232,7 @@ impl Server {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let listener = TcpListener::bind(listen).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let task = tokio::spawn(dormouse::server::run(listener, host.clone()));
+        let task = tokio::spawn(dormouse_host::edge::server::run(listener, host.clone()));
         Server {
             addr,
             host,

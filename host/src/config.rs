@@ -270,7 +270,9 @@ impl Config {
             .unwrap_or_default()
     }
 
-    /// The component of each party: its `component`, or its `crate` built now.
+    /// The component of each party. A party given as a `crate` is built by
+    /// the `dormouse` command before the host starts (the build tooling is
+    /// the CLI's, not the server library's), which sets its `component`.
     pub fn component(&self, name: &str) -> anyhow::Result<PathBuf> {
         let party = self
             .parties
@@ -278,8 +280,10 @@ impl Config {
             .with_context(|| format!("no party named {name}"))?;
         match (&party.component, &party.krate) {
             (Some(c), _) => Ok(c.clone()),
-            (None, Some(dir)) => crate::project::build(dir)
-                .with_context(|| format!("party {name}: cannot build {}", dir.display())),
+            (None, Some(dir)) => bail!(
+                "party {name}: its crate {} is not built yet (the dormouse command builds it)",
+                dir.display()
+            ),
             (None, None) => bail!("party {name}: give `component` or `crate`"),
         }
     }

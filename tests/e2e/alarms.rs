@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dormouse::config::Limits;
+use dormouse_host::config::Limits;
 use dormouse_tests::*;
 
 /// Poll an HTTP GET until its body is `want`.

@@ -274,7 +274,7 @@ async fn step(server: &Server, room: &str) -> u64 {
 async fn concurrent_deploys_and_rollbacks_leave_storage_and_serving_agreeing() {
     let server = Server::start(options()).await;
     let (one, ten) = (component("counter"), component("counter-ten"));
-    let hash_of = |bytes: &[u8]| dormouse::versions::hash(bytes);
+    let hash_of = |bytes: &[u8]| dormouse_host::host::deploys::versions::hash(bytes);
     let steps = |hash: &str| if hash == hash_of(&ten) { 10 } else { 1 };
     assert_eq!(upload(&server, "main", &one).await.0, 200);
     for round in 0..6 {
@@ -362,7 +362,7 @@ async fn a_torn_version_file_costs_that_version_not_the_host() {
 
     // Tear the active version's component and drop its precompiled form.
     let versions = options.data_dir.join("versions");
-    let torn = dormouse::versions::hash(&ten);
+    let torn = dormouse_host::host::deploys::versions::hash(&ten);
     for entry in std::fs::read_dir(&versions)
         .expect("versions dir")
         .flatten()

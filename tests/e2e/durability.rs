@@ -3,7 +3,7 @@
 //!
 //! The host runs in a child process, so it can really be killed: the child
 //! is this test binary re-run on the ignored test `serve_until_killed`,
-//! which serves the counter through `dormouse::server::run`, the same
+//! which serves the counter through `dormouse_host::edge::server::run`, the same
 //! library call `dormouse serve` makes.
 
 use std::collections::HashMap;
@@ -13,8 +13,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dormouse::config::{Config, PartyConfig};
-use dormouse::host::Host;
+use dormouse_host::config::{Config, PartyConfig};
+use dormouse_host::host::Host;
 use dormouse_tests::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -54,7 +54,9 @@ async fn serve_until_killed() {
     let host = Host::new(config).expect("host starts");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     println!("listening {}", listener.local_addr().expect("addr"));
-    dormouse::server::run(listener, host).await.expect("serves");
+    dormouse_host::edge::server::run(listener, host)
+        .await
+        .expect("serves");
 }
 
 /// Start a child host serving `guest` as party `main` on `data`; its

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dormouse::config::{Limits, PartyLimits};
-use dormouse::logs::LogLine;
+use dormouse_host::config::{Limits, PartyLimits};
+use dormouse_host::logs::LogLine;
 use dormouse_tests::*;
 use futures_util::SinkExt;
 use tokio::sync::broadcast;

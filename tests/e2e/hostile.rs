@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use dormouse::config::Limits;
+use dormouse_host::config::Limits;
 use dormouse_tests::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -96,11 +96,11 @@ async fn chat_keeps_history_and_names_across_hibernation(guest: &'static str) {
 /// public one keeps health (for load balancers) and stops serving metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_live_on_a_private_port() {
-    let config = dormouse::config::Config {
+    let config = dormouse_host::config::Config {
         data_dir: data_dir(),
-        ..dormouse::config::Config::default()
+        ..dormouse_host::config::Config::default()
     };
-    let host = dormouse::host::Host::new(config).expect("host starts");
+    let host = dormouse_host::host::Host::new(config).expect("host starts");
     let public = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -111,7 +111,7 @@ async fn metrics_can_live_on_a_private_port() {
         public.local_addr().expect("addr"),
         private.local_addr().expect("addr"),
     );
-    let task = tokio::spawn(dormouse::server::run_with_metrics(
+    let task = tokio::spawn(dormouse_host::edge::server::run_with_metrics(
         public,
         private,
         host.clone(),

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use dormouse::config::Limits;
+use dormouse_host::config::Limits;
 use dormouse_tests::*;
 
 const HIBERNATED: &str = "dormouse_rooms{party=\"main\",state=\"hibernated\"}";

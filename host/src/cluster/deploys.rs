@@ -10,7 +10,7 @@ use tokio_postgres::{Client, NoTls};
 use tracing::warn;
 
 use super::{Cluster, ClusterError, STATEMENT, bounded};
-use crate::deploys::Version;
+use crate::store::deploys::Version;
 
 /// The channel on which a deploy, rollback or delete names its party.
 const DEPLOYS: &str = "dormouse_deploys";

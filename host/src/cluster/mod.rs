@@ -27,11 +27,12 @@ use tracing::{error, info, warn};
 use crate::admin_token::random_secret;
 use crate::clock::BootInstant;
 use crate::config::ClusterConfig;
+use crate::lock::lock;
 use crate::metrics::ClusterMetrics;
 use crate::route::RoomKey;
-use crate::sync::lock;
 
 mod deploys;
+pub mod forward;
 mod rooms;
 
 use rooms::Commit;

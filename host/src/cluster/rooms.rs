@@ -11,8 +11,8 @@ use tokio_postgres::{Client, Statement};
 use tracing::{info, warn};
 
 use super::{Cluster, ClusterError, LIVE_OWNER, Pg, bounded};
+use crate::lock::lock;
 use crate::route::RoomKey;
-use crate::sync::lock;
 
 /// A room this node claimed: its epoch and its data as of the claim.
 pub struct Claimed {

@@ -26,6 +26,12 @@
 //! commit per group instead of N commits in series, and nothing leaves
 //! before it is durable.
 
+mod imports;
+pub mod instance;
+pub mod outbound;
+mod presence;
+pub mod state;
+
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
@@ -37,21 +43,20 @@ use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
+use self::instance::{Call, Failure, Instance, Party, Reply, Runtime};
+use self::state::{Capabilities, Connection, Outgoing, RoomState, RoomStatus};
 use crate::alarms::{Alarms, Attempt, MAX_RETRIES};
 use crate::clock::now_ms;
 use crate::cluster::Cluster;
 use crate::config::Limits;
-use crate::instance::{Call, Failure, Instance, Party, Reply, Runtime};
+use crate::lock::lock;
 use crate::metrics::{FailureKind, Hook, Metrics};
-use crate::outbound::{self, Outbound};
-use crate::presence;
-use crate::room_state::{Capabilities, Connection, Outgoing, RoomState, RoomStatus};
 use crate::route::RoomKey;
-use crate::storage::{Claiming, RoomStorage, Storage, StorageError};
-use crate::sync::lock;
+use crate::store::{Claiming, RoomStorage, Storage, StorageError};
 use crate::wit::dormouse::room::connections::Presence;
 use crate::wit::{self, ConnectionInfo};
 use crate::ws::to_ws;
+use outbound::Outbound;
 
 /// What a room actor may use of the host: the services rooms share, and the
 /// few registry operations of [`Registry`]; never the host itself. One per
@@ -663,7 +668,7 @@ impl Room {
     }
 
     /// A presence renewal the room asked the host to keep (see
-    /// [`crate::presence`]): taken into the sender's state and relayed to
+    /// [`self::presence`]): taken into the sender's state and relayed to
     /// every connection, without a hook or a wake; or an echo of what the
     /// room holds, dropped. Not while a group waits for its commit, whose
     /// output must leave first.

@@ -24,15 +24,15 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::cluster::Owner;
-use crate::forward;
+use crate::cluster::forward;
+use crate::edge::socket::Socket;
 use crate::host::Host;
 use crate::http::{Body, full, header_pairs, text};
-use crate::instance::Before;
-use crate::outbound::Outbound;
+use crate::room::instance::Before;
+use crate::room::outbound::Outbound;
 use crate::room::{Accepted, ConnRef, Connect, Event};
 use crate::route::RoomKey;
 use crate::route::{self, RoomPath, Route, RouteError};
-use crate::socket::Socket;
 use crate::wit;
 
 /// How long shutdown waits for rooms and sockets to finish.
@@ -198,7 +198,7 @@ async fn handle(
             );
             r
         }
-        Ok(Route::Admin) => crate::admin::handle(req, host, peer).await,
+        Ok(Route::Admin) => crate::edge::admin::handle(req, host, peer).await,
         Ok(Route::Static) => static_file(&host, req.uri().path()).await,
         Ok(Route::Room(path)) => {
             if !host.serves(&path.party) {

@@ -16,6 +16,9 @@
 //!   gate lives in `room.rs`, and depends only on `commit` having returned).
 //! - If the hook traps, the batch is dropped: none of its writes happen.
 
+pub mod compile_cache;
+pub mod deploys;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -27,8 +30,8 @@ use tokio::sync::oneshot;
 
 use crate::cluster::{Claimed, Cluster, ClusterError, Writes};
 use crate::config::Limits;
+use crate::lock::lock;
 use crate::metrics::Metrics;
-use crate::sync::lock;
 
 /// Why a storage call failed; the text is for the guest and the log.
 #[derive(Debug, thiserror::Error)]

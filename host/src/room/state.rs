@@ -18,9 +18,9 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::config::Limits;
 use crate::logs::Logs;
 use crate::metrics::{Metrics, PartyMetrics};
-use crate::outbound::{self, Frame, Outbound};
+use crate::room::outbound::{self, Frame, Outbound};
 use crate::route::RoomKey;
-use crate::storage::RoomStorage;
+use crate::store::RoomStorage;
 use crate::wit::dormouse::room::connections::Presence;
 use crate::wit::{Request, Response};
 
@@ -180,7 +180,7 @@ pub struct RoomState {
     /// activity for the idle timeout. Reset by the room before each event.
     pub(crate) quiet: bool,
     /// What presence the host keeps for the room without waking it
-    /// ([`crate::presence`]).
+    /// ([`crate::room::presence`]).
     pub(crate) presence: Option<Presence>,
     /// This is the state of the room's lobby (PartyKit's static hooks, run
     /// by the host before the room), not the room's: a call from it into
@@ -390,8 +390,8 @@ pub(crate) mod test_support {
     //! through their generated `Host` traits without Wasm.
 
     use super::*;
-    use crate::outbound::OutboundQueue;
-    use crate::storage::Storage;
+    use crate::room::outbound::OutboundQueue;
+    use crate::store::Storage;
 
     /// No other rooms: these tests call no room.
     struct NoRooms;

@@ -38,7 +38,7 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
     let tool = componentize_py()?;
     let cache = cache_dir()?;
     let sdk = write_files(&cache.join("python-sdk"), &SDK)?;
-    let wit = write_files(&cache.join("wit"), &crate::wit::SOURCES)?;
+    let wit = write_files(&cache.join("wit"), &dormouse_host::wit::SOURCES)?;
     let entry = write_files(&cache.join("python-entry"), &[("dormouse_entry.py", ENTRY)])?;
     let dist = dir.join("dist");
     std::fs::create_dir_all(&dist).with_context(|| format!("cannot create {}", dist.display()))?;

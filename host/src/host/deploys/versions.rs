@@ -18,8 +18,8 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use crate::instance::{Party, Runtime};
 use crate::metrics::Metrics;
+use crate::room::instance::{Party, Runtime};
 
 pub struct Versions {
     dir: PathBuf,

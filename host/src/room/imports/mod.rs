@@ -12,7 +12,7 @@ mod rooms;
 mod storage;
 mod timers;
 
-use crate::room_state::RoomState;
+use crate::room::state::RoomState;
 use crate::wit::Error;
 
 impl crate::wit::dormouse::room::types::Host for RoomState {}

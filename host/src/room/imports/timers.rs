@@ -3,7 +3,7 @@
 //! The time is kept with the running hook's output; when the hook returns,
 //! the room arms it (see `Room::run`), and it goes with the instance.
 
-use crate::room_state::RoomState;
+use crate::room::state::RoomState;
 use crate::wit::dormouse::room::timers::Host;
 
 impl Host for RoomState {

@@ -3,7 +3,7 @@
 //! The time is stored with the hook's other writes; after the commit the room
 //! tells the scheduler (`alarms.rs`), which fires it.
 
-use crate::room_state::RoomState;
+use crate::room::state::RoomState;
 use crate::wit::Error;
 use crate::wit::dormouse::room::alarm::Host;
 

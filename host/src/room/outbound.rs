@@ -37,7 +37,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::config::MESSAGE_OVERHEAD;
-use crate::sync::lock;
+use crate::lock::lock;
 
 /// What one nonblocking write of a small frame costs the room's thread
 /// (a loopback `send`: 1-2 us measured).

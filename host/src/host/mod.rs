@@ -7,6 +7,9 @@
 //! `.await`. Rooms reach the host only through the narrow [`Shared`] and
 //! [`Registry`] (and guest code through [`Capabilities`]).
 
+pub mod deploys;
+mod lobby;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -20,19 +23,19 @@ use tracing::Instrument;
 
 use crate::alarms::{Alarms, Attempt};
 use crate::clock::{Ticker, now_ms};
+use crate::cluster::forward;
 use crate::cluster::{Cluster, Owner};
 use crate::config::{Config, Limits};
-use crate::deploys::{Deploys, Version};
-use crate::forward;
-use crate::instance::{Before, Party, Runtime};
+use crate::host::deploys::versions::Versions;
+use crate::lock::lock;
 use crate::logs::Logs;
 use crate::metrics::Metrics;
+use crate::room::instance::{Before, Party, Runtime};
+use crate::room::state::{Capabilities, RoomCalls, RoomStatus};
 use crate::room::{self, Event, Registry, RoomRx, RoomTx, Shared};
-use crate::room_state::{Capabilities, RoomCalls, RoomStatus};
 use crate::route::RoomKey;
-use crate::storage::Storage;
-use crate::sync::lock;
-use crate::versions::Versions;
+use crate::store::Storage;
+use crate::store::deploys::{Deploys, Version};
 use crate::wit;
 
 /// How often, at most, the host gives freed memory back after rooms
@@ -279,7 +282,10 @@ impl Host {
             let now = self.shared.metrics.hibernations.load(Relaxed);
             if now != seen {
                 seen = now;
-                let _ = tokio::task::spawn_blocking(crate::versions::release_freed_memory).await;
+                let _ = tokio::task::spawn_blocking(
+                    crate::host::deploys::versions::release_freed_memory,
+                )
+                .await;
             }
         }
     }
@@ -482,7 +488,7 @@ impl Host {
     }
 
     /// PartyKit's lobby, before a connect or request reaches its room
-    /// (see [`crate::lobby`]): `Ok` goes on with that request.
+    /// (see [`crate::host::lobby`]): `Ok` goes on with that request.
     pub async fn lobby(
         &self,
         key: &RoomKey,
@@ -493,7 +499,7 @@ impl Host {
             return Ok(request);
         };
         let limits = self.limits_for(&key.0);
-        crate::lobby::run(&self.shared, &party, limits, key, before, request).await
+        crate::host::lobby::run(&self.shared, &party, limits, key, before, request).await
     }
 
     /// A party's limits: its `[parties.NAME.limits]` over the host's.
@@ -580,7 +586,7 @@ impl Host {
                 .versions
                 .compile(host.runtime(), host.metrics(), &name_, &bytes, vars)
                 .map_err(|e| AdminError::Refused(format!("{e:#}")))?;
-            let hash = crate::versions::hash(&bytes);
+            let hash = crate::host::deploys::versions::hash(&bytes);
             host.versions.save(&hash, &bytes)?;
             if !clustered {
                 let version = host

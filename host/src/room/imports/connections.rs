@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite;
 
 use super::check_size;
 use crate::config::MAX_MESSAGE_BYTES;
-use crate::room_state::{Connection, MAX_OUTBOX_BYTES, Outgoing, RoomState, Undo};
+use crate::room::state::{Connection, MAX_OUTBOX_BYTES, Outgoing, RoomState, Undo};
 use crate::wit::dormouse::room::connections::{AutoResponse as AutoResponsePair, Host, Presence};
 use crate::wit::{ConnectionInfo, Error, Message};
 use crate::ws::{from_ws, len as message_len, to_ws};
@@ -215,7 +215,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::metrics::Metrics;
-    use crate::room_state::test_support::{connect, room_state};
+    use crate::room::state::test_support::{connect, room_state};
 
     fn text(s: &str) -> Message {
         Message::Text(s.into())

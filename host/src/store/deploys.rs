@@ -9,7 +9,7 @@ use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::clock::now_ms;
-use crate::sync::lock;
+use crate::lock::lock;
 
 /// One deployed version of a party.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -33,7 +33,7 @@ impl Admin {
             .authority()
             .with_context(|| format!("no host in {url:?}"))?
             .to_string();
-        let token = crate::admin_token::find();
+        let token = dormouse_host::admin_token::find();
         Ok(Admin { authority, token })
     }
 

@@ -11,11 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-use dormouse::client::Admin;
-use dormouse::config::{ClusterConfig, Config, Limits, PartyConfig};
-use dormouse::host::Host;
-use dormouse::instance::{Party, Runtime};
-use dormouse::project;
+use crate::client::Admin;
+use crate::project;
+use dormouse_host::config::{ClusterConfig, Config, Limits, PartyConfig};
+use dormouse_host::host::Host;
+use dormouse_host::room::instance::{Party, Runtime};
 use hyper::Method;
 
 #[derive(Parser)]
@@ -81,7 +81,7 @@ enum Command {
         name: String,
         /// rust, ts, js or py.
         #[arg(long, default_value = "rust")]
-        lang: dormouse::scaffold::Lang,
+        lang: crate::scaffold::Lang,
     },
     /// Load a server and report figures (see BENCHMARKS.md).
     Bench(dormouse_bench::BenchArgs),
@@ -233,7 +233,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 awake_rooms,
                 ..Limits::default()
             };
-            let compiled = dormouse::versions::compile_component(&limits, functions, &bytes)?;
+            let compiled = dormouse_host::host::deploys::versions::compile_component(
+                &limits, functions, &bytes,
+            )?;
             std::io::Write::write_all(&mut std::io::stdout(), &compiled)?;
             Ok(())
         }
@@ -264,7 +266,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             server,
         } => rollback(&server, &party, version).await,
         Command::New { name, lang } => {
-            let dir = dormouse::scaffold::new_room(&name, lang)?;
+            let dir = crate::scaffold::new_room(&name, lang)?;
             println!(
                 "made {}: build it with `dormouse build {name}`, serve it with `dormouse dev {name}`",
                 dir.display()
@@ -302,11 +304,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     args.cluster.apply(&mut config);
     config.compiler = std::env::current_exe().ok();
     admin_token(&mut config)?;
+    let config = tokio::task::spawn_blocking(move || build_crates(config)).await??;
     let host = Host::open(config).await?;
     if host.parties()?.is_empty() {
         info!("no parties yet: `dormouse deploy DIR --party NAME` uploads one");
     }
     serve_host(host, |_| {}).await
+}
+
+/// Build every party the config names by its `crate`, so the host finds
+/// its `component`.
+fn build_crates(mut config: Config) -> anyhow::Result<Config> {
+    for (name, party) in &mut config.parties {
+        if let (None, Some(dir)) = (&party.component, &party.krate) {
+            let wasm = project::build(dir)
+                .with_context(|| format!("party {name}: cannot build {}", dir.display()))?;
+            party.component = Some(wasm);
+        }
+    }
+    Ok(config)
 }
 
 /// The admin token: the config's, `DORMOUSE_TOKEN`, or the one in the data
@@ -319,7 +335,7 @@ fn admin_token(config: &mut Config) -> anyhow::Result<()> {
             .filter(|t| !t.is_empty());
     }
     if config.admin_token.is_none() {
-        let (token, path) = dormouse::admin_token::ensure(&config.data_dir)?;
+        let (token, path) = dormouse_host::admin_token::ensure(&config.data_dir)?;
         info!(
             file = %path.display(),
             "admin token: in this file, readable by this user only (the CLI here finds it; elsewhere set DORMOUSE_TOKEN)"
@@ -366,7 +382,7 @@ async fn dev(dir: PathBuf, server: ServerArgs) -> anyhow::Result<()> {
         .iter()
         .filter_map(|(name, p)| Some((name.clone(), p.krate.clone()?)))
         .collect();
-    let host = tokio::task::spawn_blocking(move || Host::new(config)).await??;
+    let host = tokio::task::spawn_blocking(move || Host::new(build_crates(config)?)).await??;
     serve_host(host, move |host| {
         for (name, dir) in crates {
             host.tasks().spawn(watch(name, dir, host.clone()));
@@ -437,7 +453,7 @@ async fn rooms(server: &str) -> anyhow::Result<()> {
         let ago = if last == 0 {
             "-".to_owned()
         } else {
-            let ms = dormouse::clock::now_ms().saturating_sub(last);
+            let ms = dormouse_host::clock::now_ms().saturating_sub(last);
             format!("{:.1}s ago", ms as f64 / 1000.0)
         };
         let node = if clustered {
@@ -587,8 +603,10 @@ async fn serve_host(host: Arc<Host>, start: impl FnOnce(&Arc<Host>)) -> anyhow::
         token.cancel();
     });
     match metrics {
-        Some(metrics) => dormouse::server::run_with_metrics(listener, metrics, host).await,
-        None => dormouse::server::run(listener, host).await,
+        Some(metrics) => {
+            dormouse_host::edge::server::run_with_metrics(listener, metrics, host).await
+        }
+        None => dormouse_host::edge::server::run(listener, host).await,
     }
 }
 
@@ -636,7 +654,7 @@ async fn build_and_check(dir: &Path) -> anyhow::Result<PathBuf> {
     };
     // Compiled bodies are cached in the user's cache, so checking a second
     // TypeScript or Python room compiles only what is its own.
-    let functions = dormouse::project_js::cache_dir()
+    let functions = crate::project_js::cache_dir()
         .ok()
         .map(|c| c.join("compiled-functions"));
     tokio::task::spawn_blocking(move || {

@@ -1,6 +1,6 @@
 //! `dormouse:room/context`: the room's identity, its party's vars, its log.
 
-use crate::room_state::RoomState;
+use crate::room::state::RoomState;
 use crate::wit::Level;
 use crate::wit::dormouse::room::context::Host;
 
@@ -67,7 +67,7 @@ impl Host for RoomState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::room_state::test_support::room_state;
+    use crate::room::state::test_support::room_state;
 
     #[test]
     fn identity_and_vars() {

@@ -74,7 +74,7 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
     }
     let cache = cache_dir()?;
     let sdk = write_files(&cache.join("sdk"), &SDK)?;
-    let wit = write_files(&cache.join("wit"), &crate::wit::SOURCES)?;
+    let wit = write_files(&cache.join("wit"), &dormouse_host::wit::SOURCES)?;
     let dist = dir.join("dist");
     std::fs::create_dir_all(&dist).with_context(|| format!("cannot create {}", dist.display()))?;
     if depends_on(&package, "typescript") {

@@ -1,6 +1,6 @@
 //! The `dormouse` binary: parse the command line, set up logging, run.
 
-mod cli;
+use dormouse::commands as cli;
 
 use clap::Parser;
 

@@ -27,10 +27,10 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::compile_cache::FunctionCache;
 use crate::config::Limits;
 use crate::metrics::{FailureKind, Hook};
-use crate::room_state::RoomState;
+use crate::room::state::RoomState;
+use crate::store::compile_cache::FunctionCache;
 use crate::wit::{self, ConnectionInfo, Message, Request, Response};
 
 /// How often the epoch advances: the granularity of hook deadlines, and the
@@ -70,7 +70,7 @@ pub struct Runtime {
 impl Runtime {
     /// The pool is sized by the host's limits (awake rooms, memory per instance).
     /// `functions`: where compiled function bodies are cached (see
-    /// [`crate::compile_cache`]); `None` compiles everything every time.
+    /// [`crate::store::compile_cache`]); `None` compiles everything every time.
     pub fn new(limits: &Limits, functions: Option<PathBuf>) -> anyhow::Result<Arc<Runtime>> {
         let mut config = wasmtime::Config::new();
         if let Some(dir) = functions {

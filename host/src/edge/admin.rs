@@ -213,7 +213,7 @@ async fn logs(req: &Request<Incoming>, host: &Host, query: &str) -> Response<Bod
         }
     });
     if let Some(cluster) = host.cluster()
-        && !crate::forward::is_forwarded(req)
+        && !crate::cluster::forward::is_forwarded(req)
     {
         let peers = cluster.peers().await.unwrap_or_default();
         let path = format!("/_dormouse/logs?{query}");
@@ -223,7 +223,7 @@ async fn logs(req: &Request<Incoming>, host: &Host, query: &str) -> Response<Bod
                 (tx.clone(), path.clone(), auth.clone(), cluster.clone());
             tokio::spawn(async move {
                 let Some(mut body) =
-                    crate::forward::stream(&addr, &path, auth.as_ref(), &cluster).await
+                    crate::cluster::forward::stream(&addr, &path, auth.as_ref(), &cluster).await
                 else {
                     let _ = out.send(format!("{{\"unreachable\":{:?}}}", id)).await;
                     return;

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use tracing::warn;
 
 use crate::config::Limits;
-use crate::instance::{Before, Call, Instance, Known, Party, Reply};
 use crate::metrics::FailureKind;
+use crate::room::instance::{Before, Call, Instance, Known, Party, Reply};
+use crate::room::state::RoomState;
 use crate::room::{Shared, text_response};
-use crate::room_state::RoomState;
 use crate::route::RoomKey;
-use crate::storage::RoomStorage;
+use crate::store::RoomStorage;
 use crate::wit::{Request, Response};
 
 /// Run a lobby hook for a connect or request to room `key`: `Ok` goes on to

@@ -1,8 +1,8 @@
 //! `dormouse:room/storage`: the room's key-value storage, sizes checked here.
 
 use super::check_size;
-use crate::room_state::RoomState;
-use crate::storage::{ListOptions, StorageError};
+use crate::room::state::RoomState;
+use crate::store::{ListOptions, StorageError};
 use crate::wit::Error;
 use crate::wit::dormouse::room::storage::{self as wit, Host};
 
@@ -143,7 +143,7 @@ impl Host for RoomState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::room_state::test_support::room_state;
+    use crate::room::state::test_support::room_state;
 
     #[test]
     fn sizes_are_checked_and_refusals_write_nothing() {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::room_state::RoomState;
+use crate::room::state::RoomState;
 use crate::route::{self, RoomKey};
 use crate::wit::dormouse::room::rooms::Host;
 use crate::wit::{Error, Request, Response};

@@ -15,9 +15,9 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Ticker;
-use crate::outbound::{Next, OutboundQueue, Wire};
+use crate::room::outbound::{Next, OutboundQueue, Wire};
+use crate::room::state::RoomStatus;
 use crate::room::{ConnRef, Event, RoomTx};
-use crate::room_state::RoomStatus;
 use crate::ws::from_ws;
 
 /// How long a close the host starts lingers: writing its close frame, then

@@ -1,0 +1,15 @@
+//! The `dormouse` command's library: what the binary does besides serving,
+//! and what the tests call directly. The server itself is `dormouse-host`.
+//!
+//! - [`project`], [`project_js`], [`project_py`]: building a room (a Rust
+//!   crate, a TypeScript/JavaScript or a Python package) to a component;
+//! - [`scaffold`]: `dormouse new`;
+//! - [`client`]: the CLI's side of the admin API;
+//! - [`commands`]: argument parsing and the commands themselves.
+
+pub mod client;
+pub mod commands;
+pub mod project;
+pub mod project_js;
+pub mod project_py;
+pub mod scaffold;
