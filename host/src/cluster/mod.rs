@@ -31,10 +31,12 @@ use crate::lock::lock;
 use crate::metrics::ClusterMetrics;
 use crate::route::RoomKey;
 
+mod claimed;
 mod deploys;
 pub mod forward;
 mod rooms;
 
+pub use claimed::ClaimedRoom;
 use rooms::Commit;
 pub use rooms::{Claimed, Writes};
 

@@ -39,13 +39,8 @@ pub async fn run(
         return Ok(request);
     }
     let (name, room) = (key.0.clone(), key.1.clone());
-    let storage = RoomStorage::new(
-        shared.storage.clone(),
-        None,
-        name.clone(),
-        Arc::from(""),
-        limits.clone(),
-    );
+    let committed = shared.storage.room(name.clone(), Arc::from(""));
+    let storage = RoomStorage::new(Box::new(committed), limits.clone());
     let mut state = RoomState::new(
         name.clone(),
         room.clone(),

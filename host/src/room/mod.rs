@@ -47,12 +47,12 @@ use self::instance::{Call, Failure, Instance, Party, Reply, Runtime};
 use self::state::{Capabilities, Connection, Outgoing, RoomState, RoomStatus};
 use crate::alarms::{Alarms, Attempt, MAX_RETRIES};
 use crate::clock::now_ms;
-use crate::cluster::Cluster;
+use crate::cluster::{ClaimedRoom, Cluster};
 use crate::config::Limits;
 use crate::lock::lock;
 use crate::metrics::{FailureKind, Hook, Metrics};
 use crate::route::RoomKey;
-use crate::store::{Claiming, RoomStorage, Storage, StorageError};
+use crate::store::{Claiming, Committed, RoomStorage, Storage, StorageError};
 use crate::wit::dormouse::room::connections::Presence;
 use crate::wit::{self, ConnectionInfo};
 use crate::ws::to_ws;
@@ -413,13 +413,13 @@ impl Room {
     ) -> Room {
         let party_metrics = shared.metrics.party(&key.0);
         party_metrics.rooms_hibernated.fetch_add(1, Relaxed);
-        let storage = RoomStorage::new(
-            shared.storage.clone(),
-            shared.cluster.clone(),
-            key.0.clone(),
-            key.1.clone(),
-            limits.clone(),
-        );
+        // The storage seam: on one node the room's data is SQLite's, in a
+        // cluster it is the room's claim on PostgreSQL.
+        let committed: Box<dyn Committed> = match &shared.cluster {
+            Some(cluster) => Box::new(ClaimedRoom::new(cluster.clone(), key.clone())),
+            None => Box::new(shared.storage.room(key.0.clone(), key.1.clone())),
+        };
+        let storage = RoomStorage::new(committed, limits.clone());
         let state = RoomState::new(
             key.0.clone(),
             key.1.clone(),

@@ -426,7 +426,7 @@ pub(crate) mod test_support {
             caps,
             Arc::default(),
             limits.clone(),
-            RoomStorage::new(storage, None, party, id, limits),
+            RoomStorage::new(Box::new(storage.room(party, id)), limits),
             Arc::default(),
         );
         state.vars = Arc::new(BTreeMap::from([("K".into(), "v".into())]));

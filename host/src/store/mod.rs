@@ -1,14 +1,16 @@
-//! Room storage: each room's key-value pairs, size and alarm, in SQLite,
-//! behind one narrow interface (deploy metadata is `deploys.rs`).
-//!
-//! No SQLite type leaves this file, so another store of record (PostgreSQL,
-//! for several nodes) can stand behind the same interface later.
+//! Room storage: each room's key-value pairs, size and alarm, behind one
+//! interface with two backends. [`RoomStorage`] is a room's view: the
+//! pending writes of its hooks (an overlay), its bounds (per hook, per room,
+//! per list) and a [`Committed`] backend for what is durable: SQLite on one
+//! node (`sqlite.rs`), the room's claim on PostgreSQL in a cluster (the
+//! cluster layer's `ClaimedRoom`). Deploy metadata is `deploys.rs`; the
+//! compile cache is `compile_cache.rs`.
 //!
 //! How a hook's writes become durable:
 //! - During a hook, writes go to the room's [`Batch`] (an overlay in memory);
 //!   reads look at the overlay first, then at SQLite, so a room reads its own
 //!   writes at once.
-//! - When the hook returns, the room hands the batch to `Storage::commit`
+//! - When the hook returns, the room hands the batch to [`RoomStorage::commit`]
 //!   and waits. One writer thread commits every batch that is waiting in one
 //!   SQLite transaction (group commit), each batch in its own savepoint, so
 //!   one batch is all-or-nothing while many rooms share one fsync.
@@ -16,22 +18,19 @@
 //!   gate lives in `room.rs`, and depends only on `commit` having returned).
 //! - If the hook traps, the batch is dropped: none of its writes happen.
 
+
 pub mod compile_cache;
 pub mod deploys;
+mod sqlite;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, mpsc};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
-use anyhow::Context;
-use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::oneshot;
-
-use crate::cluster::{Claimed, Cluster, ClusterError, Writes};
 use crate::config::Limits;
-use crate::lock::lock;
-use crate::metrics::Metrics;
+
+pub use sqlite::{SqliteRoom, Storage};
 
 /// Why a storage call failed; the text is for the guest and the log.
 #[derive(Debug, thiserror::Error)]
@@ -52,32 +51,17 @@ pub enum StorageError {
     Moved,
 }
 
-impl From<ClusterError> for StorageError {
-    fn from(e: ClusterError) -> Self {
-        match e {
-            ClusterError::Fenced => StorageError::Moved,
-            ClusterError::Unavailable(line) => StorageError::Unavailable(line),
-        }
-    }
-}
-
-impl From<rusqlite::Error> for StorageError {
-    fn from(e: rusqlite::Error) -> Self {
-        StorageError::Unavailable(e.to_string())
-    }
-}
-
 /// The writes of one hook call, not yet committed.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Set by delete-all: every key committed before it is gone.
-    delete_all: bool,
+    pub(crate) delete_all: bool,
     /// Key -> new value, or `None` for a delete.
-    writes: BTreeMap<String, Option<Vec<u8>>>,
+    pub(crate) writes: BTreeMap<String, Option<Vec<u8>>>,
     /// Bytes of keys and values held in `writes` (the per-hook bound).
     bytes: usize,
     /// `Some(at)` sets the alarm, `Some(None)` deletes it.
-    alarm: Option<Option<u64>>,
+    pub(crate) alarm: Option<Option<u64>>,
 }
 
 impl Batch {
@@ -102,318 +86,63 @@ pub struct ListOptions {
     pub reverse: bool,
 }
 
-/// The host's storage: one SQLite file in WAL mode, one writer thread, a few readers.
-pub struct Storage {
-    path: PathBuf,
-    writer: Mutex<mpsc::Sender<Commit>>,
-    readers: Mutex<Vec<Connection>>,
-    generations: Arc<Generations>,
-}
-
-/// Each party's generation, bumped when the party is deleted. A room's
-/// storage carries the generation it was made in, and the writer refuses a
-/// batch from an older one: a hook that was running when its party was
-/// deleted cannot bring rows back after the delete.
-#[derive(Default)]
-struct Generations(Mutex<HashMap<String, u64>>);
-
-impl Generations {
-    fn get(&self, party: &str) -> u64 {
-        lock(&self.0).get(party).copied().unwrap_or(0)
-    }
-
-    fn bump(&self, party: &str) {
-        *lock(&self.0).entry(party.to_owned()).or_default() += 1;
-    }
-}
-
-struct Commit {
-    party: Arc<str>,
-    room: Arc<str>,
-    generation: u64,
-    batch: Batch,
-    /// The room's stored bytes after the batch.
-    reply: oneshot::Sender<Result<u64, StorageError>>,
-}
-
 /// Rows one step of a `list` reads, so a room of any size is listed in
 /// bounded host memory.
-const LIST_PAGE: i64 = 256;
+pub const LIST_PAGE: i64 = 256;
 
-/// A room's stored bytes, as every commit keeps them (the writer reads it
-/// to update it, a room to check its quota).
-const ROOM_BYTES: &str = "SELECT bytes FROM room_sizes WHERE party = ?1 AND room = ?2";
-/// A stored value's length: what a write replaces.
-const VALUE_LEN: &str = "SELECT length(value) FROM kv WHERE party = ?1 AND room = ?2 AND key = ?3";
-
-/// How many batches one transaction may group.
-const MAX_GROUP: usize = 512;
-
-impl Storage {
-    /// Open (or create) `DIR/dormouse.sqlite3` and start the writer thread.
-    pub fn open(dir: &Path, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Storage>> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
-        let path = dir.join("dormouse.sqlite3");
-        let conn = Connection::open(&path)
-            .with_context(|| format!("cannot open storage {}", path.display()))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS kv (
-                 party TEXT NOT NULL, room TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
-                 PRIMARY KEY (party, room, key));
-             CREATE TABLE IF NOT EXISTS alarms (
-                 party TEXT NOT NULL, room TEXT NOT NULL, at_ms INTEGER NOT NULL,
-                 PRIMARY KEY (party, room));",
-        )
-        .with_context(|| format!("cannot set up storage {}", path.display()))?;
-        // Version 1: each room's stored bytes, kept up to date by every
-        // commit (for the per-room quota and `dormouse rooms`); counted once
-        // here for data dirs written before it existed.
-        let schema: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .with_context(|| format!("cannot read storage {}", path.display()))?;
-        if schema < 1 {
-            conn.execute_batch(
-                "BEGIN;
-                 CREATE TABLE IF NOT EXISTS room_sizes (
-                     party TEXT NOT NULL, room TEXT NOT NULL, bytes INTEGER NOT NULL,
-                     PRIMARY KEY (party, room));
-                 DELETE FROM room_sizes;
-                 INSERT INTO room_sizes (party, room, bytes)
-                     SELECT party, room, SUM(length(CAST(key AS BLOB)) + length(value))
-                     FROM kv GROUP BY party, room;
-                 PRAGMA user_version = 1;
-                 COMMIT;",
-            )
-            .with_context(|| format!("cannot upgrade storage {}", path.display()))?;
-        }
-        let generations = Arc::new(Generations::default());
-        let (tx, rx) = mpsc::channel();
-        let g = generations.clone();
-        std::thread::Builder::new()
-            .name("dormouse-storage".into())
-            .spawn(move || write_loop(conn, rx, &g, metrics))
-            .context("cannot start the storage writer")?;
-        Ok(Arc::new(Storage {
-            path,
-            writer: Mutex::new(tx),
-            readers: Mutex::new(Vec::new()),
-            generations,
-        }))
-    }
-
-    /// Commit one room's batch durably; returns when it is on disk, with
-    /// the bytes the room now stores.
-    async fn commit(
+/// Where a room's committed data lives: the storage seam. SQLite on one node
+/// ([`SqliteRoom`]); in a cluster, the room's claim on PostgreSQL. A room
+/// reads through it on demand and commits a [`Batch`] to it; the overlay,
+/// the bounds and the merge of pending over committed are [`RoomStorage`]'s,
+/// the same for every backend.
+pub trait Committed: Send {
+    /// A committed value.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// A committed value's length (what a write would replace).
+    fn value_len(&self, key: &str) -> Result<Option<usize>, StorageError>;
+    /// The room's stored bytes, keys and values.
+    fn stored_bytes(&self) -> Result<u64, StorageError>;
+    /// At most [`LIST_PAGE`] committed rows in `[lo, hi)` past `cursor`, in
+    /// key order (or reversed).
+    fn list_page(
         &self,
-        commit: Commit,
-        done: oneshot::Receiver<Result<u64, StorageError>>,
-    ) -> Result<u64, StorageError> {
-        let stopped = || StorageError::Unavailable("the storage writer stopped".into());
-        if lock(&self.writer).send(commit).is_err() {
-            return Err(stopped());
-        }
-        done.await.unwrap_or_else(|_| Err(stopped()))
-    }
+        lo: Option<&str>,
+        hi: Option<&str>,
+        cursor: Option<&str>,
+        reverse: bool,
+    ) -> Result<VecDeque<(String, Vec<u8>)>, StorageError>;
+    /// The committed alarm.
+    fn alarm(&self) -> Result<Option<u64>, StorageError>;
+    /// Make a batch durable; the room's stored bytes after it. Boxed: one
+    /// allocation a commit, beside a commit's own channel and fsync.
+    fn commit(
+        &mut self,
+        batch: Batch,
+    ) -> Pin<Box<dyn Future<Output = Result<u64, StorageError>> + Send + '_>>;
 
-    /// The stored bytes of every room that stores any: one query, for
-    /// `dormouse rooms` (run it off the async runtime).
-    pub fn room_sizes(&self) -> Result<HashMap<(String, String), u64>, StorageError> {
-        self.read(|c| {
-            let mut stmt = c.prepare("SELECT party, room, bytes FROM room_sizes")?;
-            let rows = stmt.query_map([], |r| {
-                Ok(((r.get(0)?, r.get(1)?), r.get::<_, i64>(2)?.max(0) as u64))
-            })?;
-            rows.collect()
-        })
-    }
+    // A backend that must hold a room before it may act for it (a cluster's
+    // claim) overrides these; SQLite on one node always holds its rooms.
 
-    /// Every stored alarm: (party, room, due time), to rebuild the schedule at start.
-    pub fn alarms(&self) -> Result<Vec<(String, String, u64)>, StorageError> {
-        self.read(|c| {
-            let mut stmt = c.prepare("SELECT party, room, at_ms FROM alarms")?;
-            let rows = stmt.query_map([], |r| {
-                let at: i64 = r.get(2)?;
-                Ok((r.get(0)?, r.get(1)?, u64::try_from(at).unwrap_or(0)))
-            })?;
-            rows.collect()
-        })
+    /// Whether the room is held now (no claim to make).
+    fn held(&self) -> bool {
+        true
     }
-
-    /// Forget a party's rooms: their data, sizes and alarms. Batches of
-    /// hooks still running are refused from now on (see `Generations`).
-    pub fn delete_party(&self, party: &str) -> Result<(), StorageError> {
-        // Before the delete: the writer checks a batch's generation inside
-        // its write transaction, so a batch checked before this bump commits
-        // before the delete below can take the write lock, and is deleted.
-        self.generations.bump(party);
-        self.read(|c| {
-            let tx = c.unchecked_transaction()?;
-            for table in ["kv", "alarms", "room_sizes"] {
-                tx.execute(
-                    &format!("DELETE FROM {table} WHERE party = ?1"),
-                    params![party],
-                )?;
-            }
-            tx.commit()
-        })
+    /// Take the room: see [`RoomStorage::claim`].
+    fn claim(&mut self) -> Pin<Box<dyn Future<Output = Result<Claiming, StorageError>> + Send + '_>> {
+        Box::pin(std::future::ready(Ok(Claiming::Held)))
     }
-
-    /// Run `f` on a reader connection. Reads are local page-cache hits in the
-    /// common case, so they run inline on the room's task, as Durable Objects'
-    /// synchronous storage reads do. A party's delete writes through it too
-    /// (SQLite serializes it with the writer thread's commits).
-    fn read<R>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
-    ) -> Result<R, StorageError> {
-        let conn = lock(&self.readers).pop();
-        let conn = match conn {
-            Some(c) => c,
-            None => {
-                let c = Connection::open(&self.path)?;
-                c.busy_timeout(std::time::Duration::from_secs(5))?;
-                c
-            }
-        };
-        let result = f(&conn);
-        lock(&self.readers).push(conn);
-        Ok(result?)
+    /// See [`RoomStorage::release`].
+    fn release(&mut self) {}
+    /// See [`RoomStorage::hand_off`].
+    fn hand_off(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
     }
-}
-
-fn write_loop(
-    mut conn: Connection,
-    rx: mpsc::Receiver<Commit>,
-    generations: &Generations,
-    metrics: Arc<Metrics>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(more) => group.push(more),
-                Err(_) => break,
-            }
-        }
-        let results = commit_group(&mut conn, &group, generations);
-        match results {
-            Ok(results) => {
-                metrics.storage_commits.fetch_add(1, Relaxed);
-                for (commit, result) in group.into_iter().zip(results) {
-                    let _ = commit.reply.send(result);
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                for commit in group {
-                    let _ = commit
-                        .reply
-                        .send(Err(StorageError::Unavailable(msg.clone())));
-                }
-            }
-        }
+    /// See [`RoomStorage::still_held`].
+    fn still_held(&self) -> bool {
+        true
     }
-    // Every sender is gone: the host is shutting down. Fold the WAL back so
-    // the data dir is one tidy file.
-    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
-}
-
-/// One transaction for the group; each batch in a savepoint so a failing
-/// batch fails alone.
-fn commit_group(
-    conn: &mut Connection,
-    group: &[Commit],
-    generations: &Generations,
-) -> rusqlite::Result<Vec<Result<u64, StorageError>>> {
-    let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let mut results = Vec::with_capacity(group.len());
-    for commit in group {
-        // Checked inside the write transaction: see `Storage::delete_party`.
-        if commit.generation != generations.get(&commit.party) {
-            results.push(Err(StorageError::Fenced));
-            continue;
-        }
-        let mut sp = tx.savepoint()?;
-        match apply(&sp, commit) {
-            Ok(bytes) => {
-                sp.commit()?;
-                results.push(Ok(bytes));
-            }
-            Err(e) => {
-                sp.rollback()?;
-                results.push(Err(e.into()));
-            }
-        }
-    }
-    tx.commit()?;
-    Ok(results)
-}
-
-/// Apply one batch; the room's stored bytes after it.
-fn apply(conn: &Connection, c: &Commit) -> rusqlite::Result<u64> {
-    let (party, room) = (&*c.party, &*c.room);
-    let mut bytes: i64 = if c.batch.delete_all {
-        conn.prepare_cached("DELETE FROM kv WHERE party = ?1 AND room = ?2")?
-            .execute(params![party, room])?;
-        0
-    } else {
-        conn.prepare_cached(ROOM_BYTES)?
-            .query_row(params![party, room], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0)
-    };
-    for (key, value) in &c.batch.writes {
-        let old: Option<i64> = conn
-            .prepare_cached(VALUE_LEN)?
-            .query_row(params![party, room, key], |r| r.get(0))
-            .optional()?;
-        if let Some(old) = old {
-            bytes -= key.len() as i64 + old;
-        }
-        match value {
-            Some(v) => {
-                conn.prepare_cached(
-                    "INSERT INTO kv (party, room, key, value) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (party, room, key) DO UPDATE SET value = excluded.value",
-                )?
-                .execute(params![party, room, key, v])?;
-                bytes += (key.len() + v.len()) as i64;
-            }
-            None if old.is_some() => {
-                conn.prepare_cached("DELETE FROM kv WHERE party = ?1 AND room = ?2 AND key = ?3")?
-                    .execute(params![party, room, key])?;
-            }
-            None => {}
-        }
-    }
-    let bytes = bytes.max(0);
-    if c.batch.delete_all || !c.batch.writes.is_empty() {
-        conn.prepare_cached(
-            "INSERT INTO room_sizes (party, room, bytes) VALUES (?1, ?2, ?3)
-             ON CONFLICT (party, room) DO UPDATE SET bytes = excluded.bytes",
-        )?
-        .execute(params![party, room, bytes])?;
-    }
-    match c.batch.alarm {
-        Some(Some(at)) => conn
-            .prepare_cached(
-                "INSERT INTO alarms (party, room, at_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (party, room) DO UPDATE SET at_ms = excluded.at_ms",
-            )?
-            .execute(params![party, room, at_ms_to_sql(at)])?,
-        Some(None) => conn
-            .prepare_cached("DELETE FROM alarms WHERE party = ?1 AND room = ?2")?
-            .execute(params![party, room])?,
-        None => 0,
-    };
-    Ok(bytes as u64)
-}
-
-fn at_ms_to_sql(at: u64) -> i64 {
-    i64::try_from(at).unwrap_or(i64::MAX)
+    /// See [`RoomStorage::drop_claim`].
+    fn drop_claim(&mut self) {}
 }
 
 /// One room's view of storage: its committed data plus the pending batch.
@@ -422,15 +151,7 @@ fn at_ms_to_sql(at: u64) -> i64 {
 /// own commits (only the holder of the epoch can write, so the copy stays
 /// current while the claim holds).
 pub struct RoomStorage {
-    storage: Arc<Storage>,
-    cluster: Option<Arc<Cluster>>,
-    /// In a cluster, the claim this room holds; `None` until claimed.
-    /// Boxed: every room has this field, few have a claim.
-    claim: Option<Box<Claim>>,
-    party: Arc<str>,
-    room: Arc<str>,
-    /// The party's generation when this room's actor started.
-    generation: u64,
+    committed: Box<dyn Committed>,
     /// The party's limits: bytes per hook, per room, per list.
     limits: Arc<Limits>,
     pending: Batch,
@@ -458,15 +179,6 @@ struct Mark {
     writes: Option<BTreeMap<String, Option<Vec<u8>>>>,
 }
 
-/// A room's claim in a cluster: its epoch, and its data as committed.
-struct Claim {
-    epoch: i64,
-    inc: i64,
-    data: BTreeMap<String, Vec<u8>>,
-    alarm: Option<u64>,
-    bytes: u64,
-}
-
 /// What [`RoomStorage::claim`] found.
 pub enum Claiming {
     /// The room was already this node's (or there is no cluster).
@@ -476,20 +188,9 @@ pub enum Claiming {
 }
 
 impl RoomStorage {
-    pub fn new(
-        storage: Arc<Storage>,
-        cluster: Option<Arc<Cluster>>,
-        party: Arc<str>,
-        room: Arc<str>,
-        limits: Arc<Limits>,
-    ) -> Self {
+    pub fn new(committed: Box<dyn Committed>, limits: Arc<Limits>) -> Self {
         RoomStorage {
-            generation: storage.generations.get(&party),
-            storage,
-            cluster,
-            claim: None,
-            party,
-            room,
+            committed,
             limits,
             pending: Batch::default(),
             mark: None,
@@ -573,153 +274,43 @@ impl RoomStorage {
     /// an event: claim it (bumping its epoch) and load its data.
     /// [`StorageError::Moved`] when another live node holds it.
     pub async fn claim(&mut self) -> Result<Claiming, StorageError> {
-        let Some(cluster) = &self.cluster else {
-            return Ok(Claiming::Held);
-        };
-        if self.claim.is_some() {
+        if self.committed.held() {
             return Ok(Claiming::Held);
         }
-        let key = (self.party.clone(), self.room.clone());
-        let Some(Claimed {
-            epoch,
-            inc,
-            data,
-            alarm,
-        }) = cluster.claim(&key).await?
-        else {
-            return Err(StorageError::Moved);
-        };
-        let bytes = data.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
-        self.claim = Some(Box::new(Claim {
-            epoch,
-            inc,
-            data,
-            alarm,
-            bytes,
-        }));
-        Ok(Claiming::Claimed { alarm })
+        self.committed.claim().await
     }
 
     /// In a cluster, give the room up as the actor retires, unless an alarm
     /// is pending (the holder fires it). Runs in the background.
     pub fn release(&mut self) {
-        if self.claim.as_ref().is_some_and(|c| c.alarm.is_some()) {
-            return;
-        }
-        let (Some(cluster), Some(claim)) = (&self.cluster, self.claim.take()) else {
-            return;
-        };
-        let cluster = cluster.clone();
-        let key = (self.party.clone(), self.room.clone());
-        tokio::spawn(async move { cluster.release(&key, claim.epoch).await });
+        self.committed.release();
     }
 
     /// In a cluster, give the room up now, alarm or not (a due alarm of a
     /// room nobody holds is fired by whichever node sweeps it first), and
     /// return once PostgreSQL has it.
     pub async fn hand_off(&mut self) {
-        let (Some(cluster), Some(claim)) = (&self.cluster, self.claim.take()) else {
-            return;
-        };
-        let key = (self.party.clone(), self.room.clone());
-        cluster.release(&key, claim.epoch).await;
+        self.committed.hand_off().await;
     }
 
     /// Whether this node may still act for the room: always on one node; in
     /// a cluster, while its lease is valid and the claim is this
     /// incarnation's. Checked before a hook's output leaves.
     pub fn still_held(&self) -> bool {
-        match (&self.cluster, &self.claim) {
-            (None, _) => true,
-            (Some(c), Some(claim)) => c.holds(claim.inc),
-            (Some(_), None) => false,
-        }
+        self.committed.still_held()
     }
 
     /// Forget the claim (the node self-fenced): the next event claims again.
     pub fn drop_claim(&mut self) {
-        if let (Some(cluster), Some(claim)) = (&self.cluster, self.claim.take()) {
-            cluster.forget(&(self.party.clone(), self.room.clone()), claim.epoch);
-        }
+        self.committed.drop_claim();
     }
 
     /// Commit a batch taken with [`RoomStorage::take_batch`]; returns once
     /// it is durable.
     pub async fn commit(&mut self, batch: Batch) -> Result<(), StorageError> {
-        if self.cluster.is_some() {
-            return self.commit_to_cluster(batch).await;
-        }
-        let (reply, done) = oneshot::channel();
-        let commit = Commit {
-            party: self.party.clone(),
-            room: self.room.clone(),
-            generation: self.generation,
-            batch,
-            reply,
-        };
-        let bytes = self.storage.commit(commit, done).await?;
+        let bytes = self.committed.commit(batch).await?;
         self.stored = Some(bytes);
         Ok(())
-    }
-
-    /// Commit under the room's epoch. Any failure forgets the claim: the
-    /// outcome may be unknown, so the next event claims and loads afresh.
-    async fn commit_to_cluster(&mut self, batch: Batch) -> Result<(), StorageError> {
-        let (Some(cluster), Some(claim)) = (&self.cluster, &mut self.claim) else {
-            return Err(StorageError::Moved);
-        };
-        let mut bytes = if batch.delete_all { 0 } else { claim.bytes };
-        let (mut puts, mut deletes) = (Vec::new(), Vec::new());
-        for (k, v) in &batch.writes {
-            if !batch.delete_all
-                && let Some(old) = claim.data.get(k)
-            {
-                bytes = bytes.saturating_sub((k.len() + old.len()) as u64);
-            }
-            match v {
-                Some(v) => {
-                    bytes += (k.len() + v.len()) as u64;
-                    puts.push((k.clone(), v.clone()));
-                }
-                None => deletes.push(k.clone()),
-            }
-        }
-        let writes = Writes {
-            delete_all: batch.delete_all,
-            puts,
-            deletes,
-            alarm: batch.alarm,
-            bytes,
-        };
-        let key = (self.party.clone(), self.room.clone());
-        if let Err(e) = cluster.commit(&key, (claim.epoch, claim.inc), writes).await {
-            self.claim = None;
-            return Err(e.into());
-        }
-        if batch.delete_all {
-            claim.data.clear();
-        }
-        for (k, v) in batch.writes {
-            match v {
-                Some(v) => claim.data.insert(k, v),
-                None => claim.data.remove(&k),
-            };
-        }
-        if let Some(at) = batch.alarm {
-            claim.alarm = at;
-        }
-        claim.bytes = bytes;
-        self.stored = Some(bytes);
-        Ok(())
-    }
-
-    /// In a cluster, the data of the room's claim.
-    fn claimed(&self) -> Result<Option<&Claim>, StorageError> {
-        match (&self.cluster, &self.claim) {
-            (None, _) => Ok(None),
-            (Some(_), Some(c)) => Ok(Some(&**c)),
-            (Some(_), None) => Err(StorageError::Moved),
-        }
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -729,15 +320,7 @@ impl RoomStorage {
         if self.pending.delete_all {
             return Ok(None);
         }
-        if let Some(c) = self.claimed()? {
-            return Ok(c.data.get(key).cloned());
-        }
-        let (party, room) = (&*self.party, &*self.room);
-        self.storage.read(|c| {
-            c.prepare_cached("SELECT value FROM kv WHERE party = ?1 AND room = ?2 AND key = ?3")?
-                .query_row(params![party, room, key], |r| r.get(0))
-                .optional()
-        })
+        self.committed.get(key)
     }
 
     /// Stage a write; refused past the hook's or the room's bound.
@@ -859,16 +442,7 @@ impl RoomStorage {
         if let Some(n) = self.stored {
             return Ok(n);
         }
-        if let Some(c) = self.claimed()? {
-            return Ok(c.bytes);
-        }
-        let (party, room) = (&*self.party, &*self.room);
-        let n: Option<i64> = self.storage.read(|c| {
-            c.prepare_cached(ROOM_BYTES)?
-                .query_row(params![party, room], |r| r.get(0))
-                .optional()
-        })?;
-        let n = n.unwrap_or(0).max(0) as u64;
+        let n = self.committed.stored_bytes()?;
         self.stored = Some(n);
         Ok(n)
     }
@@ -878,16 +452,7 @@ impl RoomStorage {
         if self.pending.delete_all {
             return Ok(0);
         }
-        if let Some(c) = self.claimed()? {
-            return Ok(c.data.get(key).map_or(0, |v| key.len() + v.len()));
-        }
-        let (party, room) = (&*self.party, &*self.room);
-        let len: Option<i64> = self.storage.read(|c| {
-            c.prepare_cached(VALUE_LEN)?
-                .query_row(params![party, room, key], |r| r.get(0))
-                .optional()
-        })?;
-        Ok(len.map_or(0, |l| key.len() + l.max(0) as usize))
+        Ok(self.committed.value_len(key)?.map_or(0, |l| key.len() + l))
     }
 
     /// Entries in key order (or reversed), overlay merged over committed
@@ -934,7 +499,12 @@ impl RoomStorage {
         let before = |a: &str, b: &str| if o.reverse { a > b } else { a < b };
         while out.len() < limit {
             if page.is_empty() && !committed_done {
-                page = self.list_page(&lo, &hi, cursor.as_deref(), o.reverse)?;
+                page = self.committed.list_page(
+                    lo.as_deref(),
+                    hi.as_deref(),
+                    cursor.as_deref(),
+                    o.reverse,
+                )?;
                 committed_done = page.len() < LIST_PAGE as usize;
                 cursor = page.back().map(|(k, _)| k.clone());
             }
@@ -974,77 +544,12 @@ impl RoomStorage {
         Ok(out)
     }
 
-    /// One page of committed rows in `[lo, hi)` past `cursor`, in order.
-    fn list_page(
-        &self,
-        lo: &Option<String>,
-        hi: &Option<String>,
-        cursor: Option<&str>,
-        reverse: bool,
-    ) -> Result<VecDeque<(String, Vec<u8>)>, StorageError> {
-        if let Some(c) = self.claimed()? {
-            use std::ops::Bound::{Excluded, Included, Unbounded};
-            let mut from = lo.as_deref().map_or(Unbounded, Included);
-            let mut to = hi.as_deref().map_or(Unbounded, Excluded);
-            if let Some(cur) = cursor {
-                if reverse {
-                    to = Excluded(cur);
-                } else {
-                    from = Excluded(cur);
-                }
-            }
-            // The end is never included, so an empty range is one whose
-            // start is not below its end (which `range` would panic on).
-            if let (Included(a) | Excluded(a), Excluded(b)) = (from, to)
-                && a >= b
-            {
-                return Ok(VecDeque::new());
-            }
-            let range = c.data.range::<str, _>((from, to));
-            let entry = |(k, v): (&String, &Vec<u8>)| (k.clone(), v.clone());
-            let page = LIST_PAGE as usize;
-            return Ok(if reverse {
-                range.rev().take(page).map(entry).collect()
-            } else {
-                range.take(page).map(entry).collect()
-            });
-        }
-        let sql = if reverse {
-            "SELECT key, value FROM kv WHERE party = ?1 AND room = ?2
-             AND (?3 IS NULL OR key >= ?3) AND (?4 IS NULL OR key < ?4)
-             AND (?5 IS NULL OR key < ?5)
-             ORDER BY key DESC LIMIT ?6"
-        } else {
-            "SELECT key, value FROM kv WHERE party = ?1 AND room = ?2
-             AND (?3 IS NULL OR key >= ?3) AND (?4 IS NULL OR key < ?4)
-             AND (?5 IS NULL OR key > ?5)
-             ORDER BY key ASC LIMIT ?6"
-        };
-        let (party, room) = (&*self.party, &*self.room);
-        self.storage.read(|c| {
-            let mut stmt = c.prepare_cached(sql)?;
-            let rows = stmt.query_map(params![party, room, lo, hi, cursor, LIST_PAGE], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })?;
-            rows.collect()
-        })
-    }
-
     /// The alarm time, pending change first.
     pub fn alarm(&self) -> Result<Option<u64>, StorageError> {
         if let Some(a) = self.pending.alarm {
             return Ok(a);
         }
-        if let Some(c) = self.claimed()? {
-            return Ok(c.alarm);
-        }
-        let (party, room) = (&*self.party, &*self.room);
-        let at: Option<i64> = self.storage.read(|c| {
-            c.prepare_cached("SELECT at_ms FROM alarms WHERE party = ?1 AND room = ?2")?
-                .query_row(params![party, room], |r| r.get(0))
-                .optional()
-        })?;
-        Ok(at.map(|a| u64::try_from(a).unwrap_or(0)))
+        self.committed.alarm()
     }
 
     pub fn set_alarm(&mut self, at: Option<u64>) {
@@ -1098,6 +603,7 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
 
     fn room(dir: &Path) -> RoomStorage {
         room_with(dir, Limits::default())
@@ -1105,7 +611,11 @@ mod tests {
 
     fn room_with(dir: &Path, limits: Limits) -> RoomStorage {
         let storage = Storage::open(dir, Arc::default()).expect("storage opens");
-        RoomStorage::new(storage, None, "main".into(), "r1".into(), Arc::new(limits))
+        room_in(&storage, "r1", Arc::new(limits))
+    }
+
+    fn room_in(storage: &Arc<Storage>, room: &str, limits: Arc<Limits>) -> RoomStorage {
+        RoomStorage::new(Box::new(storage.room("main".into(), room.into())), limits)
     }
 
     async fn commit(r: &mut RoomStorage) {
@@ -1120,7 +630,8 @@ mod tests {
     #[tokio::test]
     async fn reads_own_writes_and_commits_atomically() {
         let dir = tempdir();
-        let mut r = room(&dir);
+        let storage = Storage::open(&dir, Arc::default()).expect("storage opens");
+        let mut r = room_in(&storage, "r1", Arc::default());
         r.put("a".into(), b"1".to_vec()).expect("put");
         assert_eq!(r.get("a").expect("get"), Some(b"1".to_vec()));
         let batch = r.take_batch();
@@ -1134,13 +645,7 @@ mod tests {
         assert_eq!(r.get("b").expect("get"), None);
 
         // Another room sees nothing of this one.
-        let other = RoomStorage::new(
-            r.storage.clone(),
-            None,
-            "main".into(),
-            "r2".into(),
-            r.limits.clone(),
-        );
+        let other = room_in(&storage, "r2", r.limits.clone());
         assert_eq!(other.get("a").expect("get"), None);
     }
 
@@ -1425,7 +930,8 @@ mod tests {
             storage_bytes_per_room: 1000,
             ..Limits::default()
         };
-        let mut r = room_with(&dir, limits);
+        let storage = Storage::open(&dir, Arc::default()).expect("storage opens");
+        let mut r = room_in(&storage, "r1", Arc::new(limits));
         r.put("a".into(), vec![0; 499]).expect("put"); // 500 bytes with its key
         r.put("b".into(), vec![0; 399]).expect("put"); // 400
         commit(&mut r).await;
@@ -1444,7 +950,7 @@ mod tests {
         commit(&mut r).await;
         assert_eq!(r.stored().expect("size"), 600);
         // What the host lists, and what a reopened store knows.
-        let sizes = r.storage.room_sizes().expect("sizes");
+        let sizes = storage.room_sizes().expect("sizes");
         assert_eq!(sizes[&("main".to_owned(), "r1".to_owned())], 600);
         r.delete_all();
         commit(&mut r).await;
@@ -1454,22 +960,17 @@ mod tests {
     #[tokio::test]
     async fn a_batch_from_before_its_party_was_deleted_is_refused() {
         let dir = tempdir();
-        let mut r = room(&dir);
+        let storage = Storage::open(&dir, Arc::default()).expect("storage opens");
+        let mut r = room_in(&storage, "r1", Arc::default());
         r.put("kept".into(), vec![1]).expect("put");
         commit(&mut r).await;
         // A hook is running when its party is deleted.
         r.put("late".into(), vec![1]).expect("put");
-        r.storage.delete_party("main").expect("delete");
+        storage.delete_party("main").expect("delete");
         let batch = r.take_batch();
         assert!(matches!(r.commit(batch).await, Err(StorageError::Fenced)));
         // A room of the party deployed again starts empty and can write.
-        let mut fresh = RoomStorage::new(
-            r.storage.clone(),
-            None,
-            "main".into(),
-            "r1".into(),
-            r.limits.clone(),
-        );
+        let mut fresh = room_in(&storage, "r1", r.limits.clone());
         assert!(
             fresh
                 .list(&ListOptions::default())
