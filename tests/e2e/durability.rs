@@ -77,7 +77,9 @@ pub(crate) async fn spawn_host(data: &Path, guest_name: &str) -> (Child, SocketA
         .expect("child host starts");
     let stdout = child.stdout.take().expect("piped");
     let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(WAIT, async {
+    // The child may be the first host of this run to compile the component
+    // (a TypeScript room takes ~12 s in a debug build): more than WAIT.
+    let addr = tokio::time::timeout(WAIT * 6, async {
         while let Some(line) = lines.next_line().await.expect("child stdout") {
             if let Some(addr) = line.strip_prefix("listening ") {
                 return addr.parse().expect("an address");

@@ -190,7 +190,9 @@ impl Committed for ClaimedRoom {
         self.claim.is_some()
     }
 
-    fn claim(&mut self) -> Pin<Box<dyn Future<Output = Result<Claiming, StorageError>> + Send + '_>> {
+    fn claim(
+        &mut self,
+    ) -> Pin<Box<dyn Future<Output = Result<Claiming, StorageError>> + Send + '_>> {
         Box::pin(self.claim_now())
     }
 

@@ -18,7 +18,6 @@
 //!   gate lives in `room.rs`, and depends only on `commit` having returned).
 //! - If the hook traps, the batch is dropped: none of its writes happen.
 
-
 pub mod compile_cache;
 pub mod deploys;
 mod sqlite;
@@ -128,7 +127,9 @@ pub trait Committed: Send {
         true
     }
     /// Take the room: see [`RoomStorage::claim`].
-    fn claim(&mut self) -> Pin<Box<dyn Future<Output = Result<Claiming, StorageError>> + Send + '_>> {
+    fn claim(
+        &mut self,
+    ) -> Pin<Box<dyn Future<Output = Result<Claiming, StorageError>> + Send + '_>> {
         Box::pin(std::future::ready(Ok(Claiming::Held)))
     }
     /// See [`RoomStorage::release`].
