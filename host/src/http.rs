@@ -9,6 +9,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
+use crate::wit;
+
 /// Response bodies: whole (most) or streamed (`/_dormouse/logs`).
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -30,15 +32,26 @@ pub fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The one content type of the host's plain-text answers.
+const TEXT: &str = "text/plain; charset=utf-8";
+
 /// A one-line plain-text answer.
 pub fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(full(body + "\n"));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT));
     r
+}
+
+/// The same answer as a room's response (what a room-to-room call or the
+/// lobby gets when the host answers for a room).
+pub fn text_response(status: u16, line: &str) -> wit::Response {
+    wit::Response {
+        status,
+        headers: vec![("content-type".into(), TEXT.into())],
+        body: format!("{line}\n").into_bytes(),
+    }
 }
 
 /// A JSON answer.

@@ -26,37 +26,42 @@
 //! commit per group instead of N commits in series, and nothing leaves
 //! before it is durable.
 
+mod event;
+mod hooks;
 mod imports;
 pub mod instance;
 pub mod outbound;
 mod presence;
+mod queue;
+mod relay;
 pub mod state;
 
-use std::collections::VecDeque;
+pub use event::{Accepted, ConnRef, Connect, Event};
+use hooks::{Fault, failed_response};
+pub use queue::{RoomRx, RoomTx, queue};
+
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::warn;
 
-use self::instance::{Call, Failure, Instance, Party, Reply, Runtime};
-use self::state::{Capabilities, Connection, Outgoing, RoomState, RoomStatus};
-use crate::alarms::{Alarms, Attempt, MAX_RETRIES};
+use self::instance::{Call, Instance, Party, Reply, Runtime};
+use self::state::{Capabilities, Connection, RoomState, RoomStatus};
+use crate::alarms::{Alarms, Attempt};
 use crate::clock::now_ms;
 use crate::cluster::{ClaimedRoom, Cluster};
 use crate::config::Limits;
-use crate::lock::lock;
-use crate::metrics::{FailureKind, Hook, Metrics};
+use crate::http::text_response;
+use crate::metrics::{Hook, Metrics};
 use crate::route::RoomKey;
 use crate::store::{Claiming, Committed, RoomStorage, Storage, StorageError};
 use crate::wit::dormouse::room::connections::Presence;
 use crate::wit::{self, ConnectionInfo};
 use crate::ws::to_ws;
-use outbound::Outbound;
 
 /// What a room actor may use of the host: the services rooms share, and the
 /// few registry operations of [`Registry`]; never the host itself. One per
@@ -92,104 +97,6 @@ pub trait Registry: Send + Sync {
     fn hibernate_least_recent(&self);
 }
 
-/// Whose failure kept a hook from completing: an alarm spends a retry only
-/// on the guest's own (see `alarms.rs`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fault {
-    /// The guest trapped, ran out of time or memory, or failed to start.
-    Guest,
-    /// The host could not run it: no such party, no instance slot, a
-    /// storage or cluster failure.
-    Host,
-}
-
-impl Fault {
-    fn of(failure: &Failure) -> Fault {
-        match failure.kind {
-            FailureKind::PoolFull => Fault::Host,
-            _ => Fault::Guest,
-        }
-    }
-}
-
-/// The longest a host failure delays an alarm before it tries again.
-const MAX_STALL_MS: u64 = 5 * 60_000;
-
-/// How long a wake waits for an awake-room slot to free before it fails.
-const POOL_WAIT: Duration = Duration::from_secs(5);
-/// How often a waiting wake looks again without a notification.
-const POOL_RETRY: Duration = Duration::from_millis(50);
-
-/// An event for a room.
-pub enum Event {
-    /// A client asks to connect; the reply decides the HTTP answer.
-    Connect(Box<Connect>),
-    Message {
-        conn: ConnRef,
-        message: wit::Message,
-    },
-    Closed {
-        conn: ConnRef,
-        code: u16,
-        reason: String,
-        was_clean: bool,
-    },
-    Error {
-        conn: ConnRef,
-        description: String,
-    },
-    Request {
-        request: Box<wit::Request>,
-        /// Rooms waiting on this request (a room-to-room call), outermost first.
-        chain: Vec<RoomKey>,
-        reply: oneshot::Sender<wit::Response>,
-    },
-    /// The room's alarm is due.
-    Alarm {
-        attempt: Attempt,
-    },
-    /// Drop the instance after the current event (a new version was
-    /// deployed, or a wake needs its slot).
-    Hibernate,
-    /// In a cluster: every socket of this quiet room came through one
-    /// other node, where the balancer now sends its clients. Give the room
-    /// up and close its sockets with 1012: they reconnect there.
-    HandOff,
-    /// Close every connection with this code and stop; the registry has
-    /// already forgotten this actor. 1001 when the party was deleted, 1012
-    /// when this node left the cluster.
-    Evict {
-        code: u16,
-        reason: &'static str,
-    },
-}
-
-/// Which socket an event comes from: the id, and the serial that tells it
-/// apart from a later socket that reused the id.
-#[derive(Clone)]
-pub struct ConnRef {
-    pub id: Arc<str>,
-    pub serial: u64,
-}
-
-pub struct Connect {
-    pub conn: ConnRef,
-    pub request: wit::Request,
-    pub outbound: Outbound,
-    /// The socket came through another node of the cluster.
-    pub forwarded: bool,
-    pub reply: oneshot::Sender<Result<Accepted, wit::Response>>,
-}
-
-/// A connection the room accepted: its socket talks to this actor, the one
-/// that ran its on-connect and holds the connection, for the rest of its
-/// life (never to whichever actor `dispatch` happened to reach).
-pub struct Accepted {
-    pub room: RoomTx,
-    /// The room's published status; the socket answers its auto-response.
-    pub status: Arc<RoomStatus>,
-}
-
 /// What woke the actor loop.
 enum Next {
     Event(Box<Event>),
@@ -219,158 +126,6 @@ fn rearm(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, deadline: tokio::time
     match timer {
         Some(t) => t.as_mut().reset(deadline),
         None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-    }
-}
-
-/// How many events may wait for a room before senders wait too.
-const ROOM_QUEUE: usize = 64;
-
-/// The most hooks whose writes share one commit (see [`Room::joins_group`]).
-const MAX_GROUP: u16 = ROOM_QUEUE as u16;
-/// A group stops growing once its writes or its output hold this much.
-const GROUP_BYTES: usize = 1 << 20;
-
-/// A room's event queue: bounded, many senders, one receiver (the actor).
-/// Lighter than a tokio channel, which allocates a block of 32 slots and
-/// pads its halves to cache lines: an empty queue here is one allocation of
-/// ~150 bytes, and every live room has one, hibernated or not.
-struct Queue {
-    events: std::sync::Mutex<VecDeque<Box<Event>>>,
-    /// Wakes the actor: an event came, or the queue closed.
-    ready: Notify,
-    /// Wakes a sender waiting for space.
-    space: Notify,
-    /// Set under the `events` lock: no send succeeds after it.
-    closed: AtomicBool,
-}
-
-/// A room's event queue, sending side.
-#[derive(Clone)]
-pub struct RoomTx(Arc<Queue>);
-
-/// A room's event queue, receiving side: the actor's. Dropping it closes
-/// the queue.
-pub struct RoomRx(Arc<Queue>);
-
-/// A new room queue.
-pub fn queue() -> (RoomTx, RoomRx) {
-    let q = Arc::new(Queue {
-        events: std::sync::Mutex::new(VecDeque::new()),
-        ready: Notify::new(),
-        space: Notify::new(),
-        closed: AtomicBool::new(false),
-    });
-    (RoomTx(q.clone()), RoomRx(q))
-}
-
-impl RoomTx {
-    /// Queue an event, waiting while the queue is full; the event comes
-    /// back when the queue is closed (the actor is gone).
-    pub async fn send(&self, event: Event) -> Result<(), Event> {
-        let mut event = Box::new(event);
-        loop {
-            // Registered before looking, so space freed meanwhile is seen.
-            let space = self.0.space.notified();
-            match self.push(event) {
-                Ok(()) => return Ok(()),
-                Err((back, true)) => return Err(*back),
-                Err((back, false)) => event = back,
-            }
-            space.await;
-        }
-    }
-
-    /// Queue an event if there is room now.
-    pub fn try_send(&self, event: Event) -> bool {
-        self.push(Box::new(event)).is_ok()
-    }
-
-    /// `Err((event, closed))` when closed or full.
-    #[allow(clippy::type_complexity, reason = "a private helper's two refusals")]
-    fn push(&self, event: Box<Event>) -> Result<(), (Box<Event>, bool)> {
-        let mut events = lock(&self.0.events);
-        if self.0.closed.load(Relaxed) {
-            return Err((event, true));
-        }
-        if events.len() >= ROOM_QUEUE {
-            return Err((event, false));
-        }
-        events.push_back(event);
-        drop(events);
-        self.0.ready.notify_one();
-        Ok(())
-    }
-}
-
-impl RoomRx {
-    /// The next event; `None` once the queue is closed and drained.
-    pub async fn recv(&mut self) -> Option<Box<Event>> {
-        loop {
-            if let Some(event) = self.try_recv() {
-                return Some(event);
-            }
-            if self.0.closed.load(Relaxed) {
-                return None;
-            }
-            // A notify_one before this point left a permit: no lost wakeup.
-            self.0.ready.notified().await;
-        }
-    }
-
-    /// Whether no event waits: the room has nothing else to do.
-    pub fn is_empty(&self) -> bool {
-        lock(&self.0.events).is_empty()
-    }
-
-    /// Whether the next event is one whose hook may share a commit with
-    /// the hook before it (see `Room::joins_group`). Only the actor takes
-    /// events, so what it sees here is what it takes next.
-    fn next_joins_group(&self) -> bool {
-        matches!(
-            lock(&self.0.events).front().map(|e| &**e),
-            Some(Event::Message { .. } | Event::Closed { .. } | Event::Error { .. })
-        )
-    }
-
-    pub fn try_recv(&mut self) -> Option<Box<Event>> {
-        let mut events = lock(&self.0.events);
-        let event = events.pop_front()?;
-        // Give a burst's memory back once it has drained.
-        if events.is_empty() && events.capacity() > 8 {
-            *events = VecDeque::new();
-        }
-        drop(events);
-        self.0.space.notify_one();
-        Some(event)
-    }
-
-    /// Close the queue if nothing waits in it, in one step: a send lands
-    /// before (and this refuses) or finds the queue closed.
-    pub fn close_if_empty(&mut self) -> bool {
-        self.close_when(|events| events.is_empty())
-    }
-
-    /// Refuse every later send; what is queued stays to be drained.
-    pub fn close(&mut self) {
-        self.close_when(|_| true);
-    }
-
-    fn close_when(&mut self, ok: impl FnOnce(&VecDeque<Box<Event>>) -> bool) -> bool {
-        let events = lock(&self.0.events);
-        if !ok(&events) {
-            return false;
-        }
-        self.0.closed.store(true, Relaxed);
-        drop(events);
-        // Senders waiting for space find the queue closed.
-        self.0.space.notify_waiters();
-        true
-    }
-}
-
-impl Drop for RoomRx {
-    fn drop(&mut self) {
-        self.close();
     }
 }
 
@@ -861,321 +616,6 @@ impl Room {
         };
         let _ = c.reply.send(verdict.map(|()| accepted));
     }
-
-    /// Wake if needed, then run one hook.
-    async fn hook(&mut self, call: Call) -> Result<Reply, Fault> {
-        if self.builtin {
-            return Ok(self.builtin_relay(call));
-        }
-        self.wake().await?;
-        self.run(call).await
-    }
-
-    async fn wake(&mut self) -> Result<(), Fault> {
-        if self.awake() {
-            return Ok(());
-        }
-        let party = self
-            .shared
-            .registry
-            .upgrade()
-            .and_then(|r| r.party(&self.key.0));
-        let Some(party) = party else {
-            warn!("no such party is deployed");
-            return Err(Fault::Host);
-        };
-        let started = Instant::now();
-        let Life::Hibernated(mut state) = std::mem::replace(&mut self.life, Life::Moving) else {
-            unreachable!("wake checked the room is hibernated")
-        };
-        state.vars = party.vars.clone();
-        let m = state.party_metrics.clone();
-        let mut waiting_since: Option<Instant> = None;
-        let shared = self.shared.clone();
-        loop {
-            // Registered before the attempt, so a slot freed meanwhile is seen.
-            let freed = shared.slot_freed.notified();
-            match Instance::new(&shared.runtime, &party, state).await {
-                Ok(instance) => {
-                    m.rooms_hibernated.fetch_sub(1, Relaxed);
-                    m.rooms_awake.fetch_add(1, Relaxed);
-                    m.wakes.fetch_add(1, Relaxed);
-                    self.life = Life::Awake(instance);
-                    self.state().status.awake.store(true, Relaxed);
-                    break;
-                }
-                // Every slot is taken: past `awake_rooms`, the least recently
-                // used awake room hibernates early, rather than this wake
-                // failing. Its slot frees once it finishes its current event;
-                // this wake waits for that notification.
-                Err((back, failure)) if failure.kind == FailureKind::PoolFull => {
-                    state = back;
-                    let since = *waiting_since.get_or_insert_with(|| {
-                        self.shared.metrics.pool_full_waits.fetch_add(1, Relaxed);
-                        warn!("every awake-room slot is taken; hibernating the least recently used room");
-                        Instant::now()
-                    });
-                    let Some(left) = POOL_WAIT.checked_sub(since.elapsed()) else {
-                        self.life = Life::Hibernated(state);
-                        self.failed("instantiate", failure);
-                        return Err(Fault::Host);
-                    };
-                    if let Some(registry) = shared.registry.upgrade() {
-                        registry.hibernate_least_recent();
-                    }
-                    // A slot may also free without a notification (an
-                    // instantiation that failed elsewhere): look again soon.
-                    let _ = tokio::time::timeout(left.min(POOL_RETRY), freed).await;
-                }
-                Err((back, failure)) => {
-                    self.life = Life::Hibernated(back);
-                    let fault = Fault::of(&failure);
-                    self.failed("instantiate", failure);
-                    return Err(fault);
-                }
-            }
-        }
-        self.run(Call::Start).await?;
-        let took = started.elapsed();
-        self.shared.metrics.wake_seconds.observe(took);
-        let line = format!("woke in {} us", took.as_micros());
-        self.log("host", line);
-        Ok(())
-    }
-
-    /// Run one hook on the awake instance, then commit and release its output.
-    async fn run(&mut self, call: Call) -> Result<Reply, Fault> {
-        let hook = call.hook();
-        let Life::Awake(instance) = &mut self.life else {
-            return Err(Fault::Host);
-        };
-        let started = Instant::now();
-        let result = instance.call(call).await;
-        self.shared.metrics.hook_seconds[hook as usize].observe(started.elapsed());
-        let reply = match result {
-            Ok(reply) => reply,
-            Err(failure) => {
-                instance.state().discard();
-                let fault = Fault::of(&failure);
-                self.failed(hook.label(), failure);
-                // The hooks before it in the group succeeded: theirs commit.
-                if self.group > 0 {
-                    let _ = self.flush(hook).await;
-                }
-                self.hibernate();
-                return Err(fault);
-            }
-        };
-        let state = instance.state();
-        // An alarm that on-alarm handled is done, unless the hook set a new one.
-        if hook == Hook::Alarm && !state.storage.alarm_touched() {
-            state.storage.set_alarm(None);
-        }
-        if let Some(timer) = state.hook_mut().and_then(|h| h.timer.take()) {
-            let at = |ms: u32| tokio::time::Instant::now() + Duration::from_millis(ms.into());
-            match (timer, &mut self.timer) {
-                (None, t) => *t = None,
-                (Some(ms), t) => rearm(t, at(ms)),
-            }
-        }
-        if self.joins_group(hook) {
-            self.state().settle();
-            self.group += 1;
-            return Ok(reply);
-        }
-        self.flush(hook).await?;
-        Ok(reply)
-    }
-
-    /// Whether the hook that just ran leaves its writes and output for the
-    /// next one's commit: while more messages wait, their hooks run first
-    /// and one commit makes them all durable, then every output leaves in
-    /// order. A Durable Object's output gate does the same (its events run
-    /// while a write is in flight; their writes coalesce). Only messages,
-    /// closes and errors group (nothing waits on their answer), at most
-    /// [`MAX_GROUP`] and bounded in bytes; not on a cluster, where a claim
-    /// can be lost between two events; and not with an idle timeout of 0,
-    /// which promises a wake per event.
-    fn joins_group(&self, hook: Hook) -> bool {
-        let Life::Awake(instance) = &self.life else {
-            return false;
-        };
-        let state = instance.state_ref();
-        matches!(hook, Hook::Message | Hook::Close | Hook::Error)
-            && self.group < MAX_GROUP
-            && self.shared.cluster.is_none()
-            && !self.shared.idle_timeout.is_zero()
-            && state.storage.pending_bytes() < GROUP_BYTES
-            && state
-                .hook_ref()
-                .is_none_or(|h| h.outbox_bytes < GROUP_BYTES)
-            && self.rx.next_joins_group()
-    }
-
-    /// Commit what the hooks since the last commit wrote, then release
-    /// their output, in order: the output gate. On a failure every one of
-    /// them is undone and the instance dropped. `hook`: the last one, for
-    /// the log.
-    async fn flush(&mut self, hook: Hook) -> Result<(), Fault> {
-        self.group = 0;
-        let state = self.state();
-        let batch = state.storage.take_batch();
-        let alarm = batch.alarm_change();
-        if !batch.is_empty()
-            && let Err(e) = state.storage.commit(batch).await
-        {
-            // The guest believes its writes happened; its memory cannot be
-            // trusted any more than the messages it sent.
-            error!(hook = hook.label(), error = %e, "commit failed; output dropped and instance dropped");
-            self.state().discard_all();
-            if matches!(e, StorageError::Moved) {
-                // Another node holds the room: its clients must go there.
-                self.evict(1012, "this room moved to another node; reconnect");
-            }
-            self.hibernate();
-            return Err(Fault::Host);
-        }
-        // In a cluster, a hook that wrote nothing still answers clients (a
-        // read, say): only while this node holds the room. A node that
-        // paused past its lease (a zombie) answers nothing on waking.
-        if !self.state().storage.still_held() {
-            self.state().discard_all();
-            self.evict(1012, "this room moved to another node; reconnect");
-            return Err(Fault::Host);
-        }
-        let idle = idle(&self.rx, self.idle_before);
-        let metrics = self.shared.metrics.clone();
-        self.state().release(&metrics, idle);
-        match alarm {
-            Some(Some(at)) => self
-                .shared
-                .alarms
-                .set(self.key.clone(), at, Attempt::default()),
-            Some(None) => self.shared.alarms.clear(&self.key),
-            None => {}
-        }
-        Ok(())
-    }
-
-    /// The alarm fired: run on-alarm if it is still due; retry with backoff
-    /// when it fails, and drop it after [`MAX_RETRIES`] failures of the
-    /// guest's own. When the host could not run it, try again later
-    /// without spending a retry.
-    async fn alarm(&mut self, attempt: Attempt) {
-        // The schedule may be stale: the alarm may have moved or gone since.
-        let at = match self.state().storage.alarm() {
-            Ok(at) => at,
-            Err(e) => {
-                error!(error = %e, "cannot read the alarm; trying again later");
-                self.retry_alarm(attempt, Fault::Host).await;
-                return;
-            }
-        };
-        match at {
-            None => return,
-            Some(at) if at > now_ms() => {
-                self.shared.alarms.set(self.key.clone(), at, attempt);
-                return;
-            }
-            Some(_) => {}
-        }
-        if let Err(fault) = self.hook(Call::Alarm(attempt.retry)).await {
-            self.retry_alarm(attempt, fault).await;
-        }
-    }
-
-    async fn retry_alarm(&mut self, attempt: Attempt, fault: Fault) {
-        if fault == Fault::Host {
-            let wait = self
-                .shared
-                .alarm_retry_ms
-                .saturating_mul(1 << attempt.stalls.min(16))
-                .min(MAX_STALL_MS);
-            warn!(
-                stalls = attempt.stalls + 1,
-                wait_ms = wait,
-                "the host could not run on-alarm; trying again later (no retry spent)"
-            );
-            let next = Attempt {
-                stalls: attempt.stalls + 1,
-                ..attempt
-            };
-            self.shared
-                .alarms
-                .set(self.key.clone(), now_ms().saturating_add(wait), next);
-            return;
-        }
-        let retry = attempt.retry;
-        if retry < MAX_RETRIES {
-            let backoff = self.shared.alarm_retry_ms.saturating_mul(1 << retry);
-            warn!(
-                retry = retry + 1,
-                backoff_ms = backoff,
-                "on-alarm failed; retrying"
-            );
-            let next = Attempt {
-                retry: retry + 1,
-                ..attempt
-            };
-            self.shared
-                .alarms
-                .set(self.key.clone(), now_ms().saturating_add(backoff), next);
-            return;
-        }
-        error!(
-            retries = MAX_RETRIES,
-            "on-alarm failed every retry; the alarm is dropped"
-        );
-        let state = self.state();
-        state.storage.rollback();
-        state.storage.set_alarm(None);
-        let batch = state.storage.take_batch();
-        if let Err(e) = state.storage.commit(batch).await {
-            error!(error = %e, "cannot delete the failed alarm");
-        }
-    }
-
-    /// The builtin party: the relay example's logic in plain Rust, on the
-    /// same actor, queues and sockets, with no instance (and so no wake).
-    /// Only `dormouse bench` uses it, to measure what Wasm costs.
-    fn builtin_relay(&mut self, call: Call) -> Reply {
-        let metrics = self.shared.metrics.clone();
-        let idle = idle(&self.rx, self.idle_before);
-        let state = self.state();
-        match call {
-            Call::Connect(..) => Reply::Connect(Ok(())),
-            Call::Message(id, message) => {
-                state
-                    .hook()
-                    .outbox
-                    .push(Outgoing::All(to_ws(message), vec![id]));
-                state.release(&metrics, idle);
-                Reply::Done
-            }
-            Call::Request(_) => Reply::Response(text_response(200, "builtin relay")),
-            Call::Start | Call::Close(..) | Call::Error(..) | Call::Alarm(_) | Call::Timer => {
-                Reply::Done
-            }
-            Call::Lobby(..) => Reply::Lobby(None),
-        }
-    }
-
-    /// Log a guest failure once, with party, room and hook, and count it.
-    fn failed(&mut self, hook: &str, failure: Failure) {
-        let Failure { kind, error } = failure;
-        error!(
-            hook,
-            kind = kind.label(),
-            error = format!("{error:#}"),
-            "guest failed; instance dropped, connections kept"
-        );
-        self.state().party_metrics.trap(kind);
-        let line = format!(
-            "{hook} failed ({}): {error:#}; instance dropped",
-            kind.label()
-        );
-        self.log("error", line);
-    }
 }
 
 /// How idle a room is as its output leaves: not at all while events wait,
@@ -1185,20 +625,6 @@ fn idle(rx: &RoomRx, idle_before: Duration) -> Duration {
         idle_before
     } else {
         Duration::ZERO
-    }
-}
-
-/// What a client gets when the room's hook failed.
-fn failed_response() -> wit::Response {
-    text_response(500, "the room failed to handle this request")
-}
-
-/// A one-line plain-text answer from the host on a room's behalf.
-pub(crate) fn text_response(status: u16, line: &str) -> wit::Response {
-    wit::Response {
-        status,
-        headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
-        body: format!("{line}\n").into_bytes(),
     }
 }
 
@@ -1220,57 +646,5 @@ mod tests {
         // 696 bytes here (288 + 408). It was 6,448 when a cluster claim was
         // awaited inline, and 1,200 with the room unboxed (kept twice).
         assert!(size <= 768, "an idle actor is {size} bytes: box what grew");
-    }
-
-    #[tokio::test]
-    async fn a_room_queue_is_bounded_and_closes_only_when_empty() {
-        let (tx, mut rx) = queue();
-        for _ in 0..ROOM_QUEUE {
-            assert!(tx.try_send(Event::Hibernate));
-        }
-        assert!(!tx.try_send(Event::Hibernate), "full");
-        // A sender waits for space and gets it when the actor takes one.
-        let waiting = tokio::spawn({
-            let tx = tx.clone();
-            async move {
-                tx.send(Event::Evict {
-                    code: 1001,
-                    reason: "party deleted",
-                })
-                .await
-                .is_ok()
-            }
-        });
-        tokio::task::yield_now().await;
-        assert!(rx.try_recv().is_some());
-        assert!(waiting.await.expect("sender"));
-        assert!(!rx.close_if_empty(), "events wait: the room must stay");
-        while rx.try_recv().is_some() {}
-        assert!(rx.close_if_empty());
-        // After the close, an event comes back to its sender.
-        assert!(matches!(
-            tx.send(Event::Hibernate).await,
-            Err(Event::Hibernate)
-        ));
-        assert!(rx.recv().await.is_none());
-    }
-
-    #[tokio::test]
-    async fn closing_wakes_a_sender_waiting_for_space() {
-        let (tx, rx) = queue();
-        for _ in 0..ROOM_QUEUE {
-            assert!(tx.try_send(Event::Hibernate));
-        }
-        let waiting = tokio::spawn(async move {
-            tx.send(Event::Evict {
-                code: 1001,
-                reason: "party deleted",
-            })
-            .await
-            .is_err()
-        });
-        tokio::task::yield_now().await;
-        drop(rx);
-        assert!(waiting.await.expect("sender"), "the event came back");
     }
 }
