@@ -4,6 +4,7 @@
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
@@ -60,7 +61,7 @@ impl Admin {
 
     /// Send one request and hand each line of the (streamed) answer to `line`.
     pub async fn stream(&self, path: &str, mut line: impl FnMut(&str)) -> anyhow::Result<()> {
-        let (status, mut body) = self.send(Method::GET, path, Vec::new()).await?;
+        let (status, body) = self.send(Method::GET, path, Vec::new()).await?;
         if !status.is_success() {
             let bytes = body
                 .collect()
@@ -69,17 +70,9 @@ impl Admin {
                 .unwrap_or_default();
             bail!("{status}: {}", String::from_utf8_lossy(&bytes).trim());
         }
-        let mut pending = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.context("the server closed the stream")?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            pending.extend_from_slice(&data);
-            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                let l: Vec<u8> = pending.drain(..=end).collect();
-                line(String::from_utf8_lossy(&l).trim_end());
-            }
+        let mut lines = dormouse_host::http::lines(body);
+        while let Some(l) = lines.next().await {
+            line(l.context("the server's stream broke off")?.trim_end());
         }
         Ok(())
     }

@@ -274,10 +274,7 @@ pub(crate) fn write_files(base: &Path, files: &[(&str, &str)]) -> anyhow::Result
         all.extend_from_slice(name.as_bytes());
         all.extend_from_slice(text.as_bytes());
     }
-    let digest: String = sha2::Sha256::digest(&all)[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = hex::encode(&sha2::Sha256::digest(&all)[..8]);
     let dir = base.join(digest);
     if !dir.is_dir() {
         let tmp = base.join(format!("{}.tmp", uuid::Uuid::new_v4().simple()));

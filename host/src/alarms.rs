@@ -122,7 +122,7 @@ impl Alarms {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Schedule> {
-        self.schedule.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock::lock(&self.schedule)
     }
 }
 

@@ -4,12 +4,35 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
+use tokio_util::codec::{FramedRead, LinesCodec};
+use tokio_util::io::StreamReader;
 
 use crate::wit;
+
+/// The longest line [`lines`] takes: a room log line is far shorter.
+const MAX_LINE: usize = 1 << 20;
+
+/// The lines of a streamed body (NDJSON: `/_dormouse/logs`, read by another
+/// node and by `dormouse tail`), without their newlines.
+pub fn lines(
+    body: hyper::body::Incoming,
+) -> FramedRead<impl tokio::io::AsyncRead + Unpin, LinesCodec> {
+    let data = http_body_util::BodyStream::new(body).filter_map(|frame| {
+        std::future::ready(match frame {
+            Ok(frame) => frame.into_data().ok().map(Ok),
+            Err(e) => Some(Err(std::io::Error::other(e))),
+        })
+    });
+    FramedRead::new(
+        StreamReader::new(data),
+        LinesCodec::new_with_max_length(MAX_LINE),
+    )
+}
 
 /// Response bodies: whole (most) or streamed (`/_dormouse/logs`).
 pub type Body = BoxBody<Bytes, Infallible>;

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::lock::lock;
+
 /// A room's hooks; the `hook` label of `dormouse_hook_seconds`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -123,7 +125,7 @@ pub struct PartyMetrics {
 impl Metrics {
     /// The metrics of one party, made on first use.
     pub fn party(&self, name: &str) -> Arc<PartyMetrics> {
-        let mut parties = self.parties.lock().unwrap_or_else(|e| e.into_inner());
+        let mut parties = lock(&self.parties);
         parties.entry(name.to_owned()).or_default().clone()
     }
 
@@ -131,7 +133,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let parties: Vec<(String, Arc<PartyMetrics>)> = {
-            let parties = self.parties.lock().unwrap_or_else(|e| e.into_inner());
+            let parties = lock(&self.parties);
             parties
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))

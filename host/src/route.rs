@@ -116,24 +116,25 @@ pub fn valid_party_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// A query parameter, decoded (`+` and percent escapes; bytes that are not
+/// UTF-8 become U+FFFD): the first one named `name`.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 /// The `_pk` query parameter (the connection id partysocket sends), if any.
+/// Refused when empty, too long, or holding NUL or U+FFFD (what bytes that
+/// are not UTF-8 decode to).
 pub fn connection_id(query: Option<&str>) -> Result<Option<String>, RouteError> {
-    let Some(query) = query else { return Ok(None) };
-    for pair in query.split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if name != "_pk" {
-            continue;
-        }
-        let value = value.replace('+', " ");
-        let id = percent_decode_str(&value)
-            .decode_utf8()
-            .map_err(|_| RouteError::BadConnectionId)?;
-        if id.is_empty() || id.len() > MAX_CONNECTION_ID || id.contains('\0') {
-            return Err(RouteError::BadConnectionId);
-        }
-        return Ok(Some(id.into_owned()));
+    let Some(id) = query.and_then(|q| query_param(q, "_pk")) else {
+        return Ok(None);
+    };
+    if id.is_empty() || id.len() > MAX_CONNECTION_ID || id.contains(['\0', '\u{FFFD}']) {
+        return Err(RouteError::BadConnectionId);
     }
-    Ok(None)
+    Ok(Some(id))
 }
 
 #[cfg(test)]

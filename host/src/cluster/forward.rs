@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 use hyper::HeaderMap;
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::admin_token::constant_time_eq;
 use crate::clock::now_ms;
@@ -45,21 +45,11 @@ const MARK_AGE_MS: u64 = 10 * 60_000;
 
 /// HMAC-SHA256 (RFC 2104), hex.
 fn hmac(key: &[u8], message: &[u8]) -> String {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let inner = Sha256::new()
-        .chain_update(k.map(|b| b ^ 0x36))
-        .chain_update(message)
-        .finalize();
-    let outer = Sha256::new()
-        .chain_update(k.map(|b| b ^ 0x5c))
-        .chain_update(inner)
-        .finalize();
-    outer.iter().map(|b| format!("{b:02x}")).collect()
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(message);
+    hex::encode(mac.finalize().into_bytes())
 }
 
 fn mac(secret: &str, from: &str, at: u64, method: &str, uri: &str, chain: &str) -> String {

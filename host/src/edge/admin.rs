@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
@@ -17,7 +18,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::admin_token::constant_time_eq;
 use crate::host::{AdminError, Host};
-use crate::http::{Body, json, text};
+use crate::http::{Body, json, lines, text};
+use crate::route::query_param;
 
 /// The largest component an upload may carry.
 const MAX_UPLOAD: usize = 64 << 20;
@@ -44,7 +46,7 @@ pub async fn handle(req: Request<Incoming>, host: Arc<Host>, peer: SocketAddr) -
             answer(host.upload(&name, body, &token).await)
         }
         (Method::POST, ["parties", name, "rollback"]) => {
-            let to = param(&query, "version").and_then(|v| v.parse().ok());
+            let to = query_param(&query, "version").and_then(|v| v.parse().ok());
             answer(host.rollback(name, to).await)
         }
         (Method::DELETE, ["parties", name]) => match host.delete_party(name).await {
@@ -160,25 +162,13 @@ pub fn token_name(token: &str) -> &str {
     token.split_once(':').map_or("default", |(name, _)| name)
 }
 
-fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then_some(v)
-    })
-}
-
 /// Stream log lines (JSON, one per line) for the rooms the query selects.
 /// Stream room log lines as NDJSON. In a cluster, the node asked also
 /// streams every other live node's lines (asking each with the caller's
 /// token), and each line names the node it comes from.
 async fn logs(req: &Request<Incoming>, host: &Host, query: &str) -> Response<Body> {
-    let decode = |v: &str| {
-        percent_encoding::percent_decode_str(v)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    let party = param(query, "party").map(decode);
-    let room = param(query, "room").map(decode);
+    let party = query_param(query, "party");
+    let room = query_param(query, "room");
     let node = host.cluster().map(|c| c.node_id().to_owned());
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(256);
     let mut local = host.logs().subscribe();
@@ -222,29 +212,21 @@ async fn logs(req: &Request<Incoming>, host: &Host, query: &str) -> Response<Bod
             let (out, path, auth, cluster) =
                 (tx.clone(), path.clone(), auth.clone(), cluster.clone());
             tokio::spawn(async move {
-                let Some(mut body) =
+                let Some(body) =
                     crate::cluster::forward::stream(&addr, &path, auth.as_ref(), &cluster).await
                 else {
                     let _ = out.send(format!("{{\"unreachable\":{:?}}}", id)).await;
                     return;
                 };
-                let mut pending = Vec::new();
+                let mut lines = lines(body);
                 loop {
-                    let frame = tokio::select! {
+                    let line = tokio::select! {
                         () = out.closed() => return,
-                        f = body.frame() => f,
+                        l = lines.next() => l,
                     };
-                    let Some(Ok(frame)) = frame else { return };
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    pending.extend_from_slice(&data);
-                    while let Some(i) = pending.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = pending.drain(..=i).collect();
-                        let text = String::from_utf8_lossy(&line[..i]).into_owned();
-                        if out.send(text).await.is_err() {
-                            return;
-                        }
+                    let Some(Ok(text)) = line else { return };
+                    if out.send(text).await.is_err() {
+                        return;
                     }
                 }
             });
@@ -275,7 +257,11 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abcd"));
         assert_eq!(token_name("ci:s3cret"), "ci");
         assert_eq!(token_name("s3cret"), "default");
-        assert_eq!(param("a=1&version=3", "version"), Some("3"));
+        assert_eq!(
+            query_param("a=1&version=3", "version").as_deref(),
+            Some("3")
+        );
+        assert_eq!(query_param("room=a%2Fb&x", "room").as_deref(), Some("a/b"));
     }
 
     #[test]

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use tracing::warn;
 
 use crate::config::Limits;
+use crate::http::text_response;
 use crate::metrics::FailureKind;
+use crate::room::Shared;
 use crate::room::instance::{Before, Call, Instance, Known, Party, Reply};
 use crate::room::state::RoomState;
-use crate::http::text_response;
-use crate::room::Shared;
 use crate::route::RoomKey;
 use crate::store::RoomStorage;
 use crate::wit::{Request, Response};

@@ -10,9 +10,9 @@ use tracing::{error, warn};
 
 use super::instance::{Call, Failure, Instance, Reply};
 use super::{Life, Room, idle, rearm};
-use crate::http::text_response;
 use crate::alarms::{Attempt, MAX_RETRIES};
 use crate::clock::now_ms;
+use crate::http::text_response;
 use crate::metrics::{FailureKind, Hook};
 use crate::store::StorageError;
 use crate::wit::{self};

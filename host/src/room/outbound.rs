@@ -25,7 +25,7 @@ use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::config::MESSAGE_OVERHEAD;
-use crate::lock::lock;
+use crate::lock::{lock, read, write};
 
 /// What one nonblocking write of a small frame costs the room's thread
 /// (a loopback `send`: 1-2 us measured).
@@ -86,20 +86,20 @@ impl Frame {
 
 /// The room's half: cheap to clone, never waits.
 pub struct Outbound {
-    shared: Arc<Shared>,
+    shared: Arc<Link>,
     limit: usize,
 }
 
 /// The socket task's half.
 pub struct OutboundQueue {
-    shared: Arc<Shared>,
+    shared: Arc<Link>,
 }
 
 /// The socket's IO as tungstenite sees it: reads go to the socket, writes
 /// join the same ordered stream as the room's direct writes. Dropping it
 /// closes the socket.
 pub struct Wire {
-    shared: Arc<Shared>,
+    shared: Arc<Link>,
 }
 
 /// What the socket task is asked to do next.
@@ -112,7 +112,8 @@ pub enum Next {
     Dropped,
 }
 
-struct Shared {
+/// What the room's senders and the socket task share: one per connection.
+struct Link {
     inner: Mutex<Inner>,
     /// The socket, from the upgrade until the socket task ends. Apart from
     /// `inner`, so the socket task writes and reads without holding the
@@ -143,7 +144,7 @@ struct Inner {
     sealed: bool,
 }
 
-impl Shared {
+impl Link {
     /// Write `bytes` now if nothing is ahead of them; queue what the socket
     /// does not take. Called with `inner` locked, so the check and the
     /// write are one step.
@@ -173,15 +174,10 @@ impl Shared {
     }
 }
 
-/// A read lock that a panic elsewhere does not poison.
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Outbound {
     /// A queue of at most `limit` bytes; the other half goes to the socket task.
     pub fn new(limit: usize) -> (Outbound, OutboundQueue) {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Link {
             inner: Mutex::default(),
             tcp: RwLock::new(None),
             ready: Notify::new(),
@@ -269,7 +265,7 @@ impl OutboundQueue {
     /// Give the upgraded socket to the queue: from now on the room writes
     /// to it directly. Tungstenite reads and writes through the `Wire`.
     pub fn attach(&self, tcp: TcpStream) -> Wire {
-        *self.shared.tcp.write().unwrap_or_else(|e| e.into_inner()) = Some(tcp);
+        *write(&self.shared.tcp) = Some(tcp);
         if !lock(&self.shared.inner).pending.is_empty() {
             self.shared.ready.notify_one();
         }
@@ -332,7 +328,7 @@ impl OutboundQueue {
 }
 
 impl Wire {
-    fn shared(&self) -> &Shared {
+    fn shared(&self) -> &Link {
         &self.shared
     }
 
@@ -424,7 +420,7 @@ impl AsyncWrite for Wire {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
-        let mut tcp = self.shared().tcp.write().unwrap_or_else(|e| e.into_inner());
+        let mut tcp = write(&self.shared().tcp);
         match tcp.as_mut() {
             Some(tcp) => Pin::new(tcp).poll_shutdown(cx),
             None => Poll::Ready(Ok(())),
@@ -436,7 +432,7 @@ impl Wire {
     /// Write the batch until it is empty (ready) or the socket is full
     /// (pending, the waker registered).
     fn write_batch(
-        shared: &Shared,
+        shared: &Link,
         batch: &mut VecDeque<Bytes>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
@@ -480,7 +476,7 @@ impl Drop for Wire {
         let mut inner = lock(&self.shared.inner);
         inner.sealed = true;
         inner.pending = VecDeque::new();
-        *self.shared.tcp.write().unwrap_or_else(|e| e.into_inner()) = None;
+        *write(&self.shared.tcp) = None;
     }
 }
 

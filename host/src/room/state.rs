@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::Limits;
+use crate::lock::{read, write};
 use crate::logs::Logs;
 use crate::metrics::{Metrics, PartyMetrics};
 use crate::room::outbound::{self, Frame, Outbound};
@@ -71,7 +72,7 @@ pub struct RoomStatus {
 impl RoomStatus {
     /// The auto-response, when `message` is its request.
     pub fn answer(&self, message: &Message) -> Option<Message> {
-        let pair = self.auto_response.read().unwrap_or_else(|e| e.into_inner());
+        let pair = read(&self.auto_response);
         match pair.as_deref() {
             Some((request, response)) if request == message => Some(response.clone()),
             _ => None,
@@ -79,15 +80,12 @@ impl RoomStatus {
     }
 
     pub fn auto_response(&self) -> Option<(Message, Message)> {
-        let pair = self.auto_response.read().unwrap_or_else(|e| e.into_inner());
+        let pair = read(&self.auto_response);
         pair.as_deref().cloned()
     }
 
     pub fn set_auto_response(&self, pair: Option<(Message, Message)>) {
-        *self
-            .auto_response
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = pair.map(Box::new);
+        *write(&self.auto_response) = pair.map(Box::new);
     }
 }
 

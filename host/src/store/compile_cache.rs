@@ -26,10 +26,7 @@ impl FunctionCache {
 
     /// `DIR/ab/cdef...`: a hash of the key (keys are long), fanned out.
     fn path(&self, key: &[u8]) -> PathBuf {
-        let hex: String = Sha256::digest(key)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = hex::encode(Sha256::digest(key));
         self.dir.join(&hex[..2]).join(&hex[2..])
     }
 }

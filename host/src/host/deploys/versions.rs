@@ -32,10 +32,7 @@ pub struct Versions {
 
 /// The SHA-256 of a component, hex: its name on disk and in listings.
 pub fn hash(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(bytes))
 }
 
 impl Versions {
