@@ -5,11 +5,14 @@
 //!   crate, a TypeScript/JavaScript or a Python package) to a component;
 //! - [`scaffold`]: `dormouse new`;
 //! - [`client`]: the CLI's side of the admin API;
-//! - [`commands`]: argument parsing and the commands themselves.
+//! - [`commands`]: argument parsing and dispatch; `serve.rs` (`serve`,
+//!   `dev`) and `remote.rs` (the commands that call a server's admin API).
 
 pub mod client;
 pub mod commands;
 pub mod project;
 pub mod project_js;
 pub mod project_py;
+mod remote;
 pub mod scaffold;
+mod serve;

@@ -27,6 +27,7 @@
 //! before it is durable.
 
 mod event;
+mod holding;
 mod hooks;
 mod imports;
 pub mod instance;
@@ -47,18 +48,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use self::instance::{Call, Instance, Party, Reply, Runtime};
 use self::state::{Capabilities, Connection, RoomState, RoomStatus};
-use crate::alarms::{Alarms, Attempt};
+use crate::alarms::Alarms;
 use crate::clock::now_ms;
 use crate::cluster::{ClaimedRoom, Cluster};
 use crate::config::Limits;
 use crate::http::text_response;
 use crate::metrics::{Hook, Metrics};
 use crate::route::RoomKey;
-use crate::store::{Claiming, Committed, RoomStorage, Storage, StorageError};
+use crate::store::{Committed, RoomStorage, Storage};
 use crate::wit::dormouse::room::connections::Presence;
 use crate::wit::{self, ConnectionInfo};
 use crate::ws::to_ws;
@@ -464,95 +464,6 @@ impl Room {
         metrics.messages_out.fetch_add(sent, Relaxed);
         state.quiet = true;
         true
-    }
-
-    /// Close and forget every connection (the party was deleted, or the
-    /// room is no longer this node's).
-    fn evict(&mut self, code: u16, reason: &str) {
-        // Output never sent was never seen: a group still open goes too.
-        if self.group > 0 {
-            self.group = 0;
-            self.state().discard_all();
-        }
-        self.hibernate();
-        let state = self.state();
-        state.storage.drop_claim();
-        let ids: Vec<Arc<str>> = state.connections.keys().cloned().collect();
-        for id in ids {
-            if let Some(c) = state.remove(&id) {
-                c.outbound.close(code, reason);
-            }
-        }
-    }
-
-    /// Give the room up to the node its clients now come through (the host
-    /// asked: see [`Event::HandOff`]), unless a direct socket came meanwhile.
-    async fn hand_off(&mut self) {
-        let state = self.state();
-        let all = state.connections.len() as u64;
-        if all == 0 || state.status.forwarded.load(Relaxed) != all {
-            return;
-        }
-        self.log(
-            "host",
-            "handing the room off to the node its clients come through",
-        );
-        self.hibernate();
-        // Given up in PostgreSQL before the sockets hear of it: a client
-        // that reconnected sooner would find this node still the holder.
-        self.state().storage.hand_off().await;
-        self.evict(1012, "this room is moving to another node; reconnect");
-    }
-
-    /// In a cluster, an event runs only once this node holds the room
-    /// (claimed now if need be). When another node holds it, the event is
-    /// answered here: a connect or request gets 503 (the client retries
-    /// and lands on the owner), a socket of this room is closed with 1012.
-    async fn claimed(&mut self, event: Event) -> Option<Event> {
-        if self.builtin || matches!(event, Event::Hibernate | Event::HandOff) {
-            return Some(event);
-        }
-        // An event of a socket the room no longer has is dropped by
-        // `handle`: no reason to claim the room for it.
-        if let Event::Message { conn, .. } | Event::Closed { conn, .. } | Event::Error { conn, .. } =
-            &event
-            && !self.current(conn)
-        {
-            return Some(event);
-        }
-        let claiming = self.state().storage.claim().await;
-        let e = match claiming {
-            Ok(Claiming::Held) => return Some(event),
-            Ok(Claiming::Claimed { alarm }) => {
-                if let Some(at) = alarm {
-                    self.shared
-                        .alarms
-                        .set(self.key.clone(), at, Attempt::default());
-                }
-                return Some(event);
-            }
-            Err(e) => e,
-        };
-        warn!(error = %e, "cannot claim the room here");
-        let line = match e {
-            StorageError::Moved => "this room is served by another node; retry",
-            _ => "this room is unavailable; retry",
-        };
-        match event {
-            Event::Connect(c) => {
-                let _ = c.reply.send(Err(text_response(503, line)));
-            }
-            Event::Request { reply, .. } => {
-                let _ = reply.send(text_response(503, line));
-            }
-            // Not lost: tried again later (a node that holds the room has
-            // it scheduled itself).
-            Event::Alarm { attempt } if !matches!(e, StorageError::Moved) => {
-                self.retry_alarm(attempt, Fault::Host).await;
-            }
-            _ => self.evict(1012, "this room moved to another node; reconnect"),
-        }
-        None
     }
 
     /// Whether an event comes from the socket that holds the id now.
