@@ -24,7 +24,7 @@ command -v node >/dev/null || missing+=(nodejs npm)
 command -v chromium >/dev/null || missing+=(chromium)
 # Python rooms are built with componentize-py, in a virtualenv.
 python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3 python3-venv)
-# The cluster suite starts its own PostgreSQL and HAProxy (host/tests/cluster).
+# The cluster suite starts its own PostgreSQL and HAProxy (cli/tests/cluster).
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 # ... and runs one node with a skewed clock, under libfaketime.

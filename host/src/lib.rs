@@ -14,9 +14,9 @@
 //! | edge | [`edge`] | accept loops, routing, the WebSocket upgrade, on-request, health, metrics, static files; the admin API; one task per socket |
 //! | host | [`host`] | parties and deploys, the registry of room actors, following the cluster, the alarm loop, the ping tick, shutdown, the lobby |
 //! | room | [`room`] | the room actor: events in order, wake, hibernate, output gate; the instance; room state; the WIT imports; a connection's way out; presence |
-//! | cluster | [`cluster`] | several nodes on PostgreSQL: the lease, room claims, the epoch-fenced group commit, deploy metadata there, forwarding to a room's node |
-//! | store | [`store`] | room data in SQLite: per-hook batches, group commit, sizes, alarms; deploy metadata; the compile cache |
-//! | leaf | [`config`], [`route`], [`alarms`], [`logs`], [`metrics`], [`clock`], [`lock`], [`wit`], [`ws`], [`http`], [`admin_token`] | settings and limits; URLs and names; the alarm index; room logs; Prometheus names; time; poison-proof locks; the one `bindgen!` site; WebSocket <-> WIT messages; the host's own HTTP answers; the admin token |
+//! | cluster | `cluster` | several nodes on PostgreSQL: the lease, room claims, the epoch-fenced group commit, deploy metadata there, forwarding to a room's node |
+//! | store | `store` | room data in SQLite: per-hook batches, group commit, sizes, alarms; deploy metadata; the compile cache |
+//! | leaf | [`config`], `route`, `alarms`, [`logs`], `metrics`, [`clock`], `lock`, [`wit`], `ws`, [`http`], [`admin_token`] | settings and limits; URLs and names; the alarm index; room logs; Prometheus names; time; poison-proof locks; the one `bindgen!` site; WebSocket <-> WIT messages; the host's own HTTP answers; the admin token |
 //!
 //! The command line, the admin client and the build tooling are the
 //! `dormouse` crate's (`cli/`); the load generator is `dormouse-bench`.
@@ -31,19 +31,23 @@
 //! # }
 //! ```
 
+// The public surface is what the `dormouse` binary and the tests use: the
+// config, the `Host` and `edge::server::run`, the compiled parties and
+// version hashes (`dormouse build`, `dormouse compile`), the admin token,
+// log lines, the WIT sources and NDJSON lines. The rest is the crate's own.
 pub mod admin_token;
-pub mod alarms;
+mod alarms;
 pub mod clock;
-pub mod cluster;
+mod cluster;
 pub mod config;
 pub mod edge;
 pub mod host;
 pub mod http;
-pub mod lock;
+mod lock;
 pub mod logs;
-pub mod metrics;
+mod metrics;
 pub mod room;
-pub mod route;
-pub mod store;
+mod route;
+mod store;
 pub mod wit;
-pub mod ws;
+mod ws;

@@ -1,3 +1,6 @@
+//! The cluster layer: it may use the store layer and the leaves; the room,
+//! host and edge layers use it.
+//!
 //! Several nodes on one PostgreSQL (the "PG-lease" design of
 //! `docs/cluster.md`): this node's lease, room claims that bump an epoch,
 //! room data loaded at claim, and group commits fenced by that epoch.
@@ -9,9 +12,11 @@
 //! room at once: a node that cannot renew it in time stops serving
 //! (self-fences) before any other node may claim its rooms.
 //!
-//! No SQL leaves this module: `storage.rs` calls it for a room's data,
-//! `host.rs` for deploys. `rooms.rs` holds claims and the group commit,
-//! `deploys.rs` the components and their announcements.
+//! No SQL leaves this module. `rooms.rs` holds claims and the group commit,
+//! `claimed.rs` a claimed room's storage (the store's backend in a
+//! cluster), `deploys.rs` the components and their announcements (the host
+//! calls it for deploys), `forward.rs` a request's way to the node that
+//! holds its room.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

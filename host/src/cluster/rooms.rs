@@ -24,7 +24,7 @@ pub struct Claimed {
     pub alarm: Option<u64>,
 }
 
-/// What one hook's commit does to a room, as `storage.rs` hands it over.
+/// What one hook's commit does to a room, as a claimed room (`claimed.rs`) hands it over.
 pub struct Writes {
     pub delete_all: bool,
     pub puts: Vec<(String, Vec<u8>)>,

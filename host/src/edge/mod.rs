@@ -4,6 +4,6 @@
 //! WebSocket (`socket`). It may use every layer below it: host, room,
 //! cluster, store and the leaves.
 
-pub mod admin;
+mod admin;
 pub mod server;
-pub mod socket;
+mod socket;

@@ -1,5 +1,12 @@
-//! The host: parties and their deploys, the registry of room actors, the
-//! alarm loop, and shutdown.
+//! The host layer: parties and their deploys, the registry of room actors,
+//! the alarm loop, and shutdown. It may use the room, cluster and store
+//! layers and the leaves; only the edge uses it.
+//!
+//! Here: the `Host`, its start and its loops. `registry.rs`: room actors
+//! (dispatch, retire, least-recent) and room-to-room calls. `deploys/`:
+//! upload, rollback, delete, following the cluster's deploys, version files.
+//! `follow.rs`: hand-offs, eviction, leaving the cluster. `views.rs`: what
+//! the admin API shows. `lobby.rs`: PartyKit's static hooks.
 //!
 //! A room actor exists while the room has connections or work; a room with
 //! neither retires (see [`Registry::retire`]), so the registry holds only
@@ -344,7 +351,7 @@ impl Host {
     }
 
     /// PartyKit's lobby, before a connect or request reaches its room
-    /// (see [`crate::host::lobby`]): `Ok` goes on with that request.
+    /// (see `host/lobby.rs`): `Ok` goes on with that request.
     pub async fn lobby(
         &self,
         key: &RoomKey,

@@ -70,7 +70,7 @@ pub struct Runtime {
 impl Runtime {
     /// The pool is sized by the host's limits (awake rooms, memory per instance).
     /// `functions`: where compiled function bodies are cached (see
-    /// [`crate::store::compile_cache`]); `None` compiles everything every time.
+    /// `store::compile_cache`); `None` compiles everything every time.
     pub fn new(limits: &Limits, functions: Option<PathBuf>) -> anyhow::Result<Arc<Runtime>> {
         let mut config = wasmtime::Config::new();
         if let Some(dir) = functions {

@@ -1,4 +1,13 @@
-//! The room actor: one task per live room, handling its events one at a time.
+//! The room layer: the room actor, one task per live room, handling its
+//! events one at a time, and everything a room is made of. It may use the
+//! cluster and store layers and the leaves; the host and the edge use it.
+//!
+//! Here: the actor loop. `queue.rs` and `event.rs`: what it is sent.
+//! `hooks.rs`: the wake, the hook runner and the output gate, alarm
+//! retries. `holding.rs`: a room in a cluster. `instance.rs`: the engine and
+//! an instance. `state.rs`: what a room keeps across hibernation.
+//! `imports/`: the WIT imports. `outbound.rs`: a connection's way out.
+//! `presence.rs`: presence the host keeps. `relay.rs`: the builtin relay.
 //!
 //! # Hibernation
 //!
@@ -19,7 +28,7 @@
 //! While more messages wait in the queue, a message's hook does not commit
 //! alone: its writes and output are settled (a savepoint) and the next
 //! message's hook runs, reading them, until the queue holds something else
-//! or the group reaches its bound ([`Room::joins_group`]); then one commit
+//! or the group reaches its bound (`Room::joins_group`); then one commit
 //! makes the whole group durable and every output leaves, in order. A hook
 //! that fails takes back only what it did since the savepoint; the group's
 //! earlier hooks still commit. So a burst of N small updates costs one
@@ -31,11 +40,11 @@ mod holding;
 mod hooks;
 mod imports;
 pub mod instance;
-pub mod outbound;
+pub(crate) mod outbound;
 mod presence;
 mod queue;
 mod relay;
-pub mod state;
+pub(crate) mod state;
 
 pub use event::{Accepted, ConnRef, Connect, Event};
 use hooks::{Fault, failed_response};

@@ -1,6 +1,6 @@
 //! Deploy metadata: each party's versions and which one is active, in
 //! SQLite, behind one narrow interface. The components themselves are files
-//! (`versions.rs`); room data is `storage.rs`.
+//! (`host/deploys/versions.rs`); room data is the rest of `store/`.
 
 use std::path::Path;
 use std::sync::Mutex;

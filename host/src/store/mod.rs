@@ -1,3 +1,5 @@
+//! The store layer. It may use only the leaves; every layer above uses it.
+//!
 //! Room storage: each room's key-value pairs, size and alarm, behind one
 //! interface with two backends. [`RoomStorage`] is a room's view: the
 //! pending writes of its hooks (an overlay), its bounds (per hook, per room,
@@ -15,7 +17,7 @@
 //!   SQLite transaction (group commit), each batch in its own savepoint, so
 //!   one batch is all-or-nothing while many rooms share one fsync.
 //! - Only then does the room release the messages the hook sent (the output
-//!   gate lives in `room.rs`, and depends only on `commit` having returned).
+//!   gate lives in `room/hooks.rs`, and depends only on `commit` having returned).
 //! - If the hook traps, the batch is dropped: none of its writes happen.
 
 pub mod compile_cache;
@@ -29,7 +31,7 @@ use std::sync::Arc;
 
 use crate::config::Limits;
 
-pub use sqlite::{SqliteRoom, Storage};
+pub use sqlite::Storage;
 
 /// Why a storage call failed; the text is for the guest and the log.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! `dormouse:room/connections`: send, broadcast, close, list, state and tags.
 //!
 //! Sends are queued in the room's outbox and leave after the hook's writes
-//! commit (the output gate, see `room.rs`).
+//! commit (the output gate, see `room/hooks.rs`).
 
 use std::sync::Arc;
 
