@@ -42,7 +42,7 @@ pub mod forward;
 mod rooms;
 
 pub use claimed::ClaimedRoom;
-use rooms::Commit;
+use rooms::GroupedCommit;
 pub use rooms::{Claimed, Writes};
 
 /// Why a cluster storage call failed.
@@ -128,7 +128,7 @@ pub struct Cluster {
     /// connection; the lease and the group commit have their own, so that
     /// neither waits behind the other.
     shared: Pg,
-    commits: mpsc::UnboundedSender<Commit>,
+    commits: mpsc::UnboundedSender<GroupedCommit>,
     incarnation: AtomicU64,
     /// Until when this node may serve: `t_send + TTL - margin` of the last
     /// renewal, on a clock that counts suspended time.

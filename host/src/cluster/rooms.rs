@@ -39,7 +39,7 @@ pub struct Writes {
 const MAX_GROUP: usize = 256;
 
 /// One hook's writes, waiting for the group commit.
-pub(super) struct Commit {
+pub(super) struct GroupedCommit {
     key: RoomKey,
     epoch: i64,
     inc: i64,
@@ -170,7 +170,7 @@ impl Cluster {
             return Err(ClusterError::Fenced);
         }
         let (reply, done) = oneshot::channel();
-        let commit = Commit {
+        let commit = GroupedCommit {
             key: key.clone(),
             epoch,
             inc,
@@ -198,7 +198,10 @@ impl Cluster {
     /// one transaction ([`Cluster::commit_group`]); each hook hears its own
     /// outcome. A failed group fails every hook in it, and the next group
     /// starts on a fresh connection.
-    pub(super) async fn commit_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Commit>) {
+    pub(super) async fn commit_loop(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<GroupedCommit>,
+    ) {
         let pg = Pg::new(&self.config.database);
         let mut statements = Statements::default();
         while let Some(first) = rx.recv().await {
@@ -238,7 +241,7 @@ impl Cluster {
         &self,
         pg: &Pg,
         statements: &mut Statements,
-        group: &[Commit],
+        group: &[GroupedCommit],
     ) -> Result<Vec<Result<i64, ClusterError>>, ClusterError> {
         let client = pg.get().await?;
         if !statements
@@ -290,7 +293,7 @@ impl Cluster {
         }
     }
 
-    fn params(&self, c: &Commit) -> WriteParams {
+    fn params(&self, c: &GroupedCommit) -> WriteParams {
         let w = &c.writes;
         let (set_alarm, alarm) = match w.alarm {
             Some(at) => (true, at.map(|a| i64::try_from(a).unwrap_or(i64::MAX))),

@@ -107,7 +107,7 @@ pub trait Registry: Send + Sync {
 }
 
 /// What woke the actor loop.
-enum Next {
+enum Step {
     Event(Box<Event>),
     /// The guest's timer is due.
     Timer,
@@ -228,23 +228,23 @@ impl Room {
         loop {
             let next = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => Next::Stop,
+                () = shutdown.cancelled() => Step::Stop,
                 event = self.rx.recv() => match event {
-                    Some(event) => Next::Event(event),
-                    None => Next::Stop,
+                    Some(event) => Step::Event(event),
+                    None => Step::Stop,
                 },
-                () = idle_wait(&mut self.timer) => Next::Timer,
-                () = idle_wait(&mut idle_timer) => Next::Idle,
+                () = idle_wait(&mut self.timer) => Step::Timer,
+                () = idle_wait(&mut idle_timer) => Step::Idle,
             };
             match next {
-                Next::Stop => break,
-                Next::Event(event) if matches!(*event, Event::Evict { .. }) => {
+                Step::Stop => break,
+                Step::Event(event) if matches!(*event, Event::Evict { .. }) => {
                     if let Event::Evict { code, reason } = *event {
                         self.evict(code, reason);
                     }
                     break;
                 }
-                Next::Event(event) => {
+                Step::Event(event) => {
                     self.idle_before = self.last_event.elapsed();
                     // Boxed like `handle`: in a cluster a claim awaits
                     // PostgreSQL, whose futures are large (6 KB held by
@@ -288,7 +288,7 @@ impl Room {
                         rearm(&mut idle_timer, self.last_active + idle);
                     }
                 }
-                Next::Timer => {
+                Step::Timer => {
                     self.timer = None;
                     Box::pin(self.hook(Call::Timer)).await.ok();
                     self.last_event = Instant::now();
@@ -299,7 +299,7 @@ impl Room {
                         rearm(&mut idle_timer, self.last_active + idle);
                     }
                 }
-                Next::Idle => {
+                Step::Idle => {
                     // Pending timers keep the room awake, up to their cap.
                     let cap = self.state().limits.timers_awake_ms;
                     let until = self.last_active + idle.max(Duration::from_millis(cap));

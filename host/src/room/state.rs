@@ -123,7 +123,7 @@ pub trait RoomCalls: Send + Sync {
 /// Boxed in the room and made on a wake's first use, so a hibernated room
 /// carries 8 bytes of it.
 #[derive(Default)]
-pub struct Hook {
+pub struct HookEffects {
     /// Messages, released by [`RoomState::release`].
     pub outbox: Vec<Outgoing>,
     pub outbox_bytes: usize,
@@ -168,7 +168,7 @@ pub struct RoomState {
     pub(crate) connections: HashMap<Arc<str>, Box<Connection>>,
     pub(crate) storage: RoomStorage,
     /// The current hook's pending output; `None` while hibernated.
-    hook: Option<Box<Hook>>,
+    hook: Option<Box<HookEffects>>,
     pub(crate) party_metrics: Arc<PartyMetrics>,
     /// The connection whose on-close runs now: no longer listed, but its
     /// state can still be read (as a Durable Object reads a closing
@@ -220,17 +220,17 @@ impl RoomState {
     }
 
     /// The current hook's pending output, made on first use.
-    pub fn hook(&mut self) -> &mut Hook {
+    pub fn hook(&mut self) -> &mut HookEffects {
         self.hook.get_or_insert_with(Box::default)
     }
 
     /// The current hook's pending output, if it has any.
-    pub fn hook_ref(&self) -> Option<&Hook> {
+    pub fn hook_ref(&self) -> Option<&HookEffects> {
         self.hook.as_deref()
     }
 
     /// The same, to change.
-    pub fn hook_mut(&mut self) -> Option<&mut Hook> {
+    pub fn hook_mut(&mut self) -> Option<&mut HookEffects> {
         self.hook.as_deref_mut()
     }
 

@@ -26,7 +26,7 @@ impl From<rusqlite::Error> for StorageError {
 /// The host's storage: one SQLite file in WAL mode, one writer thread, a few readers.
 pub struct Storage {
     path: PathBuf,
-    writer: Mutex<mpsc::Sender<Commit>>,
+    writer: Mutex<mpsc::Sender<QueuedBatch>>,
     readers: Mutex<Vec<Connection>>,
     generations: Arc<Generations>,
 }
@@ -48,7 +48,7 @@ impl Generations {
     }
 }
 
-struct Commit {
+struct QueuedBatch {
     party: Arc<str>,
     room: Arc<str>,
     generation: u64,
@@ -125,7 +125,7 @@ impl Storage {
     /// the bytes the room now stores.
     async fn commit(
         &self,
-        commit: Commit,
+        commit: QueuedBatch,
         done: oneshot::Receiver<Result<u64, StorageError>>,
     ) -> Result<u64, StorageError> {
         let stopped = || StorageError::Unavailable("the storage writer stopped".into());
@@ -203,7 +203,7 @@ impl Storage {
 
 fn write_loop(
     mut conn: Connection,
-    rx: mpsc::Receiver<Commit>,
+    rx: mpsc::Receiver<QueuedBatch>,
     generations: &Generations,
     metrics: Arc<Metrics>,
 ) {
@@ -242,7 +242,7 @@ fn write_loop(
 /// batch fails alone.
 fn commit_group(
     conn: &mut Connection,
-    group: &[Commit],
+    group: &[QueuedBatch],
     generations: &Generations,
 ) -> rusqlite::Result<Vec<Result<u64, StorageError>>> {
     let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -270,7 +270,7 @@ fn commit_group(
 }
 
 /// Apply one batch; the room's stored bytes after it.
-fn apply(conn: &Connection, c: &Commit) -> rusqlite::Result<u64> {
+fn apply(conn: &Connection, c: &QueuedBatch) -> rusqlite::Result<u64> {
     let (party, room) = (&*c.party, &*c.room);
     let mut bytes: i64 = if c.batch.delete_all {
         conn.prepare_cached("DELETE FROM kv WHERE party = ?1 AND room = ?2")?
@@ -428,7 +428,7 @@ impl Committed for SqliteRoom {
         batch: Batch,
     ) -> Pin<Box<dyn Future<Output = Result<u64, StorageError>> + Send + '_>> {
         let (reply, done) = oneshot::channel();
-        let commit = Commit {
+        let commit = QueuedBatch {
             party: self.party.clone(),
             room: self.room.clone(),
             generation: self.generation,
