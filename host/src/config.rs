@@ -192,6 +192,14 @@ pub struct Limits {
     pub connections_per_room: Option<usize>,
     /// How long a client may take to send its request headers (slowloris).
     pub header_timeout_ms: u64,
+    /// How long a client may take to send a request's body, from its
+    /// headers' end (on-request bodies and admin uploads); past it: 408.
+    pub body_timeout_ms: u64,
+    /// Open TCP connections the node holds at once, sockets and HTTP alike;
+    /// past it a new connection gets a one-line 503 and is closed, and the
+    /// open ones are kept. None (the default): no cap below the machine's
+    /// file descriptor limit. Node-wide: a party cannot set it.
+    pub max_connections: Option<usize>,
     /// Rooms awake at once (the pooling allocator's size).
     pub awake_rooms: u32,
     /// Bytes of an instance slot's memory (and of its tables) kept resident
@@ -232,6 +240,8 @@ impl Default for Limits {
             outbound_queue_bytes: 4 << 20,
             connections_per_room: None,
             header_timeout_ms: 10_000,
+            body_timeout_ms: 60_000,
+            max_connections: None,
             awake_rooms: 1000,
             warm_slot_bytes: 0,
             alarm_retry_ms: 2_000,
@@ -406,6 +416,12 @@ fn check_limits(l: &Limits, at: &str) -> anyhow::Result<()> {
     }
     if l.header_timeout_ms == 0 {
         bail!("{at}.header_timeout_ms must be at least 1");
+    }
+    if l.body_timeout_ms == 0 {
+        bail!("{at}.body_timeout_ms must be at least 1");
+    }
+    if l.max_connections == Some(0) {
+        bail!("{at}.max_connections must be at least 1 (leave it out for no cap)");
     }
     Ok(())
 }

@@ -12,6 +12,9 @@ use hyper::{Response, StatusCode};
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::io::StreamReader;
 
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::metrics::Metrics;
 use crate::wit;
 
 /// The longest line [`lines`] takes: a room log line is far shorter.
@@ -32,6 +35,39 @@ pub fn lines(
         StreamReader::new(data),
         LinesCodec::new_with_max_length(MAX_LINE),
     )
+}
+
+/// A request's whole body, bounded in size and in time (the client has
+/// `deadline` from the end of its headers to send it): else the one-line
+/// 413 or 408 to answer with.
+pub async fn read_body(
+    body: hyper::body::Incoming,
+    limit: usize,
+    deadline: std::time::Duration,
+    metrics: &Metrics,
+) -> Result<Bytes, Box<Response<Body>>> {
+    match tokio::time::timeout(
+        deadline,
+        http_body_util::Limited::new(body, limit).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(_)) => Err(Box::new(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request bodies are limited to {limit} bytes"),
+        ))),
+        Err(_) => {
+            metrics.body_timeouts.fetch_add(1, Relaxed);
+            Err(Box::new(text(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} ms (body_timeout_ms)",
+                    deadline.as_millis()
+                ),
+            )))
+        }
+    }
 }
 
 /// Response bodies: whole (most) or streamed (`/_dormouse/logs`).

@@ -104,6 +104,10 @@ pub struct Metrics {
     pub component_cache_misses: AtomicU64,
     /// Wakes that found every awake-room slot taken and waited for one.
     pub pool_full_waits: AtomicU64,
+    /// Connections refused at accept: `max_connections` were open.
+    pub connections_refused: AtomicU64,
+    /// Requests whose body did not arrive within `body_timeout_ms`.
+    pub body_timeouts: AtomicU64,
     /// Instances dropped (rooms hibernated), for the host's memory trim.
     pub hibernations: AtomicU64,
     pub wake_seconds: Histogram,
@@ -238,6 +242,21 @@ impl Metrics {
         );
         let waits = self.pool_full_waits.load(Relaxed);
         let _ = writeln!(out, "dormouse_pool_full_waits_total {waits}");
+        for (name, help, value) in [
+            (
+                "dormouse_connections_refused_total",
+                "Connections refused at accept: limits.max_connections were open.",
+                &self.connections_refused,
+            ),
+            (
+                "dormouse_body_timeouts_total",
+                "Requests whose body did not arrive within limits.body_timeout_ms (408).",
+                &self.body_timeouts,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Relaxed));
+        }
         header(
             &mut out,
             "dormouse_wake_seconds",

@@ -253,3 +253,73 @@ async fn a_reused_pk_replaces_the_open_connection() {
     assert_eq!(ids, ["other", "same"]);
     server.stop().await;
 }
+
+/// A body that dribbles in is cut off at `body_timeout_ms` with a 408, and
+/// counted; the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_gets_408() {
+    let server = Server::start(Options {
+        limits: Limits {
+            body_timeout_ms: 300,
+            ..Options::main("counter").limits
+        },
+        ..Options::main("counter")
+    })
+    .await;
+    // Headers promise 100 bytes; three come.
+    let request = b"POST /parties/main/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc";
+    let started = Instant::now();
+    let answer = raw_http(server.addr, request).await;
+    let (status, body) = answer.expect("an answer");
+    assert_eq!(status, 408, "{body}");
+    assert!(body.contains("body_timeout_ms"), "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(server.metric("dormouse_body_timeouts_total").await, 1.0);
+    assert_eq!(
+        server.http("GET", "/_dormouse/health", "").await,
+        (200, "ok\n".into())
+    );
+    server.stop().await;
+}
+
+/// Past `max_connections`, a new connection gets a one-line 503 and is
+/// closed; the open sockets keep working, and once one closes there is room
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_refused_and_the_open_ones_kept() {
+    let server = Server::start(Options {
+        limits: Limits {
+            max_connections: Some(2),
+            ..Options::main("relay").limits
+        },
+        ..Options::main("relay")
+    })
+    .await;
+    let mut a = server.ws("/parties/main/cap").await;
+    let mut b = server.ws("/parties/main/cap").await;
+    let (status, body) = http(server.addr, "GET", "/_dormouse/health", "")
+        .await
+        .expect("an answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("as many connections"), "{body}");
+    // The two open sockets still relay.
+    send_text(&mut a, "still here").await;
+    assert_eq!(recv_text(&mut b).await, "still here");
+    // One leaves: a new connection is taken again.
+    a.close(None).await.expect("close");
+    drop(a);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, _) = http(server.addr, "GET", "/_dormouse/health", "")
+            .await
+            .expect("an answer");
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no room after a socket closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(b);
+    assert!(server.metric("dormouse_connections_refused_total").await >= 1.0);
+    server.stop().await;
+}

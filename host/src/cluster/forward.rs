@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::HeaderValue;
@@ -26,7 +26,8 @@ use sha2::Sha256;
 use crate::admin_token::constant_time_eq;
 use crate::clock::now_ms;
 use crate::cluster::Cluster;
-use crate::http::{Body, full, header_pairs, text};
+use crate::http::{Body, full, header_pairs, read_body, text};
+use crate::metrics::Metrics;
 use crate::route::{RoomKey, node_header};
 use crate::wit;
 
@@ -153,12 +154,13 @@ pub fn is_forwarded<B>(req: &Request<B>) -> bool {
 /// Send the request to the node at `addr` and answer with its answer. A
 /// WebSocket upgrade that the owner accepts is spliced: bytes are copied
 /// both ways until either side closes. A request body is bounded by
-/// `limit`, as the owner would bound it.
+/// `limit` and `deadline`, as the owner would bound it.
 pub async fn forward(
     mut req: Request<Incoming>,
     addr: &str,
     cluster: &Cluster,
-    limit: usize,
+    (limit, deadline): (usize, Duration),
+    metrics: &Metrics,
 ) -> Response<Body> {
     let unavailable = |why: String| {
         warn!(%addr, "cannot forward to the room's node: {why}");
@@ -173,14 +175,9 @@ pub async fn forward(
     };
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, body) = req.into_parts();
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request bodies are limited to {limit} bytes"),
-            );
-        }
+    let body = match read_body(body, limit, deadline, metrics).await {
+        Ok(b) => b,
+        Err(r) => return *r,
     };
     let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mark = mark(

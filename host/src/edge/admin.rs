@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -18,7 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::admin_token::constant_time_eq;
 use crate::host::{AdminError, Host};
-use crate::http::{Body, json, lines, text};
+use crate::http::{Body, json, lines, read_body, text};
 use crate::route::query_param;
 
 /// The largest component an upload may carry.
@@ -36,12 +36,11 @@ pub async fn handle(req: Request<Incoming>, host: Arc<Host>, peer: SocketAddr) -
         (Method::GET, ["parties"]) => answer(host.parties().map_err(AdminError::Failed)),
         (Method::PUT | Method::POST, ["parties", name]) => {
             let name = (*name).to_owned();
-            let body = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
-                Ok(b) => b.to_bytes().to_vec(),
-                Err(_) => {
-                    let msg = format!("uploads are limited to {MAX_UPLOAD} bytes");
-                    return text(StatusCode::PAYLOAD_TOO_LARGE, msg);
-                }
+            let deadline = crate::edge::server::body_deadline(&host);
+            let body = match read_body(req.into_body(), MAX_UPLOAD, deadline, host.metrics()).await
+            {
+                Ok(b) => b.to_vec(),
+                Err(r) => return *r,
             };
             answer(host.upload(&name, body, &token).await)
         }

@@ -5,11 +5,11 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
@@ -27,7 +27,7 @@ use crate::cluster::Owner;
 use crate::cluster::forward;
 use crate::edge::socket::Socket;
 use crate::host::Host;
-use crate::http::{Body, full, header_pairs, text};
+use crate::http::{Body, full, header_pairs, read_body, text};
 use crate::room::instance::Before;
 use crate::room::outbound::Outbound;
 use crate::room::{Accepted, ConnRef, Connect, Event};
@@ -100,16 +100,49 @@ async fn serve(
     Ok(())
 }
 
+/// The client's time to send a request body (`body_timeout_ms`).
+pub(crate) fn body_deadline(host: &Host) -> Duration {
+    Duration::from_millis(host.config().limits.body_timeout_ms)
+}
+
+/// One open TCP connection, counted against `max_connections` until the
+/// last of its holders drops it: the HTTP connection's task, and for a
+/// WebSocket the socket's task, which takes it over at the upgrade (the
+/// request carries it there in its extensions).
+#[derive(Clone)]
+struct Open {
+    _held: Arc<OpenInner>,
+}
+
+struct OpenInner(Arc<AtomicUsize>);
+
+impl Drop for OpenInner {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 /// Accept connections on one listener until shutdown.
 async fn accept(listener: TcpListener, port: Port, host: Arc<Host>) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let cap = host.config().limits.max_connections.unwrap_or(usize::MAX);
     loop {
         tokio::select! {
             () = host.shutdown().cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    if open.fetch_add(1, Relaxed) >= cap {
+                        open.fetch_sub(1, Relaxed);
+                        host.metrics().connections_refused.fetch_add(1, Relaxed);
+                        host.tasks().spawn(refuse(tcp));
+                        continue;
+                    }
+                    let guard = Open {
+                        _held: Arc::new(OpenInner(open.clone())),
+                    };
                     let _ = tcp.set_nodelay(true);
                     let h = host.clone();
-                    host.tasks().spawn(serve_connection(tcp, peer, h, port));
+                    host.tasks().spawn(serve_connection(tcp, peer, h, port, guard));
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: back off, keep serving.
@@ -121,16 +154,35 @@ async fn accept(listener: TcpListener, port: Port, host: Arc<Host>) {
     }
 }
 
+/// A connection past `max_connections`: one line of 503, then closed. The
+/// open ones are kept; a client retries later, as after any 503.
+async fn refuse(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 55\r\nconnection: close\r\nretry-after: 1\r\n\r\nthis server holds as many connections as it may; retry\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(ANSWER)).await;
+    let _ = tcp.shutdown().await;
+    // Read what the client sent until it closes too (briefly): closing with
+    // its request unread would reset the connection, and the client could
+    // lose the answer.
+    let drain = async {
+        let mut buf = [0u8; 1024];
+        while let Ok(1..) = tcp.read(&mut buf).await {}
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+}
+
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     host: Arc<Host>,
     port: Port,
+    open: Open,
 ) {
     let io = TokioIo::new(tcp);
     let h = host.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let h = h.clone();
+        req.extensions_mut().insert(open.clone());
         async move { Ok::<_, Infallible>(handle(req, h, peer, port).await) }
     });
     let conn = http1::Builder::new()
@@ -214,7 +266,8 @@ async fn handle(
                     Ok(Owner::Remote(addr)) => {
                         cluster.metrics.forwards.fetch_add(1, Relaxed);
                         let limit = host.limits_for(&path.party).message_bytes;
-                        return forward::forward(req, &addr, cluster, limit).await;
+                        let bounds = (limit, body_deadline(&host));
+                        return forward::forward(req, &addr, cluster, bounds, host.metrics()).await;
                     }
                     Err(e) => {
                         warn!(error = %e, "cannot route a room's request");
@@ -349,6 +402,8 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
     };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // The socket's task holds the connection's place in max_connections.
+    let open = req.extensions_mut().remove::<Open>();
     let socket = Socket {
         conn: conn.clone(),
         room: room.clone(),
@@ -360,6 +415,7 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
     let config = ws_config(limits.message_bytes);
     let span = tracing::info_span!("connection", party = %key.0, room = %key.1, id = %conn.id);
     let task = async move {
+        let _open = open;
         // The socket itself, not hyper's boxed IO: the room writes to it
         // directly (`outbound`). Hyper serves only `TokioIo<TcpStream>`s,
         // so the downcast fails only if that changes.
@@ -428,14 +484,9 @@ const READ_BUFFER: usize = 256;
 async fn request(req: Request<Incoming>, host: Arc<Host>, path: RoomPath) -> Response<Body> {
     let limit = host.limits_for(&path.party).message_bytes;
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes().to_vec(),
-        Err(_) => {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request bodies are limited to {limit} bytes"),
-            );
-        }
+    let body = match read_body(body, limit, body_deadline(&host), host.metrics()).await {
+        Ok(b) => b.to_vec(),
+        Err(r) => return *r,
     };
     let head = Request::from_parts(parts, ());
     let key = room_key(path);
