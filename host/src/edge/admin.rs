@@ -33,7 +33,10 @@ pub async fn handle(req: Request<Incoming>, host: Arc<Host>, peer: SocketAddr) -
     let query = req.uri().query().unwrap_or("").to_owned();
     let segments: Vec<&str> = path.split('/').skip(2).collect();
     match (req.method().clone(), segments.as_slice()) {
-        (Method::GET, ["parties"]) => answer(host.parties().map_err(AdminError::Failed)),
+        (Method::GET, ["parties"]) => answer(
+            host.blocking(|h| h.parties().map_err(AdminError::Failed))
+                .await,
+        ),
         (Method::PUT | Method::POST, ["parties", name]) => {
             let name = (*name).to_owned();
             let deadline = crate::edge::server::body_deadline(&host);

@@ -116,6 +116,16 @@ impl Deploys {
         Ok(orphans)
     }
 
+    /// Whether any party has a version with this component.
+    pub fn in_use(&self, hash: &str) -> anyhow::Result<bool> {
+        let conn = lock(&self.conn);
+        let found = conn
+            .prepare_cached("SELECT 1 FROM versions WHERE hash = ?1 LIMIT 1")?
+            .query_row(params![hash], |_| Ok(()))
+            .optional()?;
+        Ok(found.is_some())
+    }
+
     /// Make this store's record of a party the given one (a cluster's
     /// node mirrors PostgreSQL's): these versions, this one active.
     pub fn mirror(

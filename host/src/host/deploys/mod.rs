@@ -26,6 +26,18 @@ pub struct Deployed {
 }
 
 impl Host {
+    /// Run blocking work of a deploy (SQLite, files, fsyncs) on tokio's
+    /// blocking threads, never on the async workers that serve sockets.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Host) -> Result<T, AdminError> + Send + 'static,
+    ) -> Result<T, AdminError> {
+        let host = self.clone();
+        tokio::task::spawn_blocking(move || f(&host))
+            .await
+            .map_err(anyhow::Error::from)?
+    }
+
     /// Compile a party as deploys do: through the compile cache, in a child
     /// process when the config names a compiler (`dormouse dev`'s rebuilds).
     pub fn compile(
@@ -82,12 +94,15 @@ impl Host {
         let (name_, token_) = (name.to_owned(), token.to_owned());
         let clustered = self.shared.cluster.is_some();
         // Compiling takes a while: keep it off the event loop.
-        let (mut party, hash, bytes) = tokio::task::spawn_blocking(move || {
+        let (mut party, hash, bytes, _pin) = tokio::task::spawn_blocking(move || {
             let mut party = host
                 .versions
                 .compile(host.runtime(), host.metrics(), &name_, &bytes, vars)
                 .map_err(|e| AdminError::Refused(format!("{e:#}")))?;
             let hash = crate::host::deploys::versions::hash(&bytes);
+            // Held until the version is recorded (below, or in a cluster
+            // once mirrored): another party's delete leaves the file alone.
+            let pin = host.versions.pin(&hash);
             host.versions.save(&hash, &bytes)?;
             if !clustered {
                 let version = host
@@ -95,7 +110,7 @@ impl Host {
                     .add_version(&name_, &hash, bytes.len(), &token_)?;
                 party.version = Some(version);
             }
-            Ok::<_, AdminError>((party, hash, bytes))
+            Ok::<_, AdminError>((party, hash, bytes, pin))
         })
         .await
         .map_err(anyhow::Error::from)??;
@@ -133,7 +148,11 @@ impl Host {
                 .versions(name)
                 .await
                 .map_err(|e| AdminError::Failed(e.into()))?,
-            None => self.deploys.versions(name)?,
+            None => {
+                let name = name.to_owned();
+                self.blocking(move |h| Ok(h.deploys.versions(&name)?))
+                    .await?
+            }
         };
         let target = match to {
             Some(v) => versions.iter().find(|x| x.version == v),
@@ -161,7 +180,11 @@ impl Host {
                     .map_err(|e| AdminError::Failed(e.into()))?;
                 self.mirror(name).await?;
             }
-            None => self.deploys.activate(name, target.version)?,
+            None => {
+                let (name, version) = (name.to_owned(), target.version);
+                self.blocking(move |h| Ok(h.deploys.activate(&name, version)?))
+                    .await?
+            }
         }
         let rooms = self.deploy(party).await;
         Ok(Deployed {
@@ -177,7 +200,7 @@ impl Host {
     /// connections (1001) and leave the registry, and its storage, alarms
     /// and version files are deleted. Hooks still running cannot commit
     /// after this (storage fences them), so a redeploy starts empty.
-    pub async fn delete_party(&self, name: &str) -> Result<(), AdminError> {
+    pub async fn delete_party(self: &Arc<Self>, name: &str) -> Result<(), AdminError> {
         let _deploying = self.deploying(name).await;
         if !lock(&self.parties).contains_key(name) {
             return Err(AdminError::NotFound(format!(
@@ -194,7 +217,7 @@ impl Host {
 
     /// A party's local side of a delete: its rooms, alarms, data, versions
     /// and files on this node.
-    async fn forget_party(&self, name: &str) -> Result<(), AdminError> {
+    async fn forget_party(self: &Arc<Self>, name: &str) -> Result<(), AdminError> {
         lock(&self.parties).remove(name);
         // Out of the registry first: a later connect starts a fresh actor.
         let evicted: Vec<RoomTx> = lock(&self.rooms)
@@ -210,18 +233,25 @@ impl Host {
                 .await;
         }
         self.shared.alarms.clear_party(name);
-        self.shared
-            .storage
-            .delete_party(name)
-            .map_err(anyhow::Error::from)?;
-        let orphans = self.deploys.delete(name)?;
-        self.versions.remove(&orphans)?;
-        Ok(())
+        let name = name.to_owned();
+        self.blocking(move |h| {
+            h.shared
+                .storage
+                .delete_party(&name)
+                .map_err(anyhow::Error::from)?;
+            let orphans = h.deploys.delete(&name)?;
+            h.versions.remove(&orphans, |hash| h.deploys.in_use(hash))?;
+            Ok(())
+        })
+        .await
     }
 
     /// In a cluster: copy a party's versions from the cluster into this
     /// node's deploy metadata (for `dormouse versions`, and for the next start).
-    async fn mirror(&self, name: &str) -> Result<Option<(Vec<Version>, u32)>, AdminError> {
+    async fn mirror(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<Option<(Vec<Version>, u32)>, AdminError> {
         let Some(cluster) = &self.shared.cluster else {
             return Ok(None);
         };
@@ -229,8 +259,12 @@ impl Host {
             .versions(name)
             .await
             .map_err(|e| AdminError::Failed(e.into()))?;
-        self.deploys.mirror(name, &versions, active)?;
-        Ok(active.map(|a| (versions, a)))
+        let name = name.to_owned();
+        self.blocking(move |h| {
+            h.deploys.mirror(&name, &versions, active)?;
+            Ok(active.map(|a| (versions, a)))
+        })
+        .await
     }
 
     /// In a cluster: serve what the cluster says is a party's active version
@@ -263,7 +297,13 @@ impl Host {
                 .component(&v.hash)
                 .await
                 .map_err(|e| AdminError::Failed(e.into()))?;
-            self.versions.save(&v.hash, &bytes)?;
+            let hash = v.hash.clone();
+            self.blocking(move |h| {
+                // Recorded already (mirrored above); pinned while it is written.
+                let _pin = h.versions.pin(&hash);
+                Ok(h.versions.save(&hash, &bytes)?)
+            })
+            .await?;
         }
         let host = self.clone();
         let (name_, hash) = (name.to_owned(), v.hash.clone());

@@ -8,16 +8,18 @@
 //! rebuilt from the component once. Configured parties go through the same
 //! cache, and hosts that share a cache folder compile a component once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
+use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::room::instance::{Party, Runtime};
 
@@ -28,6 +30,30 @@ pub struct Versions {
     /// Compile in a child process: the `dormouse` executable, and the
     /// limits its engine must be made with to match this one.
     compiler: Option<(PathBuf, crate::config::Limits)>,
+    /// Hashes an upload (or a cluster's deploy) is saving and recording
+    /// now, with how many: a party's delete leaves their files alone, even
+    /// when it found them unused before the upload began (parties share a
+    /// file when they deploy the same bytes). The lock also orders a delete's
+    /// check-and-remove against a new pin.
+    pins: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A hash held against deletion until dropped ([`Versions::pin`]).
+pub struct VersionPin {
+    pins: Arc<Mutex<HashMap<String, usize>>>,
+    hash: String,
+}
+
+impl Drop for VersionPin {
+    fn drop(&mut self) {
+        let mut pins = lock(&self.pins);
+        if let Some(n) = pins.get_mut(&self.hash) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.hash);
+            }
+        }
+    }
 }
 
 /// The SHA-256 of a component, hex: its name on disk and in listings.
@@ -62,13 +88,39 @@ impl Versions {
             dir,
             cache,
             compiler,
+            pins: Arc::default(),
         })
     }
 
-    /// Delete the files of components no party uses any more.
+    /// Hold a hash's files against a party's delete, from before they are
+    /// saved until the version is recorded.
+    pub fn pin(&self, hash: &str) -> VersionPin {
+        *lock(&self.pins).entry(hash.to_owned()).or_default() += 1;
+        VersionPin {
+            pins: self.pins.clone(),
+            hash: hash.to_owned(),
+        }
+    }
+
+    /// Delete the files of components no party uses any more: of
+    /// `hashes`, those neither pinned by an upload in flight nor `in_use`
+    /// (asked again here, under the pins' lock: an upload of the same bytes
+    /// may have been recorded since the caller looked).
     /// (Their precompiled forms go too when the cache is the versions folder;
     /// a shared cache is left as it is: other hosts may use them.)
-    pub fn remove(&self, hashes: &[String]) -> anyhow::Result<()> {
+    pub fn remove(
+        &self,
+        hashes: &[String],
+        in_use: impl Fn(&str) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let pins = lock(&self.pins);
+        let mut unused = Vec::new();
+        for h in hashes {
+            if !pins.contains_key(h) && !in_use(h)? {
+                unused.push(h.clone());
+            }
+        }
+        let hashes = unused;
         if hashes.is_empty() {
             return Ok(());
         }
@@ -304,4 +356,32 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Party A's delete found a file unused; party B uploads the same bytes
+    /// before A removes it. B's file stays, whichever comes first.
+    #[test]
+    fn a_delete_leaves_the_file_of_an_upload_in_flight_or_recorded() {
+        let dir = std::env::temp_dir().join(format!("dormouse-versions-{}", uuid::Uuid::new_v4()));
+        let versions = Versions::open(&dir, None, None).expect("open");
+        let h = hash(b"component");
+        let orphans = vec![h.clone()];
+        // B's upload is in flight: pinned, then saved.
+        let pin = versions.pin(&h);
+        versions.save(&h, b"component").expect("save");
+        versions.remove(&orphans, |_| Ok(false)).expect("remove");
+        assert!(versions.has(&h), "an upload in flight keeps its file");
+        // B recorded its version and let go: in use, so kept.
+        drop(pin);
+        versions.remove(&orphans, |_| Ok(true)).expect("remove");
+        assert!(versions.has(&h), "a recorded version keeps its file");
+        // Nobody uses it: gone.
+        versions.remove(&orphans, |_| Ok(false)).expect("remove");
+        assert!(!versions.has(&h));
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
