@@ -89,23 +89,11 @@ impl Socket {
                     close(ws, CloseCode::Policy, TOO_SLOW).await;
                     return Some(Ended { code: 1008, reason: TOO_SLOW.into(), was_clean: false });
                 }
-                next = self.outbound.next() => match next {
-                    Next::Flush => {
-                        if let Err(ended) = self.guarded(ws.flush()).await {
-                            return ended;
-                        }
+                next = self.outbound.next() => {
+                    if let Err(ended) = self.outgoing(ws, next).await {
+                        return ended;
                     }
-                    Next::Close(frame) => {
-                        let (code, reason) = (u16::from(frame.code), frame.reason.to_string());
-                        close(ws, frame.code, &reason).await;
-                        return Some(Ended { code, reason, was_clean: true });
-                    }
-                    Next::Dropped => {
-                        // The room dropped this connection (it was replaced).
-                        close(ws, CloseCode::Normal, "").await;
-                        return Some(Ended { code: 1000, reason: String::new(), was_clean: true });
-                    }
-                },
+                }
                 tick = self.pings.next() => {
                     // Nothing heard for two whole intervals (three ticks
                     // since the one it was last heard in): the peer is gone
@@ -131,9 +119,18 @@ impl Socket {
                             }
                             let Some(message) = from_ws(&message) else { continue };
                             let event = Event::Message { conn: self.conn.clone(), message };
-                            if self.room.send(event).await.is_err() {
-                                close(ws, CloseCode::Error, "room unavailable").await;
-                                return None;
+                            match self.room.offer(event) {
+                                Ok(()) => {}
+                                Err((_, true)) => {
+                                    close(ws, CloseCode::Error, "room unavailable").await;
+                                    return None;
+                                }
+                                // Boxed: only a busy room's sockets pay for the wait.
+                                Err((event, false)) => {
+                                    if let Err(ended) = Box::pin(self.deliver(ws, event)).await {
+                                        return ended;
+                                    }
+                                }
                             }
                         }
                         // Pings are answered by tungstenite on the next read
@@ -185,6 +182,70 @@ impl Socket {
     /// blocks this, so it also gives up when the outbound queue overflows
     /// meanwhile (1008, no close frame: the write side is stuck mid-frame)
     /// or the host stops.
+    /// What the room asked of this socket: write out what waits, or close.
+    async fn outgoing(
+        &self,
+        ws: &mut WebSocketStream<Wire>,
+        next: Next,
+    ) -> Result<(), Option<Ended>> {
+        match next {
+            Next::Flush => self.guarded(ws.flush()).await,
+            Next::Close(frame) => {
+                let (code, reason) = (u16::from(frame.code), frame.reason.to_string());
+                close(ws, frame.code, &reason).await;
+                Err(Some(Ended {
+                    code,
+                    reason,
+                    was_clean: true,
+                }))
+            }
+            Next::Dropped => {
+                // The room dropped this connection (it was replaced).
+                close(ws, CloseCode::Normal, "").await;
+                Err(Some(Ended {
+                    code: 1000,
+                    reason: String::new(),
+                    was_clean: true,
+                }))
+            }
+        }
+    }
+
+    /// Hand a message to a room whose queue is full, waiting for space. The
+    /// socket keeps writing what waits for it meanwhile: a client that reads
+    /// fine is not closed as too slow because its room is busy. A close the
+    /// room asks for meanwhile ends the wait (the message is not delivered:
+    /// the room is done with this connection).
+    async fn deliver(
+        &self,
+        ws: &mut WebSocketStream<Wire>,
+        event: Event,
+    ) -> Result<(), Option<Ended>> {
+        let send = self.room.send(event);
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => {
+                    close(ws, CloseCode::Away, "server shutting down").await;
+                    return Err(None);
+                }
+                sent = &mut send => {
+                    if sent.is_err() {
+                        close(ws, CloseCode::Error, "room unavailable").await;
+                        return Err(None);
+                    }
+                    return Ok(());
+                }
+                () = self.outbound.overflowed() => {
+                    close(ws, CloseCode::Policy, TOO_SLOW).await;
+                    return Err(Some(Ended { code: 1008, reason: TOO_SLOW.into(), was_clean: false }));
+                }
+                next = self.outbound.next() => self.outgoing(ws, next).await?,
+            }
+        }
+    }
+
     async fn guarded(
         &self,
         op: impl Future<Output = Result<(), WsError>>,
@@ -254,5 +315,52 @@ mod tests {
         // 1,080 bytes here, of which the stream is 288 and the socket 64;
         // 1,432 as an `async fn`, which kept both twice.
         assert!(size <= 1152, "a socket task is {size} bytes: what grew?");
+    }
+
+    /// While a client's message waits for space in its room's full queue,
+    /// its socket still writes out what the room queued for it: a client
+    /// that reads is not closed as too slow because its room is busy.
+    #[tokio::test]
+    async fn a_socket_writes_out_while_its_room_queue_is_full() {
+        use crate::room::outbound::{Frame, Outbound};
+        use tokio::net::{TcpListener, TcpStream};
+        use tokio_tungstenite::tungstenite::protocol::Role;
+
+        let (room, _actor) = crate::room::queue();
+        // The actor never takes anything: the queue stays full.
+        while room.try_send(Event::Hibernate) {}
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server_side, _) = listener.accept().await.expect("accept");
+        // Room for two frames: each must go out before the next comes.
+        let (outbound, queue) = Outbound::new(20 << 10);
+        let wire = queue.attach(server_side);
+        let ws = WebSocketStream::from_raw_socket(wire, Role::Server, None).await;
+        let socket = Socket {
+            conn: ConnRef {
+                id: "c".into(),
+                serial: 1,
+            },
+            room,
+            outbound: queue,
+            shutdown: CancellationToken::new(),
+            status: Arc::default(),
+            pings: Arc::new(Ticker::new(Duration::from_secs(3600))),
+        };
+        tokio::spawn(socket.run(ws));
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        // This message waits for the room.
+        client.send(Message::text("hello")).await.expect("send");
+        let frame = Frame::new(&Message::text("x".repeat(8 << 10))).expect("a frame");
+        for i in 0..50 {
+            assert!(outbound.push(&frame, false), "queued");
+            let got = tokio::time::timeout(Duration::from_secs(5), client.next()).await;
+            assert!(
+                matches!(got, Ok(Some(Ok(Message::Text(ref t)))) if t.len() == 8 << 10),
+                "frame {i}: {got:?}"
+            );
+        }
     }
 }

@@ -49,7 +49,10 @@ pub(super) const POOL_RETRY: Duration = Duration::from_millis(50);
 /// The most hooks whose writes share one commit (see [`Room::joins_group`]).
 pub(super) const MAX_GROUP: u16 = super::queue::ROOM_QUEUE as u16;
 
-/// A group stops growing once its writes or its output hold this much.
+/// A group stops growing once its writes or its output hold this much (its
+/// output also stops at half of `outbound_queue_bytes`: a group's messages
+/// leave at once, and must fit in a reading client's queue beside what is
+/// still going out).
 pub(super) const GROUP_BYTES: usize = 1 << 20;
 
 /// What a client gets when the room's hook failed.
@@ -202,9 +205,9 @@ impl Room {
             && self.shared.cluster.is_none()
             && !self.shared.idle_timeout.is_zero()
             && state.storage.pending_bytes() < GROUP_BYTES
-            && state
-                .hook_ref()
-                .is_none_or(|h| h.outbox_bytes < GROUP_BYTES)
+            && state.hook_ref().is_none_or(|h| {
+                h.outbox_bytes < GROUP_BYTES.min(state.limits.outbound_queue_bytes / 2)
+            })
             && self.rx.next_joins_group()
     }
 

@@ -71,6 +71,13 @@ impl RoomTx {
         self.push(Box::new(event)).is_ok()
     }
 
+    /// Queue an event if there is room now; else the event back, and
+    /// whether the queue is closed (the actor is gone) rather than full.
+    pub fn offer(&self, event: Event) -> Result<(), (Event, bool)> {
+        self.push(Box::new(event))
+            .map_err(|(event, closed)| (*event, closed))
+    }
+
     /// `Err((event, closed))` when closed or full.
     #[allow(clippy::type_complexity, reason = "a private helper's two refusals")]
     fn push(&self, event: Box<Event>) -> Result<(), (Box<Event>, bool)> {

@@ -23,6 +23,7 @@
 //!   each on-timer broadcasts `tick:N` (N counted in guest memory, so it
 //!   restarts at 1 in a new instance) and records N in storage (`ticks`);
 //!   `timer-off` cancels; `timer-panic` makes the next on-timer panic;
+//! - `bulk:BYTES:MS`: work MS ms, then answer BYTES bytes (a busy room that sends a lot);
 //! - anything else: echoed back.
 //!
 //! On connect: `?reject=1` refuses with HTTP 401; `?tag=T` tags the connection.
@@ -231,6 +232,15 @@ impl Room for Probe {
                         Ok(()) => return,
                         Err(e) => format!("error: {e}"),
                     }
+                } else if let Some(rest) = other.strip_prefix("bulk:") {
+                    // A busy room that sends a lot: BYTES back after MS of work.
+                    let (bytes, ms) = rest.split_once(':').unwrap_or((rest, "0"));
+                    let until =
+                        std::time::Instant::now() + Duration::from_millis(ms.parse().unwrap_or(0));
+                    while std::time::Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                    "b".repeat(bytes.parse().unwrap_or(0))
                 } else if let Some(rest) = other.strip_prefix("timer:") {
                     let (ms, times) = rest.split_once(':').unwrap_or((rest, "1"));
                     self.every = ms.parse().unwrap_or(0);
