@@ -408,6 +408,32 @@ async fn without_audit_claims_and_commits_leave_no_log() {
             .get(0);
         assert_eq!(rows, 0, "{table}");
     }
+    // A room that was used and keeps nothing leaves no row once released;
+    // one that keeps data keeps its row.
+    let mut empty = direct(&rig.nodes[0], "quiet-empty").await;
+    assert!(ask(&mut empty, "read x", "list x").await.is_some());
+    drop(empty);
+    drop(ws);
+    let rows = |room: &'static str| {
+        let pg = &pg;
+        async move {
+            let n: i64 = pg
+                .query_one("SELECT count(*) FROM rooms WHERE room = $1", &[&room])
+                .await
+                .expect("count")
+                .get(0);
+            n
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while rows("quiet-empty").await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "an empty room's row stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows("quiet-log").await, 1, "a room with data keeps its row");
 }
 
 /// The code of the close frame a socket gets within `within`, reading past

@@ -122,8 +122,29 @@ impl Cluster {
             }
         }
         let (party, room) = (&*key.0, &*key.1);
+        let audit = self.config.audit;
         let released = bounded(&self.shared, async {
             let client = self.shared.get().await?;
+            // A room that keeps nothing (no data, no alarm) leaves no row:
+            // every room name ever used would otherwise stay for ever. Its
+            // next claim starts it again at epoch 1, which is safe because a
+            // write is fenced by its holder's node and incarnation as well.
+            // Not with `audit`, whose logs name rooms by their epochs.
+            if !audit {
+                let removed = client
+                    .execute(
+                        "DELETE FROM rooms r
+                         WHERE r.party = $1 AND r.room = $2 AND r.epoch = $3
+                           AND r.alarm_ms IS NULL
+                           AND NOT EXISTS (SELECT 1 FROM room_kv k
+                                           WHERE k.party = $1 AND k.room = $2)",
+                        &[&party, &room, &epoch],
+                    )
+                    .await?;
+                if removed > 0 {
+                    return Ok(());
+                }
+            }
             client
                 .execute(
                     "UPDATE rooms SET owner_node = NULL, owner_inc = NULL
