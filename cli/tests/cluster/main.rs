@@ -1143,6 +1143,62 @@ async fn tail_on_one_node_shows_every_nodes_rooms() {
     );
 }
 
+/// A node whose deploy announcements stop (its LISTEN connection's
+/// PostgreSQL backend is stopped: no reset, no FIN, nothing delivered) still
+/// serves a new version, within its check of that connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_announcements_stall_still_serves_a_new_deploy() {
+    let rig = Rig::start(2, true, false).await;
+    deploy(&rig.nodes[0], "counter", "examples/counter").await;
+    let node = &rig.nodes[1];
+    let (status, body) =
+        eventually(&node.addr(), "POST", "/parties/counter/s1", |s, _| s == 200).await;
+    assert_eq!((status, body.trim()), (200, "1"), "{}", rig.logs());
+    let pg = rig.pg.client().await;
+    let name = format!("dormouse {} deploys", node.spec.id);
+    let row = pg
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .await
+        .expect("node 1's LISTEN connection");
+    let pid: i32 = row.get(0);
+    let stop = |sig: &str| {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status();
+    };
+    stop("STOP");
+    // Version 2 (the ledger, which has no on-request) through node 0.
+    let ledger_bytes = std::fs::read(ledger()).expect("ledger.wasm");
+    let (status, body) = http(
+        &rig.nodes[0].addr(),
+        "PUT",
+        "/_dormouse/parties/counter",
+        &ledger_bytes,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The check finds the stalled connection within 10 s (every 5 s, 5 s to
+    // answer); the periodic look at every party (30 s) is not needed.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(20);
+    loop {
+        let (status, _) = http(&node.addr(), "POST", "/parties/counter/s2", b"").await;
+        if status != 200 {
+            break;
+        }
+        if Instant::now() > deadline {
+            stop("CONT");
+            panic!("node 1 still serves version 1\n{}", rig.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("node 1 served version 2 after {:?}", started.elapsed());
+    stop("CONT");
+}
+
 /// Build a room crate and deploy it as `party` through one node's admin API.
 async fn deploy(node: &Node, party: &str, dir: &str) {
     let wasm = dormouse::project::build(&repo().join(dir)).expect("the room builds");

@@ -181,9 +181,10 @@ impl Cluster {
     pub fn deploys(self: &Arc<Self>) -> mpsc::UnboundedReceiver<Option<String>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let url = self.config.database.clone();
+        let name = format!("dormouse {} deploys", self.node_id());
         tokio::spawn(async move {
             loop {
-                if let Err(e) = listen(&url, &tx).await {
+                if let Err(e) = listen(&url, &name, &tx).await {
                     warn!(error = %e, "lost the deploy announcements; listening again");
                 }
                 if tx.is_closed() {
@@ -196,10 +197,29 @@ impl Cluster {
     }
 }
 
-/// LISTEN on one connection until it breaks, passing announcements on.
-async fn listen(url: &str, tx: &mpsc::UnboundedSender<Option<String>>) -> Result<(), ClusterError> {
+/// How often the LISTEN connection is asked a `SELECT 1`: a connection that
+/// went half-open (no reset, no FIN) delivers no announcement and says
+/// nothing, so it is found by asking, and then made again.
+const LISTEN_CHECK: Duration = Duration::from_secs(5);
+
+/// LISTEN on one connection until it breaks, or stops answering, passing
+/// announcements on. `name`: its `application_name` (PostgreSQL's
+/// `pg_stat_activity` shows which node's it is).
+async fn listen(
+    url: &str,
+    name: &str,
+    tx: &mpsc::UnboundedSender<Option<String>>,
+) -> Result<(), ClusterError> {
     use futures_util::StreamExt;
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let mut config: tokio_postgres::Config = url.parse()?;
+    config
+        .application_name(name)
+        .connect_timeout(STATEMENT)
+        .keepalives_idle(LISTEN_CHECK);
+    let connect = timeout(STATEMENT, config.connect(NoTls));
+    let (client, mut connection) = connect
+        .await
+        .map_err(|_| ClusterError::Unavailable("connecting to PostgreSQL timed out".into()))??;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let sql = format!("LISTEN {DEPLOYS}");
     let listening = client.batch_execute(&sql);
@@ -216,12 +236,40 @@ async fn listen(url: &str, tx: &mpsc::UnboundedSender<Option<String>>) -> Result
         }
     }
     let _ = tx.send(None);
-    while let Some(m) = messages.next().await {
-        if let tokio_postgres::AsyncMessage::Notification(n) = m?
-            && tx.send(Some(n.payload().to_owned())).is_err()
-        {
-            return Ok(());
+    // Pass an announcement on; false once nobody listens here any more.
+    let pass = |m: tokio_postgres::AsyncMessage| match m {
+        tokio_postgres::AsyncMessage::Notification(n) => {
+            tx.send(Some(n.payload().to_owned())).is_ok()
+        }
+        _ => true,
+    };
+    let mut check = tokio::time::interval(LISTEN_CHECK);
+    check.tick().await;
+    loop {
+        tokio::select! {
+            m = messages.next() => match m {
+                Some(m) => if !pass(m?) { return Ok(()) },
+                None => return Ok(()),
+            },
+            _ = check.tick() => {
+                let ping = client.simple_query("SELECT 1");
+                let deadline = tokio::time::sleep(STATEMENT);
+                tokio::pin!(ping, deadline);
+                loop {
+                    tokio::select! {
+                        r = &mut ping => { r?; break; }
+                        () = &mut deadline => {
+                            return Err(ClusterError::Unavailable(
+                                "the deploy announcements' connection stopped answering".into(),
+                            ));
+                        }
+                        m = messages.next() => match m {
+                            Some(m) => if !pass(m?) { return Ok(()) },
+                            None => return Ok(()),
+                        },
+                    }
+                }
+            }
         }
     }
-    Ok(())
 }

@@ -11,6 +11,11 @@ use crate::cluster::Cluster;
 use crate::lock::lock;
 use crate::room::{Event, RoomTx};
 
+/// How often a node looks at every party's active version in the cluster,
+/// besides the announcements: a node that missed one (its LISTEN connection
+/// lost it) serves the active version within this.
+const RECONCILE: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Host {
     /// In a cluster: close every room's sockets with 1012 when this node
     /// self-fences (its clients reconnect to the room's next holder), serve
@@ -29,10 +34,15 @@ impl Host {
         });
         let (host, mut deploys) = (self.clone(), cluster.deploys());
         self.tasks.spawn(async move {
+            // Announcements are the fast path; this is the bound: whatever
+            // was missed, every party is looked at again this often.
+            let mut reconcile = tokio::time::interval(RECONCILE);
+            reconcile.tick().await;
             loop {
                 let party = tokio::select! {
                     () = host.shared.shutdown.cancelled() => return,
                     Some(party) = deploys.recv() => party,
+                    _ = reconcile.tick() => None,
                 };
                 let followed = match party {
                     Some(name) => host.follow_deploy(&name).await,
