@@ -131,3 +131,90 @@ async fn metrics_can_live_on_a_private_port() {
     let stopped = tokio::time::timeout(WAIT, task).await;
     assert!(matches!(stopped, Ok(Ok(Ok(())))), "server stops cleanly");
 }
+
+/// The `public` folder: GET and HEAD only, ranges, entity tags and their
+/// conditional requests, and no way out of the folder or into hidden files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_files_have_ranges_validators_and_no_way_out() {
+    let data = data_dir();
+    let public = data.join("public");
+    std::fs::create_dir_all(public.join("sub")).expect("public dir");
+    std::fs::write(public.join("index.html"), "<h1>hi</h1>").expect("write");
+    std::fs::write(public.join("app.js"), "0123456789").expect("write");
+    std::fs::write(public.join(".env"), "SECRET").expect("write");
+    std::fs::write(data.join("outside.txt"), "outside").expect("write");
+    let config = dormouse_host::config::Config {
+        data_dir: data.clone(),
+        public: Some(public),
+        ..dormouse_host::config::Config::default()
+    };
+    let host = dormouse_host::host::Host::new(config).expect("host starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(dormouse_host::edge::server::run(listener, host.clone()));
+    // One request; its status line and headers (lowercased), and its body.
+    let ask = |method: &str, path: &str, extra: &str| {
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n");
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            tcp.write_all(request.as_bytes()).await.expect("write");
+            let mut raw = Vec::new();
+            tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+            (head.to_lowercase(), body.to_owned())
+        }
+    };
+    let (head, body) = ask("GET", "/", "").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert_eq!(body, "<h1>hi</h1>");
+    let (head, body) = ask("HEAD", "/app.js", "").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 10"), "{head}");
+    assert_eq!(body, "");
+    let (head, body) = ask("GET", "/app.js", "Range: bytes=2-4\r\n").await;
+    assert!(head.starts_with("http/1.1 206"), "{head}");
+    assert!(head.contains("content-range: bytes 2-4/10"), "{head}");
+    assert_eq!(body, "234");
+    let (head, _) = ask("GET", "/app.js", "").await;
+    let etag = head
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .expect("an etag")
+        // The head was lowercased; a weak tag's prefix is `W/`.
+        .replacen("w/", "W/", 1);
+    let (head, body) = ask("GET", "/app.js", &format!("If-None-Match: {etag}\r\n")).await;
+    assert!(head.starts_with("http/1.1 304"), "{head}");
+    assert_eq!(body, "");
+    let (head, _) = ask("GET", "/app.js", "If-None-Match: \"other\"\r\n").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let (head, _) = ask("POST", "/app.js", "Content-Length: 0\r\n").await;
+    assert!(head.starts_with("http/1.1 405"), "{head}");
+    for path in [
+        "/.env",
+        "/../outside.txt",
+        "/%2e%2e/outside.txt",
+        "/sub/../../outside.txt",
+        "/sub/%2e%2e/%2e%2e/outside.txt",
+        "/..%2foutside.txt",
+    ] {
+        let (head, body) = ask("GET", path, "").await;
+        assert!(
+            !head.starts_with("http/1.1 200")
+                && !body.contains("outside")
+                && !body.contains("SECRET"),
+            "{path}: {head}\n{body}"
+        );
+    }
+    host.shutdown().cancel();
+    let stopped = tokio::time::timeout(WAIT, task).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "server stops cleanly");
+}

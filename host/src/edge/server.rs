@@ -251,7 +251,7 @@ async fn handle(
             r
         }
         Ok(Route::Admin) => crate::edge::admin::handle(req, host, peer).await,
-        Ok(Route::Static) => static_file(&host, req.uri().path()).await,
+        Ok(Route::Static) => static_file(&host, req).await,
         Ok(Route::Room(path)) => {
             if !host.serves(&path.party) {
                 let msg = format!("no party named {:?} is deployed", path.party);
@@ -574,8 +574,11 @@ const HOST_HEADERS: [header::HeaderName; 6] = [
     header::TRAILER,
 ];
 
-/// A file from the public folder, if the host serves one.
-async fn static_file(host: &Host, path: &str) -> Response<Body> {
+/// A file from the public folder, if the host serves one: GET and HEAD,
+/// `Range`, `ETag` and `Last-Modified` with their conditional requests
+/// (hyper-staticfile, which also keeps every path inside the folder); no
+/// hidden files.
+async fn static_file(host: &Host, req: Request<Incoming>) -> Response<Body> {
     let not_found = || {
         text(
             StatusCode::NOT_FOUND,
@@ -585,42 +588,60 @@ async fn static_file(host: &Host, path: &str) -> Response<Body> {
     let Some(public) = &host.config().public else {
         return not_found();
     };
-    let Ok(decoded) = percent_encoding::percent_decode_str(path).decode_utf8() else {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "static files answer GET and HEAD".into(),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let decoded = percent_encoding::percent_decode_str(req.uri().path()).decode_utf8_lossy();
+    if decoded
+        .split('/')
+        .any(|s| s.starts_with('.') || s.contains('\\'))
+    {
+        return not_found();
+    }
+    let (parts, _) = req.into_parts();
+    let head = Request::from_parts(parts, ());
+    let cached = head.headers().get(header::IF_NONE_MATCH).cloned();
+    let Ok(served) = hyper_staticfile::Static::new(public.clone())
+        .serve(head)
+        .await
+    else {
         return not_found();
     };
-    let mut file = public.clone();
-    for segment in decoded.split('/').filter(|s| !s.is_empty()) {
-        // No way out of the folder: no parent segments, no hidden files.
-        if segment.starts_with('.') || segment.contains('\\') {
-            return not_found();
-        }
-        file.push(segment);
+    let (mut parts, body) = served.into_parts();
+    if parts.status == StatusCode::NOT_FOUND {
+        return not_found();
     }
-    if decoded.ends_with('/') || file == *public {
-        file.push("index.html");
+    // hyper-staticfile answers If-Modified-Since; If-None-Match is here.
+    let etag = parts.headers.get(header::ETAG);
+    if let (Some(etag), Some(cached)) = (etag, &cached)
+        && etag_matches(cached, etag)
+    {
+        parts.status = StatusCode::NOT_MODIFIED;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, full(Bytes::new()));
     }
-    match tokio::fs::read(&file).await {
-        Ok(bytes) => {
-            let mut r = Response::new(full(bytes));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(content_type(&file)),
-            );
-            r
-        }
-        Err(_) => not_found(),
-    }
+    // A read error mid-file ends the body early (the client sees it short).
+    use futures_util::StreamExt;
+    let frames = http_body_util::BodyStream::new(body)
+        .filter_map(|frame| std::future::ready(frame.ok().map(Ok::<_, Infallible>)));
+    let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(frames));
+    Response::from_parts(parts, body)
 }
 
-fn content_type(path: &std::path::Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("html") => "text/html; charset=utf-8",
-        Some("js") | Some("mjs") => "text/javascript; charset=utf-8",
-        Some("css") => "text/css; charset=utf-8",
-        Some("json") => "application/json",
-        Some("svg") => "image/svg+xml",
-        Some("png") => "image/png",
-        Some("wasm") => "application/wasm",
-        _ => "application/octet-stream",
-    }
+/// Whether an `If-None-Match` names this entity tag (weak comparison).
+fn etag_matches(cached: &HeaderValue, etag: &HeaderValue) -> bool {
+    let weak = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    let (Ok(cached), Ok(etag)) = (cached.to_str(), etag.to_str()) else {
+        return false;
+    };
+    let etag = weak(etag);
+    cached
+        .split(',')
+        .any(|t| t.trim() == "*" || weak(t) == etag)
 }
