@@ -436,6 +436,74 @@ async fn without_audit_claims_and_commits_leave_no_log() {
     assert_eq!(rows("quiet-log").await, 1, "a room with data keeps its row");
 }
 
+/// A statement PostgreSQL refuses (here a trigger refuses keys holding
+/// "poison") fails only its own room's hook: the others in its group
+/// commit, as with SQLite, where each batch has its own savepoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_statement_fails_only_its_own_room() {
+    let rig = Rig::with(1, 1, true, false, None).await;
+    let pg = rig.pg.client().await;
+    pg.batch_execute(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.k LIKE '%poison%' THEN RAISE EXCEPTION 'poison refused'; END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON room_kv
+           FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+    )
+    .await
+    .expect("the trigger");
+    let mut good = Vec::new();
+    for i in 0..8 {
+        good.push(direct(&rig.nodes[0], &format!("good-{i}")).await);
+    }
+    let mut poisoned = Vec::new();
+    for i in 0..4 {
+        poisoned.push(direct(&rig.nodes[0], &format!("poisoned-{i}")).await);
+    }
+    let mut refused = 0;
+    for round in 0..15 {
+        let goods = good.iter_mut().map(|ws| {
+            let command = format!("append k v{round} g{round}");
+            async move { ask(ws, &command, "ok").await }
+        });
+        // Not the full answer time: the good sockets must be read (and
+        // answer the node's pings) more often than the ping timeout.
+        let poisons = poisoned.iter_mut().map(|ws| {
+            let command = format!("append poison v{round} p{round}");
+            async move {
+                let answer =
+                    tokio::time::timeout(Duration::from_millis(300), ask(ws, &command, "ok"));
+                answer.await.ok().flatten()
+            }
+        });
+        let (goods, poisons) = futures_util::future::join(
+            futures_util::future::join_all(goods),
+            futures_util::future::join_all(poisons),
+        )
+        .await;
+        // Slow answers are not the point (the rooms' reads below are).
+        let _ = goods;
+        refused += poisons.iter().filter(|p| p.is_none()).count();
+        // A poisoned room's socket may be closed with its instance: reopen.
+        for (i, ws) in poisoned.iter_mut().enumerate() {
+            *ws = direct(&rig.nodes[0], &format!("poisoned-{i}")).await;
+        }
+    }
+    assert_eq!(refused, 15 * 4, "every poisoned append was refused");
+    // Every good room's every append committed, beside refused ones.
+    let all: Vec<String> = (0..15).map(|r| format!("v{r}")).collect();
+    for (i, ws) in good.iter_mut().enumerate() {
+        let list = ask(ws, "read k", "list k").await.expect("a read");
+        assert!(
+            list.ends_with(&format!(" {}", all.join(","))),
+            "good-{i}: {list}\n{}",
+            rig.logs()
+        );
+    }
+}
+
 /// The code of the close frame a socket gets within `within`, reading past
 /// other messages; `None` if none comes.
 async fn close_code(ws: &mut workload::Ws, within: Duration) -> Option<u16> {

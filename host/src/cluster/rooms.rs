@@ -24,6 +24,15 @@ pub struct Claimed {
     pub alarm: Option<u64>,
 }
 
+/// How a group's transaction ended.
+enum Outcome {
+    /// Committed: each hook's stored bytes, or fenced.
+    Committed(Vec<Result<i64, ClusterError>>),
+    /// PostgreSQL refused one of its statements (its message): nothing
+    /// was written.
+    Refused(String),
+}
+
 /// What one hook's commit does to a room, as a claimed room (`claimed.rs`) hands it over.
 pub struct Writes {
     pub delete_all: bool,
@@ -217,7 +226,11 @@ impl Cluster {
 
     /// The group commit: every commit waiting (up to [`MAX_GROUP`]) goes in
     /// one transaction ([`Cluster::commit_group`]); each hook hears its own
-    /// outcome. A failed group fails every hook in it, and the next group
+    /// outcome. A group that PostgreSQL itself refused (one room's statement
+    /// failed, which aborts the transaction) is tried again one room at a
+    /// time, so only that room's hook fails, as the SQLite writer isolates
+    /// each batch in a savepoint. A group that failed otherwise (the
+    /// connection, a timeout) fails every hook in it, and the next group
     /// starts on a fresh connection.
     pub(super) async fn commit_loop(
         self: Arc<Self>,
@@ -235,8 +248,31 @@ impl Cluster {
             }
             let results = bounded(&pg, self.commit_group(&pg, &mut statements, &group)).await;
             match results {
-                Ok(results) => {
+                Ok(Outcome::Committed(results)) => {
                     for (c, r) in group.into_iter().zip(results) {
+                        let _ = c.reply.send(r);
+                    }
+                }
+                Ok(Outcome::Refused(line)) if group.len() == 1 => {
+                    for c in group {
+                        let _ = c.reply.send(Err(ClusterError::Unavailable(line.clone())));
+                    }
+                }
+                Ok(Outcome::Refused(_)) => {
+                    for c in group {
+                        let one = std::slice::from_ref(&c);
+                        let r = match bounded(&pg, self.commit_group(&pg, &mut statements, one))
+                            .await
+                        {
+                            Ok(Outcome::Committed(mut r)) => {
+                                r.pop().unwrap_or(Err(ClusterError::Fenced))
+                            }
+                            Ok(Outcome::Refused(line)) => Err(ClusterError::Unavailable(line)),
+                            Err(e) => {
+                                pg.drop_client().await;
+                                Err(e)
+                            }
+                        };
                         let _ = c.reply.send(r);
                     }
                 }
@@ -257,13 +293,14 @@ impl Cluster {
     /// sent at once (tokio-postgres pipelines them on the connection), and
     /// COMMIT: three round trips and one fsync for the whole group. A fenced
     /// hook's statement matches no row and so writes nothing, while the
-    /// others commit; a failing statement fails the group.
+    /// others commit; a statement PostgreSQL refuses rolls the group back
+    /// ([`Outcome::Refused`]).
     async fn commit_group(
         &self,
         pg: &Pg,
         statements: &mut Statements,
         group: &[GroupedCommit],
-    ) -> Result<Vec<Result<i64, ClusterError>>, ClusterError> {
+    ) -> Result<Outcome, ClusterError> {
         let client = pg.get().await?;
         if !statements
             .client
@@ -292,14 +329,20 @@ impl Cluster {
         let rows = futures_util::future::join_all(writes).await;
         let mut results = Vec::with_capacity(group.len());
         for row in rows {
-            results.push(match row? {
-                Some(r) => Ok(r.get::<_, i64>(0)),
-                None => Err(ClusterError::Fenced),
+            results.push(match row {
+                Ok(Some(r)) => Ok(r.get::<_, i64>(0)),
+                Ok(None) => Err(ClusterError::Fenced),
+                // The server refused a statement: the transaction is aborted.
+                Err(e) if e.as_db_error().is_some() => {
+                    client.batch_execute("ROLLBACK").await?;
+                    return Ok(Outcome::Refused(ClusterError::from(e).to_string()));
+                }
+                Err(e) => return Err(e.into()),
             });
         }
         client.batch_execute("COMMIT").await?;
         self.metrics.commit_groups.fetch_add(1, Relaxed);
-        Ok(results)
+        Ok(Outcome::Committed(results))
     }
 
     /// Which statement a hook's writes need (see [`write_sql`]).
