@@ -145,12 +145,14 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     serve_host(host, |_| {}).await
 }
 
-/// Build every party the config names by its `crate`, so the host finds
-/// its `component`.
+/// Build every party the config names by its `crate`: the host gets its
+/// `component` instead (a party has one source).
 pub(crate) fn build_crates(mut config: Config) -> anyhow::Result<Config> {
     for (name, party) in &mut config.parties {
-        if let (None, Some(dir)) = (&party.component, &party.krate) {
-            let wasm = project::build(dir)
+        if party.component.is_none()
+            && let Some(dir) = party.krate.take()
+        {
+            let wasm = project::build(&dir)
                 .with_context(|| format!("party {name}: cannot build {}", dir.display()))?;
             party.component = Some(wasm);
         }
