@@ -195,9 +195,9 @@ pub struct Limits {
     /// How long a client may take to send a request's body, from its
     /// headers' end (on-request bodies and admin uploads); past it: 408.
     pub body_timeout_ms: u64,
-    /// Open TCP connections the node holds at once, sockets and HTTP alike;
-    /// past it a new connection gets a one-line 503 and is closed, and the
-    /// open ones are kept. None (the default): no cap below the machine's
+    /// Open TCP connections a listener holds at once, sockets and HTTP
+    /// alike (`metrics_listen` counts its own); past it a new connection
+    /// gets a one-line 503 and is closed, and the open ones are kept. None (the default): no cap below the machine's
     /// file descriptor limit. Node-wide: a party cannot set it.
     pub max_connections: Option<usize>,
     /// Rooms awake at once (the pooling allocator's size).
