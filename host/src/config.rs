@@ -271,6 +271,13 @@ impl Default for Config {
     }
 }
 
+impl Limits {
+    /// A client's time to send a request body (`body_timeout_ms`).
+    pub fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.body_timeout_ms)
+    }
+}
+
 impl Config {
     /// A party's vars; none for a party the config does not name (deployed only).
     pub fn vars(&self, party: &str) -> BTreeMap<String, String> {

@@ -39,7 +39,7 @@ pub async fn handle(req: Request<Incoming>, host: Arc<Host>, peer: SocketAddr) -
         ),
         (Method::PUT | Method::POST, ["parties", name]) => {
             let name = (*name).to_owned();
-            let deadline = crate::edge::server::body_deadline(&host);
+            let deadline = host.config().limits.body_timeout();
             let body = match read_body(req.into_body(), MAX_UPLOAD, deadline, host.metrics()).await
             {
                 Ok(b) => b.to_vec(),

@@ -100,11 +100,6 @@ async fn serve(
     Ok(())
 }
 
-/// The client's time to send a request body (`body_timeout_ms`).
-pub(crate) fn body_deadline(host: &Host) -> Duration {
-    Duration::from_millis(host.config().limits.body_timeout_ms)
-}
-
 /// One open TCP connection, counted against `max_connections` until the
 /// last of its holders drops it: the HTTP connection's task, and for a
 /// WebSocket the socket's task, which takes it over at the upgrade (the
@@ -266,7 +261,7 @@ async fn handle(
                     Ok(Owner::Remote(addr)) => {
                         cluster.metrics.forwards.fetch_add(1, Relaxed);
                         let limit = host.limits_for(&path.party).message_bytes;
-                        let bounds = (limit, body_deadline(&host));
+                        let bounds = (limit, host.config().limits.body_timeout());
                         return forward::forward(req, &addr, cluster, bounds, host.metrics()).await;
                     }
                     Err(e) => {
@@ -484,7 +479,14 @@ const READ_BUFFER: usize = 256;
 async fn request(req: Request<Incoming>, host: Arc<Host>, path: RoomPath) -> Response<Body> {
     let limit = host.limits_for(&path.party).message_bytes;
     let (parts, body) = req.into_parts();
-    let body = match read_body(body, limit, body_deadline(&host), host.metrics()).await {
+    let body = match read_body(
+        body,
+        limit,
+        host.config().limits.body_timeout(),
+        host.metrics(),
+    )
+    .await
+    {
         Ok(b) => b.to_vec(),
         Err(r) => return *r,
     };
