@@ -4,8 +4,9 @@
 //! postgresql and haproxy; `scripts/test.sh` installs them.
 //!
 //! `DORMOUSE_CLUSTER_SECONDS=N cargo test -p dormouse --test cluster -- --ignored long_run`
-//! runs randomized seeds of the fault run for N seconds
-//! (`DORMOUSE_CLUSTER_SEED=S` starts from seed S, to replay a failure).
+//! is the chaos run: random faults for N seconds (default 30 minutes), the
+//! checker after every segment (`DORMOUSE_CLUSTER_SEED=S` starts from seed
+//! S, to replay a failure).
 
 mod checker;
 mod procs;
@@ -711,13 +712,108 @@ async fn the_checker_catches_local_sqlite_behind_the_hash() {
     );
 }
 
+/// One fault at random, on a node at random, healed before it returns.
+/// The faults are the fault run's, in any order and any number of times:
+/// kill -9, SIGSTOP, a graceful stop, cuts to PostgreSQL, to HAProxy and to
+/// the peers, and PostgreSQL killed or stopped; node 3's clock stays skewed.
+async fn random_fault(rig: &mut Rig, rng: &mut Rng) -> &'static str {
+    let ttl = Duration::from_millis(TTL_MS);
+    let s = Duration::from_secs;
+    let n = rng.below(rig.nodes.len());
+    let fault = rng.below(8);
+    let mut secs = |most: usize| s(1 + rng.below(most) as u64);
+    match fault {
+        0 => {
+            rig.nodes[n].kill9().await;
+            tokio::time::sleep(ttl + secs(3)).await;
+            rig.nodes[n].restart().await;
+            "kill -9 a node"
+        }
+        1 => {
+            rig.nodes[n].pause();
+            tokio::time::sleep(ttl * secs(2).as_secs() as u32).await;
+            rig.nodes[n].resume();
+            "SIGSTOP a node"
+        }
+        2 => {
+            rig.nodes[n].stop().await;
+            tokio::time::sleep(secs(3)).await;
+            rig.nodes[n].restart().await;
+            "stop a node"
+        }
+        3 => {
+            rig.links[n].pg.cut();
+            tokio::time::sleep(ttl * 2).await;
+            rig.links[n].pg.heal();
+            "cut a node from PostgreSQL"
+        }
+        4 => {
+            rig.links[n].lb.cut();
+            tokio::time::sleep(s(1) + secs(4)).await;
+            rig.links[n].lb.heal();
+            "cut a node from HAProxy"
+        }
+        5 => {
+            rig.links[n].lb.cut();
+            rig.links[n].peers.cut();
+            tokio::time::sleep(ttl * 3).await;
+            rig.links[n].lb.heal();
+            rig.links[n].peers.heal();
+            "isolate a node from HAProxy and its peers"
+        }
+        6 => {
+            rig.pg.kill9().await;
+            tokio::time::sleep(secs(2)).await;
+            rig.pg.restart().await;
+            "kill -9 PostgreSQL"
+        }
+        _ => {
+            rig.pg.pause();
+            tokio::time::sleep(ttl * secs(3).as_secs() as u32).await;
+            rig.pg.resume();
+            "SIGSTOP PostgreSQL"
+        }
+    }
+}
+
+/// The chaos run: four nodes (one with its clock 90 s ahead) under the
+/// ledger workload for `seconds`, with a random fault every few seconds,
+/// then everything healed and the checker over the whole history.
+async fn chaos_run(seed: u64, seconds: u64) -> (Vec<String>, String, Rig) {
+    let mut rig = Rig::with(4, 4, true, false, Some("+90s")).await;
+    let load = Workload::start(rig.lb.port, ROOMS, CLIENTS, PAUSE, seed);
+    let mut rng = Rng::new(seed ^ 0xc4a05);
+    let started = Instant::now();
+    let mut faults: HashMap<&str, usize> = HashMap::new();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        tokio::time::sleep(Duration::from_secs(1 + rng.below(4) as u64)).await;
+        *faults.entry(random_fault(&mut rig, &mut rng).await).or_default() += 1;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let acked_during = load.acked();
+    let history = load.stop().await;
+    let fin = rig.final_lists(ROOMS).await;
+    let (commits, claims) = rig.audit().await;
+    let violations = checker::check(&history, &fin, &commits, &claims);
+    let mut faults: Vec<String> = faults.iter().map(|(f, n)| format!("{n} x {f}")).collect();
+    faults.sort();
+    let summary = format!(
+        "{}; faults: {}",
+        summary(&history, acked_during, &commits, &claims),
+        faults.join(", ")
+    );
+    (violations, summary, rig)
+}
+
+/// The long chaos run, outside CI: random faults for N seconds (default
+/// 1,800) in segments of at most 10 minutes, each segment checked on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the long run: DORMOUSE_CLUSTER_SECONDS=N cargo test -p dormouse --test cluster -- --ignored long_run"]
+#[ignore = "the long run: DORMOUSE_CLUSTER_SECONDS=N cargo test -p dormouse --test cluster -- --ignored long_run --nocapture"]
 async fn long_run() {
     let seconds: u64 = std::env::var("DORMOUSE_CLUSTER_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(600);
+        .unwrap_or(1800);
     let started = Instant::now();
     // DORMOUSE_CLUSTER_SEED replays a seed (and goes on from it).
     let mut seed = std::env::var("DORMOUSE_CLUSTER_SEED")
@@ -730,7 +826,8 @@ async fn long_run() {
         });
     let mut runs = 0;
     while started.elapsed() < Duration::from_secs(seconds) {
-        let (violations, summary, rig) = fault_run(seed).await;
+        let left = seconds.saturating_sub(started.elapsed().as_secs());
+        let (violations, summary, rig) = chaos_run(seed, left.clamp(30, 600)).await;
         runs += 1;
         eprintln!("seed {seed}: {summary}; {} violations", violations.len());
         assert!(
@@ -741,7 +838,7 @@ async fn long_run() {
         seed += 1;
     }
     eprintln!(
-        "long run: {runs} runs in {:?}, no violations",
+        "long run: {runs} segments in {:?}, no violations",
         started.elapsed()
     );
 }
