@@ -142,3 +142,75 @@ async fn an_alarm_outlives_a_restart_without_its_party() {
     wait_body(&server, "/parties/main/kitchen", "1").await;
     server.stop().await;
 }
+
+/// An alarm whose party's only deployed version is found torn at a start
+/// (a crash mid-write, a disk fault) waits for the party, spending no retry,
+/// and rings once a restart finds the file whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_outlives_a_torn_component_file() {
+    let token = "alarm-token";
+    let mut options = Options {
+        parties: Vec::new(),
+        admin_token: Some(token.into()),
+        ..Options::main("alarm-clock").idle(50)
+    };
+    options.limits.alarm_retry_ms = 20;
+    let server = Server::start(options).await;
+    let bytes = std::fs::read(guest("alarm-clock")).expect("component built");
+    let (status, body) = server
+        .admin("PUT", "/_dormouse/parties/clock", &bytes, Some(token))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = server
+        .http("POST", "/parties/clock/kitchen?in_ms=300", "")
+        .await;
+    assert_eq!(status, 202);
+    let options = server.stop().await;
+    // Tear the version file and drop its precompiled form.
+    let versions = options.data_dir.join("versions");
+    let hash = dormouse_host::host::deploys::versions::hash(&bytes);
+    for entry in std::fs::read_dir(&versions).expect("versions dir").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == format!("{hash}.wasm") {
+            std::fs::write(entry.path(), &bytes[..bytes.len() / 3]).expect("tear");
+        } else if name.starts_with(&hash) {
+            std::fs::remove_file(entry.path()).expect("remove");
+        }
+    }
+    let server = Server::start(options).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(server.host.alarms().len(), 1, "the alarm is still there");
+    let options = server.stop().await;
+    std::fs::write(versions.join(format!("{hash}.wasm")), &bytes).expect("mend");
+    let server = Server::start(options).await;
+    wait_body(&server, "/parties/clock/kitchen", "1").await;
+    server.stop().await;
+}
+
+/// An alarm that falls due while every awake-room slot is busy (a long hook
+/// in the only slot) fails to wake for the host's reason: it spends no
+/// retry, and rings as a first try once the slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_waits_out_a_full_pool_without_spending_a_retry() {
+    let mut options = retry_options();
+    options.limits.awake_rooms = 1;
+    options.limits.alarm_retry_ms = 20;
+    options.limits.hook_cpu_ms = 20_000;
+    let server = Server::start(options).await;
+    let (status, _) = server
+        .http("POST", "/parties/main/b?op=alarm&in_ms=1000&fail=0", "")
+        .await;
+    assert_eq!(status, 202);
+    // b hibernates (idle 50 ms), so a's connect finds the slot free.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Room a takes the only slot and works for 8 s: longer than a wake
+    // waits for a slot (5 s), so b's first wake fails.
+    let mut a = server.ws("/parties/main/a").await;
+    send_text(&mut a, "bulk:1:8000").await;
+    let waits = "dormouse_pool_full_waits_total";
+    server.wait_metric(waits, 1.0).await;
+    assert_eq!(recv_text(&mut a).await, "b");
+    // The success's retry count is 0: the pool's failure spent none.
+    wait_body(&server, "/parties/main/b?op=alarm-state", "ok=0 at=none").await;
+    server.stop().await;
+}

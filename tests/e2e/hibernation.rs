@@ -119,3 +119,24 @@ async fn past_the_awake_room_limit_wakes_wait_for_a_slot() {
     );
     server.stop().await;
 }
+
+/// The lobby's one-call instance takes a slot like a wake: with every slot
+/// busy, a first request waits for one (it used to get 503 at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lobby_call_waits_for_a_slot_like_a_wake() {
+    let mut options = Options::main("probe");
+    options.limits.awake_rooms = 1;
+    options.limits.hook_cpu_ms = 20_000;
+    let server = Server::start(options).await;
+    // b's connect asks the lobby once (a Rust room answers `none`); then b
+    // holds the only slot for 3 s.
+    let mut b = server.ws("/parties/main/b").await;
+    send_text(&mut b, "bulk:1:3000").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The first request of the party asks the lobby again (another hook).
+    let (status, body) = server.http("GET", "/parties/main/a", "").await;
+    assert_eq!((status, body.trim()), (200, "probe main/a"));
+    assert_eq!(recv_text(&mut b).await, "b");
+    assert!(server.metric("dormouse_pool_full_waits_total").await >= 1.0);
+    server.stop().await;
+}

@@ -19,7 +19,8 @@ use crate::config::Limits;
 use crate::http::text_response;
 use crate::metrics::FailureKind;
 use crate::room::Shared;
-use crate::room::instance::{Before, Call, Instance, Known, Party, Reply};
+use crate::room::hooks::instantiate;
+use crate::room::instance::{Before, Call, Known, Party, Reply};
 use crate::room::state::RoomState;
 use crate::route::RoomKey;
 use crate::store::RoomStorage;
@@ -53,7 +54,7 @@ pub async fn run(
     );
     state.vars = party.vars.clone();
     state.lobby = true;
-    let mut instance = match Instance::new(&shared.runtime, party, state).await {
+    let mut instance = match instantiate(shared, party, state).await {
         Ok(instance) => instance,
         Err((_, failure)) => {
             warn!(party = %name, room = %room, error = %failure.error, "cannot make the lobby");

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 
-use super::instance::{Call, Failure, Instance, Reply};
-use super::{Life, Room, idle, rearm};
+use super::instance::{Call, Failure, Instance, Party, Reply};
+use super::state::RoomState;
+use super::{Life, Room, Shared, idle, rearm};
 use crate::alarms::{Attempt, MAX_RETRIES};
 use crate::clock::now_ms;
 use crate::http::text_response;
@@ -60,6 +61,42 @@ pub(super) fn failed_response() -> wit::Response {
     text_response(500, "the room failed to handle this request")
 }
 
+/// Make an instance of `party` over `state`. Every slot taken: past
+/// `awake_rooms`, the least recently used awake room hibernates early,
+/// rather than this failing. Its slot frees once it finishes its current
+/// event; this waits for that notification, up to [`POOL_WAIT`].
+pub(crate) async fn instantiate(
+    shared: &Shared,
+    party: &Party,
+    mut state: RoomState,
+) -> Result<Instance, (RoomState, Failure)> {
+    let mut waiting_since: Option<Instant> = None;
+    loop {
+        // Registered before the attempt, so a slot freed meanwhile is seen.
+        let freed = shared.slot_freed.notified();
+        match Instance::new(&shared.runtime, party, state).await {
+            Err((back, failure)) if failure.kind == FailureKind::PoolFull => {
+                state = back;
+                let since = *waiting_since.get_or_insert_with(|| {
+                    shared.metrics.pool_full_waits.fetch_add(1, Relaxed);
+                    warn!("every awake-room slot is taken; hibernating the least recently used room");
+                    Instant::now()
+                });
+                let Some(left) = POOL_WAIT.checked_sub(since.elapsed()) else {
+                    return Err((state, failure));
+                };
+                if let Some(registry) = shared.registry.upgrade() {
+                    registry.hibernate_least_recent();
+                }
+                // A slot may also free without a notification (an
+                // instantiation that failed elsewhere): look again soon.
+                let _ = tokio::time::timeout(left.min(POOL_RETRY), freed).await;
+            }
+            made => return made,
+        }
+    }
+}
+
 impl Room {
     /// Wake if needed, then run one hook.
     pub(super) async fn hook(&mut self, call: Call) -> Result<Reply, Fault> {
@@ -89,49 +126,19 @@ impl Room {
         };
         state.vars = party.vars.clone();
         let m = state.party_metrics.clone();
-        let mut waiting_since: Option<Instant> = None;
-        let shared = self.shared.clone();
-        loop {
-            // Registered before the attempt, so a slot freed meanwhile is seen.
-            let freed = shared.slot_freed.notified();
-            match Instance::new(&shared.runtime, &party, state).await {
-                Ok(instance) => {
-                    m.rooms_hibernated.fetch_sub(1, Relaxed);
-                    m.rooms_awake.fetch_add(1, Relaxed);
-                    m.wakes.fetch_add(1, Relaxed);
-                    self.life = Life::Awake(instance);
-                    self.state().status.awake.store(true, Relaxed);
-                    break;
-                }
-                // Every slot is taken: past `awake_rooms`, the least recently
-                // used awake room hibernates early, rather than this wake
-                // failing. Its slot frees once it finishes its current event;
-                // this wake waits for that notification.
-                Err((back, failure)) if failure.kind == FailureKind::PoolFull => {
-                    state = back;
-                    let since = *waiting_since.get_or_insert_with(|| {
-                        self.shared.metrics.pool_full_waits.fetch_add(1, Relaxed);
-                        warn!("every awake-room slot is taken; hibernating the least recently used room");
-                        Instant::now()
-                    });
-                    let Some(left) = POOL_WAIT.checked_sub(since.elapsed()) else {
-                        self.life = Life::Hibernated(state);
-                        self.failed("instantiate", failure);
-                        return Err(Fault::Host);
-                    };
-                    if let Some(registry) = shared.registry.upgrade() {
-                        registry.hibernate_least_recent();
-                    }
-                    // A slot may also free without a notification (an
-                    // instantiation that failed elsewhere): look again soon.
-                    let _ = tokio::time::timeout(left.min(POOL_RETRY), freed).await;
-                }
-                Err((back, failure)) => {
-                    self.life = Life::Hibernated(back);
-                    let fault = Fault::of(&failure);
-                    self.failed("instantiate", failure);
-                    return Err(fault);
-                }
+        match instantiate(&self.shared, &party, state).await {
+            Ok(instance) => {
+                m.rooms_hibernated.fetch_sub(1, Relaxed);
+                m.rooms_awake.fetch_add(1, Relaxed);
+                m.wakes.fetch_add(1, Relaxed);
+                self.life = Life::Awake(instance);
+                self.state().status.awake.store(true, Relaxed);
+            }
+            Err((back, failure)) => {
+                self.life = Life::Hibernated(back);
+                let fault = Fault::of(&failure);
+                self.failed("instantiate", failure);
+                return Err(fault);
             }
         }
         self.run(Call::Start).await?;

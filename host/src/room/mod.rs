@@ -37,7 +37,7 @@
 
 mod event;
 mod holding;
-mod hooks;
+pub(crate) mod hooks;
 mod imports;
 pub mod instance;
 pub(crate) mod outbound;
