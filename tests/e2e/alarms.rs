@@ -169,7 +169,10 @@ async fn an_alarm_outlives_a_torn_component_file() {
     // Tear the version file and drop its precompiled form.
     let versions = options.data_dir.join("versions");
     let hash = dormouse_host::host::deploys::versions::hash(&bytes);
-    for entry in std::fs::read_dir(&versions).expect("versions dir").flatten() {
+    for entry in std::fs::read_dir(&versions)
+        .expect("versions dir")
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name == format!("{hash}.wasm") {
             std::fs::write(entry.path(), &bytes[..bytes.len() / 3]).expect("tear");

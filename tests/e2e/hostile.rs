@@ -113,6 +113,41 @@ async fn a_client_that_never_reads_is_closed_1008_and_the_room_carries_on() {
     server.stop().await;
 }
 
+/// A burst of messages whose hooks share one commit, each answering 4 KB:
+/// 160 KB of answers against a 64 KiB outbound queue. A group stops at half
+/// the queue, and after releasing a large one the room lets the socket
+/// tasks write it out before the next group runs (without that, two
+/// groups' output met in the queue and the client was closed as too slow
+/// at its 16th answer). A client that reads gets every answer, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_large_answers_fits_a_reading_clients_queue() {
+    let server = Server::start(Options {
+        limits: Limits {
+            outbound_queue_bytes: 64 << 10,
+            ..Options::main("probe").limits
+        },
+        ..Options::main("probe")
+    })
+    .await;
+    let mut c = server.ws("/parties/main/burst").await;
+    // The room works 300 ms on the first; the 40 others queue meanwhile and
+    // run as one group.
+    send_text(&mut c, "bulk:1:300").await;
+    for _ in 0..40 {
+        send_text(&mut c, "bulk:4000:0").await;
+    }
+    assert_eq!(recv_text(&mut c).await, "b");
+    for i in 0..40 {
+        match recv(&mut c).await {
+            Message::Text(t) => assert_eq!(t.len(), 4000, "answer {i}"),
+            other => panic!("answer {i}: {other:?}"),
+        }
+    }
+    send_text(&mut c, "whoami").await;
+    assert_eq!(recv_text(&mut c).await, "main/burst");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_upgrades_is_served_and_cleaned_up() {
     let server = Server::start(Options::main("relay")).await;

@@ -787,7 +787,9 @@ async fn chaos_run(seed: u64, seconds: u64) -> (Vec<String>, String, Rig) {
     let mut faults: HashMap<&str, usize> = HashMap::new();
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(1 + rng.below(4) as u64)).await;
-        *faults.entry(random_fault(&mut rig, &mut rng).await).or_default() += 1;
+        *faults
+            .entry(random_fault(&mut rig, &mut rng).await)
+            .or_default() += 1;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let acked_during = load.acked();

@@ -79,7 +79,9 @@ pub(crate) async fn instantiate(
                 state = back;
                 let since = *waiting_since.get_or_insert_with(|| {
                     shared.metrics.pool_full_waits.fetch_add(1, Relaxed);
-                    warn!("every awake-room slot is taken; hibernating the least recently used room");
+                    warn!(
+                        "every awake-room slot is taken; hibernating the least recently used room"
+                    );
                     Instant::now()
                 });
                 let Some(left) = POOL_WAIT.checked_sub(since.elapsed()) else {
@@ -251,7 +253,18 @@ impl Room {
         }
         let idle = idle(&self.rx, self.idle_before);
         let metrics = self.shared.metrics.clone();
-        self.state().release(&metrics, idle);
+        let state = self.state();
+        let large = state
+            .hook_ref()
+            .is_some_and(|h| h.outbox_bytes >= state.limits.outbound_queue_bytes / 4);
+        state.release(&metrics, idle);
+        if large {
+            // A busy room queues its output for the socket tasks it just
+            // woke. Let them write it out before the next group adds to it:
+            // a burst of large answers to a client that reads must not find
+            // two groups' output in its queue and close it as too slow.
+            tokio::task::yield_now().await;
+        }
         match alarm {
             Some(Some(at)) => self
                 .shared
