@@ -127,6 +127,8 @@ pub struct Options {
     pub vars: Vec<(&'static str, &'static str)>,
     pub ping_interval_ms: u64,
     pub admin_token: Option<String>,
+    /// Versions of each party kept (`versions_kept`).
+    pub versions_kept: u32,
 }
 
 impl Options {
@@ -146,6 +148,7 @@ impl Options {
             vars: Vec::new(),
             ping_interval_ms: 30_000,
             admin_token: None,
+            versions_kept: Config::default().versions_kept,
         }
     }
 
@@ -193,6 +196,7 @@ impl Server {
             limits: options.limits.clone(),
             ping_interval_ms: options.ping_interval_ms,
             admin_token: options.admin_token.clone(),
+            versions_kept: options.versions_kept,
             ..Config::default()
         };
         for (party, g) in &options.parties {

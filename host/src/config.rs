@@ -41,6 +41,12 @@ pub struct Config {
     /// one in the data dir (`admin_token`). Without one (`dormouse dev`, or
     /// a host built in code), the admin API answers only on loopback.
     pub admin_token: Option<String>,
+    /// How many versions of each party are kept (rows, files and, in a
+    /// cluster, PostgreSQL's copies of the components): an upload forgets
+    /// the oldest past it, so a party deployed on every commit does not
+    /// grow the disk for ever. Rollback reaches any kept version. 0 keeps
+    /// every version.
+    pub versions_kept: u32,
     pub limits: Limits,
     /// Parties by name.
     pub parties: BTreeMap<String, PartyConfig>,
@@ -264,6 +270,7 @@ impl Default for Config {
             public: None,
             ping_interval_ms: 30_000,
             admin_token: None,
+            versions_kept: 20,
             limits: Limits::default(),
             parties: BTreeMap::new(),
             cluster: None,

@@ -423,3 +423,47 @@ async fn a_web_page_of_another_origin_reaches_no_admin_endpoint() {
     assert_eq!(recv_text(&mut a).await, "0");
     server.stop().await;
 }
+
+/// Past `versions_kept`, an upload forgets the party's oldest version: its
+/// row, and its file once no version uses it. Rollback reaches only the
+/// kept ones, and they still serve after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_forgets_versions_past_the_bound() {
+    let server = Server::start(Options {
+        versions_kept: 2,
+        ..options()
+    })
+    .await;
+    let (one, ten, probe) = (
+        component("counter"),
+        component("counter-ten"),
+        component("probe"),
+    );
+    for bytes in [&one, &ten, &probe] {
+        assert_eq!(upload(&server, "main", bytes).await.0, 200);
+    }
+    let files = |dir: &std::path::Path, bytes: &[u8]| {
+        let hash = dormouse_host::host::deploys::versions::hash(bytes);
+        std::fs::read_dir(dir)
+            .expect("versions dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&hash))
+            .count()
+    };
+    let versions = server.options.data_dir.join("versions");
+    assert_eq!(files(&versions, &one), 0, "version 1's files are gone");
+    assert!(files(&versions, &ten) > 0 && files(&versions, &probe) > 0);
+    let rollback = "/_dormouse/parties/main/rollback?version=";
+    let (status, body) = server
+        .admin("POST", &format!("{rollback}1"), b"", Some(TOKEN))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = server
+        .admin("POST", &format!("{rollback}2"), b"", Some(TOKEN))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let options = server.stop().await;
+    let server = Server::start(options).await;
+    assert_eq!(step(&server, "kept").await, 10, "version 2 serves");
+    server.stop().await;
+}

@@ -1106,6 +1106,50 @@ async fn a_deploy_to_one_node_reaches_every_node() {
         );
     }
     drop(sockets);
+    // Past `versions_kept` (2 here), an upload forgets the oldest version:
+    // its row, its component in PostgreSQL, and every node's file of it.
+    let (status, body) = http(
+        &rig.nodes[0].addr(),
+        "PUT",
+        "/_dormouse/parties/counter",
+        &ledger_bytes,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let pg = rig.pg.client().await;
+    let kept: Vec<i32> = pg
+        .query(
+            "SELECT version FROM versions WHERE party = 'counter' ORDER BY version",
+            &[],
+        )
+        .await
+        .expect("versions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kept, [2, 3]);
+    let components: i64 = pg
+        .query_one("SELECT count(*) FROM components", &[])
+        .await
+        .expect("components")
+        .get(0);
+    assert_eq!(components, 1, "version 1's component is gone");
+    let ledger_hash = dormouse_host::host::deploys::versions::hash(&ledger_bytes);
+    for (i, node) in rig.nodes.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while node
+            .version_files()
+            .iter()
+            .any(|f| !f.starts_with(&ledger_hash))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node {i} keeps version 1's files: {:?}",
+                node.version_files()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     // A delete on one node deletes the party on every node.
     let (status, body) = http(
         &rig.nodes[1].addr(),

@@ -383,7 +383,7 @@ impl Node {
     pub async fn restart(&mut self) {
         let s = &self.spec;
         let mut toml = format!(
-            "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nidle_timeout_ms = 1000\nping_interval_ms = 1000\ncompile_cache_dir = \"{}\"\n\
+            "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nidle_timeout_ms = 1000\nping_interval_ms = 1000\nversions_kept = 2\ncompile_cache_dir = \"{}\"\n\
              [parties.ledger]\ncomponent = \"{}\"\nvars = {{ node = \"{}\" }}\n",
             s.port,
             self.dir.join("data").display(),
@@ -440,6 +440,16 @@ impl Node {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or(0, |kb| kb * 1024)
+    }
+
+    /// The files of this node's component versions.
+    pub fn version_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.join("data/versions"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
     }
 
     pub fn log(&self) -> String {

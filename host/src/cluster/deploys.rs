@@ -15,6 +15,10 @@ use crate::store::deploys::Version;
 /// The channel on which a deploy, rollback or delete names its party.
 const DEPLOYS: &str = "dormouse_deploys";
 
+/// Forget the components no version uses.
+const UNUSED_COMPONENTS: &str =
+    "DELETE FROM components c WHERE NOT EXISTS (SELECT 1 FROM versions v WHERE v.hash = c.hash)";
+
 /// Deploys: the components and which version of each party is active live
 /// in PostgreSQL; a deploy to any node announces its party on [`DEPLOYS`],
 /// and every node then loads that party's active version.
@@ -37,6 +41,7 @@ impl Cluster {
         hash: &str,
         bytes: &[u8],
         token: &str,
+        kept: u32,
     ) -> Result<u32, ClusterError> {
         let mut client = self.own_connection().await?;
         let tx = client.transaction().await?;
@@ -68,6 +73,17 @@ impl Cluster {
             &[&party, &version],
         )
         .await?;
+        // At most `kept` versions (0: all); the components they alone used
+        // go with them (each node removes its files when it mirrors).
+        if kept > 0 {
+            let oldest_kept = version - kept.min(i32::MAX as u32) as i32;
+            tx.execute(
+                "DELETE FROM versions WHERE party = $1 AND version <= $2",
+                &[&party, &oldest_kept],
+            )
+            .await?;
+            tx.execute(UNUSED_COMPONENTS, &[]).await?;
+        }
         tx.execute("SELECT pg_notify($1, $2)", &[&DEPLOYS, &party])
             .await?;
         tx.commit().await?;
@@ -111,11 +127,7 @@ impl Cluster {
         ] {
             tx.execute(sql, &[&party]).await?;
         }
-        tx.execute(
-            "DELETE FROM components c WHERE NOT EXISTS (SELECT 1 FROM versions v WHERE v.hash = c.hash)",
-            &[],
-        )
-        .await?;
+        tx.execute(UNUSED_COMPONENTS, &[]).await?;
         tx.execute("SELECT pg_notify($1, $2)", &[&DEPLOYS, &party])
             .await?;
         tx.commit().await?;

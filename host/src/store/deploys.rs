@@ -56,16 +56,20 @@ impl Deploys {
         })
     }
 
-    /// Record a new version of a party and make it the active one; its number.
+    /// Record a new version of a party and make it the active one, keeping
+    /// at most `kept` versions of it (0: all). Its number, and the component
+    /// hashes no version uses any more, whose files can go.
     pub fn add_version(
         &self,
         party: &str,
         hash: &str,
         size: usize,
         token: &str,
-    ) -> anyhow::Result<u32> {
+        kept: u32,
+    ) -> anyhow::Result<(u32, Vec<String>)> {
         let conn = lock(&self.conn);
         let tx = conn.unchecked_transaction()?;
+        let before = hashes(&tx, party)?;
         let version: u32 = tx.query_row(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE party = ?1",
             params![party],
@@ -81,8 +85,15 @@ impl Deploys {
              ON CONFLICT (party) DO UPDATE SET version = excluded.version",
             params![party, version],
         )?;
+        if kept > 0 {
+            tx.execute(
+                "DELETE FROM versions WHERE party = ?1 AND version <= ?2",
+                params![party, version.saturating_sub(kept)],
+            )?;
+        }
+        let orphans = unused(&tx, before)?;
         tx.commit()?;
-        Ok(version)
+        Ok((version, orphans))
     }
 
     /// Make an earlier version of a party the active one.
@@ -127,15 +138,18 @@ impl Deploys {
     }
 
     /// Make this store's record of a party the given one (a cluster's
-    /// node mirrors PostgreSQL's): these versions, this one active.
+    /// node mirrors PostgreSQL's): these versions, this one active. Returns
+    /// the component hashes no version uses any more (the cluster forgot
+    /// them), whose files can go.
     pub fn mirror(
         &self,
         party: &str,
         versions: &[Version],
         active: Option<u32>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Vec<String>> {
         let conn = lock(&self.conn);
         let tx = conn.unchecked_transaction()?;
+        let before = hashes(&tx, party)?;
         for table in ["parties", "versions"] {
             tx.execute(
                 &format!("DELETE FROM {table} WHERE party = ?1"),
@@ -162,8 +176,9 @@ impl Deploys {
                 params![party, active],
             )?;
         }
+        let orphans = unused(&tx, before)?;
         tx.commit()?;
-        Ok(())
+        Ok(orphans)
     }
 
     /// Every version of a party, oldest first, and which one is active.
@@ -205,6 +220,25 @@ impl Deploys {
     }
 }
 
+/// The component hashes a party's versions use.
+fn hashes(tx: &rusqlite::Transaction, party: &str) -> rusqlite::Result<Vec<String>> {
+    tx.prepare("SELECT DISTINCT hash FROM versions WHERE party = ?1")?
+        .query_map(params![party], |r| r.get(0))?
+        .collect()
+}
+
+/// Of `hashes`, those no version of any party uses.
+fn unused(tx: &rusqlite::Transaction, hashes: Vec<String>) -> rusqlite::Result<Vec<String>> {
+    let mut used = tx.prepare("SELECT 1 FROM versions WHERE hash = ?1 LIMIT 1")?;
+    let mut out = Vec::new();
+    for h in hashes {
+        if !used.exists(params![h])? {
+            out.push(h);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,9 +247,10 @@ mod tests {
     fn versions_activate_and_delete() {
         let dir = std::env::temp_dir().join(format!("dormouse-deploys-{}", uuid::Uuid::new_v4()));
         let d = Deploys::open(&dir).expect("opens");
-        assert_eq!(d.add_version("a", "h1", 10, "ci").expect("add"), 1);
-        assert_eq!(d.add_version("a", "h2", 20, "ci").expect("add"), 2);
-        assert_eq!(d.add_version("b", "h1", 10, "ci").expect("add"), 1);
+        let add = |party, hash| d.add_version(party, hash, 10, "ci", 0).expect("add");
+        assert_eq!(add("a", "h1"), (1, vec![]));
+        assert_eq!(add("a", "h2"), (2, vec![]));
+        assert_eq!(add("b", "h1"), (1, vec![]));
         d.activate("a", 1).expect("activate");
         let (versions, active) = d.versions("a").expect("versions");
         assert_eq!((versions.len(), active), (2, Some(1)));
@@ -227,6 +262,24 @@ mod tests {
         assert_eq!(d.delete("a").expect("delete"), ["h2"]);
         let (versions, active) = d.versions("a").expect("versions");
         assert!(versions.is_empty() && active.is_none());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_upload_forgets_versions_past_the_bound() {
+        let dir = std::env::temp_dir().join(format!("dormouse-deploys-{}", uuid::Uuid::new_v4()));
+        let d = Deploys::open(&dir).expect("opens");
+        let add = |party, hash| d.add_version(party, hash, 10, "ci", 2).expect("add");
+        assert_eq!(add("a", "h1"), (1, vec![]));
+        assert_eq!(add("b", "h1"), (1, vec![]));
+        assert_eq!(add("a", "h2"), (2, vec![]));
+        // Version 1 goes; h1 stays b's.
+        assert_eq!(add("a", "h3"), (3, vec![]));
+        // Version 2 goes, and h2 with it.
+        assert_eq!(add("a", "h3"), (4, vec!["h2".to_owned()]));
+        let (versions, active) = d.versions("a").expect("versions");
+        let numbers: Vec<u32> = versions.iter().map(|v| v.version).collect();
+        assert_eq!((numbers, active), (vec![3, 4], Some(4)));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

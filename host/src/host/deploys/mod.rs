@@ -105,10 +105,13 @@ impl Host {
             let pin = host.versions.pin(&hash);
             host.versions.save(&hash, &bytes)?;
             if !clustered {
-                let version = host
-                    .deploys
-                    .add_version(&name_, &hash, bytes.len(), &token_)?;
+                let kept = host.config.versions_kept;
+                let (version, forgotten) =
+                    host.deploys
+                        .add_version(&name_, &hash, bytes.len(), &token_, kept)?;
                 party.version = Some(version);
+                host.versions
+                    .remove(&forgotten, |h| host.deploys.in_use(h))?;
             }
             Ok::<_, AdminError>((party, hash, bytes, pin))
         })
@@ -119,7 +122,7 @@ impl Host {
         // PostgreSQL and announced, so every node loads it (this one too).
         if let Some(cluster) = &self.shared.cluster {
             let v = cluster
-                .add_version(name, &hash, &bytes, token)
+                .add_version(name, &hash, &bytes, token, self.config.versions_kept)
                 .await
                 .map_err(|e| AdminError::Failed(e.into()))?;
             party.version = Some(v);
@@ -261,7 +264,9 @@ impl Host {
             .map_err(|e| AdminError::Failed(e.into()))?;
         let name = name.to_owned();
         self.blocking(move |h| {
-            h.deploys.mirror(&name, &versions, active)?;
+            let forgotten = h.deploys.mirror(&name, &versions, active)?;
+            h.versions
+                .remove(&forgotten, |hash| h.deploys.in_use(hash))?;
             Ok(active.map(|a| (versions, a)))
         })
         .await
