@@ -155,5 +155,27 @@ export interface Worker {
   onBeforeRequest?(request: Request, lobby: Lobby, ctx: ExecutionContext): Request | Response | Promise<Request | Response>;
 }
 
+/** One end of a `WebSocketPair`. In `onBeforeConnect` a pair refuses with
+ *  a close code a browser can read: accept `pair[1]`, close it, and answer
+ *  `new Response(null, { status: 101, webSocket: pair[0] })`. The lobby
+ *  holds no socket, so an end can only accept and close. */
+export interface LobbySocket {
+  accept(): void;
+  /** 1000, or 3000..=4999; a reason of at most 123 bytes. */
+  close(code?: number, reason?: string): void;
+}
+
+declare global {
+  /** Cloudflare's `WebSocketPair` (see `LobbySocket`). */
+  // eslint-disable-next-line no-var
+  var WebSocketPair: { new (): { 0: LobbySocket; 1: LobbySocket } };
+  interface ResponseInit {
+    webSocket?: LobbySocket | null;
+  }
+  interface Response {
+    readonly webSocket?: LobbySocket | null;
+  }
+}
+
 /** Wrap a server class as the component's hooks (the build does this). */
 export function serve(server: Worker): unknown;

@@ -425,7 +425,7 @@ function toWitRequest(request, body) {
 }
 
 async function toWitResponse(response) {
-  if (!(response instanceof Response)) {
+  if (!(response instanceof StandardResponse)) {
     throw new TypeError("onRequest must return a Response");
   }
   return {
@@ -481,6 +481,73 @@ export class Room {
     return connections.list(tag).map(connection);
   }
 }
+
+// ------------------------------------------------------- the lobby's sockets
+
+/** One end of a `WebSocketPair`. In `onBeforeConnect` (the only place a
+ *  PartyKit server makes one) the pair is a way to refuse with a close code
+ *  a browser can read: accept the server end, close it, and answer
+ *  `new Response(null, { status: 101, webSocket: pair[0] })`. The lobby
+ *  cannot hold a socket, so that is all an end does: the host accepts the
+ *  client's socket and closes it at once with that code and reason. */
+class LobbySocket {
+  #pair;
+  constructor(pair) {
+    this.#pair = pair;
+  }
+  accept() {}
+  close(code = 1000, reason = "") {
+    if (code !== 1000 && !(code >= 3000 && code <= 4999)) {
+      throw new RangeError(`close code ${code}: use 1000 or 3000..=4999`);
+    }
+    const bytes = encoder.encode(String(reason));
+    if (bytes.length > 123) throw new RangeError("a close reason is at most 123 bytes");
+    this.#pair.close ??= { code, bytes };
+  }
+  send() {
+    throw new Error("a WebSocketPair in onBeforeConnect can only accept and close: send in onConnect");
+  }
+  addEventListener() {}
+  removeEventListener() {}
+  /** The close frame's payload (code, then reason) for the host. */
+  static payload(socket) {
+    const close = socket.#pair.close ?? {
+      code: 1011,
+      bytes: encoder.encode("onBeforeConnect did not close its WebSocketPair"),
+    };
+    return Uint8Array.of(close.code >> 8, close.code & 255, ...close.bytes);
+  }
+}
+
+/** Cloudflare's `WebSocketPair`: `pair[0]` for the client, `pair[1]` for
+ *  the server (see [`LobbySocket`]). */
+export class WebSocketPair {
+  constructor() {
+    const pair = {};
+    this[0] = new LobbySocket(pair);
+    this[1] = new LobbySocket(pair);
+  }
+}
+
+/** `Response` as Cloudflare's runtime has it: `status: 101` with a
+ *  `webSocket` is allowed (the fetch standard's constructor refuses 101). */
+const StandardResponse = globalThis.Response;
+class Response extends StandardResponse {
+  #webSocket;
+  constructor(body, init) {
+    const upgrade = init?.status === 101 && init.webSocket instanceof LobbySocket;
+    super(body, upgrade ? { ...init, status: 200 } : init);
+    this.#webSocket = upgrade ? init.webSocket : null;
+  }
+  get status() {
+    return this.#webSocket ? 101 : super.status;
+  }
+  get webSocket() {
+    return this.#webSocket;
+  }
+}
+globalThis.Response = Response;
+globalThis.WebSocketPair = WebSocketPair;
 
 // -------------------------------------------------------------------- hooks
 
@@ -556,7 +623,7 @@ export function serve(ServerClass) {
           await s.onConnect?.(conn, ctx);
         } catch (e) {
           // A Response thrown refuses the upgrade with it.
-          if (e instanceof Response) throw refusal(await toWitResponse(e));
+          if (e instanceof StandardResponse) throw refusal(await toWitResponse(e));
           throw e;
         }
       });
@@ -615,7 +682,11 @@ export function serve(ServerClass) {
     if (typeof hook !== "function") return undefined;
     return reporting(name, async () => {
       const verdict = await hook.call(ServerClass, toRequest(witRequest), lobby(), {});
-      if (verdict instanceof Response) return { tag: "err", val: await toWitResponse(verdict) };
+      if (verdict instanceof Response && verdict.webSocket) {
+        // Accepted and closed: the host sends the close frame (lobby.wit).
+        return { tag: "err", val: { status: 101, headers: [], body: LobbySocket.payload(verdict.webSocket) } };
+      }
+      if (verdict instanceof StandardResponse) return { tag: "err", val: await toWitResponse(verdict) };
       if (verdict instanceof Request) {
         const body = new Uint8Array(await verdict.arrayBuffer());
         return { tag: "ok", val: toWitRequest(verdict, body) };

@@ -6,6 +6,7 @@
 //! (examples/items-ts), driven by the real partysocket client.
 
 use dormouse_tests::*;
+use tokio_tungstenite::tungstenite::Message;
 
 const HIBERNATED: &str = "dormouse_rooms{party=\"main\",state=\"hibernated\"}";
 
@@ -279,6 +280,27 @@ async fn static_hooks_run_in_the_lobby() {
             assert_eq!(String::from_utf8_lossy(&body), "refused by the lobby");
         }
         other => panic!("the lobby refuses the upgrade, got {other:?}"),
+    }
+    // A WebSocketPair accepted and closed: the socket opens, then closes
+    // with the lobby's code and reason; one left open closes with 1011.
+    for (query, code, reason) in [
+        ("close", 4001, "closed by the lobby"),
+        (
+            "unclosed",
+            1011,
+            "onBeforeConnect did not close its WebSocketPair",
+        ),
+    ] {
+        let mut closed = server.ws(&format!("/parties/main/l?lobby={query}")).await;
+        match recv(&mut closed).await {
+            Message::Close(Some(frame)) => {
+                assert_eq!(
+                    (u16::from(frame.code), frame.reason.as_str()),
+                    (code, reason)
+                );
+            }
+            other => panic!("the lobby's close, got {other:?}"),
+        }
     }
     let mut marked = server.ws("/parties/main/l?lobby=mark").await;
     assert_eq!(ask(&mut marked, "tagged:lobby-marked").await, "1");

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
@@ -20,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::cluster::Owner;
@@ -368,6 +369,9 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
     let request = wit_request(&req, Vec::new());
     let request = match host.lobby(&key, Before::Connect, request).await {
         Ok(request) => request,
+        Err(refusal) if refusal.status == 101 => {
+            return accept_and_close(req, &host, &ws_key, &refusal.body);
+        }
         Err(refusal) => return response(refusal),
     };
     let (outbound, outbound_rx) = Outbound::new(limits.outbound_queue_bytes);
@@ -447,7 +451,60 @@ async fn upgrade(mut req: Request<Incoming>, host: Arc<Host>, path: RoomPath) ->
         }
     };
     host.tasks().spawn(task.instrument(span));
+    switching_protocols(&ws_key)
+}
 
+/// The lobby accepted the socket only to close it (a `WebSocketPair`
+/// closed in `onBeforeConnect`, PartyKit's way to refuse with a close code
+/// a browser can read): the upgrade completes, and the close frame goes out
+/// at once, with `payload`'s code and reason. A code a server may not send
+/// becomes 1011.
+fn accept_and_close(
+    mut req: Request<Incoming>,
+    host: &Arc<Host>,
+    ws_key: &HeaderValue,
+    payload: &[u8],
+) -> Response<Body> {
+    let (code, reason) = match payload {
+        [hi, lo, reason @ ..] => (u16::from_be_bytes([*hi, *lo]), reason),
+        _ => (1000, &[][..]),
+    };
+    let code = if code == 1000 || (3000..=4999).contains(&code) {
+        code
+    } else {
+        1011
+    };
+    let mut reason = String::from_utf8_lossy(reason).into_owned();
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let open = req.extensions_mut().remove::<Open>();
+    host.tasks().spawn(async move {
+        let _open = open;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let io = TokioIo::new(upgraded);
+        let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: reason.into(),
+        };
+        if ws.close(Some(frame)).await.is_ok() {
+            // The client's close answers ours; then the TCP connection ends.
+            let drained = async { while let Some(Ok(_)) = ws.next().await {} };
+            let _ = tokio::time::timeout(CLOSE_WAIT, drained).await;
+        }
+    });
+    switching_protocols(ws_key)
+}
+
+/// How long a socket closed by the lobby waits for the client's close.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// The 101 that completes a WebSocket upgrade.
+fn switching_protocols(ws_key: &HeaderValue) -> Response<Body> {
     let accept = derive_accept_key(ws_key.as_bytes());
     let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -629,7 +686,6 @@ async fn static_file(host: &Host, req: Request<Incoming>) -> Response<Body> {
         return Response::from_parts(parts, full(Bytes::new()));
     }
     // A read error mid-file ends the body early (the client sees it short).
-    use futures_util::StreamExt;
     let frames = http_body_util::BodyStream::new(body)
         .filter_map(|frame| std::future::ready(frame.ok().map(Ok::<_, Infallible>)));
     let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(frames));

@@ -53,6 +53,13 @@ export default class Surface implements Party.Server {
   static async onBeforeConnect(request: Party.Request, _lobby: Party.Lobby) {
     const lobby = new URL(request.url).searchParams.get("lobby");
     if (lobby === "refuse") return new Response("refused by the lobby", { status: 403 });
+    if (lobby === "close" || lobby === "unclosed") {
+      // PartyKit's way to refuse with a close code a browser can read.
+      const pair = new WebSocketPair();
+      pair[1].accept();
+      if (lobby === "close") pair[1].close(4001, "closed by the lobby");
+      return new Response(null, { status: 101, webSocket: pair[0] });
+    }
     if (lobby === "mark") {
       const marked = new Request(request);
       marked.headers.set("x-lobby", "marked");
