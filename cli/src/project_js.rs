@@ -28,6 +28,11 @@ use sha2::Digest;
 const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
 const ESBUILD: &str = "esbuild@0.25.12";
 
+/// `URLPattern`, which componentize-js's runtime lacks (PartyKit's runtime
+/// has it), from a well-kept polyfill (MIT), bundled only into rooms whose
+/// code names it.
+const URLPATTERN: &str = "urlpattern-polyfill@10.1.0";
+
 /// The JavaScript SDK (`guest-sdk/js`), as built into this binary.
 const SDK: [(&str, &str); 5] = [
     ("index.js", include_str!("../../guest-sdk/js/index.js")),
@@ -88,23 +93,34 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
         "import Server from {entry:?};\nimport {{ serve }} from \"dormouse\";\nconst room = serve(Server);\nexport const hooks = room.hooks;\nexport const timerHooks = room.timerHooks;\nexport const lobbyHooks = room.lobbyHooks;\n",
         entry = format!("./{entry}")
     );
-    let mut esbuild = Command::new(&tools.esbuild);
-    esbuild
-        .current_dir(&dir)
-        .args([
-            "--bundle",
-            "--format=esm",
-            "--platform=browser",
-            "--target=es2022",
-        ])
-        .args(["--sourcefile=dormouse-entry.js", "--log-level=warning"])
-        .arg("--external:dormouse:room/*")
-        .arg(format!("--alias:dormouse={}", sdk.display()))
-        // The SDK's own imports (yjs, for `dormouse/yjs`) resolve from the
-        // room's dependencies.
-        .env("NODE_PATH", dir.join("node_modules"))
-        .arg(format!("--outfile={}", bundle.display()));
-    run_tool(esbuild, source.as_bytes(), "esbuild")?;
+    let esbuild = |inject: Option<&Path>| {
+        let mut esbuild = Command::new(&tools.esbuild);
+        esbuild
+            .current_dir(&dir)
+            .args([
+                "--bundle",
+                "--format=esm",
+                "--platform=browser",
+                "--target=es2022",
+            ])
+            .args(["--sourcefile=dormouse-entry.js", "--log-level=warning"])
+            .arg("--external:dormouse:room/*")
+            .arg(format!("--alias:dormouse={}", sdk.display()))
+            // The SDK's own imports (yjs, for `dormouse/yjs`) resolve from the
+            // room's dependencies.
+            .env("NODE_PATH", dir.join("node_modules"))
+            .arg(format!("--outfile={}", bundle.display()));
+        if let Some(inject) = inject {
+            esbuild.arg(format!("--inject:{}", inject.display()));
+        }
+        run_tool(esbuild, source.as_bytes(), "esbuild")
+    };
+    esbuild(None)?;
+    let bundled = std::fs::read_to_string(&bundle)
+        .with_context(|| format!("cannot read {}", bundle.display()))?;
+    if bundled.contains("URLPattern") {
+        esbuild(Some(&url_pattern()?))?;
+    }
 
     let mut componentize = Command::new(&tools.componentize);
     componentize
@@ -242,6 +258,57 @@ impl Tools {
             componentize: bin.join("componentize-js"),
         })
     }
+}
+
+/// The `URLPattern` polyfill, installed once in the cache, as a module that
+/// sets the global. componentize-js's SpiderMonkey has no Unicode property
+/// escapes (`\p{ID_Start}` is a syntax error there), which the polyfill
+/// uses only to tell which characters may name a group (`:name`): they
+/// become ASCII letters, digits, `$` and `_` as the standard has them, and
+/// any character from U+00AA up (a superset of the non-ASCII ones).
+fn url_pattern() -> anyhow::Result<PathBuf> {
+    let cache = cache_dir()?
+        .join("js-polyfills")
+        .join(URLPATTERN.replace(['/', '@'], "_"));
+    let shim = cache.join("dormouse-urlpattern.js");
+    if shim.is_file() {
+        return Ok(shim);
+    }
+    let dist = cache.join("node_modules/urlpattern-polyfill/dist/urlpattern.js");
+    if !dist.is_file() {
+        std::fs::create_dir_all(&cache)
+            .with_context(|| format!("cannot create {}", cache.display()))?;
+        eprintln!("dormouse: installing {URLPATTERN} (once)");
+        npm(
+            &cache,
+            &[
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                ".",
+                URLPATTERN,
+            ],
+        )?;
+    }
+    let source = std::fs::read_to_string(&dist)
+        .with_context(|| format!("cannot read {}", dist.display()))?;
+    let (start, cont) = (r"\p{ID_Start}", r"\p{ID_Continue}");
+    if !source.contains(start) || !source.contains(cont) {
+        bail!("{URLPATTERN} changed: {} has no {start}", dist.display());
+    }
+    let patched = source
+        .replace(start, r"A-Za-z\u00AA-\u{10FFFF}")
+        .replace(cont, r"0-9A-Za-z\u00AA-\u{10FFFF}");
+    let module = cache.join("urlpattern.js");
+    std::fs::write(&module, patched)
+        .with_context(|| format!("cannot write {}", module.display()))?;
+    std::fs::write(
+        &shim,
+        "import { URLPattern } from \"./urlpattern.js\";\nglobalThis.URLPattern ??= URLPattern;\n",
+    )
+    .with_context(|| format!("cannot write {}", shim.display()))?;
+    Ok(shim)
 }
 
 fn npm(dir: &Path, args: &[&str]) -> anyhow::Result<()> {

@@ -166,6 +166,53 @@ export interface LobbySocket {
 }
 
 declare global {
+  /** The URL Pattern standard's `URLPattern`: `dormouse build` bundles a
+   *  polyfill (`urlpattern-polyfill`) into a room that names it. */
+  interface URLPatternInit {
+    protocol?: string;
+    username?: string;
+    password?: string;
+    hostname?: string;
+    port?: string;
+    pathname?: string;
+    search?: string;
+    hash?: string;
+    baseURL?: string;
+  }
+  interface URLPatternComponentResult {
+    input: string;
+    groups: Record<string, string | undefined>;
+  }
+  interface URLPatternResult {
+    inputs: (string | URLPatternInit)[];
+    protocol: URLPatternComponentResult;
+    username: URLPatternComponentResult;
+    password: URLPatternComponentResult;
+    hostname: URLPatternComponentResult;
+    port: URLPatternComponentResult;
+    pathname: URLPatternComponentResult;
+    search: URLPatternComponentResult;
+    hash: URLPatternComponentResult;
+  }
+  interface URLPattern {
+    test(input?: string | URLPatternInit, baseURL?: string): boolean;
+    exec(input?: string | URLPatternInit, baseURL?: string): URLPatternResult | null;
+    readonly protocol: string;
+    readonly username: string;
+    readonly password: string;
+    readonly hostname: string;
+    readonly port: string;
+    readonly pathname: string;
+    readonly search: string;
+    readonly hash: string;
+    readonly hasRegExpGroups: boolean;
+  }
+  // eslint-disable-next-line no-var
+  var URLPattern: {
+    prototype: URLPattern;
+    new (input?: string | URLPatternInit, baseURL?: string, options?: { ignoreCase?: boolean }): URLPattern;
+    new (input?: string | URLPatternInit, options?: { ignoreCase?: boolean }): URLPattern;
+  };
   /** Cloudflare's `WebSocketPair` (see `LobbySocket`). */
   // eslint-disable-next-line no-var
   var WebSocketPair: { new (): { 0: LobbySocket; 1: LobbySocket } };

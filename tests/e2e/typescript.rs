@@ -265,6 +265,21 @@ fn a_type_error_stops_the_build() {
 /// and a changed request reach the client and the room, and an
 /// onBeforeRequest that fetches its own room is answered (inside the room
 /// it would wait on itself).
+/// `URLPattern`, which componentize-js's runtime lacks: the build bundles
+/// a polyfill into a room whose code names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_pattern_matches_as_on_partykit() {
+    let server = Server::start(Options::main("surface-ts")).await;
+    let mut c = server.ws("/parties/main/p").await;
+    assert_eq!(
+        ask(&mut c, "pattern:/items/7/a").await,
+        r#"{"id":"7","part":"a"}"#
+    );
+    assert_eq!(ask(&mut c, "pattern:/items/7").await, r#"{"id":"7"}"#);
+    assert_eq!(ask(&mut c, "pattern:/other").await, "no match");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_hooks_run_in_the_lobby() {
     let server = Server::start(Options::main("surface-ts")).await;

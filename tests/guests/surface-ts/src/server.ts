@@ -99,6 +99,12 @@ export default class Surface implements Party.Server {
       case "uri":
         sender.send(sender.uri);
         break;
+      // URLPattern (a polyfill the build bundles): match a path, name its parts.
+      case "pattern": {
+        const match = new URLPattern({ pathname: "/items/:id/:part?" }).exec({ pathname: arg });
+        sender.send(match ? JSON.stringify(match.pathname.groups) : "no match");
+        break;
+      }
       // PartyKit sends what is not a string or bytes as its string.
       case "number":
         // (PartyKit's types take strings and bytes; its runtime, anything.)
