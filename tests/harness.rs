@@ -43,6 +43,24 @@ pub fn repo() -> PathBuf {
         .to_owned()
 }
 
+/// Tear a deployed version's component file in a stopped server's data dir
+/// (a third of it is left, as after a crash mid-write) and drop its
+/// precompiled form.
+pub fn tear_version(data_dir: &Path, component: &[u8]) {
+    let hash = dormouse_host::host::deploys::versions::hash(component);
+    for entry in std::fs::read_dir(data_dir.join("versions"))
+        .expect("versions dir")
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == format!("{hash}.wasm") {
+            std::fs::write(entry.path(), &component[..component.len() / 3]).expect("tear");
+        } else if name.starts_with(&hash) {
+            std::fs::remove_file(entry.path()).expect("remove");
+        }
+    }
+}
+
 /// The component of a guest, built once per test run through the same code
 /// as `dormouse build` (into its own target dir, so it never waits on the
 /// outer cargo's lock).

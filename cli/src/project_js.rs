@@ -237,21 +237,7 @@ impl Tools {
         let cache = cache_dir()?.join("js-tools").join(versions);
         let bin = cache.join("node_modules").join(".bin");
         if !bin.join("componentize-js").is_file() || !bin.join("esbuild").is_file() {
-            std::fs::create_dir_all(&cache)
-                .with_context(|| format!("cannot create {}", cache.display()))?;
-            eprintln!("dormouse: installing {COMPONENTIZE_JS} and {ESBUILD} (once)");
-            npm(
-                &cache,
-                &[
-                    "install",
-                    "--no-audit",
-                    "--no-fund",
-                    "--prefix",
-                    ".",
-                    COMPONENTIZE_JS,
-                    ESBUILD,
-                ],
-            )?;
+            install_once(&cache, &[COMPONENTIZE_JS, ESBUILD])?;
         }
         Ok(Tools {
             esbuild: bin.join("esbuild"),
@@ -276,20 +262,7 @@ fn url_pattern() -> anyhow::Result<PathBuf> {
     }
     let dist = cache.join("node_modules/urlpattern-polyfill/dist/urlpattern.js");
     if !dist.is_file() {
-        std::fs::create_dir_all(&cache)
-            .with_context(|| format!("cannot create {}", cache.display()))?;
-        eprintln!("dormouse: installing {URLPATTERN} (once)");
-        npm(
-            &cache,
-            &[
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-                ".",
-                URLPATTERN,
-            ],
-        )?;
+        install_once(&cache, &[URLPATTERN])?;
     }
     let source = std::fs::read_to_string(&dist)
         .with_context(|| format!("cannot read {}", dist.display()))?;
@@ -309,6 +282,16 @@ fn url_pattern() -> anyhow::Result<PathBuf> {
     )
     .with_context(|| format!("cannot write {}", shim.display()))?;
     Ok(shim)
+}
+
+/// Install pinned npm `packages` into a folder of the cache (a build
+/// that finds them there installs nothing).
+fn install_once(cache: &Path, packages: &[&str]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    eprintln!("dormouse: installing {} (once)", packages.join(" and "));
+    let mut args = vec!["install", "--no-audit", "--no-fund", "--prefix", "."];
+    args.extend_from_slice(packages);
+    npm(cache, &args)
 }
 
 fn npm(dir: &Path, args: &[&str]) -> anyhow::Result<()> {

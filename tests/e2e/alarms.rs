@@ -166,25 +166,17 @@ async fn an_alarm_outlives_a_torn_component_file() {
         .await;
     assert_eq!(status, 202);
     let options = server.stop().await;
-    // Tear the version file and drop its precompiled form.
-    let versions = options.data_dir.join("versions");
-    let hash = dormouse_host::host::deploys::versions::hash(&bytes);
-    for entry in std::fs::read_dir(&versions)
-        .expect("versions dir")
-        .flatten()
-    {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name == format!("{hash}.wasm") {
-            std::fs::write(entry.path(), &bytes[..bytes.len() / 3]).expect("tear");
-        } else if name.starts_with(&hash) {
-            std::fs::remove_file(entry.path()).expect("remove");
-        }
-    }
+    tear_version(&options.data_dir, &bytes);
     let server = Server::start(options).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(server.host.alarms().len(), 1, "the alarm is still there");
     let options = server.stop().await;
-    std::fs::write(versions.join(format!("{hash}.wasm")), &bytes).expect("mend");
+    let hash = dormouse_host::host::deploys::versions::hash(&bytes);
+    let file = options
+        .data_dir
+        .join("versions")
+        .join(format!("{hash}.wasm"));
+    std::fs::write(file, &bytes).expect("mend");
     let server = Server::start(options).await;
     wait_body(&server, "/parties/clock/kitchen", "1").await;
     server.stop().await;

@@ -360,20 +360,7 @@ async fn a_torn_version_file_costs_that_version_not_the_host() {
     assert_eq!(step(&server, "before").await, 10);
     let options = server.stop().await;
 
-    // Tear the active version's component and drop its precompiled form.
-    let versions = options.data_dir.join("versions");
-    let torn = dormouse_host::host::deploys::versions::hash(&ten);
-    for entry in std::fs::read_dir(&versions)
-        .expect("versions dir")
-        .flatten()
-    {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name == format!("{torn}.wasm") {
-            std::fs::write(entry.path(), &ten[..ten.len() / 3]).expect("tear");
-        } else if name.starts_with(&torn) {
-            std::fs::remove_file(entry.path()).expect("remove");
-        }
-    }
+    tear_version(&options.data_dir, &ten);
     let server = Server::start(options).await;
     let (status, body) = server.http("GET", "/parties/other/r", "").await;
     assert_eq!(
