@@ -14,7 +14,8 @@
 //!   client has them all; new clients' sync while the writer stays; and on
 //!   Dormouse, after a SIGKILL and restart, a new client's sync (the peers
 //!   keep documents in memory only here, so they have no such figure);
-//! - 5,000 inserts from A until B has them all.
+//! - 5,000 inserts from A until B has them all; and the clients' own
+//!   share of that with no server at all (`floor`), which no server beats.
 //!
 //! Then each Dormouse figure over each peer's, as a ratio.
 
@@ -292,6 +293,14 @@ pub(super) async fn peers(args: &BenchArgs, out: &mut Report) -> anyhow::Result<
         let figures = figures?;
         report(out, name, &figures);
         all.push((name, figures));
+    }
+    // The clients' own share of A to B, in a fresh process with no server
+    // and no socket: the floor under every contender's A-to-B figure.
+    if run("floor") {
+        match run_clients(&dir, "y-websocket", "-", &["floor", &A_TO_B.to_string()]).await {
+            Ok(figures) => report(out, "clients", &figures),
+            Err(e) => println!("# yjs-peers: the clients' floor failed: {e:#}"),
+        }
     }
     // Each Dormouse figure over each peer's (lower is better for all but
     // none of them: every figure is a time, a size or a count).

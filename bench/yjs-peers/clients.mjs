@@ -14,7 +14,15 @@
 //   sync ROOM N    five fresh clients, one after another, to a document no
 //                  one holds open ("cold", after a restart): the time until
 //                  each is synced and holds all N characters (median, max)
+//   floor N        the clients' own share of A to B, with no server and no
+//                  socket: in one fresh process (as each workload above
+//                  runs), A types N inserts and B applies each as the
+//                  y-websocket sync message it would receive. No server
+//                  can make A to B faster than this.
 import * as Y from "yjs";
+import * as syncProtocol from "y-protocols/sync";
+import * as encoding from "lib0/encoding";
+import * as decoding from "lib0/decoding";
 import { WebsocketProvider } from "y-websocket";
 import { HocuspocusProvider } from "@hocuspocus/provider";
 import WS from "ws";
@@ -105,6 +113,28 @@ const workloads = {
 
   async sync() {
     await newClients(args[0], Number(args[1]), "cold");
+  },
+
+  async floor() {
+    const n = Number(args[0]);
+    const a = new Y.Doc();
+    const b = new Y.Doc();
+    const messages = [];
+    a.on("update", (update) => {
+      const e = encoding.createEncoder();
+      encoding.writeVarUint(e, 0); // y-websocket's sync message
+      syncProtocol.writeUpdate(e, update);
+      messages.push(encoding.toUint8Array(e));
+    });
+    const started = performance.now();
+    for (let i = 0; i < n; i++) a.getText("t").insert(a.getText("t").length, "x");
+    for (const m of messages) {
+      const d = decoding.createDecoder(m);
+      decoding.readVarUint(d);
+      syncProtocol.readSyncMessage(d, encoding.createEncoder(), b, null);
+    }
+    if (b.getText("t").length !== n) throw new Error("B is missing inserts");
+    figure(`floor_${n}_a_to_b`, (performance.now() - started).toFixed(1), "ms");
   },
 };
 

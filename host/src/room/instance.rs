@@ -114,6 +114,15 @@ impl Runtime {
             pool.pagemap_scan(wasmtime::Enabled::Auto);
             pool.linear_memory_keep_resident(limits.warm_slot_bytes);
             pool.table_keep_resident(limits.warm_slot_bytes);
+        } else {
+            // The async stacks too: without zeroing, wasmtime leaves a freed
+            // stack slot as it is, so every page a hook's stack ever touched
+            // stays resident in every slot ever used (wasmtime's default,
+            // made for reuse). With zeroing and nothing kept resident, a
+            // freed stack goes back to the kernel (one madvise) as the
+            // memories and tables do.
+            config.async_stack_zeroing(true);
+            pool.async_stack_keep_resident(0);
         }
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).why(|| "cannot create the Wasm engine".into())?;
