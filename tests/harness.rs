@@ -147,6 +147,8 @@ pub struct Options {
     pub admin_token: Option<String>,
     /// Versions of each party kept (`versions_kept`).
     pub versions_kept: u32,
+    /// Crons: (party, name, schedule).
+    pub crons: Vec<(&'static str, &'static str, &'static str)>,
 }
 
 impl Options {
@@ -167,6 +169,7 @@ impl Options {
             ping_interval_ms: 30_000,
             admin_token: None,
             versions_kept: Config::default().versions_kept,
+            crons: Vec::new(),
         }
     }
 
@@ -235,6 +238,15 @@ impl Server {
                         .find(|(p, _)| p == party)
                         .map(|(_, l)| l.clone())
                         .unwrap_or_default(),
+                    crons: options
+                        .crons
+                        .iter()
+                        .filter(|(p, _, _)| p == party)
+                        .map(|(_, name, schedule)| dormouse_host::config::CronConfig {
+                            name: (*name).to_owned(),
+                            schedule: (*schedule).to_owned(),
+                        })
+                        .collect(),
                 },
             );
         }
@@ -245,6 +257,7 @@ impl Server {
                 builtin: Some(dormouse_host::config::BUILTIN_RELAY.into()),
                 vars: Default::default(),
                 limits: Default::default(),
+                crons: Vec::new(),
             };
             config.parties.insert((*name).to_owned(), party);
         }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::project;
-use crate::remote::{deploy, rollback, rooms, tail, versions};
+use crate::remote::{crons, deploy, rollback, rooms, tail, versions};
 use crate::serve::{ServeArgs, ServerArgs, dev, raise_fd_limit, serve};
 use dormouse_host::config::Limits;
 use dormouse_host::room::instance::{Party, Runtime};
@@ -43,6 +43,11 @@ enum Command {
     },
     /// List a server's live rooms: state, connections, last event, storage.
     Rooms {
+        #[arg(long, default_value = "http://127.0.0.1:1999")]
+        server: String,
+    },
+    /// List a server's crons: schedule, next tick, this node's last run.
+    Crons {
         #[arg(long, default_value = "http://127.0.0.1:1999")]
         server: String,
     },
@@ -155,6 +160,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             server,
         } => deploy(path.unwrap_or_else(|| PathBuf::from(".")), &party, &server).await,
         Command::Rooms { server } => rooms(&server).await,
+        Command::Crons { server } => crons(&server).await,
         Command::Tail {
             server,
             party,

@@ -167,6 +167,39 @@ fn package_name(id: &str) -> String {
 
 /// The newest modification time of the files that make up a room crate
 /// (`Cargo.toml`, `src/`), to rebuild on change.
+/// The `"crons"` of a room folder's `partykit.json` (`{"crons": {"name":
+/// "*/5 * * * *"}}`), if it has one: PartyKit's way to name them.
+pub fn partykit_crons(dir: &Path) -> anyhow::Result<Vec<dormouse_host::config::CronConfig>> {
+    let path = dir.join("partykit.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(Vec::new());
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let Some(crons) = json.get("crons") else {
+        return Ok(Vec::new());
+    };
+    let Some(crons) = crons.as_object() else {
+        bail!(
+            "{}: \"crons\" is an object of name to schedule",
+            path.display()
+        );
+    };
+    crons
+        .iter()
+        .map(|(name, schedule)| match schedule.as_str() {
+            Some(s) => Ok(dormouse_host::config::CronConfig {
+                name: name.clone(),
+                schedule: s.to_owned(),
+            }),
+            None => bail!(
+                "{}: cron {name:?}'s schedule is not a string",
+                path.display()
+            ),
+        })
+        .collect()
+}
+
 pub fn last_change(dir: &Path) -> Option<SystemTime> {
     fn walk(p: &Path, newest: &mut Option<SystemTime>) {
         let Ok(meta) = std::fs::metadata(p) else {

@@ -50,6 +50,30 @@ pub(crate) async fn rooms(server: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub(crate) async fn crons(server: &str) -> anyhow::Result<()> {
+    let body = Admin::new(server)?
+        .call(Method::GET, "/_dormouse/crons", Vec::new())
+        .await?;
+    let crons: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+    println!(
+        "{:<12} {:<16} {:<16} {:<20} {:<20} RESULT",
+        "PARTY", "CRON", "SCHEDULE", "NEXT (UTC ms)", "LAST RUN"
+    );
+    let ms = |v: &serde_json::Value| v.as_u64().map_or("-".to_owned(), |t| t.to_string());
+    for c in crons {
+        println!(
+            "{:<12} {:<16} {:<16} {:<20} {:<20} {}",
+            c["party"].as_str().unwrap_or(""),
+            c["name"].as_str().unwrap_or(""),
+            c["schedule"].as_str().unwrap_or(""),
+            ms(&c["next_ms"]),
+            ms(&c["last_run_ms"]),
+            c["last_result"].as_str().unwrap_or("-"),
+        );
+    }
+    Ok(())
+}
+
 pub(crate) async fn tail(
     server: &str,
     party: Option<String>,

@@ -130,6 +130,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 builtin: None,
                 vars: Default::default(),
                 limits: Default::default(),
+                crons: Vec::new(),
             },
         );
     }
@@ -146,17 +147,24 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Build every party the config names by its `crate`: the host gets its
-/// `component` instead (a party has one source).
+/// `component` instead (a party has one source). A room folder with a
+/// PartyKit `partykit.json` gives the party its `"crons"`, unless the
+/// config names crons of its own.
 pub(crate) fn build_crates(mut config: Config) -> anyhow::Result<Config> {
     for (name, party) in &mut config.parties {
         if party.component.is_none()
             && let Some(dir) = party.krate.take()
         {
+            if party.crons.is_empty() {
+                party.crons = project::partykit_crons(&dir)
+                    .with_context(|| format!("party {name}: cannot read {}", dir.display()))?;
+            }
             let wasm = project::build(&dir)
                 .with_context(|| format!("party {name}: cannot build {}", dir.display()))?;
             party.component = Some(wasm);
         }
     }
+    config.validate()?;
     Ok(config)
 }
 
@@ -202,6 +210,7 @@ pub(crate) async fn dev(dir: PathBuf, server: ServerArgs) -> anyhow::Result<()> 
                 builtin: None,
                 vars: Default::default(),
                 limits: Default::default(),
+                crons: Vec::new(),
             },
         );
         config

@@ -126,6 +126,7 @@ export type PartyLobby = Lobby;
 export type PartyExecutionContext = ExecutionContext;
 export type PartyServer = Server;
 export type PartyWorker = Worker;
+export type PartyCron = Cron;
 export type PartyServerOptions = ServerOptions;
 
 /** Any connection's type, whatever state it carries: a server declares
@@ -153,6 +154,20 @@ export interface Worker {
   new (room: Room): Server;
   onBeforeConnect?(request: Request, lobby: Lobby, ctx: ExecutionContext): Request | Response | Promise<Request | Response>;
   onBeforeRequest?(request: Request, lobby: Lobby, ctx: ExecutionContext): Request | Response | Promise<Request | Response>;
+  /** A cron of the party is due (`[[parties.NAME.crons]]`, or `"crons"` in
+   *  `partykit.json`); runs outside any room, as the lobby's hooks do. */
+  onCron?(cron: Cron, lobby: Lobby, ctx: ExecutionContext): void | Promise<void>;
+}
+
+/** A cron's tick, as `static onCron` gets it. `cron` is the cron's name
+ *  too (the host's hook carries the name and the tick, not the schedule);
+ *  `noRetry` does nothing, since a failed tick is never retried here. */
+export interface Cron {
+  name: string;
+  cron: string;
+  /** The tick, Unix ms (UTC). */
+  scheduledTime: number;
+  noRetry(): void;
 }
 
 /** One end of a `WebSocketPair`. In `onBeforeConnect` a pair refuses with

@@ -590,7 +590,7 @@ async function reporting(hook, run) {
   return result;
 }
 
-/** The `dormouse:room/hooks`, `timer-hooks` and `lobby-hooks` exports for
+/** The `dormouse:room/hooks`, `timer-hooks`, `lobby-hooks` and `cron-hooks` exports for
  *  a `Party.Server` class. A hook may be async: it ends when its promise
  *  settles, so its writes and messages still commit together. A throw in a
  *  hook drops the instance and rolls the hook back, as a Rust panic does. */
@@ -698,5 +698,20 @@ export function serve(ServerClass) {
     onBeforeConnect: before("onBeforeConnect"),
     onBeforeRequest: before("onBeforeRequest"),
   };
-  return { hooks, timerHooks, lobbyHooks };
+  // PartyKit's `static onCron(cron, lobby, ctx)`, which the host runs at a
+  // cron's tick (`[[parties.NAME.crons]]`) outside any room, as the lobby's
+  // hooks run. A class without it fails the run, so the log says why.
+  const cronHooks = {
+    async onCron(name, scheduledMs) {
+      return reporting("onCron", async () => {
+        const hook = ServerClass.onCron;
+        if (typeof hook !== "function") {
+          throw new Error(`cron ${name} is due, but the class has no static onCron`);
+        }
+        const cron = { name, cron: name, scheduledTime: Number(scheduledMs), noRetry() {} };
+        await hook.call(ServerClass, cron, lobby(), {});
+      });
+    },
+  };
+  return { hooks, timerHooks, lobbyHooks, cronHooks };
 }

@@ -66,6 +66,29 @@ pub trait Room: Default + 'static {
     /// The time set with [`crate::timers::set`] came. The room stayed
     /// awake for it, so its fields are as the last hook left them.
     fn on_timer(&mut self) {}
+
+    /// One of the party's crons is due (`[[parties.NAME.crons]]` in
+    /// `dormouse.toml`): `name` is the cron's, `scheduled_ms` its tick (Unix
+    /// ms, UTC). PartyKit's `static onCron`: it runs outside any room (no
+    /// `self`, no storage, no connections), with the party's vars, and
+    /// reaches rooms with [`crate::rooms::fetch`]. A tick runs at most once.
+    ///
+    /// ```no_run
+    /// # use dormouse_sdk::{Room, rooms};
+    /// #[derive(Default)]
+    /// struct Digest;
+    /// impl Room for Digest {
+    ///     fn on_cron(name: &str, _scheduled_ms: u64) {
+    ///         if name == "nightly" {
+    ///             // Wake the room that sends the digest.
+    ///             rooms::get("digest", "all").ok();
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    fn on_cron(name: &str, scheduled_ms: u64) {
+        let _ = (name, scheduled_ms);
+    }
 }
 
 /// Called by the code [`crate::export!`] generates; not for direct use.
@@ -94,13 +117,17 @@ pub mod dispatch {
         })
     }
 
-    pub fn on_start<R: Room>() {
-        // A panic's message goes to the room's log (`dormouse tail`): std
-        // would write it to stderr, which a room does not have, and the
-        // host alone only sees the trap that follows.
+    /// A panic's message goes to the room's log (`dormouse tail`): std
+    /// would write it to stderr, which a room does not have, and the host
+    /// alone only sees the trap that follows.
+    fn log_panics() {
         std::panic::set_hook(Box::new(|info| {
             crate::context::log(crate::Level::Error, &info.to_string());
         }));
+    }
+
+    pub fn on_start<R: Room>() {
+        log_panics();
         ROOM.with(|cell| *cell.borrow_mut() = Some(Box::new(R::default())));
         with::<R, _>(|r| r.on_start())
     }
@@ -131,5 +158,11 @@ pub mod dispatch {
 
     pub fn on_timer<R: Room>() {
         with::<R, _>(|r| r.on_timer())
+    }
+
+    /// Outside any room (no on-start ran in this instance): no room value.
+    pub fn on_cron<R: Room>(name: String, scheduled_ms: u64) {
+        log_panics();
+        R::on_cron(&name, scheduled_ms)
     }
 }

@@ -131,6 +131,12 @@ macro_rules! export {
             }
         }
 
+        impl $crate::bindings::exports::dormouse::room::cron_hooks::Guest for __DormouseHooks {
+            fn on_cron(name: ::std::string::String, scheduled_ms: u64) {
+                $crate::hooks::dispatch::on_cron::<$room>(name, scheduled_ms)
+            }
+        }
+
         // PartyKit's static hooks are TypeScript's; a Rust room decides in
         // on-connect and on-request, so the host skips the lobby.
         impl $crate::bindings::exports::dormouse::room::lobby_hooks::Guest for __DormouseHooks {

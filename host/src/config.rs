@@ -137,6 +137,18 @@ pub struct PartyConfig {
     /// This party's own bounds, where they differ from `[limits]`.
     #[serde(default)]
     pub limits: PartyLimits,
+    /// Its crons (`[[parties.NAME.crons]]`): PartyKit's `"crons"`.
+    #[serde(default)]
+    pub crons: Vec<CronConfig>,
+}
+
+/// One cron of a party: at each tick of `schedule` (five fields, UTC, or an
+/// `@alias`; see `cron.rs`) the host runs the party's on-cron with `name`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CronConfig {
+    pub name: String,
+    pub schedule: String,
 }
 
 /// The limits a party may set for itself (`[parties.NAME.limits]`). The rest
@@ -360,6 +372,21 @@ impl Config {
             }
             if party.builtin.as_deref().is_some_and(|b| b != BUILTIN_RELAY) {
                 bail!("party {name}: the only builtin is \"{BUILTIN_RELAY}\"");
+            }
+            let mut names = std::collections::BTreeSet::new();
+            for cron in &party.crons {
+                if cron.name.is_empty() || cron.name.len() > 64 {
+                    bail!(
+                        "party {name}: a cron's name is 1 to 64 bytes ({:?})",
+                        cron.name
+                    );
+                }
+                if !names.insert(cron.name.as_str()) {
+                    bail!("party {name}: two crons are named {:?}", cron.name);
+                }
+                if let Err(e) = crate::cron::Schedule::parse(&cron.schedule) {
+                    bail!("party {name}: cron {:?}: {e}", cron.name);
+                }
             }
         }
         check_limits(&self.limits, "limits")?;

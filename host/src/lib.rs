@@ -16,7 +16,7 @@
 //! | room | [`room`] | the room actor: events in order, wake, hibernate, output gate; the instance; room state; the WIT imports; a connection's way out; presence |
 //! | cluster | `cluster` | several nodes on PostgreSQL: the lease, room claims, the epoch-fenced group commit, deploy metadata there, forwarding to a room's node |
 //! | store | `store` | room data in SQLite: per-hook batches, group commit, sizes, alarms; deploy metadata; the compile cache |
-//! | leaf | [`config`], `route`, `alarms`, [`logs`], `metrics`, [`clock`], `lock`, [`wit`], `ws`, [`http`], [`admin_token`] | settings and limits; URLs and names; the alarm index; room logs; Prometheus names; time; poison-proof locks; the one `bindgen!` site; WebSocket <-> WIT messages; the host's own HTTP answers; the admin token |
+//! | leaf | [`config`], `cron`, `route`, `alarms`, [`logs`], `metrics`, [`clock`], `lock`, [`wit`], `ws`, [`http`], [`admin_token`] | settings and limits; cron schedules; URLs and names; the alarm index; room logs; Prometheus names; time; poison-proof locks; the one `bindgen!` site; WebSocket <-> WIT messages; the host's own HTTP answers; the admin token |
 //!
 //! The command line, the admin client and the build tooling are the
 //! `dormouse` crate's (`cli/`); the load generator is `dormouse-bench`.
@@ -40,6 +40,7 @@ mod alarms;
 pub mod clock;
 mod cluster;
 pub mod config;
+mod cron;
 pub mod edge;
 pub mod host;
 pub mod http;

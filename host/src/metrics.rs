@@ -24,10 +24,11 @@ pub enum Hook {
     Timer,
     BeforeConnect,
     BeforeRequest,
+    Cron,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 10] = [
+    pub const ALL: [Hook; 11] = [
         Hook::Start,
         Hook::Connect,
         Hook::Message,
@@ -38,6 +39,7 @@ impl Hook {
         Hook::Timer,
         Hook::BeforeConnect,
         Hook::BeforeRequest,
+        Hook::Cron,
     ];
 
     /// The hook's WIT name, as logs and labels show it.
@@ -53,6 +55,7 @@ impl Hook {
             Hook::Timer => "on-timer",
             Hook::BeforeConnect => "on-before-connect",
             Hook::BeforeRequest => "on-before-request",
+            Hook::Cron => "on-cron",
         }
     }
 }
@@ -122,6 +125,8 @@ pub struct PartyMetrics {
     pub rooms_awake: AtomicI64,
     pub rooms_hibernated: AtomicI64,
     pub wakes: AtomicU64,
+    /// Cron ticks run: [succeeded, failed].
+    pub cron_runs: [AtomicU64; 2],
     /// By [`FailureKind`], in the order of [`FailureKind::TRAPS`].
     traps: [AtomicU64; FailureKind::TRAPS.len()],
 }
@@ -180,6 +185,21 @@ impl Metrics {
         for (party, m) in &parties {
             let v = m.wakes.load(Relaxed);
             let _ = writeln!(out, "dormouse_wakes_total{{party=\"{party}\"}} {v}");
+        }
+        header(
+            &mut out,
+            "dormouse_cron_runs_total",
+            "counter",
+            "Cron ticks run, by result.",
+        );
+        for (party, m) in &parties {
+            for (result, v) in ["ok", "failed"].iter().zip(&m.cron_runs) {
+                let v = v.load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "dormouse_cron_runs_total{{party=\"{party}\",result=\"{result}\"}} {v}"
+                );
+            }
         }
         header(
             &mut out,

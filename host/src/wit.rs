@@ -22,10 +22,11 @@ wasmtime::component::bindgen!({
 });
 
 /// The WIT files themselves, for toolchains that read WIT (componentize-js).
-pub const SOURCES: [(&str, &str); 10] = [
+pub const SOURCES: [(&str, &str); 11] = [
     ("alarm.wit", include_str!("../../wit/alarm.wit")),
     ("connections.wit", include_str!("../../wit/connections.wit")),
     ("context.wit", include_str!("../../wit/context.wit")),
+    ("crons.wit", include_str!("../../wit/crons.wit")),
     ("hooks.wit", include_str!("../../wit/hooks.wit")),
     ("lobby.wit", include_str!("../../wit/lobby.wit")),
     ("rooms.wit", include_str!("../../wit/rooms.wit")),

@@ -49,6 +49,7 @@ async fn serve_until_killed() {
             builtin: None,
             vars: Default::default(),
             limits: Default::default(),
+            crons: Vec::new(),
         },
     );
     let host = Host::new(config).expect("host starts");

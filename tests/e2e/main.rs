@@ -5,6 +5,7 @@
 mod alarms;
 mod close_codes;
 mod counter;
+mod crons;
 mod deploy;
 mod durability;
 mod guests;

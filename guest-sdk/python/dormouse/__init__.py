@@ -301,6 +301,13 @@ class Server:
     def on_timer(self) -> None:
         """The time set with ``room.set_timer`` came."""
 
+    @staticmethod
+    def on_cron(name: str, scheduled_ms: int) -> None:
+        """One of the party's crons is due (``[[parties.NAME.crons]]``):
+        PartyKit's ``static onCron``. It runs outside any room (no ``self``,
+        no storage, no connections), with the party's vars; it reaches rooms
+        with ``rooms.fetch``. A tick runs at most once."""
+
 
 def _reported(hook: str):
     """A hook whose exception is logged with its traceback before it traps
@@ -313,10 +320,17 @@ def _reported(hook: str):
                 return f(*args)
             except Err:
                 raise
-            except BaseException:
-                import traceback
+            except BaseException as e:
+                # The traceback when the runtime can make one; the type and
+                # message always (`traceback` needs modules a component's
+                # Python may lack, and a second raise here would hide this one).
+                try:
+                    import traceback
 
-                log(f"{hook} raised {traceback.format_exc()}", "error")
+                    detail = traceback.format_exc()
+                except BaseException:
+                    detail = f"{type(e).__name__}: {e}"
+                log(f"{hook} raised {detail}", "error")
                 raise
 
         return run
@@ -325,9 +339,9 @@ def _reported(hook: str):
 
 
 def serve(server_class):
-    """The ``Hooks``, ``TimerHooks`` and ``LobbyHooks`` exports
-    componentize-py wants, for a Server class (the build writes ``Hooks,
-    TimerHooks, LobbyHooks = dormouse.serve(Server)``)."""
+    """The ``Hooks``, ``TimerHooks``, ``LobbyHooks`` and ``CronHooks``
+    exports componentize-py wants, for a Server class (the build writes
+    ``Hooks, TimerHooks, LobbyHooks, CronHooks = dormouse.serve(Server)``)."""
     from wit_world import exports
 
     state = {"server": None}
@@ -388,4 +402,9 @@ def serve(server_class):
         def on_before_request(self, room_id, request):
             return None
 
-    return Hooks, TimerHooks, LobbyHooks
+    class CronHooks(exports.CronHooks):
+        @_reported("on-cron")
+        def on_cron(self, name, scheduled_ms) -> None:
+            server_class.on_cron(name, scheduled_ms)
+
+    return Hooks, TimerHooks, LobbyHooks, CronHooks

@@ -124,6 +124,7 @@ impl Cluster {
             "DELETE FROM room_kv WHERE party = $1",
             "DELETE FROM parties WHERE party = $1",
             "DELETE FROM versions WHERE party = $1",
+            "DELETE FROM cron_ticks WHERE party = $1",
         ] {
             tx.execute(sql, &[&party]).await?;
         }

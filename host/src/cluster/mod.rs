@@ -16,7 +16,7 @@
 //! `claimed.rs` a claimed room's storage (the store's backend in a
 //! cluster), `deploys.rs` the components and their announcements (the host
 //! calls it for deploys), `forward.rs` a request's way to the node that
-//! holds its room.
+//! holds its room, `crons.rs` the claim of a cron's tick.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -37,6 +37,7 @@ use crate::metrics::ClusterMetrics;
 use crate::route::RoomKey;
 
 mod claimed;
+mod crons;
 mod deploys;
 pub mod forward;
 mod rooms;
@@ -111,7 +112,10 @@ const SCHEMA: &str = "
         PRIMARY KEY (party, version));
     CREATE TABLE IF NOT EXISTS parties (party text PRIMARY KEY, version integer NOT NULL);
     CREATE TABLE IF NOT EXISTS cluster_secret (
-        id integer PRIMARY KEY CHECK (id = 1), secret text NOT NULL);";
+        id integer PRIMARY KEY CHECK (id = 1), secret text NOT NULL);
+    CREATE TABLE IF NOT EXISTS cron_ticks (
+        party text NOT NULL, cron text NOT NULL, tick_ms bigint NOT NULL,
+        PRIMARY KEY (party, cron));";
 
 /// A room's owner is live while its incarnation's lease has not expired,
 /// in the database's clock (never two machines' clocks compared).

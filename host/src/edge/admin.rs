@@ -56,10 +56,11 @@ pub async fn handle(req: Request<Incoming>, host: Arc<Host>, peer: SocketAddr) -
             Err(e) => failure(e),
         },
         (Method::GET, ["rooms"]) => answer(host.rooms().await),
+        (Method::GET, ["crons"]) => json(StatusCode::OK, &host.crons()),
         (Method::GET, ["logs"]) => logs(&req, &host, &query).await,
         _ => text(
             StatusCode::NOT_FOUND,
-            "no such admin endpoint: see /_dormouse/{parties,rooms,logs}".into(),
+            "no such admin endpoint: see /_dormouse/{parties,rooms,crons,logs}".into(),
         ),
     }
 }

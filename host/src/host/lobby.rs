@@ -1,5 +1,5 @@
 //! PartyKit's lobby: a party's static `onBeforeConnect` and `onBeforeRequest`
-//! run in an instance made for the one call, before the event reaches the
+//! (and its crons, `crons.rs`) run in an instance made for the one call, before the event reaches the
 //! room, as PartyKit runs them in its edge worker. Outside the room, a call
 //! into it from there is an ordinary call (inside, a room that fetches
 //! itself waits on itself).
@@ -20,11 +20,40 @@ use crate::http::text_response;
 use crate::metrics::FailureKind;
 use crate::room::Shared;
 use crate::room::hooks::instantiate;
-use crate::room::instance::{Before, Call, Known, Party, Reply};
+use crate::room::instance::{Before, Call, Failure, Instance, Known, Party, Reply};
 use crate::room::state::RoomState;
 use crate::route::RoomKey;
 use crate::store::RoomStorage;
 use crate::wit::{Request, Response};
+
+/// An instance of `party` for one call outside any room (a lobby hook, a
+/// cron): the party's vars, room calls, no connections, and storage that is
+/// never committed. `room`: the room the call is about, for the log.
+pub(super) async fn instance(
+    shared: &Shared,
+    party: &Party,
+    limits: Arc<Limits>,
+    name: Arc<str>,
+    room: Arc<str>,
+) -> Result<Instance, Failure> {
+    let committed = shared.storage.room(name.clone(), Arc::from(""));
+    let storage = RoomStorage::new(Box::new(committed), limits.clone());
+    let metrics = shared.metrics.party(&name);
+    let mut state = RoomState::new(
+        name,
+        room,
+        shared.caps.clone(),
+        Arc::default(),
+        limits,
+        storage,
+        metrics,
+    );
+    state.vars = party.vars.clone();
+    state.lobby = true;
+    instantiate(shared, party, state)
+        .await
+        .map_err(|(_, failure)| failure)
+}
 
 /// Run a lobby hook for a connect or request to room `key`: `Ok` goes on to
 /// the room with that request, `Err` answers instead.
@@ -41,22 +70,9 @@ pub async fn run(
         return Ok(request);
     }
     let (name, room) = (key.0.clone(), key.1.clone());
-    let committed = shared.storage.room(name.clone(), Arc::from(""));
-    let storage = RoomStorage::new(Box::new(committed), limits.clone());
-    let mut state = RoomState::new(
-        name.clone(),
-        room.clone(),
-        shared.caps.clone(),
-        Arc::default(),
-        limits,
-        storage,
-        shared.metrics.party(&name),
-    );
-    state.vars = party.vars.clone();
-    state.lobby = true;
-    let mut instance = match instantiate(shared, party, state).await {
+    let mut instance = match instance(shared, party, limits, name.clone(), room.clone()).await {
         Ok(instance) => instance,
-        Err((_, failure)) => {
+        Err(failure) => {
             warn!(party = %name, room = %room, error = %failure.error, "cannot make the lobby");
             let status = if failure.kind == FailureKind::PoolFull {
                 503

@@ -6,7 +6,8 @@
 //! (dispatch, retire, least-recent) and room-to-room calls. `deploys/`:
 //! upload, rollback, delete, following the cluster's deploys, version files.
 //! `follow.rs`: hand-offs, eviction, leaving the cluster. `views.rs`: what
-//! the admin API shows. `lobby.rs`: PartyKit's static hooks.
+//! the admin API shows. `lobby.rs`: PartyKit's static hooks. `crons.rs`:
+//! the party's crons.
 //!
 //! A room actor exists while the room has connections or work; a room with
 //! neither retires (see [`Registry::retire`]), so the registry holds only
@@ -14,12 +15,14 @@
 //! `.await`. Rooms reach the host only through the narrow [`Shared`] and
 //! [`Registry`] (and guest code through [`Capabilities`]).
 
+mod crons;
 pub mod deploys;
 mod follow;
 mod lobby;
 mod registry;
 mod views;
 
+pub use crons::CronInfo;
 pub use deploys::Deployed;
 pub use views::RoomInfo;
 
@@ -71,6 +74,8 @@ pub struct Host {
     me: Weak<Host>,
     /// Every socket pings its client on this tick (`ping_interval_ms`).
     pings: Arc<Ticker>,
+    /// Every party's crons, with what this node knows of their ticks.
+    crons: Mutex<Vec<crons::CronState>>,
 }
 
 struct RoomEntry {
@@ -206,6 +211,7 @@ impl Host {
             .collect();
         let logs = Arc::new(Logs::default());
         let ping_interval = std::time::Duration::from_millis(config.ping_interval_ms);
+        let cron_states = crons::from_config(&config);
         Ok(Arc::new_cyclic(|host: &Weak<Host>| {
             let registry: Weak<dyn Registry> = host.clone();
             let rooms: Weak<dyn RoomCalls> = host.clone();
@@ -236,6 +242,7 @@ impl Host {
                 serial: AtomicU64::new(1),
                 me: host.clone(),
                 pings: Arc::new(Ticker::new(ping_interval)),
+                crons: Mutex::new(cron_states),
             }
         }))
     }
@@ -249,6 +256,7 @@ impl Host {
         let (pings, stop) = (self.pings.clone(), self.shared.shutdown.clone());
         self.tasks.spawn(async move { pings.run(stop).await });
         self.tasks.spawn(self.clone().trim_after_hibernations());
+        self.tasks.spawn(self.clone().fire_crons());
     }
 
     /// Hibernation gives memory back: what rooms' instances freed is

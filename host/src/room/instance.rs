@@ -53,6 +53,8 @@ const HOST_IMPORTS: [&str; 7] = [
 const TIMER_HOOKS: &str = "dormouse:room/timer-hooks@0.1.0";
 /// The interface of the lobby's hooks (see `wit/lobby.wit`).
 const LOBBY_HOOKS: &str = "dormouse:room/lobby-hooks@0.1.0";
+/// The interface that holds `on-cron` (see `wit/crons.wit`).
+const CRON_HOOKS: &str = "dormouse:room/cron-hooks@0.1.0";
 
 /// A lobby hook: (room, request) to what it decided, if it is defined.
 type LobbyFunc = TypedFunc<(String, Request), (Option<Result<Request, Response>>,)>;
@@ -174,6 +176,9 @@ pub struct Party {
     lobby: Option<[ComponentExportIndex; 2]>,
     /// What each lobby hook turned out to be, once asked ([`Known`] as u8).
     lobby_known: [std::sync::atomic::AtomicU8; 2],
+    /// Where `cron-hooks.on-cron` is, when exported (components built
+    /// before crons do not).
+    on_cron: Option<ComponentExportIndex>,
     pub vars: Arc<BTreeMap<String, String>>,
     /// Size of the component, bytes.
     pub size: usize,
@@ -182,6 +187,11 @@ pub struct Party {
 }
 
 impl Party {
+    /// Whether the component exports `on-cron`.
+    pub fn has_on_cron(&self) -> bool {
+        self.on_cron.is_some()
+    }
+
     /// What is known of a lobby hook: `Undefined` when the component does
     /// not export the lobby, or a first call found the hook missing.
     pub fn lobby_hook(&self, before: Before) -> Known {
@@ -276,6 +286,7 @@ impl Party {
         let lobby = export(LOBBY_HOOKS, "on-before-connect")
             .zip(export(LOBBY_HOOKS, "on-before-request"))
             .map(|(c, r)| [c, r]);
+        let on_cron = export(CRON_HOOKS, "on-cron");
         component
             .initialize_copy_on_write_image()
             .why(|| format!("party {name}: cannot prepare the memory image"))?;
@@ -287,6 +298,7 @@ impl Party {
             on_timer,
             lobby,
             lobby_known: Default::default(),
+            on_cron,
             vars: Arc::new(vars),
             size,
             version: None,
@@ -352,6 +364,8 @@ pub enum Call {
     Timer,
     /// A lobby hook, in an instance made for it alone: room id and request.
     Lobby(Before, String, Request),
+    /// A cron's tick, in an instance made for it alone: its name and time.
+    Cron(String, u64),
 }
 
 /// Which lobby hook.
@@ -383,6 +397,7 @@ impl Call {
             Call::Timer => Hook::Timer,
             Call::Lobby(Before::Connect, ..) => Hook::BeforeConnect,
             Call::Lobby(Before::Request, ..) => Hook::BeforeRequest,
+            Call::Cron(..) => Hook::Cron,
         }
     }
 }
@@ -405,6 +420,7 @@ pub struct Instance {
     instance: wasmtime::component::Instance,
     on_timer: Option<ComponentExportIndex>,
     lobby: Option<[ComponentExportIndex; 2]>,
+    on_cron: Option<ComponentExportIndex>,
     ticks: u64,
 }
 
@@ -464,6 +480,7 @@ impl Instance {
                 instance,
                 on_timer: party.on_timer,
                 lobby: party.lobby,
+                on_cron: party.on_cron,
                 ticks,
             }),
             Err(error) => {
@@ -544,6 +561,17 @@ impl Instance {
                     }
                 }
                 None => Ok(Reply::Lobby(None)),
+            },
+            Call::Cron(name, at) => match self.on_cron {
+                Some(index) => match self
+                    .instance
+                    .get_typed_func::<(String, u64), ()>(&mut *s, index)
+                {
+                    Ok(f) => f.call_async(s, (name, at)).await.map(|()| Reply::Done),
+                    Err(e) => Err(e),
+                },
+                // The host asks first ([`Party::has_on_cron`]).
+                None => Ok(Reply::Done),
             },
         };
         result.map_err(|error| Failure {

@@ -27,9 +27,12 @@ impl Room {
                 Reply::Done
             }
             Call::Request(_) => Reply::Response(text_response(200, "builtin relay")),
-            Call::Start | Call::Close(..) | Call::Error(..) | Call::Alarm(_) | Call::Timer => {
-                Reply::Done
-            }
+            Call::Start
+            | Call::Close(..)
+            | Call::Error(..)
+            | Call::Alarm(_)
+            | Call::Timer
+            | Call::Cron(..) => Reply::Done,
             Call::Lobby(..) => Reply::Lobby(None),
         }
     }

@@ -82,7 +82,10 @@ impl Storage {
                  PRIMARY KEY (party, room, key));
              CREATE TABLE IF NOT EXISTS alarms (
                  party TEXT NOT NULL, room TEXT NOT NULL, at_ms INTEGER NOT NULL,
-                 PRIMARY KEY (party, room));",
+                 PRIMARY KEY (party, room));
+             CREATE TABLE IF NOT EXISTS cron_ticks (
+                 party TEXT NOT NULL, cron TEXT NOT NULL, tick_ms INTEGER NOT NULL,
+                 PRIMARY KEY (party, cron));",
         )
         .with_context(|| format!("cannot set up storage {}", path.display()))?;
         // Version 1: each room's stored bytes, kept up to date by every
@@ -168,7 +171,7 @@ impl Storage {
         self.generations.bump(party);
         self.read(|c| {
             let tx = c.unchecked_transaction()?;
-            for table in ["kv", "alarms", "room_sizes"] {
+            for table in ["kv", "alarms", "room_sizes", "cron_ticks"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE party = ?1"),
                     params![party],
@@ -176,6 +179,40 @@ impl Storage {
             }
             tx.commit()
         })
+    }
+
+    /// The latest tick of a party's cron that a run claimed, if any.
+    pub fn cron_tick(&self, party: &str, cron: &str) -> Result<Option<u64>, StorageError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT tick_ms FROM cron_ticks WHERE party = ?1 AND cron = ?2",
+                params![party, cron],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+        })
+        .map(|t| t.map(|t| t.max(0) as u64))
+    }
+
+    /// Claim a cron's tick before running it: `true` for the one caller
+    /// that moves the cron's last tick forward to `tick_ms`, `false` when
+    /// that tick (or a later one) was claimed already. Durable before it
+    /// returns, so a restart never runs the tick again.
+    pub fn claim_cron_tick(
+        &self,
+        party: &str,
+        cron: &str,
+        tick_ms: u64,
+    ) -> Result<bool, StorageError> {
+        self.read(|c| {
+            c.execute(
+                "INSERT INTO cron_ticks (party, cron, tick_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (party, cron) DO UPDATE SET tick_ms = excluded.tick_ms
+                 WHERE cron_ticks.tick_ms < excluded.tick_ms",
+                params![party, cron, at_ms_to_sql(tick_ms)],
+            )
+        })
+        .map(|changed| changed == 1)
     }
 
     /// Run `f` on a reader connection. Reads are local page-cache hits in the

@@ -3,7 +3,8 @@
 ``tick:MS:K`` sets the timer MS ahead, K times in a row; each ``on_timer``
 broadcasts ``tick N``, N counted in the Server's memory (so it restarts at 1
 in a new instance), and stores N under ``ticks``. ``starts`` answers how
-many times ``on_start`` ran in this room (counted in storage).
+many times ``on_start`` ran in this room (counted in storage). A cron logs
+``cron NAME at TICK`` (outside any room), and raises if its name is ``raise``.
 """
 
 import dormouse
@@ -33,3 +34,9 @@ class Server(dormouse.Server):
         self.left -= 1
         if self.left > 0:
             self.room.set_timer(self.every)
+
+    @staticmethod
+    def on_cron(name, scheduled_ms):
+        if name == "raise":
+            raise ValueError("the cron was asked to raise")
+        dormouse.log(f"cron {name} at {scheduled_ms}")

@@ -36,7 +36,13 @@
 //! - `op=alarm-state`: `ok=<retry count of the success or none> at=<alarm or none>`;
 //! - `op=call&party=P&room=R[&next=P2/R2]`: fetch room P/R (passing `next`
 //!   on as its own call target) and answer with what it answered;
+//! - `op=record` (POST): append the body to the list in storage (`record`);
+//!   `op=records`: that list, comma-separated;
 //! - otherwise: `probe PARTY/ROOM`.
+//!
+//! On cron (any room of the party's, from outside them): cron `panic`
+//! panics; any other posts `NAME@TICK:VAR` to room `crons`' `op=record`,
+//! VAR being the party's var `K` (or `-`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -343,7 +349,41 @@ impl Room for Probe {
                     Err(e) => Response::text(508, format!("call failed: {e}")),
                 }
             }
+            Some("record") => {
+                let mut list: Vec<String> = storage::get_json("record")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                list.push(String::from_utf8_lossy(&request.body).into_owned());
+                match storage::put_json("record", &list) {
+                    Ok(()) => Response::text(200, list.len().to_string()),
+                    Err(e) => Response::text(500, e.to_string()),
+                }
+            }
+            Some("records") => {
+                let list: Vec<String> = storage::get_json("record")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                Response::text(200, list.join(","))
+            }
             _ => Response::text(200, format!("probe {}/{}", context::party(), context::id())),
+        }
+    }
+
+    fn on_cron(name: &str, scheduled_ms: u64) {
+        if name == "panic" {
+            panic!("cron panic ran");
+        }
+        let var = context::var("K").unwrap_or_else(|| "-".into());
+        let record = Request {
+            method: "POST".into(),
+            uri: "/?op=record".into(),
+            headers: vec![],
+            body: format!("{name}@{scheduled_ms}:{var}").into_bytes(),
+        };
+        if let Err(e) = rooms::fetch(&context::party(), "crons", record) {
+            panic!("cannot record the cron: {e}");
         }
     }
 

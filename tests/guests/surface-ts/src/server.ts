@@ -22,6 +22,8 @@
 // connection with 403; ?lobby=mark adds a header the room tags as
 // `lobby-marked`; an HTTP request to .../via-lobby is answered by the lobby
 // with what the room itself answers to .../from-lobby.
+// A cron (static onCron, outside any room) POSTs `NAME@TIME` to room
+// `crons`' /record, which keeps the list; GET /records answers it.
 // ?tag=T sets the connection's tag; ?throw=1 makes onConnect throw; the
 // keys doom-close and doom-alarm, when true, make onClose and onAlarm throw.
 import type * as Party from "dormouse";
@@ -73,6 +75,12 @@ export default class Surface implements Party.Server {
     // The room itself: from inside it, this would wait on itself.
     const answer = await lobby.parties.main.get(lobby.id).fetch("/from-lobby");
     return new Response(`lobby saw ${answer.status} ${await answer.text()}`);
+  }
+
+  static async onCron(cron: Party.Cron, lobby: Party.Lobby) {
+    const body = `${cron.name}@${cron.scheduledTime}`;
+    const answer = await lobby.parties.main.get("crons").fetch("/record", { method: "POST", body });
+    if (!answer.ok) throw new Error(`the record failed: ${answer.status}`);
   }
 
   getConnectionTags(_conn: Party.Connection, ctx: Party.ConnectionContext) {
@@ -193,6 +201,14 @@ export default class Surface implements Party.Server {
     const url = new URL(request.url);
     if (url.pathname.endsWith("/throw")) throw new Error("no answer");
     if (url.pathname.endsWith("/cf")) return new Response(JSON.stringify(request.cf));
+    if (url.pathname.endsWith("/record")) {
+      const list = [...((await this.room.storage.get<string[]>("record")) ?? []), await request.text()];
+      await this.room.storage.put("record", list);
+      return new Response(String(list.length));
+    }
+    if (url.pathname.endsWith("/records")) {
+      return new Response(((await this.room.storage.get<string[]>("record")) ?? []).join(","));
+    }
     if (request.method === "PUT") {
       const { n } = await request.json<{ n: number }>();
       return new Response(String(n * 2));
