@@ -1205,6 +1205,44 @@ async fn a_room_calls_a_room_that_another_node_holds() {
     );
 }
 
+/// A cron's tick runs on one node of the cluster, not on each: every node
+/// looks at every tick (the ledger party's cron ticks every minute), and
+/// one statement in PostgreSQL, made only with a live lease, wins it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crons_tick_runs_on_one_node() {
+    let minute = 60_000;
+    let started = dormouse_host::clock::now_ms();
+    let rig = Rig::start(3, true, false).await;
+    // Two minute boundaries after the start, and time to claim the last.
+    let until = (started / minute + 2) * minute + 5_000;
+    tokio::time::sleep(Duration::from_millis(
+        until.saturating_sub(dormouse_host::clock::now_ms()),
+    ))
+    .await;
+    let ticks = dormouse_host::clock::now_ms() / minute - started / minute;
+    let (mut ok, mut failed) = (0.0, 0.0);
+    for node in &rig.nodes {
+        let (_, metrics) = http(&node.addr(), "GET", "/_dormouse/metrics", b"").await;
+        let value = |result: &str| {
+            let series =
+                format!("dormouse_cron_runs_total{{party=\"ledger\",result=\"{result}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(series.as_str())?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        ok += value("ok");
+        failed += value("failed");
+    }
+    // A node's first look starts from its own start, so the first boundary
+    // may come before every node looked; never more than one run a tick.
+    assert!(
+        ok >= ticks.saturating_sub(1) as f64 && ok <= ticks as f64 && failed == 0.0,
+        "{ok} runs ({failed} failed) for {ticks} ticks\n{}",
+        rig.logs()
+    );
+}
+
 /// Connect a WebSocket once the party is served (deploys reach nodes
 /// through an announcement).
 async fn eventually_ws(url: &str) -> (workload::Ws, ()) {

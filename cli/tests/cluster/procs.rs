@@ -384,7 +384,8 @@ impl Node {
         let s = &self.spec;
         let mut toml = format!(
             "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nidle_timeout_ms = 1000\nping_interval_ms = 1000\nversions_kept = 2\ncompile_cache_dir = \"{}\"\n\
-             [parties.ledger]\ncomponent = \"{}\"\nvars = {{ node = \"{}\" }}\n",
+             [parties.ledger]\ncomponent = \"{}\"\nvars = {{ node = \"{}\" }}\n\
+             [[parties.ledger.crons]]\nname = \"minute\"\nschedule = \"* * * * *\"\n",
             s.port,
             self.dir.join("data").display(),
             repo().join("target/test-compile-cache").display(),
