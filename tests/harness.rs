@@ -385,6 +385,25 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> anyhow::Result<(u16, 
 }
 
 /// The next text message, within [`WAIT`].
+/// Wait (up to [`WAIT`]) for a line of the host's log whose message holds
+/// `needle`; a log stream from `server.host.logs().subscribe()`.
+pub async fn logged(
+    logs: &mut tokio::sync::broadcast::Receiver<Arc<dormouse_host::logs::LogLine>>,
+    needle: &str,
+) {
+    tokio::time::timeout(WAIT, async {
+        while !logs
+            .recv()
+            .await
+            .expect("log stream open")
+            .message
+            .contains(needle)
+        {}
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no log line says {needle:?}"));
+}
+
 pub async fn recv_text(ws: &mut Client) -> String {
     match recv(ws).await {
         Message::Text(t) => t.to_string(),

@@ -4,8 +4,6 @@
 //! while the host was down runs once when it starts. The clock is the test's
 //! (`Host::run_due_crons`), not a minute-long sleep.
 
-use std::time::Duration;
-
 use dormouse_tests::*;
 
 /// The leap days ahead (00:00 UTC, Unix ms): the schedules here tick on
@@ -19,6 +17,20 @@ const LEAP_DAYS: [u64; 5] = [
     2_340_316_800_000, // 2044-02-29
 ];
 const HOUR: u64 = 3_600_000;
+
+/// The first of [`LEAP_DAYS`] at least a day away.
+fn next_leap_day() -> usize {
+    let now = dormouse_host::clock::now_ms();
+    LEAP_DAYS
+        .iter()
+        .position(|d| *d > now + 24 * HOUR)
+        .expect("a leap day ahead")
+}
+
+/// The series counting the party `main`'s cron runs with `result`.
+fn runs(result: &str) -> String {
+    format!("dormouse_cron_runs_total{{party=\"main\",result=\"{result}\"}}")
+}
 
 /// Room `crons` records what the probe's crons posted; the list, in order.
 async fn records(server: &Server) -> Vec<String> {
@@ -43,10 +55,7 @@ async fn a_cron_runs_once_per_tick_and_a_missed_one_once_at_start() {
     let server = Server::start(options).await;
     let mut logs = server.host.logs().subscribe();
     // The first leap day at least a day away, and the one two after it.
-    let i = LEAP_DAYS
-        .iter()
-        .position(|d| *d > clock_now() + 24 * HOUR)
-        .expect("a leap day ahead");
+    let i = next_leap_day();
     let (first, third) = (LEAP_DAYS[i], LEAP_DAYS[i + 2]);
 
     // Nothing is due before the tick, however often the host looks.
@@ -61,19 +70,7 @@ async fn a_cron_runs_once_per_tick_and_a_missed_one_once_at_start() {
     // tail`), and not run again for that tick.
     assert_eq!(server.host.run_due_crons(first + 12 * HOUR + 1).await, 1);
     assert_eq!(server.host.run_due_crons(first + 12 * HOUR + 2).await, 0);
-    tokio::time::timeout(WAIT, async {
-        while !logs
-            .recv()
-            .await
-            .expect("log stream open")
-            .message
-            .contains("cron panic ran")
-        {}
-    })
-    .await
-    .expect("the failed cron's panic is in the log");
-    let runs =
-        |result: &str| format!("dormouse_cron_runs_total{{party=\"main\",result=\"{result}\"}}");
+    logged(&mut logs, "cron panic ran").await;
     assert_eq!(server.metric(&runs("failed")).await, 1.0);
     assert_eq!(server.metric(&runs("ok")).await, 1.0);
     let listed = server.host.crons();
@@ -99,8 +96,8 @@ async fn a_cron_runs_once_per_tick_and_a_missed_one_once_at_start() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_cron_schedules_are_refused_at_load() {
+#[test]
+fn bad_cron_schedules_are_refused_at_load() {
     let text = "[parties.main]\ncomponent = \"x.wasm\"\n[[parties.main.crons]]\nname = \"n\"\nschedule = \"61 * * * *\"\n";
     let dir = data_dir();
     std::fs::create_dir_all(&dir).expect("dir");
@@ -108,13 +105,6 @@ async fn bad_cron_schedules_are_refused_at_load() {
     std::fs::write(&path, text).expect("write");
     let e = dormouse_host::config::Config::load(&path).expect_err("refused");
     assert!(format!("{e:#}").contains("minute"), "{e:#}");
-    tokio::time::sleep(Duration::ZERO).await;
-}
-
-fn clock_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// PartyKit's `static onCron(cron, lobby, ctx)` in a TypeScript room: run
@@ -125,17 +115,13 @@ async fn static_on_cron_runs_in_a_typescript_room() {
     let mut options = Options::main("surface-ts");
     options.crons = vec![("main", "leap", "0 0 29 2 *")];
     let server = Server::start(options).await;
-    let first = *LEAP_DAYS
-        .iter()
-        .find(|d| **d > clock_now() + 24 * HOUR)
-        .expect("a leap day ahead");
+    let first = LEAP_DAYS[next_leap_day()];
     assert_eq!(server.host.run_due_crons(first - 1).await, 0);
     assert_eq!(server.host.run_due_crons(first + 5).await, 1);
     assert_eq!(server.host.run_due_crons(first + 6).await, 0);
     let (status, body) = server.http("GET", "/parties/main/crons/records", "").await;
     assert_eq!((status, body), (200, format!("leap@{first}")));
-    let ok = "dormouse_cron_runs_total{party=\"main\",result=\"ok\"}";
-    assert_eq!(server.metric(ok).await, 1.0);
+    assert_eq!(server.metric(&runs("ok")).await, 1.0);
     server.stop().await;
 }
 
@@ -150,26 +136,14 @@ async fn on_cron_runs_in_a_python_room() {
     ];
     let server = Server::start(options).await;
     let mut logs = server.host.logs().subscribe();
-    let first = *LEAP_DAYS
-        .iter()
-        .find(|d| **d > clock_now() + 24 * HOUR)
-        .expect("a leap day ahead");
+    let first = LEAP_DAYS[next_leap_day()];
     assert_eq!(server.host.run_due_crons(first - 1).await, 0);
     assert_eq!(server.host.run_due_crons(first + 5).await, 1);
     assert_eq!(server.host.run_due_crons(first + 6 * HOUR).await, 1);
     assert_eq!(server.host.run_due_crons(first + 6 * HOUR + 1).await, 0);
-    let (mut ran, mut raised) = (false, false);
-    tokio::time::timeout(WAIT, async {
-        while !(ran && raised) {
-            let line = logs.recv().await.expect("log stream open");
-            ran |= line.message == format!("cron leap at {first}");
-            raised |= line.message.contains("the cron was asked to raise");
-        }
-    })
-    .await
-    .expect("the run and the raise are in the log");
-    let runs =
-        |result: &str| format!("dormouse_cron_runs_total{{party=\"main\",result=\"{result}\"}}");
+    // In the order they ran: the run's own line, then the raise's.
+    logged(&mut logs, &format!("cron leap at {first}")).await;
+    logged(&mut logs, "the cron was asked to raise").await;
     assert_eq!(server.metric(&runs("ok")).await, 1.0);
     assert_eq!(server.metric(&runs("failed")).await, 1.0);
     server.stop().await;

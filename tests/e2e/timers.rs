@@ -83,17 +83,7 @@ async fn a_cancelled_timer_is_quiet_and_a_failing_one_costs_only_the_instance() 
         )
         .await;
     // The panic's message reached the room's log (`dormouse tail`).
-    tokio::time::timeout(WAIT, async {
-        while !logs
-            .recv()
-            .await
-            .expect("log stream open")
-            .message
-            .contains("on-timer was asked to panic")
-        {}
-    })
-    .await
-    .expect("the panic is logged");
+    logged(&mut logs, "on-timer was asked to panic").await;
     // Its socket is still open, and the next event makes a new instance.
     send_text(&mut client, "starts").await;
     assert_eq!(recv_text(&mut client).await, "2");
