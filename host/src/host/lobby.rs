@@ -1,8 +1,8 @@
 //! PartyKit's lobby: a party's static `onBeforeConnect` and `onBeforeRequest`
-//! (and its crons, `crons.rs`) run in an instance made for the one call, before the event reaches the
-//! room, as PartyKit runs them in its edge worker. Outside the room, a call
-//! into it from there is an ordinary call (inside, a room that fetches
-//! itself waits on itself).
+//! run in an instance made for the one call (as its crons do, `crons.rs`),
+//! before the event reaches the room, as PartyKit runs them in its edge
+//! worker. Outside the room, a call into it from there is an ordinary call
+//! (inside, a room that fetches itself waits on itself).
 //!
 //! The lobby's state is a room's with no connections, and storage under a
 //! room id no room can have (""), never committed: `lobby.wit` gives the
