@@ -56,18 +56,24 @@ pub(crate) async fn crons(server: &str) -> anyhow::Result<()> {
         .await?;
     let crons: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
     println!(
-        "{:<12} {:<16} {:<16} {:<20} {:<20} RESULT",
-        "PARTY", "CRON", "SCHEDULE", "NEXT (UTC ms)", "LAST RUN"
+        "{:<12} {:<16} {:<16} {:<14} {:<14} RESULT",
+        "PARTY", "CRON", "SCHEDULE", "NEXT", "LAST RUN"
     );
-    let ms = |v: &serde_json::Value| v.as_u64().map_or("-".to_owned(), |t| t.to_string());
+    // Times as distances from now, as `dormouse rooms` shows them.
+    let now = dormouse_host::clock::now_ms() as i64;
+    let when = |v: &serde_json::Value| match v.as_u64() {
+        None => "-".to_owned(),
+        Some(t) if t as i64 >= now => format!("in {:.0}s", (t as i64 - now) as f64 / 1000.0),
+        Some(t) => format!("{:.0}s ago", (now - t as i64) as f64 / 1000.0),
+    };
     for c in crons {
         println!(
-            "{:<12} {:<16} {:<16} {:<20} {:<20} {}",
+            "{:<12} {:<16} {:<16} {:<14} {:<14} {}",
             c["party"].as_str().unwrap_or(""),
             c["name"].as_str().unwrap_or(""),
             c["schedule"].as_str().unwrap_or(""),
-            ms(&c["next_ms"]),
-            ms(&c["last_run_ms"]),
+            when(&c["next_ms"]),
+            when(&c["last_run_ms"]),
             c["last_result"].as_str().unwrap_or("-"),
         );
     }

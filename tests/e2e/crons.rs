@@ -81,6 +81,17 @@ async fn a_cron_runs_once_per_tick_and_a_missed_one_once_at_start() {
     );
     let panic = listed.iter().find(|c| c.name == "panic").expect("listed");
     assert_eq!(panic.last_result, Some("failed"));
+    // What `dormouse crons` shows: the admin API's list.
+    let (status, body) = server.admin("GET", "/_dormouse/crons", b"", None).await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let leap = json
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "leap"))
+        .expect("leap is listed");
+    assert_eq!(leap["schedule"], "0 0 29 2 *");
+    assert_eq!(leap["last_run_ms"], first);
+    assert_eq!(leap["last_result"], "ok");
 
     // A restart: what was claimed stays claimed, and of the ticks missed
     // while the host was down (two leap days) only the latest runs, once.
