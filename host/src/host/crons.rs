@@ -249,19 +249,13 @@ impl Host {
                     }
                     Ok(mut instance) => {
                         let call = Call::Cron(cron.to_owned(), tick);
-                        let hook = call.hook();
-                        let started = std::time::Instant::now();
-                        let result = instance.call(call).await;
-                        self.shared.metrics.hook_seconds[hook as usize].observe(started.elapsed());
                         // A cron keeps nothing of its own, as the lobby.
-                        instance.state().storage.rollback_all();
-                        match result {
+                        match lobby::run_once(&self.shared, &mut instance, party_name, call).await {
                             Ok(_) => {
                                 log("host", format!("cron {cron} ran for its tick at {tick} ms"));
                                 true
                             }
                             Err(failure) => {
-                                metrics.trap(failure.kind);
                                 log(
                                     "error",
                                     format!(

@@ -55,6 +55,26 @@ pub(super) async fn instance(
         .map_err(|(_, failure)| failure)
 }
 
+/// Run one call on an instance made by [`instance`]: timed in
+/// `dormouse_hook_seconds`, nothing it wrote is kept, and a failure counts
+/// as the party's trap.
+pub(super) async fn run_once(
+    shared: &Shared,
+    instance: &mut Instance,
+    party: &str,
+    call: Call,
+) -> Result<Reply, Failure> {
+    let hook = call.hook();
+    let started = std::time::Instant::now();
+    let result = instance.call(call).await;
+    shared.metrics.hook_seconds[hook as usize].observe(started.elapsed());
+    instance.state().storage.rollback_all();
+    if let Err(failure) = &result {
+        shared.metrics.party(party).trap(failure.kind);
+    }
+    result
+}
+
 /// Run a lobby hook for a connect or request to room `key`: `Ok` goes on to
 /// the room with that request, `Err` answers instead.
 pub async fn run(
@@ -89,13 +109,7 @@ pub async fn run(
     let original = (known == Known::Unknown).then(|| request.clone());
     let call = Call::Lobby(before, room.to_string(), request);
     let hook = call.hook();
-    let started = std::time::Instant::now();
-    let result = instance.call(call).await;
-    shared.metrics.hook_seconds[hook as usize].observe(started.elapsed());
-    let state = instance.state();
-    // Nothing the lobby did is kept.
-    state.storage.rollback_all();
-    match result {
+    match run_once(shared, &mut instance, &name, call).await {
         Ok(Reply::Lobby(Some(decided))) => {
             party.learn(before, Known::Defined);
             decided
@@ -106,7 +120,6 @@ pub async fn run(
             original.ok_or_else(|| text_response(500, "the room's lobby answered nothing"))
         }
         Err(failure) => {
-            shared.metrics.party(&name).trap(failure.kind);
             let line = format!(
                 "{} failed ({}): {:#}",
                 hook.label(),
