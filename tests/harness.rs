@@ -384,7 +384,6 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> anyhow::Result<(u16, 
     Ok((status, body.to_owned()))
 }
 
-/// The next text message, within [`WAIT`].
 /// Wait (up to [`WAIT`]) for a line of the host's log whose message holds
 /// `needle`; a log stream from `server.host.logs().subscribe()`.
 pub async fn logged(
@@ -404,6 +403,13 @@ pub async fn logged(
     .unwrap_or_else(|_| panic!("no log line says {needle:?}"));
 }
 
+/// Send a text command and return the next text message: the answer.
+pub async fn ask(ws: &mut Client, command: &str) -> String {
+    send_text(ws, command).await;
+    recv_text(ws).await
+}
+
+/// The next text message, within [`WAIT`].
 pub async fn recv_text(ws: &mut Client) -> String {
     match recv(ws).await {
         Message::Text(t) => t.to_string(),

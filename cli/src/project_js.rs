@@ -90,7 +90,7 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
 
     // The entry is generated, fed on stdin, and resolved from the project.
     let source = format!(
-        "import Server from {entry:?};\nimport {{ serve }} from \"dormouse\";\nconst room = serve(Server);\nexport const hooks = room.hooks;\nexport const timerHooks = room.timerHooks;\nexport const lobbyHooks = room.lobbyHooks;\nexport const cronHooks = room.cronHooks;\n",
+        "import Server from {entry:?};\nimport {{ serve }} from \"dormouse\";\nconst room = serve(Server);\nexport const hooks = room.hooks;\nexport const timerHooks = room.timerHooks;\nexport const lobbyHooks = room.lobbyHooks;\nexport const cronHooks = room.cronHooks;\nexport const answerHooks = room.answerHooks;\n",
         entry = format!("./{entry}")
     );
     let esbuild = |inject: Option<&Path>| {

@@ -22,7 +22,7 @@ const SDK: [(&str, &str); 1] = [(
 )];
 
 /// The module componentize-py starts from: the room's `Server`, served.
-const ENTRY: &str = "import dormouse\nfrom app import Server\n\nHooks, TimerHooks, LobbyHooks, CronHooks = dormouse.serve(Server)\n";
+const ENTRY: &str = "import dormouse\nfrom app import Server\n\nHooks, TimerHooks, LobbyHooks, CronHooks, AnswerHooks = dormouse.serve(Server)\n";
 
 /// Build the room in `dir`; its component.
 pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {

@@ -341,25 +341,51 @@ function runDueTimers() {
   return results;
 }
 
+/** A macrotask: it runs after every microtask queued before it. */
+function macrotask() {
+  return new Promise((resolve) => nativeSetTimeout(resolve, 0));
+}
+
+/** What `settled` gives for a hook that returns while it still waits on
+ *  another room's answer (see "answers" below): its promise. */
+class Suspended {
+  constructor(promise) {
+    this.promise = promise;
+  }
+}
+
 /** The hook's promise, once settled. While it waits on one of the SDK's
  *  timers, wait (natively) for the earliest and run what is due; a hook
- *  that settles at once pays nothing when no timer is pending. */
-async function settled(promise) {
+ *  that settles at once pays nothing when no timer is pending. While an
+ *  answer from another room is pending, the hook cannot wait for it here:
+ *  it is suspended (`Suspended`), the host runs the room's other events,
+ *  and it goes on in the hook that brings the answer. */
+async function settled(hook, promise) {
   let done = false;
   const watched = promise.finally(() => {
     done = true;
   });
   for (;;) {
+    if (pendingAnswers.size > 0) {
+      // Whatever can run without an answer has run after a macrotask.
+      await Promise.race([watched.catch(() => {}), macrotask()]);
+      if (done) return watched;
+      if (pendingAnswers.size > 0) {
+        suspend(hook, watched);
+        return new Suspended(watched);
+      }
+    }
     const next = nextTimer();
-    if (next === undefined) return watched;
+    // Nothing the SDK can wait for: the hook settles, or starts a call.
+    if (next === undefined && !mayStart) return watched;
     let handle;
     const wait = new Promise((resolve) => {
-      handle = nativeSetTimeout(resolve, Math.max(0, next - Date.now()));
+      if (next !== undefined) handle = nativeSetTimeout(resolve, Math.max(0, next - Date.now()));
     });
-    await Promise.race([watched.catch(() => {}), wait]);
+    await Promise.race([watched.catch(() => {}), wait, callStarted()]);
     nativeClearTimeout(handle);
     if (done) return watched;
-    await Promise.all(runDueTimers());
+    if (pendingAnswers.size === 0) await Promise.all(runDueTimers());
   }
 }
 
@@ -369,6 +395,69 @@ function askForTimer() {
   if (next === timerAsked) return;
   timerAsked = next;
   timers.set(next === undefined ? undefined : Math.min(0xffffffff, Math.max(0, next - Date.now())));
+}
+
+// ------------------------------------------------------------------ answers
+
+// A room that awaits another room's answer takes its other events
+// meanwhile, calls back into it included, as a Durable Object does: `fetch`
+// starts the call (`rooms.start`), the hook returns to the host suspended,
+// and the answer comes in a hook of its own (`on-answer`) that resolves the
+// promise, so the suspended hook goes on there: its writes after the await
+// commit with that hook's, and a throw there fails that hook. onRequest
+// defers its answer (`rooms.defer`) and gives it when it settles
+// (`rooms.respond`). onStart, the lobby and the crons wait in the hook
+// (`rooms.fetch`): onStart runs to its end before any other event, as on
+// PartyKit, and the others are one call with no later hook.
+
+/** Calls started, by id: their promise's resolve and reject. */
+const pendingAnswers = new Map();
+/** Whether `fetch` may start a call rather than wait in the hook. */
+let mayStart = false;
+/** How many suspended hooks have not settled. */
+let suspendedHooks = 0;
+/** What the suspended hooks that failed threw, as log lines, for the hook
+ *  they failed in to fail with them. */
+const suspendedFailures = [];
+
+function suspend(hook, promise) {
+  suspendedHooks += 1;
+  promise
+    .catch((e) => {
+      if (!refusals.has(e)) suspendedFailures.push(`${hook} threw ${describe(e)}`);
+    })
+    .finally(() => {
+      suspendedHooks -= 1;
+    });
+}
+
+/** Tells `settled` that the hook started a call. */
+let onCallStarted;
+
+/** Settles when the hook starts a call. */
+function callStarted() {
+  return new Promise((resolve) => {
+    onCallStarted = resolve;
+  });
+}
+
+/** Call a room's onRequest: started while the room may take other events,
+ *  else waited for in the hook. */
+function roomCall(name, id, witRequest) {
+  if (!mayStart) return Promise.resolve(fromWitResponse(call(() => rooms.fetch(name, id, witRequest))));
+  const started = call(() => rooms.start(name, id, witRequest));
+  onCallStarted?.();
+  return new Promise((resolve, reject) => pendingAnswers.set(started, { resolve, reject }));
+}
+
+/** The answer to a started call: its promise settles, and what awaited it
+ *  runs on, in this hook. */
+function answered(id, answer) {
+  const waiter = pendingAnswers.get(id);
+  if (waiter === undefined) return;
+  pendingAnswers.delete(id);
+  if (answer.tag === "ok") waiter.resolve(fromWitResponse(answer.val));
+  else waiter.reject(witError({ payload: answer.val }));
 }
 
 // -------------------------------------------------------------------- rooms
@@ -385,8 +474,7 @@ function party(name) {
           else if (input && typeof input === "object" && !(input instanceof Request)) init = input;
           const request = new Request(`http://localhost/parties/${name}/${encodeURIComponent(id)}${path}`, init);
           const body = new Uint8Array(await request.arrayBuffer());
-          const response = call(() => rooms.fetch(name, id, toWitRequest(request, body)));
-          return fromWitResponse(response);
+          return roomCall(name, id, toWitRequest(request, body));
         },
       };
     },
@@ -577,20 +665,48 @@ function refusal(witResponse) {
 
 /** Run a hook; a throw (but a refusal, which answers) is logged with its
  *  message and stack before it traps: the host alone would only know that
- *  the instance hit `unreachable`. */
-async function reporting(hook, run) {
+ *  the instance hit `unreachable`. `room`: a room's own hook but onStart,
+ *  which may start calls. A hook suspended on an answer gives
+ *  `suspended(promise)` instead of its result. A suspended hook that fails
+ *  while this one runs fails this one. */
+async function reporting(hook, run, { room = false, suspended = () => undefined } = {}) {
+  mayStart = room;
   let result;
   try {
-    result = await settled(run());
+    result = await settled(hook, run());
+    if (result instanceof Suspended) result = suspended(result.promise);
+    // What awaited an answer this hook gave has run after a macrotask.
+    if (suspendedHooks > 0) await macrotask();
   } catch (e) {
     if (!refusals.has(e)) context.log("error", `${hook} threw ${describe(e)}`);
     throw e;
+  }
+  if (suspendedFailures.length > 0) {
+    for (const line of suspendedFailures) context.log("error", line);
+    suspendedFailures.length = 0;
+    throw new Error(`a suspended hook failed while ${hook} ran`);
   }
   askForTimer();
   return result;
 }
 
-/** The `dormouse:room/hooks`, `timer-hooks`, `lobby-hooks` and `cron-hooks` exports for
+/** A room's own hook (not onStart): it may start calls. */
+const ROOM = { room: true };
+
+/** onRequest suspended on an answer: the host keeps the caller waiting
+ *  (`rooms.defer`), and the response goes when the hook settles, from
+ *  whichever hook that is. What it returns now is ignored. */
+function deferred(pending) {
+  const id = call(() => rooms.defer());
+  pending.then(
+    (witResponse) => rooms.respond(id, witResponse),
+    // Failed: that hook fails (reporting), and the caller with the instance.
+    () => {},
+  );
+  return { status: 500, headers: [], body: new Uint8Array() };
+}
+
+/** The `dormouse:room/hooks`, `timer-hooks`, `lobby-hooks`, `cron-hooks` and `answer-hooks` exports for
  *  a `Party.Server` class. A hook may be async: it ends when its promise
  *  settles, so its writes and messages still commit together. A throw in a
  *  hook drops the instance and rolls the hook back, as a Rust panic does. */
@@ -626,25 +742,25 @@ export function serve(ServerClass) {
           if (e instanceof StandardResponse) throw refusal(await toWitResponse(e));
           throw e;
         }
-      });
+      }, ROOM);
     },
 
     async onMessage(id, message) {
       return reporting("onMessage", async () => {
         await room().onMessage?.(fromMessage(message), new Connection(id));
-      });
+      }, ROOM);
     },
 
     async onClose(id, code, reason, wasClean) {
       return reporting("onClose", async () => {
         await room().onClose?.(new Connection(id), code, reason, wasClean);
-      });
+      }, ROOM);
     },
 
     async onError(id, description) {
       return reporting("onError", async () => {
         await room().onError?.(new Connection(id), new Error(description));
-      });
+      }, ROOM);
     },
 
     async onRequest(witRequest) {
@@ -656,13 +772,13 @@ export function serve(ServerClass) {
           return toWitResponse(text(404, "not found"));
         }
         return toWitResponse(await s.onRequest(request));
-      });
+      }, { room: true, suspended: deferred });
     },
 
     async onAlarm(_retryCount) {
       return reporting("onAlarm", async () => {
         await room().onAlarm?.();
-      });
+      }, ROOM);
     },
   };
   const timerHooks = {
@@ -671,7 +787,12 @@ export function serve(ServerClass) {
       timerAsked = undefined;
       return reporting("a timer", async () => {
         await Promise.all(runDueTimers());
-      });
+      }, ROOM);
+    },
+  };
+  const answerHooks = {
+    async onAnswer(id, answer) {
+      return reporting("an answer", async () => answered(id, answer), ROOM);
     },
   };
   // PartyKit's static hooks, which the host runs in the lobby: an instance
@@ -713,5 +834,5 @@ export function serve(ServerClass) {
       });
     },
   };
-  return { hooks, timerHooks, lobbyHooks, cronHooks };
+  return { hooks, timerHooks, lobbyHooks, cronHooks, answerHooks };
 }

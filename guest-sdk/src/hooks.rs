@@ -1,7 +1,8 @@
-//! `dormouse:room/hooks` (and `timer-hooks`): the [`Room`] trait a room implements, and the
+//! `dormouse:room/hooks` (and `timer-hooks`, `cron-hooks`,
+//! `answer-hooks`): the [`Room`] trait a room implements, and the
 //! dispatch that [`crate::export!`] wires to the component's exports.
 
-use crate::{Connection, Message, Request, Response};
+use crate::{Connection, Error, Message, Request, Response};
 
 /// A room's logic. Every hook has a default, so implement only what you need.
 ///
@@ -89,6 +90,13 @@ pub trait Room: Default + 'static {
     fn on_cron(name: &str, scheduled_ms: u64) {
         let _ = (name, scheduled_ms);
     }
+
+    /// The call started as `id` ([`crate::rooms::start`]) was answered, or
+    /// failed. The room stayed awake for it, so its fields are as the last
+    /// hook left them.
+    fn on_answer(&mut self, id: u64, answer: Result<Response, Error>) {
+        let _ = (id, answer);
+    }
 }
 
 /// Called by the code [`crate::export!`] generates; not for direct use.
@@ -158,6 +166,10 @@ pub mod dispatch {
 
     pub fn on_timer<R: Room>() {
         with::<R, _>(|r| r.on_timer())
+    }
+
+    pub fn on_answer<R: Room>(id: u64, answer: Result<crate::Response, crate::Error>) {
+        with::<R, _>(|r| r.on_answer(id, answer))
     }
 
     /// Outside any room (no on-start ran in this instance): no room value.

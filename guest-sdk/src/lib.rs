@@ -137,6 +137,12 @@ macro_rules! export {
             }
         }
 
+        impl $crate::bindings::exports::dormouse::room::answer_hooks::Guest for __DormouseHooks {
+            fn on_answer(id: u64, answer: ::core::result::Result<$crate::Response, $crate::Error>) {
+                $crate::hooks::dispatch::on_answer::<$room>(id, answer)
+            }
+        }
+
         // PartyKit's static hooks are TypeScript's; a Rust room decides in
         // on-connect and on-request, so the host skips the lobby.
         impl $crate::bindings::exports::dormouse::room::lobby_hooks::Guest for __DormouseHooks {

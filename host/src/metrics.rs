@@ -25,10 +25,11 @@ pub enum Hook {
     BeforeConnect,
     BeforeRequest,
     Cron,
+    Answer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 11] = [
+    pub const ALL: [Hook; 12] = [
         Hook::Start,
         Hook::Connect,
         Hook::Message,
@@ -40,6 +41,7 @@ impl Hook {
         Hook::BeforeConnect,
         Hook::BeforeRequest,
         Hook::Cron,
+        Hook::Answer,
     ];
 
     /// The hook's WIT name, as logs and labels show it.
@@ -56,6 +58,7 @@ impl Hook {
             Hook::BeforeConnect => "on-before-connect",
             Hook::BeforeRequest => "on-before-request",
             Hook::Cron => "on-cron",
+            Hook::Answer => "on-answer",
         }
     }
 }

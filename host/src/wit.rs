@@ -2,14 +2,16 @@
 //!
 //! Imports are plain (not async) functions: they touch only host memory or a
 //! local SQLite page, and a sync host call is cheaper than an async one. The
-//! exception is `rooms.fetch`, which waits for another room. All
+//! exception is `rooms.fetch`, which waits for another room (`rooms.start`
+//! does not wait: the room sends the call after the hook). All
 //! are `trappable` so a host function can end a guest that breaks the
 //! contract beyond what a WIT error can say. Exports are async so hooks run on
 //! a fiber that yields to tokio at every epoch tick (see `instance.rs`).
 //!
-//! The host binds `room-core`, the world without `timer-hooks` and
-//! `lobby-hooks`, so a component built before them still loads;
-//! `instance.rs` looks their functions up by name.
+//! The host binds `room-core`, the world without the optional hooks
+//! (`timer-hooks`, `lobby-hooks`, `cron-hooks`, `answer-hooks`), so a
+//! component built before them still loads; `instance.rs` looks their
+//! functions up by name.
 
 wasmtime::component::bindgen!({
     path: "../wit",

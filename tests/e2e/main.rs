@@ -3,6 +3,7 @@
 //! files, and talks to it with real WebSocket and HTTP clients.
 
 mod alarms;
+mod calls;
 mod close_codes;
 mod counter;
 mod crons;

@@ -10,11 +10,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 const HIBERNATED: &str = "dormouse_rooms{party=\"main\",state=\"hibernated\"}";
 
-async fn ask(ws: &mut Client, command: &str) -> String {
-    send_text(ws, command).await;
-    recv_text(ws).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_tags_and_storage_survive_hibernation() {
     let server = Server::start(Options::main("surface-ts").idle(50)).await;

@@ -339,9 +339,10 @@ def _reported(hook: str):
 
 
 def serve(server_class):
-    """The ``Hooks``, ``TimerHooks``, ``LobbyHooks`` and ``CronHooks``
+    """The ``Hooks``, ``TimerHooks``, ``LobbyHooks``, ``CronHooks`` and ``AnswerHooks``
     exports componentize-py wants, for a Server class (the build writes
-    ``Hooks, TimerHooks, LobbyHooks, CronHooks = dormouse.serve(Server)``)."""
+    ``Hooks, TimerHooks, LobbyHooks, CronHooks, AnswerHooks =
+    dormouse.serve(Server)``)."""
     from wit_world import exports
 
     state = {"server": None}
@@ -407,4 +408,10 @@ def serve(server_class):
         def on_cron(self, name, scheduled_ms) -> None:
             server_class.on_cron(name, scheduled_ms)
 
-    return Hooks, TimerHooks, LobbyHooks, CronHooks
+    # A Python room calls other rooms with ``rooms.fetch``, which waits in
+    # the hook; it starts none (``rooms.start``), so no answer comes.
+    class AnswerHooks(exports.AnswerHooks):
+        def on_answer(self, id, answer) -> None:
+            return None
+
+    return Hooks, TimerHooks, LobbyHooks, CronHooks, AnswerHooks

@@ -1,5 +1,5 @@
 //! What a room actor is sent: the events of its sockets, requests, alarms,
-//! room-to-room calls and the host's own (hibernate, evict, hand off).
+//! room-to-room calls and their answers, and the host's own (hibernate, evict, hand off).
 
 use std::sync::Arc;
 
@@ -39,6 +39,11 @@ pub enum Event {
     /// The room's alarm is due.
     Alarm {
         attempt: Attempt,
+    },
+    /// A call the room started (`rooms.start`) was answered.
+    Answer {
+        id: u64,
+        answer: Result<wit::Response, wit::Error>,
     },
     /// Drop the instance after the current event (a new version was
     /// deployed, or a wake needs its slot).

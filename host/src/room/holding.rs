@@ -56,7 +56,14 @@ impl Room {
     /// answered here: a connect or request gets 503 (the client retries
     /// and lands on the owner), a socket of this room is closed with 1012.
     pub(super) async fn claimed(&mut self, event: Event) -> Option<Event> {
-        if self.builtin || matches!(event, Event::Hibernate | Event::HandOff) {
+        // An answer runs only on the instance that started its call, which
+        // claimed the room then (and its commit checks it still holds it).
+        if self.builtin
+            || matches!(
+                event,
+                Event::Hibernate | Event::HandOff | Event::Answer { .. }
+            )
+        {
             return Some(event);
         }
         // An event of a socket the room no longer has is dropped by

@@ -192,7 +192,7 @@ impl Room {
             return Ok(reply);
         }
         self.flush(hook).await?;
-        Ok(reply)
+        Ok(self.after_commit(reply))
     }
 
     /// Whether the hook that just ran leaves its writes and output for the
@@ -203,7 +203,9 @@ impl Room {
     /// closes and errors group (nothing waits on their answer), at most
     /// [`MAX_GROUP`] and bounded in bytes; not on a cluster, where a claim
     /// can be lost between two events; and not with an idle timeout of 0,
-    /// which promises a wake per event.
+    /// which promises a wake per event; and not a hook that started calls
+    /// or answered deferred requests, whose failure must discard only its
+    /// own.
     pub(super) fn joins_group(&self, hook: Hook) -> bool {
         let Life::Awake(instance) = &self.life else {
             return false;
@@ -216,6 +218,8 @@ impl Room {
             && state.storage.pending_bytes() < GROUP_BYTES
             && state.hook_ref().is_none_or(|h| {
                 h.outbox_bytes < GROUP_BYTES.min(state.limits.outbound_queue_bytes / 2)
+                    && h.calls.is_empty()
+                    && h.responses.is_empty()
             })
             && self.rx.next_joins_group()
     }

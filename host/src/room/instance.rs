@@ -31,7 +31,7 @@ use crate::config::Limits;
 use crate::metrics::{FailureKind, Hook};
 use crate::room::state::RoomState;
 use crate::store::compile_cache::FunctionCache;
-use crate::wit::{self, ConnectionInfo, Message, Request, Response};
+use crate::wit::{self, ConnectionInfo, Error, Message, Request, Response};
 
 /// How often the epoch advances: the granularity of hook deadlines, and the
 /// longest a spinning guest keeps a tokio worker before it yields.
@@ -55,6 +55,8 @@ const TIMER_HOOKS: &str = "dormouse:room/timer-hooks@0.1.0";
 const LOBBY_HOOKS: &str = "dormouse:room/lobby-hooks@0.1.0";
 /// The interface that holds `on-cron` (see `wit/crons.wit`).
 const CRON_HOOKS: &str = "dormouse:room/cron-hooks@0.1.0";
+/// The interface that holds `on-answer` (see `wit/rooms.wit`).
+const ANSWER_HOOKS: &str = "dormouse:room/answer-hooks@0.1.0";
 
 /// A lobby hook: (room, request) to what it decided, if it is defined.
 type LobbyFunc = TypedFunc<(String, Request), (Option<Result<Request, Response>>,)>;
@@ -179,6 +181,8 @@ pub struct Party {
     /// Where `cron-hooks.on-cron` is, when exported (components built
     /// before crons do not).
     on_cron: Option<ComponentExportIndex>,
+    /// Where `answer-hooks.on-answer` is, when exported.
+    on_answer: Option<ComponentExportIndex>,
     pub vars: Arc<BTreeMap<String, String>>,
     /// Size of the component, bytes.
     pub size: usize,
@@ -287,6 +291,7 @@ impl Party {
             .zip(export(LOBBY_HOOKS, "on-before-request"))
             .map(|(c, r)| [c, r]);
         let on_cron = export(CRON_HOOKS, "on-cron");
+        let on_answer = export(ANSWER_HOOKS, "on-answer");
         component
             .initialize_copy_on_write_image()
             .why(|| format!("party {name}: cannot prepare the memory image"))?;
@@ -299,6 +304,7 @@ impl Party {
             lobby,
             lobby_known: Default::default(),
             on_cron,
+            on_answer,
             vars: Arc::new(vars),
             size,
             version: None,
@@ -366,6 +372,8 @@ pub enum Call {
     Lobby(Before, String, Request),
     /// A cron's tick, in an instance made for it alone: its name and time.
     Cron(String, u64),
+    /// The answer to a call the room started (`rooms.start`).
+    Answer(u64, Result<Response, Error>),
 }
 
 /// Which lobby hook.
@@ -398,6 +406,7 @@ impl Call {
             Call::Lobby(Before::Connect, ..) => Hook::BeforeConnect,
             Call::Lobby(Before::Request, ..) => Hook::BeforeRequest,
             Call::Cron(..) => Hook::Cron,
+            Call::Answer(..) => Hook::Answer,
         }
     }
 }
@@ -409,6 +418,9 @@ pub enum Reply {
     Response(Response),
     /// A lobby hook's decision; `None` when the room defines no such hook.
     Lobby(Option<Result<Request, Response>>),
+    /// On-request deferred its answer (`rooms.defer`): a later hook
+    /// responds to this id.
+    Deferred(u64),
 }
 
 /// A room's live instance.
@@ -421,6 +433,7 @@ pub struct Instance {
     on_timer: Option<ComponentExportIndex>,
     lobby: Option<[ComponentExportIndex; 2]>,
     on_cron: Option<ComponentExportIndex>,
+    on_answer: Option<ComponentExportIndex>,
     ticks: u64,
 }
 
@@ -481,6 +494,7 @@ impl Instance {
                 on_timer: party.on_timer,
                 lobby: party.lobby,
                 on_cron: party.on_cron,
+                on_answer: party.on_answer,
                 ticks,
             }),
             Err(error) => {
@@ -571,6 +585,18 @@ impl Instance {
                     Err(e) => Err(e),
                 },
                 // The host asks first ([`Party::has_on_cron`]).
+                None => Ok(Reply::Done),
+            },
+            Call::Answer(id, answer) => match self.on_answer {
+                Some(index) => match self
+                    .instance
+                    .get_typed_func::<(u64, Result<Response, Error>), ()>(&mut *s, index)
+                {
+                    Ok(f) => f.call_async(s, (id, answer)).await.map(|()| Reply::Done),
+                    Err(e) => Err(e),
+                },
+                // A component without it has no answer to wait for: the
+                // call is sent all the same, its answer dropped.
                 None => Ok(Reply::Done),
             },
         };

@@ -3,6 +3,7 @@
 //! cluster and store layers and the leaves; the host and the edge use it.
 //!
 //! Here: the actor loop. `queue.rs` and `event.rs`: what it is sent.
+//! `calls.rs`: calls to other rooms that do not hold the room.
 //! `hooks.rs`: the wake, the hook runner and the output gate, alarm
 //! retries. `holding.rs`: a room in a cluster. `instance.rs`: the engine and
 //! an instance. `state.rs`: what a room keeps across hibernation.
@@ -35,6 +36,7 @@
 //! commit per group instead of N commits in series, and nothing leaves
 //! before it is durable.
 
+pub(crate) mod calls;
 mod event;
 mod holding;
 pub(crate) mod hooks;
@@ -158,6 +160,9 @@ pub struct Room {
     group: u16,
     /// The guest's pending timer (`timers.set`): only while awake.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Calls the instance started and requests it deferred: only while
+    /// awake (see [`calls`]).
+    waiting: Option<Box<calls::Waiting>>,
     /// When the last event that counts as activity ended (not a timer, not
     /// a quiet one): the idle timeout, and the timers' cap, run from here.
     last_active: tokio::time::Instant,
@@ -205,6 +210,7 @@ impl Room {
             idle_before: Duration::ZERO,
             group: 0,
             timer: None,
+            waiting: None,
             last_active: tokio::time::Instant::now(),
         }
     }
@@ -264,10 +270,11 @@ impl Room {
                     self.last_event = Instant::now();
                     // A quiet event keeps the deadline it found; one that
                     // woke the room ends its wake at once, unless it left
-                    // a timer pending.
+                    // a timer or a call pending.
                     let quiet = std::mem::take(&mut self.state().quiet);
                     if self.group == 0
                         && self.timer.is_none()
+                        && !self.waits()
                         && (idle.is_zero() || (quiet && idle_timer.is_none()))
                     {
                         // Let the sockets this event woke write first:
@@ -300,10 +307,14 @@ impl Room {
                     }
                 }
                 Step::Idle => {
-                    // Pending timers keep the room awake, up to their cap.
-                    let cap = self.state().limits.timers_awake_ms;
+                    // Pending timers keep the room awake, up to their cap;
+                    // calls, up to their deadline.
+                    let limits = self.state().limits.clone();
+                    let timer = self.timer.is_some().then_some(limits.timers_awake_ms);
+                    let call = self.waits().then_some(limits.hook_cpu_ms);
+                    let cap = timer.max(call).unwrap_or(0);
                     let until = self.last_active + idle.max(Duration::from_millis(cap));
-                    if self.timer.is_some() && tokio::time::Instant::now() < until {
+                    if cap > 0 && tokio::time::Instant::now() < until {
                         rearm(&mut idle_timer, until);
                         continue;
                     }
@@ -364,8 +375,10 @@ impl Room {
         };
         let mut state = instance.into_state();
         state.forget_hook();
-        // Timers live in the instance.
+        // Timers and calls live in the instance; a deferred request's
+        // caller is answered with a failure.
         self.timer = None;
+        self.waiting = None;
         self.shared.slot_freed.notify_waiters();
         self.shared.metrics.hibernations.fetch_add(1, Relaxed);
         state.status.awake.store(false, Relaxed);
@@ -416,14 +429,24 @@ impl Room {
                 chain,
                 reply,
             } => {
-                self.state().hook().chain = chain;
-                let response = match self.hook(Call::Request(*request)).await {
-                    Ok(Reply::Response(r)) => r,
-                    _ => failed_response(),
-                };
-                self.state().hook().chain.clear();
-                let _ = reply.send(response);
+                let hook = self.state().hook();
+                hook.chain = chain;
+                hook.answering = true;
+                let result = self.hook(Call::Request(*request)).await;
+                let hook = self.state().hook();
+                hook.chain.clear();
+                hook.answering = false;
+                match result {
+                    Ok(Reply::Response(r)) => {
+                        let _ = reply.send(r);
+                    }
+                    Ok(Reply::Deferred(id)) => self.defer(id, reply),
+                    _ => {
+                        let _ = reply.send(failed_response());
+                    }
+                }
             }
+            Event::Answer { id, answer } => self.answer(id, answer).await,
             Event::Alarm { attempt } => self.alarm(attempt).await,
             Event::Hibernate => self.hibernate(),
             Event::HandOff => self.hand_off().await,

@@ -32,7 +32,8 @@ impl Room {
             | Call::Error(..)
             | Call::Alarm(_)
             | Call::Timer
-            | Call::Cron(..) => Reply::Done,
+            | Call::Cron(..)
+            | Call::Answer(..) => Reply::Done,
             Call::Lobby(..) => Reply::Lobby(None),
         }
     }

@@ -19,6 +19,7 @@ use crate::config::Limits;
 use crate::lock::{read, write};
 use crate::logs::Logs;
 use crate::metrics::{Metrics, PartyMetrics};
+use crate::room::calls::Started;
 use crate::room::outbound::{self, Frame, Outbound};
 use crate::route::RoomKey;
 use crate::store::RoomStorage;
@@ -138,6 +139,15 @@ pub struct HookEffects {
     /// The timer the hook set (`timers.set`), for the room to arm when it
     /// returns: `Some(None)` cancels.
     pub timer: Option<Option<u32>>,
+    /// The hook is on-request, which may defer its answer.
+    pub answering: bool,
+    /// Calls to other rooms the hook started, sent once it commits;
+    /// responses to deferred requests, sent then too; the request this
+    /// hook deferred (see [`crate::room::calls`]). A hook that did any of
+    /// these commits alone, so a failure discards only its own.
+    pub calls: Vec<Started>,
+    pub responses: Vec<(u64, Response)>,
+    pub deferred: Option<u64>,
     /// Where the running hook began, when the hooks before it wait to
     /// share its commit (see [`RoomState::settle`]).
     mark: Option<HookMark>,
@@ -324,6 +334,9 @@ impl RoomState {
         hook.outbox_bytes = mark.outbox_bytes;
         hook.auto_response = mark.auto_response;
         let undo = hook.undo.split_off(mark.undo.min(hook.undo.len()));
+        hook.calls.clear();
+        hook.responses.clear();
+        hook.deferred = None;
         self.undo(undo);
     }
 

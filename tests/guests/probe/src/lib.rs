@@ -36,6 +36,8 @@
 //! - `op=alarm-state`: `ok=<retry count of the success or none> at=<alarm or none>`;
 //! - `op=call&party=P&room=R[&next=P2/R2]`: fetch room P/R (passing `next`
 //!   on as its own call target) and answer with what it answered;
+//!   `op=start&...`: the same without waiting (`rooms::start`), the answer
+//!   deferred until on-answer;
 //! - `op=record` (POST): append the body to the list in storage (`record`);
 //!   `op=records`: that list, comma-separated;
 //! - otherwise: `probe PARTY/ROOM`.
@@ -53,6 +55,8 @@ use dormouse_sdk::{
 
 #[derive(Default)]
 struct Probe {
+    /// Calls started by `op=start`: the deferred request each answers.
+    answers_to: std::collections::HashMap<u64, u64>,
     /// On-timer calls in this instance.
     ticks: u64,
     /// What `timer:MS:K` asked: every MS, K more times (0: for ever).
@@ -296,6 +300,12 @@ impl Room for Probe {
         storage::put_json("last_close", &record).expect("a small value fits");
     }
 
+    fn on_answer(&mut self, id: u64, answer: Result<Response, dormouse_sdk::Error>) {
+        if let Some(reply) = self.answers_to.remove(&id) {
+            rooms::respond(reply, answered(answer));
+        }
+    }
+
     fn on_request(&mut self, request: Request) -> Response {
         match request.query("op") {
             Some("alarm") => {
@@ -328,7 +338,7 @@ impl Room for Probe {
                     ),
                 )
             }
-            Some("call") => {
+            Some(op @ ("call" | "start")) => {
                 let party = request.query("party").unwrap_or("main");
                 let room = request.query("room").unwrap_or("x");
                 // The callee calls on to `next`, if given.
@@ -342,12 +352,18 @@ impl Room for Probe {
                     headers: vec![],
                     body: vec![],
                 };
-                match rooms::fetch(party, room, call) {
-                    Ok(r) => {
-                        Response::text(r.status, String::from_utf8_lossy(&r.body).into_owned())
-                    }
-                    Err(e) => Response::text(508, format!("call failed: {e}")),
+                if op == "start" {
+                    let started =
+                        rooms::start(party, room, call).and_then(|id| Ok((id, rooms::defer()?)));
+                    return match started {
+                        Ok((id, reply)) => {
+                            self.answers_to.insert(id, reply);
+                            Response::text(500, "deferred: never sent")
+                        }
+                        Err(e) => Response::text(508, format!("call failed: {e}")),
+                    };
                 }
+                answered(rooms::fetch(party, room, call))
             }
             Some("record") => {
                 let mut list: Vec<String> = storage::get_json("record")
@@ -400,3 +416,11 @@ impl Room for Probe {
 }
 
 dormouse_sdk::export!(Probe);
+
+/// What `op=call` and `op=start` answer: the callee's answer, or 508.
+fn answered(answer: Result<Response, dormouse_sdk::Error>) -> Response {
+    match answer {
+        Ok(r) => Response::text(r.status, String::from_utf8_lossy(&r.body).into_owned()),
+        Err(e) => Response::text(508, format!("call failed: {e}")),
+    }
+}

@@ -9,6 +9,11 @@
 //   hang             -> puts `doomed` = true, then awaits what never settles
 //   types            -> stores values JSON cannot say, reads them back
 //   fetch:ROOM       -> another room's onRequest, through context.parties
+//   visit            -> PartyKit's link-counter: room `all-pages` counts
+//                       the visit and, before it answers, tells this room
+//                       (which awaits it) the count: `count N` to everyone
+//                       here, then `visited N told` to the sender
+//   visit-fail       -> puts `before`, awaits a visit, puts `after`, throws
 //   cursor:X         -> batched as PartyKit's cursors example does: a
 //                       setInterval flushes `batch ID:X,...` every 16 ms to
 //                       everyone (a close adds `remove ID`), and clears
@@ -176,12 +181,27 @@ export default class Surface implements Party.Server {
           this.room.broadcast(`later ${++this.laters}`);
         }, Number(arg));
         break;
+      case "visit": {
+        const res = await this.visit();
+        sender.send(`visited ${await res.text()}`);
+        break;
+      }
+      case "visit-fail":
+        await storage.put("before", true);
+        await this.visit();
+        await storage.put("after", true);
+        throw new Error("failed after the answer");
       case "fetch": {
         const res = await this.room.context.parties.main.get(arg).fetch("/hello", { method: "POST", body: "ping" });
         sender.send(`fetched ${res.status} ${await res.text()}`);
         break;
       }
     }
+  }
+
+  visit() {
+    const from = encodeURIComponent(this.room.id);
+    return this.room.context.parties.main.get("all-pages").fetch(`/visit?from=${from}`, { method: "POST" });
   }
 
   async onClose(conn: Party.Connection, code: number) {
@@ -201,6 +221,20 @@ export default class Surface implements Party.Server {
     const url = new URL(request.url);
     if (url.pathname.endsWith("/throw")) throw new Error("no answer");
     if (url.pathname.endsWith("/cf")) return new Response(JSON.stringify(request.cf));
+    if (url.pathname.endsWith("/visit")) {
+      const visits = ((await this.room.storage.get<number>("visits")) ?? 0) + 1;
+      await this.room.storage.put("visits", visits);
+      // The page that asked waits on this very call.
+      const page = this.room.context.parties.main.get(url.searchParams.get("from")!);
+      const told = await page.fetch("/count", { method: "POST", body: String(visits) });
+      return new Response(`${visits} ${await told.text()}`);
+    }
+    if (url.pathname.endsWith("/count")) {
+      const count = Number(await request.text());
+      await this.room.storage.put("count", count);
+      this.room.broadcast(`count ${count}`);
+      return new Response("told");
+    }
     if (url.pathname.endsWith("/record")) {
       const list = [...((await this.room.storage.get<string[]>("record")) ?? []), await request.text()];
       await this.room.storage.put("record", list);
