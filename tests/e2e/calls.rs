@@ -93,3 +93,14 @@ async fn a_rust_room_that_starts_its_call_is_called_back() {
     );
     server.stop().await;
 }
+
+/// In Python (`room.start`, `on_answer`): a room calls its own on-request,
+/// which `fetch` would refuse, and hears the answer in a later hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_room_calls_itself_without_waiting() {
+    let server = Server::start(Options::main("ticker-py")).await;
+    let mut client = server.ws("/parties/main/p").await;
+    assert_eq!(ask(&mut client, "call-self").await, "started");
+    assert_eq!(recv_text(&mut client).await, "answer 200 hello from p");
+    server.stop().await;
+}

@@ -44,13 +44,18 @@ class RoomError(Exception):
         self.kind = kind
 
 
+def _room_error(error) -> RoomError:
+    """A WIT ``error`` as a ``RoomError``."""
+    kind = type(error).__name__.split("_", 1)[-1]
+    kind = "".join("-" + c.lower() if c.isupper() else c for c in kind).lstrip("-")
+    return RoomError(kind, str(getattr(error, "value", error)))
+
+
 def _call(f, *args):
     try:
         return f(*args)
     except Err as e:
-        kind = type(e.value).__name__.split("_", 1)[-1]
-        kind = "".join("-" + c.lower() if c.isupper() else c for c in kind).lstrip("-")
-        raise RoomError(kind, str(getattr(e.value, "value", e.value))) from None
+        raise _room_error(e.value) from None
 
 
 def _to_wit(message: Message):
@@ -251,6 +256,24 @@ class Room:
         r = _call(_rooms.fetch, party, room, request)
         return Response(bytes(r.body), r.status, dict(r.headers))
 
+    def start(self, party: str, room: str, path: str = "", method: str = "GET",
+              body: bytes = b"", headers: Optional[Dict[str, str]] = None) -> int:
+        """``fetch`` without waiting: the room takes its other events (calls
+        back into it included) and the answer comes to ``on_answer`` with
+        the id returned here (``docs/calls.md``)."""
+        request = _types.Request(method, f"/parties/{party}/{room}{path}",
+                                 list((headers or {}).items()), bytes(body))
+        return _call(_rooms.start, party, room, request)
+
+    def defer(self) -> int:
+        """In ``on_request``: answer later, with ``respond`` (what
+        ``on_request`` returns is then ignored)."""
+        return _call(_rooms.defer)
+
+    def respond(self, id: int, response: "Response") -> None:
+        """Answer the request deferred as ``id``."""
+        _rooms.respond(id, response._to_wit())
+
     def set_timer(self, after_ms: int) -> None:
         """Run ``on_timer`` once, ``after_ms`` from now, replacing the time
         set before. Unlike the alarm it is kept in memory: the room stays
@@ -300,6 +323,10 @@ class Server:
 
     def on_timer(self) -> None:
         """The time set with ``room.set_timer`` came."""
+
+    def on_answer(self, id: int, answer: Union["Response", RoomError]) -> None:
+        """The call started as ``id`` (``room.start``) was answered, or
+        failed."""
 
     @staticmethod
     def on_cron(name: str, scheduled_ms: int) -> None:
@@ -408,10 +435,14 @@ def serve(server_class):
         def on_cron(self, name, scheduled_ms) -> None:
             server_class.on_cron(name, scheduled_ms)
 
-    # A Python room calls other rooms with ``rooms.fetch``, which waits in
-    # the hook; it starts none (``rooms.start``), so no answer comes.
     class AnswerHooks(exports.AnswerHooks):
+        @_reported("on-answer")
         def on_answer(self, id, answer) -> None:
-            return None
+            if isinstance(answer, Err):
+                got = _room_error(answer.value)
+            else:
+                r = answer.value
+                got = Response(bytes(r.body), r.status, dict(r.headers))
+            room().on_answer(id, got)
 
     return Hooks, TimerHooks, LobbyHooks, CronHooks, AnswerHooks

@@ -5,6 +5,9 @@ broadcasts ``tick N``, N counted in the Server's memory (so it restarts at 1
 in a new instance), and stores N under ``ticks``. ``starts`` answers how
 many times ``on_start`` ran in this room (counted in storage). A cron logs
 ``cron NAME at TICK`` (outside any room), and raises if its name is ``raise``.
+``call-self`` calls this room's own ``on_request`` without waiting
+(``room.start``; tests/e2e/calls.rs) and answers ``started``; ``on_answer``
+broadcasts ``answer STATUS BODY``.
 """
 
 import dormouse
@@ -26,6 +29,18 @@ class Server(dormouse.Server):
             self.every, self.left = int(ms), int(times)
             self.room.set_timer(self.every)
             sender.send("timer set")
+        elif message == "call-self":
+            self.room.start("main", self.room.id, "/hello")
+            sender.send("started")
+
+    def on_request(self, request):
+        return dormouse.Response(f"hello from {self.room.id}")
+
+    def on_answer(self, id, answer):
+        if isinstance(answer, dormouse.Response):
+            self.room.broadcast(f"answer {answer.status} {answer.body.decode()}")
+        else:
+            self.room.broadcast(f"failed {answer}")
 
     def on_timer(self):
         self.ticks += 1
