@@ -47,6 +47,35 @@ async fn a_cycle_of_rooms_completes_while_each_awaits_the_other() {
     server.stop().await;
 }
 
+/// Two tabs opened at once on two pages, each page's onConnect waiting on
+/// the counter, which calls each page back; then a restart, and the same
+/// again: nothing of the calls outlives the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_that_visit_from_on_connect_open_at_once_and_after_a_restart() {
+    let mut options = Options::main("surface-ts");
+    for round in 0..2 {
+        let server = Server::start(options).await;
+        let (mut a, mut b) = tokio::join!(
+            server.ws("/parties/main/tab-a?visit=1"),
+            server.ws("/parties/main/tab-b?visit=1")
+        );
+        let mut counts = Vec::new();
+        for tab in [&mut a, &mut b] {
+            let count = recv_text(tab).await;
+            let n = count
+                .strip_prefix("count ")
+                .expect("the count first")
+                .to_owned();
+            assert_eq!(recv_text(tab).await, format!("visited {n} told"));
+            counts.push(n);
+        }
+        counts.sort();
+        let first = round * 2 + 1;
+        assert_eq!(counts, [first.to_string(), (first + 1).to_string()]);
+        options = server.stop().await;
+    }
+}
+
 /// What a hook wrote before its await committed with it; what it wrote
 /// after the await belongs to the hook that brought the answer, and a throw
 /// there takes back only that.

@@ -29,7 +29,8 @@
 // with what the room itself answers to .../from-lobby.
 // A cron (static onCron, outside any room) POSTs `NAME@TIME` to room
 // `crons`' /record, which keeps the list; GET /records answers it.
-// ?tag=T sets the connection's tag; ?throw=1 makes onConnect throw; the
+// ?tag=T sets the connection's tag; ?throw=1 makes onConnect throw;
+// ?visit=1 makes onConnect visit (as the `visit` command does); the
 // keys doom-close and doom-alarm, when true, make onClose and onAlarm throw.
 import type * as Party from "dormouse";
 
@@ -94,9 +95,12 @@ export default class Surface implements Party.Server {
     return tag ? [tag] : [];
   }
 
-  onConnect(conn: Party.Connection<State>, ctx: Party.ConnectionContext) {
-    if (new URL(ctx.request.url).searchParams.get("throw")) throw new Error("refused by a throw");
+  async onConnect(conn: Party.Connection<State>, ctx: Party.ConnectionContext) {
+    const params = new URL(ctx.request.url).searchParams;
+    if (params.get("throw")) throw new Error("refused by a throw");
     conn.setState({ n: 0 });
+    // As PartyKit's link-counter does, from onConnect.
+    if (params.get("visit")) conn.send(`visited ${await (await this.visit()).text()}`);
   }
 
   async onMessage(message: string | ArrayBuffer, sender: Party.Connection<State>) {
