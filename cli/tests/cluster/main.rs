@@ -1176,7 +1176,7 @@ async fn a_room_calls_a_room_that_another_node_holds() {
     let url = format!("ws://{}/parties/probe/b", rig.nodes[1].addr());
     let (_held, _) = eventually_ws(&url).await;
     // Room a, on node 1, calls b; b calls a back through node 2: a deadlock
-    // the chain, carried across nodes, refuses.
+    // the chain, carried across nodes, refuses (until a starts its call).
     let (status, body) = eventually(
         &rig.nodes[0].addr(),
         "GET",
@@ -1198,6 +1198,22 @@ async fn a_room_calls_a_room_that_another_node_holds() {
     )
     .await;
     assert!(body.contains("deadlock"), "{body}");
+    // The same cycle completes when a starts its call instead of waiting
+    // (`rooms::start`): b's call back reaches a through node 1, and a's
+    // answer comes back through node 2.
+    let (status, body) = http(
+        &rig.nodes[0].addr(),
+        "GET",
+        "/parties/probe/a?op=start&party=probe&room=b&next=probe%2Fa",
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (status, body.trim()),
+        (200, "probe probe/a"),
+        "{}",
+        rig.logs()
+    );
     let (_, claims) = rig.audit().await;
     assert!(
         claims.iter().all(|c| c.room != "b" || c.node == "n2"),
