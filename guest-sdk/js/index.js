@@ -355,12 +355,34 @@ class Suspended {
 }
 
 /** The hook's promise, once settled. While it waits on one of the SDK's
- *  timers, wait (natively) for the earliest and run what is due; a hook
- *  that settles at once pays nothing when no timer is pending. While an
+ *  timers, wait (natively) for the earliest and run what is due. While an
  *  answer from another room is pending, the hook cannot wait for it here:
  *  it is suspended (`Suspended`), the host runs the room's other events,
- *  and it goes on in the hook that brings the answer. */
-async function settled(hook, promise) {
+ *  and it goes on in the hook that brings the answer. A hook that settles
+ *  with neither pays for one promise: this is every message's path. */
+function settled(hook, promise) {
+  if (pendingAnswers.size > 0 || pendingTimers.size > 0) return waitOrSuspend(hook, promise);
+  if (!mayStart) return promise;
+  return new Promise((resolve, reject) => {
+    onCallStarted = () => {
+      onCallStarted = undefined;
+      resolve(waitOrSuspend(hook, promise));
+    };
+    promise.then(
+      (value) => {
+        onCallStarted = undefined;
+        resolve(value);
+      },
+      (e) => {
+        onCallStarted = undefined;
+        reject(e);
+      },
+    );
+  });
+}
+
+/** `settled`'s way when the hook waits on a timer or an answer. */
+async function waitOrSuspend(hook, promise) {
   let done = false;
   const watched = promise.finally(() => {
     done = true;
@@ -431,7 +453,7 @@ function suspend(hook, promise) {
     });
 }
 
-/** Tells `settled` that the hook started a call. */
+/** Tells `settled` (or `waitOrSuspend`) that the hook started a call. */
 let onCallStarted;
 
 /** Settles when the hook starts a call. */
@@ -446,8 +468,10 @@ function callStarted() {
 function roomCall(name, id, witRequest) {
   if (!mayStart) return Promise.resolve(fromWitResponse(call(() => rooms.fetch(name, id, witRequest))));
   const started = call(() => rooms.start(name, id, witRequest));
+  const answer = new Promise((resolve, reject) => pendingAnswers.set(started, { resolve, reject }));
+  // Pending before `settled` hears of it.
   onCallStarted?.();
-  return new Promise((resolve, reject) => pendingAnswers.set(started, { resolve, reject }));
+  return answer;
 }
 
 /** The answer to a started call: its promise settles, and what awaited it
@@ -665,16 +689,16 @@ function refusal(witResponse) {
 
 /** Run a hook; a throw (but a refusal, which answers) is logged with its
  *  message and stack before it traps: the host alone would only know that
- *  the instance hit `unreachable`. `room`: a room's own hook but onStart,
- *  which may start calls. A hook suspended on an answer gives
- *  `suspended(promise)` instead of its result. A suspended hook that fails
+ *  the instance hit `unreachable`. `options.room`: a room's own hook but
+ *  onStart, which may start calls; a hook suspended on an answer returns
+ *  what `options.suspended(promise)` gives. A suspended hook that fails
  *  while this one runs fails this one. */
-async function reporting(hook, run, { room = false, suspended = () => undefined } = {}) {
-  mayStart = room;
+async function reporting(hook, run, options = NOT_ROOM) {
+  mayStart = options.room;
   let result;
   try {
     result = await settled(hook, run());
-    if (result instanceof Suspended) result = suspended(result.promise);
+    if (result instanceof Suspended) result = options.suspended?.(result.promise);
     // What awaited an answer this hook gave has run after a macrotask.
     if (suspendedHooks > 0) await macrotask();
   } catch (e) {
@@ -692,6 +716,8 @@ async function reporting(hook, run, { room = false, suspended = () => undefined 
 
 /** A room's own hook (not onStart): it may start calls. */
 const ROOM = { room: true };
+/** onStart, the lobby's hooks, a cron: calls wait in the hook. */
+const NOT_ROOM = { room: false };
 
 /** onRequest suspended on an answer: the host keeps the caller waiting
  *  (`rooms.defer`), and the response goes when the hook settles, from
