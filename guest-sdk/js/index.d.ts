@@ -56,6 +56,36 @@ export interface StorageListOptions {
   limit?: number;
 }
 
+/** A value SQL binds or returns: integers as numbers (BigInt past 2^53),
+ *  blobs as ArrayBuffer. */
+export type SqlStorageValue = ArrayBuffer | string | number | bigint | null;
+
+/** What `sql.exec` returns (Durable Objects' SqlStorageCursor). */
+export interface SqlStorageCursor<T extends Record<string, SqlStorageValue>> {
+  next(): { done?: false; value: T } | { done: true; value?: never };
+  toArray(): T[];
+  one(): T;
+  raw<U extends SqlStorageValue[]>(): IterableIterator<U> & {
+    toArray(): U[];
+    one(): U;
+    readonly columnNames: string[];
+  };
+  readonly columnNames: string[];
+  readonly rowsRead: number;
+  readonly rowsWritten: number;
+  [Symbol.iterator](): IterableIterator<T>;
+}
+
+/** The room's SQL database (Durable Objects' `ctx.storage.sql`). Its writes
+ *  commit with the hook's key-value writes, or not at all. */
+export interface SqlStorage {
+  exec<T extends Record<string, SqlStorageValue>>(
+    query: string,
+    ...bindings: (SqlStorageValue | boolean | Uint8Array | undefined)[]
+  ): SqlStorageCursor<T>;
+  readonly databaseSize: number;
+}
+
 /** The room's durable storage (Durable Objects' API). Values: JSON values,
  *  plus Date, Map, Set, BigInt, ArrayBuffer and typed arrays. All writes of
  *  a hook commit together when it ends. */
@@ -72,7 +102,10 @@ export interface Storage {
   setAlarm(scheduledTime: number | Date): Promise<void>;
   deleteAlarm(): Promise<void>;
   transaction<T>(closure: (txn: Storage) => Promise<T>): Promise<T>;
+  /** Run `closure` now; when it throws, its SQL writes are taken back. */
+  transactionSync<T>(closure: () => T): T;
   sync(): Promise<void>;
+  readonly sql: SqlStorage;
 }
 
 /** Another room, for `fetch` to its `onRequest`. */

@@ -7,6 +7,7 @@
 import * as context from "dormouse:room/context@0.1.0";
 import * as connections from "dormouse:room/connections@0.1.0";
 import * as storageWit from "dormouse:room/storage@0.1.0";
+import * as sqlWit from "dormouse:room/sql@0.1.0";
 import * as alarm from "dormouse:room/alarm@0.1.0";
 import * as rooms from "dormouse:room/rooms@0.1.0";
 import * as timers from "dormouse:room/timers@0.1.0";
@@ -203,11 +204,135 @@ function decode(bytes) {
   }
 }
 
+// ---------------------------------------------------------------------- sql
+
+/** A JavaScript value as a SQL parameter, as Durable Objects bind them. */
+function toSql(v) {
+  if (v === null || v === undefined) return { tag: "null" };
+  switch (typeof v) {
+    case "number":
+      return Number.isSafeInteger(v) ? { tag: "integer", val: BigInt(v) } : { tag: "real", val: v };
+    case "bigint":
+      return { tag: "integer", val: v };
+    case "boolean":
+      return { tag: "integer", val: v ? 1n : 0n };
+    case "string":
+      return { tag: "text", val: v };
+  }
+  if (v instanceof ArrayBuffer) return { tag: "blob", val: new Uint8Array(v) };
+  if (ArrayBuffer.isView(v)) return { tag: "blob", val: new Uint8Array(v.buffer, v.byteOffset, v.byteLength) };
+  throw new TypeError(`cannot bind ${Object.prototype.toString.call(v)} as a SQL value`);
+}
+
+/** A column's value as JavaScript: integers as numbers (BigInt past 2^53),
+ *  blobs as ArrayBuffer, as Durable Objects return them. */
+function fromSql(v) {
+  switch (v.tag) {
+    case "null": return null;
+    case "integer": {
+      const n = Number(v.val);
+      return Number.isSafeInteger(n) ? n : v.val;
+    }
+    case "real": return v.val;
+    case "text": return v.val;
+    case "blob": return v.val.slice().buffer;
+  }
+  return null;
+}
+
+/** What `sql.exec` returns: Durable Objects' SqlStorageCursor. The query
+ *  has run by the time it returns; the cursor walks its rows. */
+class SqlStorageCursor {
+  #rows;
+  #at = 0;
+
+  constructor(result) {
+    this.columnNames = result.columnNames;
+    this.rowsRead = Number(result.rowsRead);
+    this.rowsWritten = Number(result.rowsWritten);
+    this.#rows = result.rows;
+  }
+
+  #object(raw) {
+    const row = {};
+    this.columnNames.forEach((name, i) => {
+      row[name] = fromSql(raw[i]);
+    });
+    return row;
+  }
+
+  next() {
+    if (this.#at >= this.#rows.length) return { done: true, value: undefined };
+    return { done: false, value: this.#object(this.#rows[this.#at++]) };
+  }
+
+  [Symbol.iterator]() {
+    return this;
+  }
+
+  /** The rows not yet read, as objects. */
+  toArray() {
+    const out = [];
+    for (const row of this) out.push(row);
+    return out;
+  }
+
+  /** The one row; throws unless exactly one is left. */
+  one() {
+    const left = this.#rows.length - this.#at;
+    if (left !== 1) throw new Error(`Expected exactly one row from the query, got ${left}`);
+    return this.next().value;
+  }
+
+  /** The same cursor giving rows as arrays, in `columnNames` order. */
+  raw() {
+    const left = () => this.#rows.length - this.#at;
+    const raw = {
+      columnNames: this.columnNames,
+      rowsRead: this.rowsRead,
+      rowsWritten: this.rowsWritten,
+      next: () =>
+        left() > 0
+          ? { done: false, value: this.#rows[this.#at++].map(fromSql) }
+          : { done: true, value: undefined },
+      [Symbol.iterator]() {
+        return raw;
+      },
+      toArray() {
+        return [...raw];
+      },
+      one() {
+        if (left() !== 1) throw new Error(`Expected exactly one row from the query, got ${left()}`);
+        return raw.next().value;
+      },
+    };
+    return raw;
+  }
+}
+
+/** The room's SQL database: Durable Objects' `ctx.storage.sql`. Its writes
+ *  commit with the hook's key-value writes. */
+class SqlStorage {
+  exec(query, ...bindings) {
+    return new SqlStorageCursor(call(() => sqlWit.exec(query, bindings.map(toSql))));
+  }
+
+  /** Bytes the database takes on disk. */
+  get databaseSize() {
+    return Number(call(() => sqlWit.databaseSize()));
+  }
+}
+
+let savepoints = 0;
+
 /** The room's storage, with Durable Objects' (and PartyKit's) API. Every
  *  call completes at once; the promises are for code written for both. All
  *  writes of one hook commit together when it ends, and its messages leave
  *  only after that (the output gate). */
 class Storage {
+  /** The room's SQL database. */
+  sql = new SqlStorage();
+
   async get(keys) {
     if (Array.isArray(keys)) {
       const found = call(() => storageWit.getMany(keys));
@@ -274,6 +399,24 @@ class Storage {
   /** Every hook is one transaction already: this runs `f` on this storage. */
   async transaction(f) {
     return f(this);
+  }
+
+  /** Run `f` now as a part of the hook that fails alone: when it throws,
+   *  its SQL writes are taken back and the error goes on (key-value writes
+   *  commit with the hook). Durable Objects' `transactionSync`. */
+  transactionSync(f) {
+    const name = `tx${savepoints++}`;
+    this.sql.exec(`SAVEPOINT ${name}`);
+    try {
+      const result = f();
+      savepoints--;
+      this.sql.exec(`RELEASE ${name}`);
+      return result;
+    } catch (e) {
+      savepoints--;
+      this.sql.exec(`ROLLBACK TO ${name}; RELEASE ${name}`);
+      throw e;
+    }
   }
 
   /** Writes are durable when the hook ends; nothing to wait for. */

@@ -63,6 +63,7 @@ pub mod connections;
 pub mod context;
 pub mod hooks;
 pub mod rooms;
+pub mod sql;
 pub mod storage;
 pub mod timers;
 mod types;

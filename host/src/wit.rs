@@ -24,7 +24,7 @@ wasmtime::component::bindgen!({
 });
 
 /// The WIT files themselves, for toolchains that read WIT (componentize-js).
-pub const SOURCES: [(&str, &str); 11] = [
+pub const SOURCES: [(&str, &str); 12] = [
     ("alarm.wit", include_str!("../../wit/alarm.wit")),
     ("connections.wit", include_str!("../../wit/connections.wit")),
     ("context.wit", include_str!("../../wit/context.wit")),
@@ -32,6 +32,7 @@ pub const SOURCES: [(&str, &str); 11] = [
     ("hooks.wit", include_str!("../../wit/hooks.wit")),
     ("lobby.wit", include_str!("../../wit/lobby.wit")),
     ("rooms.wit", include_str!("../../wit/rooms.wit")),
+    ("sql.wit", include_str!("../../wit/sql.wit")),
     ("storage.wit", include_str!("../../wit/storage.wit")),
     ("timers.wit", include_str!("../../wit/timers.wit")),
     ("types.wit", include_str!("../../wit/types.wit")),

@@ -17,6 +17,7 @@ mod lifecycle;
 mod partysocket;
 mod races;
 mod relay;
+mod sql;
 mod timers;
 mod typescript;
 mod yjs;

@@ -375,6 +375,9 @@ impl Room {
         };
         let mut state = instance.into_state();
         state.forget_hook();
+        // The SQL database goes with the instance's memory; a checkpoint
+        // makes its file durable on the way.
+        state.storage.close_sql();
         // Timers and calls live in the instance; a deferred request's
         // caller is answered with a failure.
         self.timer = None;

@@ -22,6 +22,8 @@
 
 pub mod compile_cache;
 pub mod deploys;
+mod session;
+mod sql;
 mod sqlite;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -31,6 +33,7 @@ use std::sync::Arc;
 
 use crate::config::Limits;
 
+pub use sql::{Cursor, SqlValue};
 pub use sqlite::Storage;
 
 /// Why a storage call failed; the text is for the guest and the log.
@@ -39,6 +42,9 @@ pub enum StorageError {
     /// The store failed (disk, database).
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// A SQL statement failed or was refused; the text says why.
+    #[error("{0}")]
+    Invalid(String),
     /// A write past a bound (per hook or per room); the text names it.
     #[error("{0}")]
     TooLarge(String),
@@ -63,11 +69,22 @@ pub struct Batch {
     bytes: usize,
     /// `Some(at)` sets the alarm, `Some(None)` deletes it.
     pub(crate) alarm: Option<Option<u64>>,
+    /// The SQL database's log entry: its sequence number and what the
+    /// hooks changed (see `sql.rs`).
+    pub(crate) sql: Option<(u64, Vec<u8>)>,
+    /// SQL log entries up to this one are in the room's file for good.
+    pub(crate) sql_trim: Option<u64>,
+    /// The hooks' SQL changes could not be captured: the commit fails.
+    sql_failed: Option<String>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        !self.delete_all && self.writes.is_empty() && self.alarm.is_none()
+        !self.delete_all
+            && self.writes.is_empty()
+            && self.alarm.is_none()
+            && self.sql.is_none()
+            && self.sql_failed.is_none()
     }
 
     /// What the batch does to the alarm: `Some(Some(at))` sets it,
@@ -146,6 +163,16 @@ pub trait Committed: Send {
     }
     /// See [`RoomStorage::drop_claim`].
     fn drop_claim(&mut self) {}
+
+    /// The room's SQL database file; `None` where this backend has no SQL
+    /// storage yet (a cluster).
+    fn sql_file(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+    /// The room's SQL log entries after `seq`, in order (see `sql.rs`).
+    fn sql_log(&self, _after: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        Ok(Vec::new())
+    }
 }
 
 /// One room's view of storage: its committed data plus the pending batch.
@@ -164,6 +191,8 @@ pub struct RoomStorage {
     mark: Option<Box<Mark>>,
     /// The room's stored bytes as of its last commit; read on first need.
     stored: Option<u64>,
+    /// The room's SQL database, opened on first use.
+    sql: sql::RoomSql,
 }
 
 /// What the batch was when the running hook began: enough to take back this
@@ -198,12 +227,21 @@ impl RoomStorage {
             pending: Batch::default(),
             mark: None,
             stored: None,
+            sql: sql::RoomSql::default(),
         }
     }
 
     /// The pending writes, leaving none behind (for commit).
     pub fn take_batch(&mut self) -> Batch {
         self.mark = None;
+        match self.sql.take() {
+            Ok(entry) => self.pending.sql = entry,
+            Err(e) => self.pending.sql_failed = Some(e.to_string()),
+        }
+        if !self.pending.is_empty() {
+            // A log trim rides on a commit the room makes anyway.
+            self.pending.sql_trim = self.sql.take_trim();
+        }
         std::mem::take(&mut self.pending)
     }
 
@@ -211,6 +249,9 @@ impl RoomStorage {
     /// that the next hook's will share: a later [`RoomStorage::rollback`]
     /// takes back only what comes after this.
     pub fn savepoint(&mut self) {
+        if let Err(e) = self.sql.end_hook() {
+            self.pending.sql_failed = Some(e.to_string());
+        }
         self.mark = Some(Box::new(Mark {
             bytes: self.pending.bytes,
             delete_all: self.pending.delete_all,
@@ -222,6 +263,7 @@ impl RoomStorage {
     /// Forget the running hook's writes (it failed): back to the savepoint,
     /// or to nothing pending when there is none.
     pub fn rollback(&mut self) {
+        self.sql.rollback_hook();
         let Some(mark) = self.mark.take() else {
             self.pending = Batch::default();
             return;
@@ -245,6 +287,7 @@ impl RoomStorage {
     /// Forget every pending write, of every hook since the last commit
     /// (their shared commit failed).
     pub fn rollback_all(&mut self) {
+        self.sql.rollback_all();
         self.mark = None;
         self.pending = Batch::default();
     }
@@ -311,9 +354,34 @@ impl RoomStorage {
     /// Commit a batch taken with [`RoomStorage::take_batch`]; returns once
     /// it is durable.
     pub async fn commit(&mut self, batch: Batch) -> Result<(), StorageError> {
-        let bytes = self.committed.commit(batch).await?;
-        self.stored = Some(bytes);
+        if let Some(e) = batch.sql_failed {
+            self.sql.rollback_all();
+            return Err(StorageError::Unavailable(e));
+        }
+        let result = self.committed.commit(batch).await;
+        self.sql.committed(result.is_ok());
+        self.stored = Some(result?);
         Ok(())
+    }
+
+    /// Run a SQL query in the running hook (see `sql.rs`).
+    pub fn sql_exec(&mut self, query: &str, params: &[SqlValue]) -> Result<Cursor, StorageError> {
+        let limits = sql::SqlLimits {
+            budget: std::time::Duration::from_millis(self.limits.hook_cpu_ms),
+            max_bytes: self.limits.storage_bytes_per_room,
+            value_bytes: self.limits.value_bytes,
+        };
+        self.sql.exec(&*self.committed, limits, query, params)
+    }
+
+    /// Bytes the room's SQL database takes.
+    pub fn sql_size(&mut self) -> Result<u64, StorageError> {
+        self.sql.database_size(&*self.committed)
+    }
+
+    /// Close the SQL database (the room hibernates).
+    pub fn close_sql(&mut self) {
+        self.sql.close();
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use super::{Batch, Committed, LIST_PAGE, StorageError};
@@ -85,7 +86,10 @@ impl Storage {
                  PRIMARY KEY (party, room));
              CREATE TABLE IF NOT EXISTS cron_ticks (
                  party TEXT NOT NULL, cron TEXT NOT NULL, tick_ms INTEGER NOT NULL,
-                 PRIMARY KEY (party, cron));",
+                 PRIMARY KEY (party, cron));
+             CREATE TABLE IF NOT EXISTS sql_log (
+                 party TEXT NOT NULL, room TEXT NOT NULL, seq INTEGER NOT NULL,
+                 changes BLOB NOT NULL, PRIMARY KEY (party, room, seq));",
         )
         .with_context(|| format!("cannot set up storage {}", path.display()))?;
         // Version 1: each room's stored bytes, kept up to date by every
@@ -162,7 +166,22 @@ impl Storage {
         })
     }
 
-    /// Forget a party's rooms: their data, sizes and alarms. Batches of
+    /// Where a room's SQL database lives: `DIR/sql/<party>/<room>.sqlite3`,
+    /// each name hashed, since room names are anything a URL can carry.
+    fn sql_file(&self, party: &str, room: &str) -> PathBuf {
+        self.sql_dir(party).join(format!(
+            "{}.sqlite3",
+            hex::encode(Sha256::digest(room.as_bytes()))
+        ))
+    }
+
+    fn sql_dir(&self, party: &str) -> PathBuf {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        dir.join("sql")
+            .join(hex::encode(Sha256::digest(party.as_bytes())))
+    }
+
+    /// Forget a party's rooms: their data, sizes, alarms and SQL databases. Batches of
     /// hooks still running are refused from now on (see `Generations`).
     pub fn delete_party(&self, party: &str) -> Result<(), StorageError> {
         // Before the delete: the writer checks a batch's generation inside
@@ -171,14 +190,21 @@ impl Storage {
         self.generations.bump(party);
         self.read(|c| {
             let tx = c.unchecked_transaction()?;
-            for table in ["kv", "alarms", "room_sizes", "cron_ticks"] {
+            for table in ["kv", "alarms", "room_sizes", "cron_ticks", "sql_log"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE party = ?1"),
                     params![party],
                 )?;
             }
             tx.commit()
-        })
+        })?;
+        let dir = self.sql_dir(party);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Unavailable(
+                format!("cannot delete {}: {e}", dir.display()),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The latest tick of a party's cron that a run claimed, if any.
@@ -363,6 +389,18 @@ fn apply(conn: &Connection, c: &QueuedBatch) -> rusqlite::Result<u64> {
             .execute(params![party, room])?,
         None => 0,
     };
+    if let Some((seq, changes)) = &c.batch.sql {
+        // OR REPLACE: an entry whose commit failed was never acknowledged,
+        // and the room logs its next one under the same number.
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO sql_log (party, room, seq, changes) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![party, room, *seq as i64, changes])?;
+    }
+    if let Some(upto) = c.batch.sql_trim {
+        conn.prepare_cached("DELETE FROM sql_log WHERE party = ?1 AND room = ?2 AND seq <= ?3")?
+            .execute(params![party, room, upto as i64])?;
+    }
     Ok(bytes as u64)
 }
 
@@ -473,5 +511,23 @@ impl Committed for SqliteRoom {
             reply,
         };
         Box::pin(self.storage.commit(commit, done))
+    }
+
+    fn sql_file(&self) -> Option<PathBuf> {
+        Some(self.storage.sql_file(&self.party, &self.room))
+    }
+
+    fn sql_log(&self, after: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let (party, room) = (&*self.party, &*self.room);
+        self.storage.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, changes FROM sql_log WHERE party = ?1 AND room = ?2 AND seq > ?3
+                 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(params![party, room, after as i64], |r| {
+                Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            rows.collect()
+        })
     }
 }

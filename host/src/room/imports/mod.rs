@@ -9,6 +9,7 @@ mod alarm;
 mod connections;
 mod context;
 mod rooms;
+mod sql;
 mod storage;
 mod timers;
 

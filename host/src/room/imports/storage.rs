@@ -13,6 +13,7 @@ impl From<StorageError> for Error {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::TooLarge(m) => Error::TooLarge(m),
+            StorageError::Invalid(m) => Error::Invalid(m),
             e @ (StorageError::Unavailable(_) | StorageError::Fenced | StorageError::Moved) => {
                 Error::Unavailable(e.to_string())
             }

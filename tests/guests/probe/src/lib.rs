@@ -49,7 +49,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dormouse_sdk::{
-    Connection, Message, Request, Response, Room, alarm, connections, context, rooms, storage,
+    Connection, Message, Request, Response, Room, alarm, connections, context, rooms, sql, storage,
     timers,
 };
 
@@ -383,6 +383,11 @@ impl Room for Probe {
                     .unwrap_or_default();
                 Response::text(200, list.join(","))
             }
+            Some("sql") => run_sql(&request),
+            Some("sql-size") => match sql::database_size() {
+                Ok(n) => Response::text(200, n.to_string()),
+                Err(e) => Response::text(400, format!("{e:?}")),
+            },
             _ => Response::text(200, format!("probe {}/{}", context::party(), context::id())),
         }
     }
@@ -422,5 +427,57 @@ fn answered(answer: Result<Response, dormouse_sdk::Error>) -> Response {
     match answer {
         Ok(r) => Response::text(r.status, String::from_utf8_lossy(&r.body).into_owned()),
         Err(e) => Response::text(508, format!("call failed: {e}")),
+    }
+}
+
+/// `op=sql`: see the module's doc.
+fn run_sql(request: &Request) -> Response {
+    let query = String::from_utf8_lossy(&request.body).into_owned();
+    if let Some(key) = request.query("put") {
+        storage::put(key, b"1").expect("a small value fits");
+    }
+    if request.query("send") == Some("1") {
+        let _ = connections::broadcast(Message::Text("sql".into()), &[]);
+    }
+    let result = if request.query("tx") == Some("fail") {
+        let r = sql::transaction(|| -> Result<sql::Cursor, dormouse_sdk::Error> {
+            sql::exec(&query, &[])?;
+            Err(dormouse_sdk::Error::Invalid(
+                "the probe fails its transaction".into(),
+            ))
+        });
+        match r {
+            Err(dormouse_sdk::Error::Invalid(m)) if m.starts_with("the probe") => {
+                sql::exec("SELECT 1 WHERE 0", &[])
+            }
+            other => other,
+        }
+    } else {
+        sql::exec(&query, &[])
+    };
+    if request.query("then") == Some("panic") {
+        panic!("the probe was asked to panic after its SQL");
+    }
+    match result {
+        Ok(cursor) => {
+            let mut out = String::new();
+            for row in cursor.raw() {
+                let cells: Vec<String> = row
+                    .iter()
+                    .map(|v| match v {
+                        sql::Value::Null => "null".into(),
+                        sql::Value::Integer(i) => i.to_string(),
+                        sql::Value::Real(f) => f.to_string(),
+                        sql::Value::Text(t) => t.clone(),
+                        sql::Value::Blob(b) => format!("blob:{}", b.len()),
+                    })
+                    .collect();
+                out.push_str(&cells.join("|"));
+                out.push('\n');
+            }
+            out.push_str(&format!("written={}", cursor.rows_written()));
+            Response::text(200, out)
+        }
+        Err(e) => Response::text(400, format!("{e:?}")),
     }
 }

@@ -1,0 +1,1085 @@
+//! A room's SQL database: a SQLite file of the room's own, opened on the
+//! first call after a wake, its writes made inside a local transaction that
+//! commits only after the host's store has their changes.
+//!
+//! Why a log: a hook's SQL and key-value writes must commit together, and
+//! the key-value writes commit in the host's one file (group commit, one
+//! fsync for many rooms). So the room's file is not the store of record
+//! for a hook in flight: what the hook changed (SQLite session changesets,
+//! plus the text of each schema change, in order) rides in the room's
+//! [`Batch`](super::Batch) into the host's `sql_log`, in the same
+//! transaction as its key-value writes. Once that is durable, the local
+//! transaction commits (no fsync of its own: `synchronous = NORMAL`). A
+//! crash in between leaves the room's file behind its log; opening it
+//! replays the log past the file's own sequence number. A checkpoint of the
+//! room's file (every [`CHECKPOINT_EVERY`] commits, and when it closes)
+//! makes the file durable, after which the log up to it is trimmed.
+//!
+//! Bounds: statements that reach outside the room are refused by an
+//! authorizer ([`refusal`]); a statement has the hook's CPU budget (a
+//! progress handler stops it); the file may grow to the room's quota
+//! (`max_page_count`); a result is bounded ([`RESULT_BYTES`]).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::fallible_iterator::FallibleIterator;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags, params};
+
+use super::session::{self, Capture};
+use super::{Committed, StorageError};
+use crate::lock::lock;
+
+/// The most bytes of rows one `exec` returns: the host holds them before
+/// the guest gets them. A larger result is refused; page it with LIMIT.
+pub const RESULT_BYTES: usize = 32 << 20;
+
+/// How many commits the room's file takes between checkpoints (each one
+/// fsyncs it, after which the host's log up to it is trimmed).
+const CHECKPOINT_EVERY: u64 = 256;
+
+/// The host's own savepoint around a hook's statements.
+const HOOK_SAVEPOINT: &str = "_dormouse_hook";
+
+/// Names a room may not use: the host's own table and savepoints.
+const RESERVED: &str = "_dormouse";
+
+/// A SQL value, as a parameter binds it and a column holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// What one `exec` returns.
+#[derive(Debug, Default)]
+pub struct Cursor {
+    pub column_names: Vec<String>,
+    pub rows: Vec<Vec<SqlValue>>,
+    pub rows_read: u64,
+    pub rows_written: u64,
+}
+
+/// One step of a log entry: a changeset, or a schema change to run again.
+const SEG_CHANGES: u8 = 0;
+const SEG_SCHEMA: u8 = 1;
+
+fn push_segment(out: &mut Vec<u8>, kind: u8, bytes: &[u8]) {
+    out.push(kind);
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The segments of a log entry, in order.
+fn segments(mut entry: &[u8]) -> Result<Vec<(u8, &[u8])>, StorageError> {
+    let mut out = Vec::new();
+    while !entry.is_empty() {
+        if entry.len() < 5 {
+            return Err(StorageError::Unavailable(
+                "a SQL log entry is cut short".into(),
+            ));
+        }
+        let len = u32::from_le_bytes([entry[1], entry[2], entry[3], entry[4]]) as usize;
+        let Some(bytes) = entry.get(5..5 + len) else {
+            return Err(StorageError::Unavailable(
+                "a SQL log entry is cut short".into(),
+            ));
+        };
+        out.push((entry[0], bytes));
+        entry = &entry[5 + len..];
+    }
+    Ok(out)
+}
+
+/// A room's SQL database, closed until first used.
+#[derive(Default)]
+pub struct RoomSql {
+    db: Option<Box<Db>>,
+    /// The log entry of the hooks since the last commit.
+    group: Vec<u8>,
+    /// The sequence number the next commit's entry carries, while one is
+    /// in flight.
+    committing: Option<u64>,
+    /// Log entries up to this are in the room's file durably: the next
+    /// commit deletes them.
+    trim: Option<u64>,
+}
+
+/// The open database.
+struct Db {
+    /// The running capture; declared before `conn` so it is dropped first.
+    capture: Option<Capture>,
+    conn: Connection,
+    guard: Arc<Guard>,
+    /// The log sequence number the file holds.
+    applied: u64,
+    commits_since_checkpoint: u64,
+    /// A transaction is open (some hook since the last commit used SQL).
+    open: bool,
+    /// The running hook, once it used SQL.
+    hook: Option<HookTx>,
+    budget: Duration,
+    /// The room's quota for the file.
+    max_bytes: u64,
+    /// The running `exec`'s own savepoint is still there (a statement of
+    /// the room's may release or roll back past it).
+    exec_alive: bool,
+    /// SQLite rolled the whole transaction back (a full disk, a write
+    /// stopped by the budget): nothing since the last commit can commit.
+    lost: Option<String>,
+}
+
+/// The running hook's part of the transaction.
+#[derive(Default)]
+struct HookTx {
+    /// Its log segments so far.
+    segments: Vec<u8>,
+    /// The room's own open savepoints: name, and how long `segments` was
+    /// when it began (a rollback to it drops what came after).
+    saves: Vec<(String, usize)>,
+}
+
+/// What the authorizer and the progress handler share with the room.
+struct Guard {
+    /// The host's own statements: nothing refused, no deadline.
+    internal: AtomicBool,
+    /// Milliseconds since `epoch` after which a statement is stopped.
+    deadline_ms: AtomicU64,
+    epoch: Instant,
+    /// Why the authorizer refused the statement being prepared.
+    refused: Mutex<Option<String>>,
+    /// The statement being prepared changes the schema.
+    schema: AtomicBool,
+    /// The statement being prepared is a savepoint operation.
+    savepoint: Mutex<Option<(TransactionOperation, String)>>,
+}
+
+impl Guard {
+    fn past_deadline(&self) -> bool {
+        !self.internal.load(Relaxed)
+            && self.epoch.elapsed().as_millis() as u64 > self.deadline_ms.load(Relaxed)
+    }
+
+    fn authorize(&self, cx: &AuthContext<'_>) -> Authorization {
+        if self.internal.load(Relaxed) {
+            return Authorization::Allow;
+        }
+        match refusal(&cx.action) {
+            Some(why) => {
+                *lock(&self.refused) = Some(why);
+                Authorization::Deny
+            }
+            None => {
+                if changes_schema(&cx.action) {
+                    self.schema.store(true, Relaxed);
+                }
+                if let AuthAction::Savepoint {
+                    operation,
+                    savepoint_name,
+                } = &cx.action
+                {
+                    *lock(&self.savepoint) = Some((*operation, (*savepoint_name).to_owned()));
+                }
+                Authorization::Allow
+            }
+        }
+    }
+}
+
+/// Pragmas a room may run: they read, or touch only the running
+/// transaction. The rest would change the connection the host set up
+/// (durability, journal, limits, the files it uses) and are refused.
+const PRAGMAS: [&str; 17] = [
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
+    "collation_list",
+    "page_count",
+    "page_size",
+    "freelist_count",
+    "data_version",
+    "defer_foreign_keys",
+    "optimize",
+];
+
+/// Why a room may not do this, or `None` when it may. The list is in the
+/// README ("SQL storage").
+fn refusal(action: &AuthAction<'_>) -> Option<String> {
+    let reserved = |name: &str| name.to_ascii_lowercase().starts_with(RESERVED);
+    let why = match *action {
+        AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
+            "ATTACH and DETACH would reach outside the room".into()
+        }
+        AuthAction::Transaction { .. } => {
+            "BEGIN, COMMIT and ROLLBACK are the host's: a hook is one transaction (the SDKs' transaction() runs part of one)".into()
+        }
+        AuthAction::Savepoint { savepoint_name, .. } if reserved(savepoint_name) => {
+            format!("savepoint names beginning with {RESERVED} are the host's")
+        }
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } => {
+            let name = pragma_name.to_ascii_lowercase();
+            let reads_only = matches!(name.as_str(), "page_size" | "data_version");
+            if !PRAGMAS.contains(&name.as_str()) || (reads_only && pragma_value.is_some()) {
+                format!("PRAGMA {pragma_name} is not allowed in a room")
+            } else {
+                return None;
+            }
+        }
+        AuthAction::Function { function_name }
+            if function_name.eq_ignore_ascii_case("load_extension") =>
+        {
+            "extensions cannot be loaded".into()
+        }
+        AuthAction::CreateVtable { .. } | AuthAction::DropVtable { .. } => {
+            "virtual tables are not available in a room".into()
+        }
+        AuthAction::CreateTempIndex { .. }
+        | AuthAction::CreateTempTable { .. }
+        | AuthAction::CreateTempTrigger { .. }
+        | AuthAction::CreateTempView { .. }
+        | AuthAction::DropTempIndex { .. }
+        | AuthAction::DropTempTable { .. }
+        | AuthAction::DropTempTrigger { .. }
+        | AuthAction::DropTempView { .. } => {
+            "TEMP tables would be lost when the room hibernates; use a table".into()
+        }
+        AuthAction::CreateTable { table_name }
+        | AuthAction::DropTable { table_name }
+        | AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::Read { table_name, .. }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::AlterTable { table_name, .. }
+        | AuthAction::CreateIndex { table_name, .. }
+        | AuthAction::CreateTrigger { table_name, .. }
+            if reserved(table_name) =>
+        {
+            format!("tables whose names begin with {RESERVED} are the host's")
+        }
+        _ => return None,
+    };
+    Some(why)
+}
+
+/// Whether the action changes the schema: such a statement is logged as
+/// its text (a changeset holds rows only) and runs again on replay.
+fn changes_schema(action: &AuthAction<'_>) -> bool {
+    matches!(
+        action,
+        AuthAction::CreateIndex { .. }
+            | AuthAction::CreateTable { .. }
+            | AuthAction::CreateTrigger { .. }
+            | AuthAction::CreateView { .. }
+            | AuthAction::DropIndex { .. }
+            | AuthAction::DropTable { .. }
+            | AuthAction::DropTrigger { .. }
+            | AuthAction::DropView { .. }
+            | AuthAction::AlterTable { .. }
+            | AuthAction::Reindex { .. }
+            | AuthAction::Analyze { .. }
+    )
+}
+
+/// Limits a room's database gets.
+#[derive(Clone, Copy)]
+pub struct SqlLimits {
+    /// The statement time budget.
+    pub budget: Duration,
+    /// The most bytes the file may hold.
+    pub max_bytes: u64,
+    /// The largest string or blob.
+    pub value_bytes: usize,
+}
+
+impl RoomSql {
+    /// Run one query in the running hook's transaction.
+    pub fn exec(
+        &mut self,
+        log: &dyn Committed,
+        limits: SqlLimits,
+        query: &str,
+        params: &[SqlValue],
+    ) -> Result<Cursor, StorageError> {
+        let db = self.open(log, limits)?;
+        let deadline = db.guard.epoch.elapsed() + db.budget;
+        db.guard
+            .deadline_ms
+            .store(deadline.as_millis() as u64, Relaxed);
+        db.exec(query, params)
+    }
+
+    /// Bytes the room's file takes (0 before it exists).
+    pub fn database_size(&mut self, log: &dyn Committed) -> Result<u64, StorageError> {
+        match &self.db {
+            Some(db) => db.size(),
+            None => Ok(log
+                .sql_file()
+                .and_then(|f| std::fs::metadata(f).ok())
+                .map_or(0, |m| m.len())),
+        }
+    }
+
+    /// The running hook succeeded: its changes join the group's.
+    pub fn end_hook(&mut self) -> Result<(), StorageError> {
+        let Some(db) = &mut self.db else {
+            return Ok(());
+        };
+        if let Some(segments) = db.end_hook()? {
+            self.group.extend_from_slice(&segments);
+        }
+        Ok(())
+    }
+
+    /// The running hook failed: take back its SQL writes alone.
+    pub fn rollback_hook(&mut self) {
+        if let Some(db) = &mut self.db
+            && let Err(e) = db.rollback_hook()
+        {
+            tracing::error!(error = %e, "cannot roll back a hook's SQL; the database is closed");
+            self.close();
+        }
+    }
+
+    /// Take back every write since the last commit.
+    pub fn rollback_all(&mut self) {
+        self.group.clear();
+        self.committing = None;
+        if let Some(db) = &mut self.db
+            && let Err(e) = db.rollback_all()
+        {
+            tracing::error!(error = %e, "cannot roll back SQL; the database is closed");
+            self.close();
+        }
+    }
+
+    /// The log entry for the next commit, `(seq, changes)`; ends the
+    /// running hook first.
+    pub fn take(&mut self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        if let Err(e) = self.end_hook() {
+            self.rollback_all();
+            return Err(e);
+        }
+        let Some(db) = &mut self.db else {
+            return Ok(None);
+        };
+        if let Some(why) = db.lost.clone() {
+            self.rollback_all();
+            return Err(StorageError::Unavailable(why));
+        }
+        if self.group.is_empty() {
+            // Only reads (or writes taken back): nothing to log.
+            db.rollback_all()?;
+            return Ok(None);
+        }
+        let seq = db.applied + 1;
+        self.committing = Some(seq);
+        Ok(Some((seq, std::mem::take(&mut self.group))))
+    }
+
+    /// Log entries up to this one may go: the room's file has them durably.
+    pub fn take_trim(&mut self) -> Option<u64> {
+        self.trim.take()
+    }
+
+    /// The commit of the entry [`RoomSql::take`] gave returned: commit the
+    /// local transaction, or take it back.
+    pub fn committed(&mut self, ok: bool) {
+        let Some(seq) = self.committing.take() else {
+            return;
+        };
+        let Some(db) = &mut self.db else {
+            return;
+        };
+        let result = if ok {
+            db.commit(seq)
+        } else {
+            db.rollback_all().map(|()| None)
+        };
+        match result {
+            Ok(Some(trim)) => self.trim = Some(trim),
+            Ok(None) => {}
+            // The log has the changes: the next open replays them.
+            Err(e) => {
+                tracing::error!(error = %e, "cannot commit SQL locally; reopening from the log");
+                self.close();
+            }
+        }
+    }
+
+    /// Close the database (the room hibernates): a checkpoint makes the
+    /// file durable, so the log up to it can go.
+    pub fn close(&mut self) {
+        self.group.clear();
+        self.committing = None;
+        let Some(mut db) = self.db.take() else {
+            return;
+        };
+        let _ = db.rollback_all();
+        if db.checkpoint().is_ok() {
+            self.trim = Some(db.applied);
+        }
+    }
+
+    fn open(&mut self, log: &dyn Committed, limits: SqlLimits) -> Result<&mut Db, StorageError> {
+        if self.db.is_none() {
+            let (db, trim) = Db::open(log, limits)?;
+            self.trim = self.trim.max(trim);
+            self.db = Some(Box::new(db));
+        }
+        Ok(self.db.as_mut().expect("opened above"))
+    }
+}
+
+impl Db {
+    fn open(log: &dyn Committed, limits: SqlLimits) -> Result<(Db, Option<u64>), StorageError> {
+        let Some(file) = log.sql_file() else {
+            return Err(StorageError::Unavailable(
+                "SQL storage is not available on a cluster yet".into(),
+            ));
+        };
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StorageError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&file, flags)?;
+        use rusqlite::config::DbConfig;
+        use rusqlite::limits::Limit;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
+        conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
+        let value = i32::try_from(limits.value_bytes).unwrap_or(i32::MAX);
+        conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, value)?;
+        conn.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, 1 << 20)?;
+        // NORMAL in WAL mode: a commit does not fsync (the host's log is
+        // durable first); a checkpoint does.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA cache_size = -1024;
+             CREATE TABLE IF NOT EXISTS _dormouse_meta (
+                 id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
+             INSERT OR IGNORE INTO _dormouse_meta (id, seq) VALUES (1, 0);",
+        )?;
+        let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        // A backstop: `exec` checks the quota itself after each write and
+        // takes back only that call. Reaching max_page_count mid-statement
+        // may make SQLite roll back the whole transaction.
+        let quota_pages = limits.max_bytes / page.max(512) as u64;
+        let pages = quota_pages + quota_pages / 4 + 64;
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+        let applied: i64 = conn.query_row("SELECT seq FROM _dormouse_meta", [], |r| r.get(0))?;
+        let mut db = Db {
+            capture: None,
+            conn,
+            guard: Arc::new(Guard {
+                internal: AtomicBool::new(true),
+                deadline_ms: AtomicU64::new(u64::MAX),
+                epoch: Instant::now(),
+                refused: Mutex::new(None),
+                schema: AtomicBool::new(false),
+                savepoint: Mutex::new(None),
+            }),
+            applied: applied.max(0) as u64,
+            commits_since_checkpoint: 0,
+            open: false,
+            hook: None,
+            budget: limits.budget,
+            max_bytes: limits.max_bytes,
+            exec_alive: false,
+            lost: None,
+        };
+        db.replay(log)?;
+        db.checkpoint()?;
+        let trim = (db.applied > 0).then_some(db.applied);
+        let guard = db.guard.clone();
+        db.conn
+            .authorizer(Some(move |cx: AuthContext<'_>| guard.authorize(&cx)));
+        let guard = db.guard.clone();
+        db.conn
+            .progress_handler(1000, Some(move || guard.past_deadline()));
+        db.guard.internal.store(false, Relaxed);
+        Ok((db, trim))
+    }
+
+    /// Apply the log entries the file has not got (a crash came between the
+    /// host's commit and the file's).
+    fn replay(&mut self, log: &dyn Committed) -> Result<(), StorageError> {
+        for (seq, entry) in log.sql_log(self.applied)? {
+            self.conn.execute_batch("BEGIN")?;
+            let applied = self.apply_entry(&entry).and_then(|()| {
+                self.conn.execute(
+                    "UPDATE _dormouse_meta SET seq = ?1 WHERE id = 1",
+                    params![seq as i64],
+                )?;
+                Ok(self.conn.execute_batch("COMMIT")?)
+            });
+            if let Err(e) = applied {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(StorageError::Unavailable(format!(
+                    "cannot replay SQL log entry {seq}: {e}"
+                )));
+            }
+            self.applied = seq;
+        }
+        Ok(())
+    }
+
+    fn apply_entry(&self, entry: &[u8]) -> Result<(), StorageError> {
+        for (kind, bytes) in segments(entry)? {
+            match kind {
+                SEG_SCHEMA => {
+                    let sql = std::str::from_utf8(bytes).map_err(|_| {
+                        StorageError::Unavailable("a logged statement is not UTF-8".into())
+                    })?;
+                    self.conn.execute_batch(sql)?;
+                }
+                SEG_CHANGES => session::apply(&self.conn, bytes)?,
+                _ => {
+                    return Err(StorageError::Unavailable(
+                        "a SQL log entry has an unknown segment".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Run one of the host's own statements.
+    fn internal<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+    ) -> Result<R, StorageError> {
+        self.guard.internal.store(true, Relaxed);
+        let r = f(&self.conn);
+        self.guard.internal.store(false, Relaxed);
+        Ok(r?)
+    }
+
+    /// Run one `exec`: all of it, or (when a statement fails, or the file
+    /// would pass the quota) none of it.
+    fn exec(&mut self, query: &str, params: &[SqlValue]) -> Result<Cursor, StorageError> {
+        if let Some(why) = &self.lost {
+            return Err(StorageError::Unavailable(why.clone()));
+        }
+        self.begin_hook()?;
+        // A schema change or a savepoint starts a new segment; when the
+        // query may hold one, start one here too, so that taking this call
+        // back drops exactly the segments it made. (Without one, a capture
+        // that began before the call stays right through a rollback: a
+        // changeset is computed from the rows as they are when it is taken.)
+        let boundary = may_start_segment(query);
+        if boundary {
+            self.close_capture()?;
+        }
+        let hook = self.hook.as_ref().expect("begin_hook ran");
+        let (segments, saves) = (hook.segments.len(), hook.saves.len());
+        // A call that begins or ends the room's own savepoints cannot sit
+        // inside one of the host's (releasing it would release theirs):
+        // such a call is not taken back as a whole when it fails.
+        self.exec_alive = !touches_savepoints(query);
+        if self.exec_alive {
+            self.internal(|c| c.execute_batch("SAVEPOINT _dormouse_exec"))?;
+        }
+        let mut result = self.run(query, params, saves);
+        if self.conn.is_autocommit() {
+            let why = match &result {
+                Err(e) => format!(
+                    "SQLite rolled back the hook's transaction ({e}); its writes cannot commit"
+                ),
+                Ok(_) => "the hook's transaction ended; its writes cannot commit".into(),
+            };
+            self.capture = None;
+            self.hook = None;
+            self.open = false;
+            self.lost = Some(why.clone());
+            return Err(StorageError::Unavailable(why));
+        }
+        let grew = self
+            .hook
+            .as_ref()
+            .is_some_and(|h| h.segments.len() > segments);
+        if let Ok(c) = &result
+            && self.exec_alive
+            && (c.rows_written > 0 || grew)
+            && self.used()? > self.max_bytes
+        {
+            result = Err(StorageError::TooLarge(format!(
+                "the room's SQL database would pass storage_bytes_per_room ({} bytes)",
+                self.max_bytes
+            )));
+        }
+        if !self.exec_alive {
+            return result;
+        }
+        if result.is_ok() {
+            self.internal(|c| c.execute_batch("RELEASE _dormouse_exec"))?;
+            return result;
+        }
+        self.internal(|c| c.execute_batch("ROLLBACK TO _dormouse_exec; RELEASE _dormouse_exec"))?;
+        if let Some(hook) = &mut self.hook {
+            hook.segments.truncate(segments);
+            hook.saves.truncate(saves);
+        }
+        if boundary {
+            self.capture = None;
+        }
+        result
+    }
+
+    /// End the running capture, its changes a segment of the hook's.
+    fn close_capture(&mut self) -> Result<(), StorageError> {
+        if let (Some(capture), Some(hook)) = (self.capture.take(), &mut self.hook) {
+            let changes = capture.changeset()?;
+            if !changes.is_empty() {
+                push_segment(&mut hook.segments, SEG_CHANGES, &changes);
+            }
+        }
+        Ok(())
+    }
+
+    fn begin_hook(&mut self) -> Result<(), StorageError> {
+        if self.hook.is_some() {
+            return Ok(());
+        }
+        let open = self.open;
+        self.internal(|c| {
+            if !open {
+                c.execute_batch("BEGIN")?;
+            }
+            c.execute_batch(&format!("SAVEPOINT {HOOK_SAVEPOINT}"))
+        })?;
+        self.open = true;
+        self.hook = Some(HookTx::default());
+        Ok(())
+    }
+
+    /// The running hook's log segments, once it is done (`None`: it did
+    /// not use SQL).
+    fn end_hook(&mut self) -> Result<Option<Vec<u8>>, StorageError> {
+        if self.hook.is_none() {
+            return Ok(None);
+        }
+        self.close_capture()?;
+        let hook = self.hook.take().expect("checked above");
+        self.internal(|c| c.execute_batch(&format!("RELEASE {HOOK_SAVEPOINT}")))?;
+        Ok(Some(hook.segments))
+    }
+
+    fn rollback_hook(&mut self) -> Result<(), StorageError> {
+        self.capture = None;
+        if self.hook.take().is_none() {
+            return Ok(());
+        }
+        self.internal(|c| {
+            c.execute_batch(&format!(
+                "ROLLBACK TO {HOOK_SAVEPOINT}; RELEASE {HOOK_SAVEPOINT}"
+            ))
+        })
+    }
+
+    fn rollback_all(&mut self) -> Result<(), StorageError> {
+        self.capture = None;
+        self.hook = None;
+        self.lost = None;
+        if !std::mem::take(&mut self.open) || self.conn.is_autocommit() {
+            return Ok(());
+        }
+        self.internal(|c| c.execute_batch("ROLLBACK"))
+    }
+
+    /// Commit the local transaction as log entry `seq`; `Some(trim)` when
+    /// a checkpoint made the file durable up to it.
+    fn commit(&mut self, seq: u64) -> Result<Option<u64>, StorageError> {
+        self.capture = None;
+        self.hook = None;
+        self.open = false;
+        self.internal(|c| {
+            c.execute(
+                "UPDATE _dormouse_meta SET seq = ?1 WHERE id = 1",
+                params![seq as i64],
+            )?;
+            c.execute_batch("COMMIT")
+        })?;
+        self.applied = seq;
+        self.commits_since_checkpoint += 1;
+        if self.commits_since_checkpoint < CHECKPOINT_EVERY {
+            return Ok(None);
+        }
+        self.checkpoint()?;
+        Ok(Some(self.applied))
+    }
+
+    /// Fold the WAL into the file and fsync it.
+    fn checkpoint(&mut self) -> Result<(), StorageError> {
+        let busy: i64 =
+            self.internal(|c| c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)))?;
+        if busy != 0 {
+            return Err(StorageError::Unavailable(
+                "the checkpoint was blocked".into(),
+            ));
+        }
+        self.commits_since_checkpoint = 0;
+        Ok(())
+    }
+
+    /// Bytes of the file in use (free pages left by deletes are reused, so
+    /// they do not count against the quota).
+    fn used(&self) -> Result<u64, StorageError> {
+        self.internal(|c| {
+            c.query_row(
+                "SELECT (page_count - freelist_count) * page_size
+                 FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(|n| n.max(0) as u64)
+    }
+
+    fn size(&self) -> Result<u64, StorageError> {
+        self.internal(|c| {
+            c.query_row(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(|n| n.max(0) as u64)
+    }
+
+    /// Run the statements of `query` in turn, binding `params` to them in
+    /// order; the rows of the last statement that returned any.
+    /// `saves`: how many of the room's savepoints were open when the call
+    /// began (one released or rolled back past ends the call's own).
+    fn run(
+        &mut self,
+        query: &str,
+        params: &[SqlValue],
+        saves: usize,
+    ) -> Result<Cursor, StorageError> {
+        let Db {
+            capture,
+            conn,
+            guard,
+            hook,
+            exec_alive,
+            ..
+        } = self;
+        let hook = hook.as_mut().expect("begin_hook ran");
+        let mut out = Cursor::default();
+        let mut bytes = 0usize;
+        let mut next_param = 0usize;
+        let conn: &Connection = conn;
+        let mut batch = rusqlite::Batch::new(conn, query);
+        loop {
+            guard.schema.store(false, Relaxed);
+            *lock(&guard.savepoint) = None;
+            *lock(&guard.refused) = None;
+            // The capture runs before the statement is prepared: SQLite
+            // compiles a DELETE without WHERE to a truncate that no
+            // capture sees, unless one is running at compile time.
+            if capture.is_none() {
+                *capture = Some(Capture::start(conn)?);
+            }
+            let mut stmt = match batch.next() {
+                Ok(Some(stmt)) => stmt,
+                Ok(None) => break,
+                Err(e) => return Err(sql_error(e, guard)),
+            };
+            let n = stmt.parameter_count();
+            let Some(bound) = params.get(next_param..next_param + n) else {
+                return Err(StorageError::Invalid(format!(
+                    "the query has more parameters than the {} given",
+                    params.len()
+                )));
+            };
+            next_param += n;
+            for (i, v) in bound.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(to_sql(v)))
+                    .map_err(|e| sql_error(e, guard))?;
+            }
+            let schema = guard.schema.load(Relaxed);
+            let savepoint = lock(&guard.savepoint).take();
+            let writes = !stmt.readonly() && !schema && savepoint.is_none();
+            if schema || matches!(savepoint, Some((TransactionOperation::Begin, _))) {
+                // A segment ends here: a schema change is logged as text
+                // between changesets, and a savepoint's rollback drops the
+                // segments that began after it.
+                if let Some(c) = capture.take() {
+                    let changes = c.changeset()?;
+                    if !changes.is_empty() {
+                        push_segment(&mut hook.segments, SEG_CHANGES, &changes);
+                    }
+                }
+            }
+            if let Some((TransactionOperation::Rollback, _)) = &savepoint {
+                // What came after the savepoint goes; so does its capture.
+                *capture = None;
+            }
+            let columns = stmt.column_count();
+            let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
+            let mut rows = Vec::new();
+            {
+                let mut raw = stmt.raw_query();
+                loop {
+                    let row = match raw.next() {
+                        Ok(Some(row)) => row,
+                        Ok(None) => break,
+                        Err(e) => return Err(sql_error(e, guard)),
+                    };
+                    let mut values = Vec::with_capacity(columns);
+                    for i in 0..columns {
+                        let v = from_sql(row.get_ref(i).map_err(|e| sql_error(e, guard))?);
+                        bytes += value_bytes(&v);
+                        values.push(v);
+                    }
+                    if bytes > RESULT_BYTES {
+                        return Err(StorageError::TooLarge(format!(
+                            "a query's result may hold at most {RESULT_BYTES} bytes; page it with LIMIT"
+                        )));
+                    }
+                    rows.push(values);
+                }
+            }
+            let scanned = stmt
+                .get_status(rusqlite::StatementStatus::FullscanStep)
+                .max(0) as u64;
+            out.rows_read += scanned.max(rows.len() as u64);
+            if writes {
+                out.rows_written += conn.changes();
+            }
+            if schema {
+                let text = stmt.expanded_sql().unwrap_or_default();
+                push_segment(&mut hook.segments, SEG_SCHEMA, text.as_bytes());
+            }
+            match savepoint {
+                Some((TransactionOperation::Begin, name)) => {
+                    hook.saves.push((name, hook.segments.len()));
+                }
+                Some((TransactionOperation::Release, name)) => {
+                    if let Some(i) = find_save(&hook.saves, &name) {
+                        hook.saves.truncate(i);
+                        *exec_alive &= i >= saves;
+                    }
+                }
+                Some((TransactionOperation::Rollback, name)) => {
+                    if let Some(i) = find_save(&hook.saves, &name) {
+                        hook.segments.truncate(hook.saves[i].1);
+                        hook.saves.truncate(i + 1);
+                        *exec_alive &= i >= saves;
+                    }
+                }
+                _ => {}
+            }
+            if columns > 0 {
+                out.column_names = names;
+                out.rows = rows;
+            }
+        }
+        if next_param != params.len() {
+            return Err(StorageError::Invalid(format!(
+                "{} parameters given; the query has {next_param}",
+                params.len()
+            )));
+        }
+        Ok(out)
+    }
+}
+
+/// Whether a query may hold a schema change or a savepoint operation (a
+/// keyword test: false alarms cost one changeset, nothing more).
+fn may_start_segment(query: &str) -> bool {
+    has_any(query, &["CREATE", "DROP", "ALTER", "REINDEX", "ANALYZE"]) || touches_savepoints(query)
+}
+
+/// Whether a query may begin, release or roll back a savepoint.
+fn touches_savepoints(query: &str) -> bool {
+    has_any(query, &["SAVEPOINT", "RELEASE", "ROLLBACK"])
+}
+
+fn has_any(query: &str, words: &[&str]) -> bool {
+    let q = query.to_ascii_uppercase();
+    words.iter().any(|w| q.contains(w))
+}
+
+/// The innermost savepoint of this name (names are case-insensitive).
+fn find_save(saves: &[(String, usize)], name: &str) -> Option<usize> {
+    saves
+        .iter()
+        .rposition(|(n, _)| n.eq_ignore_ascii_case(name))
+}
+
+/// A statement's error, for the guest: the authorizer's reason when it
+/// refused, the budget when the progress handler stopped it, the quota when
+/// the file is full, else SQLite's own message.
+fn sql_error(e: rusqlite::Error, guard: &Guard) -> StorageError {
+    if let Some(why) = lock(&guard.refused).take() {
+        return StorageError::Invalid(why);
+    }
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::OperationInterrupted) => StorageError::Unavailable(
+            "the statement ran past its time budget (hook_cpu_ms) and was stopped".into(),
+        ),
+        Some(rusqlite::ErrorCode::DiskFull) => StorageError::TooLarge(
+            "the room's SQL database would pass storage_bytes_per_room".into(),
+        ),
+        _ => StorageError::Invalid(e.to_string()),
+    }
+}
+
+fn to_sql(v: &SqlValue) -> ValueRef<'_> {
+    match v {
+        SqlValue::Null => ValueRef::Null,
+        SqlValue::Integer(i) => ValueRef::Integer(*i),
+        SqlValue::Real(f) => ValueRef::Real(*f),
+        SqlValue::Text(s) => ValueRef::Text(s.as_bytes()),
+        SqlValue::Blob(b) => ValueRef::Blob(b),
+    }
+}
+
+fn from_sql(v: ValueRef<'_>) -> SqlValue {
+    match v {
+        ValueRef::Null => SqlValue::Null,
+        ValueRef::Integer(i) => SqlValue::Integer(i),
+        ValueRef::Real(f) => SqlValue::Real(f),
+        ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+    }
+}
+
+fn value_bytes(v: &SqlValue) -> usize {
+    match v {
+        SqlValue::Text(s) => s.len() + 16,
+        SqlValue::Blob(b) => b.len() + 16,
+        _ => 16,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::SqlValue;
+    use crate::config::Limits;
+    use crate::store::{RoomStorage, Storage};
+
+    fn room(storage: &Arc<Storage>) -> RoomStorage {
+        let committed = Box::new(storage.room("main".into(), "r".into()));
+        RoomStorage::new(committed, Arc::new(Limits::default()))
+    }
+
+    fn texts(r: &mut RoomStorage, query: &str) -> Vec<String> {
+        let c = r.sql_exec(query, &[]).expect("query runs");
+        c.rows
+            .into_iter()
+            .map(|row| match &row[0] {
+                SqlValue::Text(t) => t.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    async fn commit(r: &mut RoomStorage) {
+        let batch = r.take_batch();
+        r.commit(batch).await.expect("commit");
+    }
+
+    fn storage() -> Arc<Storage> {
+        let dir = std::env::temp_dir().join(format!("dormouse-sql-{}", uuid::Uuid::new_v4()));
+        Storage::open(&dir, Arc::default()).expect("storage opens")
+    }
+
+    /// A crash after the host's commit and before the file's: the next
+    /// open replays the log, schema change and rows alike.
+    #[tokio::test]
+    async fn what_the_host_committed_is_replayed_into_a_file_that_missed_it() {
+        let storage = storage();
+        let mut r = room(&storage);
+        r.sql_exec("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", &[])
+            .expect("create");
+        r.sql_exec(
+            "INSERT INTO t (v) VALUES (?), (?)",
+            &[SqlValue::Text("a".into()), SqlValue::Text("b".into())],
+        )
+        .expect("insert");
+        let batch = r.take_batch();
+        assert!(batch.sql.is_some(), "the batch carries the log entry");
+        // The host's store commits; the file's transaction never does.
+        r.committed.commit(batch).await.expect("host commit");
+        drop(r);
+
+        let mut r = room(&storage);
+        assert_eq!(texts(&mut r, "SELECT v FROM t ORDER BY id"), ["a", "b"]);
+        r.sql_exec("DELETE FROM t", &[]).expect("delete");
+        commit(&mut r).await;
+        r.close_sql();
+        let mut r = room(&storage);
+        assert!(
+            texts(&mut r, "SELECT v FROM t").is_empty(),
+            "a DELETE without WHERE is logged too"
+        );
+    }
+
+    /// The hooks of a group share a commit; one that fails takes back its
+    /// own SQL writes and schema changes alone.
+    #[tokio::test]
+    async fn a_failed_hook_in_a_group_takes_back_only_its_own_sql() {
+        let storage = storage();
+        let mut r = room(&storage);
+        r.sql_exec("CREATE TABLE t (v TEXT)", &[]).expect("create");
+        r.sql_exec("INSERT INTO t VALUES ('kept')", &[])
+            .expect("insert");
+        r.savepoint();
+        r.sql_exec("INSERT INTO t VALUES ('dropped'); CREATE TABLE u (x)", &[])
+            .expect("second hook");
+        r.rollback();
+        commit(&mut r).await;
+        drop(r);
+        let mut r = room(&storage);
+        assert_eq!(texts(&mut r, "SELECT v FROM t"), ["kept"]);
+        assert!(
+            r.sql_exec("SELECT * FROM u", &[]).is_err(),
+            "the failed hook's table is gone"
+        );
+    }
+
+    /// A failed call takes back all of its statements; the hook goes on.
+    #[tokio::test]
+    async fn a_failed_exec_writes_nothing() {
+        let storage = storage();
+        let mut r = room(&storage);
+        r.sql_exec("CREATE TABLE t (id INTEGER PRIMARY KEY)", &[])
+            .expect("create");
+        let e = r
+            .sql_exec("INSERT INTO t VALUES (1); INSERT INTO t VALUES (1)", &[])
+            .expect_err("a duplicate");
+        assert!(e.to_string().contains("UNIQUE"), "{e}");
+        r.sql_exec("INSERT INTO t VALUES (2)", &[]).expect("insert");
+        commit(&mut r).await;
+        let c = r.sql_exec("SELECT id FROM t", &[]).expect("select");
+        assert_eq!(c.rows, vec![vec![SqlValue::Integer(2)]]);
+    }
+}
