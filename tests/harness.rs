@@ -25,7 +25,7 @@ pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The guests the tests use: the examples and the test guests.
-const GUESTS: [&str; 7] = [
+const GUESTS: [&str; 8] = [
     "relay",
     "counter",
     "chat",
@@ -33,6 +33,7 @@ const GUESTS: [&str; 7] = [
     "probe",
     "counter-ten",
     "yjs",
+    "todos-sql",
 ];
 
 /// The repository root.

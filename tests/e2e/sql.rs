@@ -308,3 +308,72 @@ async fn insert_until_dead(
         }
     }
 }
+
+// The todo list of the examples, the TypeScript one written against
+// Durable Objects' `ctx.storage.sql` and ported by renaming `ctx` alone.
+in_each_language!(todos_in_sql_survive_hibernation_and_a_restart: rust => "todos-sql", ts => "todos-sql-ts");
+async fn todos_in_sql_survive_hibernation_and_a_restart(guest: &'static str) {
+    let room = "/parties/main/groceries";
+    let server = Server::start(Options::main(guest).idle(50)).await;
+    let mut a = server.ws(room).await;
+    let mut b = server.ws(room).await;
+    let empty: serde_json::Value = serde_json::from_str(&recv_text(&mut a).await).expect("json");
+    assert_eq!(empty["open"], 0);
+    recv_text(&mut b).await;
+    for item in ["milk", "eggs", "bread"] {
+        send_text(&mut a, &format!("add {item}")).await;
+        recv_text(&mut a).await;
+        recv_text(&mut b).await;
+    }
+    send_text(&mut b, "done 2").await;
+    let state: serde_json::Value = serde_json::from_str(&recv_text(&mut a).await).expect("json");
+    recv_text(&mut b).await;
+    assert_eq!(state["open"], 2, "{state}");
+    assert_eq!(state["todos"][1]["status"], "done", "{state}");
+    // A bad id is the sender's error, and changes nothing.
+    send_text(&mut a, "done x").await;
+    assert!(recv_text(&mut a).await.contains("error"));
+
+    // Hibernated, the room answers from its database.
+    server
+        .wait_metric("dormouse_rooms{party=\"main\",state=\"hibernated\"}", 1.0)
+        .await;
+    let (status, open) = server.http("GET", &format!("{room}?status=open"), "").await;
+    assert_eq!(status, 200);
+    let open: serde_json::Value = serde_json::from_str(&open).expect("json");
+    let texts: Vec<_> = open
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|t| t["text"].clone())
+        .collect();
+    assert_eq!(texts, ["milk", "bread"]);
+
+    send_text(&mut a, "clear").await;
+    let state: serde_json::Value = serde_json::from_str(&recv_text(&mut a).await).expect("json");
+    assert_eq!(state["todos"].as_array().map(Vec::len), Some(2), "{state}");
+    drop((a, b));
+
+    let options = server.stop().await;
+    let server = Server::start(options).await;
+    let (_, done) = server.http("GET", &format!("{room}?status=done"), "").await;
+    assert_eq!(done, "[]");
+    let (_, open) = server.http("GET", &format!("{room}?status=open"), "").await;
+    assert!(open.contains("milk") && open.contains("bread"), "{open}");
+    if guest.ends_with("-ts") {
+        // The rest of Cloudflare's cursor: raw(), columnNames, rowsRead,
+        // rowsWritten, databaseSize.
+        let (status, stats) = server.http("GET", &format!("{room}/stats"), "").await;
+        assert_eq!(status, 200, "{stats}");
+        let stats: serde_json::Value = serde_json::from_str(&stats).expect("json");
+        assert_eq!(
+            stats["columns"],
+            serde_json::json!(["id", "text", "status"])
+        );
+        assert_eq!(stats["rows"], 2);
+        assert!(stats["rowsRead"].as_u64() >= Some(2), "{stats}");
+        assert_eq!(stats["rowsWritten"], 2);
+        assert!(stats["databaseSize"].as_u64() > Some(4096), "{stats}");
+    }
+    server.stop().await;
+}

@@ -839,6 +839,11 @@ impl Db {
                 // What came after the savepoint goes; so does its capture.
                 *capture = None;
             }
+            let version = if schema {
+                schema_version(conn, guard)?
+            } else {
+                0
+            };
             let columns = stmt.column_count();
             let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
             let mut rows = Vec::new();
@@ -871,7 +876,9 @@ impl Db {
             if writes {
                 out.rows_written += conn.changes();
             }
-            if schema {
+            // `CREATE TABLE IF NOT EXISTS` on every wake changes nothing,
+            // and logs nothing.
+            if schema && schema_version(conn, guard)? != version {
                 let text = stmt.expanded_sql().unwrap_or_default();
                 push_segment(&mut hook.segments, SEG_SCHEMA, text.as_bytes());
             }
@@ -923,6 +930,14 @@ fn touches_savepoints(query: &str) -> bool {
 fn has_any(query: &str, words: &[&str]) -> bool {
     let q = query.to_ascii_uppercase();
     words.iter().any(|w| q.contains(w))
+}
+
+/// SQLite's count of schema changes.
+fn schema_version(conn: &Connection, guard: &Guard) -> Result<i64, StorageError> {
+    guard.internal.store(true, Relaxed);
+    let v = conn.query_row("PRAGMA schema_version", [], |r| r.get(0));
+    guard.internal.store(false, Relaxed);
+    Ok(v?)
 }
 
 /// The innermost savepoint of this name (names are case-insensitive).

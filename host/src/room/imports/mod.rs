@@ -18,6 +18,19 @@ use crate::wit::Error;
 
 impl crate::wit::dormouse::room::types::Host for RoomState {}
 
+impl RoomState {
+    /// What the room's own hooks may do and the lobby's may not: the
+    /// lobby's and the crons' hooks run outside any room.
+    fn in_room(&self, what: &str) -> Result<(), Error> {
+        if self.lobby {
+            return Err(Error::Invalid(format!(
+                "{what} is for a room's own hooks; the lobby and the crons run outside any room"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// `Err(too-large)` when `len` is over `max`.
 fn check_size(what: &str, len: usize, max: usize) -> Result<(), Error> {
     if len > max {

@@ -54,16 +54,6 @@ impl RoomState {
             request,
         ))
     }
-
-    /// What the room's own hooks may do and the lobby's may not.
-    fn in_room(&self, what: &str) -> Result<(), Error> {
-        if self.lobby {
-            return Err(Error::Invalid(format!(
-                "{what} is for a room's own hooks; the lobby and the crons run one call (use fetch)"
-            )));
-        }
-        Ok(())
-    }
 }
 
 impl Host for RoomState {
@@ -108,7 +98,7 @@ impl Host for RoomState {
         room: String,
         request: Request,
     ) -> wasmtime::Result<Result<u64, Error>> {
-        if let Err(e) = self.in_room("rooms.start") {
+        if let Err(e) = self.in_room("rooms.start (the lobby and crons use fetch)") {
             return Ok(Err(e));
         }
         let (target, request) = match self.call_to(party, room, request) {
@@ -133,7 +123,7 @@ impl Host for RoomState {
     }
 
     fn defer(&mut self) -> wasmtime::Result<Result<u64, Error>> {
-        if let Err(e) = self.in_room("rooms.defer") {
+        if let Err(e) = self.in_room("rooms.defer (the lobby and crons use fetch)") {
             return Ok(Err(e));
         }
         let hook = self.hook();

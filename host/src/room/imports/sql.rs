@@ -32,6 +32,9 @@ impl Host for RoomState {
         query: String,
         params: Vec<wit::Value>,
     ) -> wasmtime::Result<Result<wit::Cursor, Error>> {
+        if let Err(e) = self.in_room("sql.exec") {
+            return Ok(Err(e));
+        }
         let params: Vec<SqlValue> = params.into_iter().map(from_wit).collect();
         Ok(match self.storage.sql_exec(&query, &params) {
             Ok(Cursor {
@@ -53,6 +56,9 @@ impl Host for RoomState {
     }
 
     fn database_size(&mut self) -> wasmtime::Result<Result<u64, Error>> {
+        if let Err(e) = self.in_room("sql.database-size") {
+            return Ok(Err(e));
+        }
         Ok(self.storage.sql_size().map_err(Error::from))
     }
 }
