@@ -309,9 +309,10 @@ async fn insert_until_dead(
     }
 }
 
-// The todo list of the examples, the TypeScript one written against
-// Durable Objects' `ctx.storage.sql` and ported by renaming `ctx` alone.
-in_each_language!(todos_in_sql_survive_hibernation_and_a_restart: rust => "todos-sql", ts => "todos-sql-ts");
+// The todo list of the examples in each language, the TypeScript one
+// written against Durable Objects' `ctx.storage.sql` and ported by
+// renaming `ctx` alone.
+in_each_language!(todos_in_sql_survive_hibernation_and_a_restart: rust => "todos-sql", ts => "todos-sql-ts", py => "todos-sql-py");
 async fn todos_in_sql_survive_hibernation_and_a_restart(guest: &'static str) {
     let room = "/parties/main/groceries";
     let server = Server::start(Options::main(guest).idle(50)).await;

@@ -26,11 +26,12 @@ from wit_world.imports import alarm as _alarm
 from wit_world.imports import connections as _connections
 from wit_world.imports import context as _context
 from wit_world.imports import rooms as _rooms
+from wit_world.imports import sql as _sql
 from wit_world.imports import storage as _storage
 from wit_world.imports import timers as _timers
 from wit_world.imports import types as _types
 
-__all__ = ["Server", "Room", "Connection", "Storage", "Request", "Response", "serve"]
+__all__ = ["Server", "Room", "Connection", "Storage", "Sql", "SqlCursor", "Request", "Response", "serve"]
 
 Message = Union[str, bytes]
 
@@ -160,9 +161,113 @@ class Connection:
 # ------------------------------------------------------------------ storage
 
 
+def _sql_value(v: Any):
+    """A Python value as a SQL parameter."""
+    if v is None:
+        return _sql.Value_Null()
+    if isinstance(v, bool):
+        return _sql.Value_Integer(int(v))
+    if isinstance(v, int):
+        return _sql.Value_Integer(v)
+    if isinstance(v, float):
+        return _sql.Value_Real(v)
+    if isinstance(v, str):
+        return _sql.Value_Text(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return _sql.Value_Blob(bytes(v))
+    raise TypeError(f"cannot bind {type(v).__name__} as a SQL value")
+
+
+def _py_value(v) -> Any:
+    """A column's value as Python: None, int, float, str or bytes."""
+    return None if isinstance(v, _sql.Value_Null) else v.value
+
+
+class SqlCursor:
+    """What ``Sql.exec`` returns: the query has run; iterate its rows as
+    dicts, or take them with ``to_list``, ``one`` or ``raw``."""
+
+    def __init__(self, result):
+        self.column_names: List[str] = list(result.column_names)
+        self.rows_read: int = result.rows_read
+        self.rows_written: int = result.rows_written
+        self._rows = result.rows
+        self._at = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Dict[str, Any]:
+        if self._at >= len(self._rows):
+            raise StopIteration
+        row = self._rows[self._at]
+        self._at += 1
+        return {name: _py_value(v) for name, v in zip(self.column_names, row)}
+
+    def to_list(self) -> List[Dict[str, Any]]:
+        return list(self)
+
+    def one(self) -> Dict[str, Any]:
+        """The one row left; ``RoomError`` unless there is exactly one."""
+        left = len(self._rows) - self._at
+        if left != 1:
+            raise RoomError("invalid", f"expected exactly one row, got {left}")
+        return next(self)
+
+    def raw(self) -> List[tuple]:
+        """The rows left, as tuples in ``column_names`` order."""
+        rows = [tuple(_py_value(v) for v in row) for row in self._rows[self._at:]]
+        self._at = len(self._rows)
+        return rows
+
+
+class _Savepoint:
+    """``with sql.transaction():`` a part of the hook that fails alone."""
+
+    depth = 0
+
+    def __init__(self, sql: "Sql"):
+        self.sql = sql
+
+    def __enter__(self):
+        self.name = f"tx{_Savepoint.depth}"
+        self.sql.exec(f"SAVEPOINT {self.name}")
+        _Savepoint.depth += 1
+        return self.sql
+
+    def __exit__(self, kind, error, trace):
+        _Savepoint.depth -= 1
+        if kind is None:
+            self.sql.exec(f"RELEASE {self.name}")
+        else:
+            self.sql.exec(f"ROLLBACK TO {self.name}; RELEASE {self.name}")
+        return False
+
+
+class Sql:
+    """The room's SQL database (SQLite), Durable Objects' ``ctx.storage.sql``
+    in Python style. Its writes commit with the hook's key-value writes."""
+
+    def exec(self, query: str, *params: Any) -> SqlCursor:
+        return SqlCursor(_call(_sql.exec, query, [_sql_value(p) for p in params]))
+
+    @property
+    def database_size(self) -> int:
+        """Bytes the database takes on disk."""
+        return _call(_sql.database_size)
+
+    def transaction(self) -> _Savepoint:
+        """``with room.storage.sql.transaction(): ...``: when the block
+        raises, its SQL writes are taken back and the exception goes on."""
+        return _Savepoint(self)
+
+
 class Storage:
     """The room's durable storage. Values are JSON (what ``json.dumps``
-    takes), stored as plain JSON, so rooms in other languages read them."""
+    takes), stored as plain JSON, so rooms in other languages read them.
+    ``sql`` is the room's SQL database."""
+
+    sql = Sql()
 
     def get(self, key: str) -> Any:
         raw = _call(_storage.get, key)
