@@ -22,6 +22,7 @@ use anyhow::{Context, bail};
 
 mod broadcast;
 mod languages;
+mod sql;
 mod yjs;
 mod yjs_peers;
 
@@ -64,6 +65,10 @@ pub enum Scenario {
     /// The relay in Rust and in TypeScript side by side: deploy time (first
     /// and second), wake, private memory per awake room, relay throughput.
     Languages,
+    /// SQL storage beside key-value storage in one run: a request to a
+    /// hibernated room with a 10 MB SQL database vs a key-value room, and
+    /// durable writes/s across --rooms rooms, SQL inserts vs key-value puts.
+    Sql,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -123,6 +128,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Broadcast => broadcast::broadcast(&args, &mut out).await,
         Scenario::Yjs => yjs::yjs(&args, &mut out).await,
         Scenario::Languages => languages::languages(&args, &mut out).await,
+        Scenario::Sql => sql::sql(&args, &mut out).await,
     }
 }
 
@@ -356,8 +362,16 @@ fn rss_of(pid: u32) -> anyhow::Result<u64> {
 
 /// A plain HTTP GET over a fresh connection; the body.
 async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    request(addr, "GET", path, "").await
+}
+
+/// One HTTP request over a fresh connection; the body of a 200 answer.
+async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
     let mut tcp = TcpStream::connect(addr).await?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     tcp.write_all(req.as_bytes()).await?;
     let mut raw = Vec::new();
     tcp.read_to_end(&mut raw).await?;

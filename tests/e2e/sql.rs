@@ -318,21 +318,29 @@ async fn todos_in_sql_survive_hibernation_and_a_restart(guest: &'static str) {
     let server = Server::start(Options::main(guest).idle(50)).await;
     let mut a = server.ws(room).await;
     let mut b = server.ws(room).await;
-    let empty: serde_json::Value = serde_json::from_str(&recv_text(&mut a).await).expect("json");
-    assert_eq!(empty["open"], 0);
+    let json = |t: String| -> serde_json::Value { serde_json::from_str(&t).expect("json") };
+    assert_eq!(
+        json(recv_text(&mut a).await),
+        serde_json::json!({"todos": [], "open": 0})
+    );
     recv_text(&mut b).await;
     for item in ["milk", "eggs", "bread"] {
         send_text(&mut a, &format!("add {item}")).await;
+        let news = json(recv_text(&mut b).await);
+        assert_eq!(news["todo"]["text"], item, "{news}");
         recv_text(&mut a).await;
-        recv_text(&mut b).await;
     }
     send_text(&mut b, "done 2").await;
-    let state: serde_json::Value = serde_json::from_str(&recv_text(&mut a).await).expect("json");
+    let news = json(recv_text(&mut a).await);
     recv_text(&mut b).await;
-    assert_eq!(state["open"], 2, "{state}");
-    assert_eq!(state["todos"][1]["status"], "done", "{state}");
-    // A bad id is the sender's error, and changes nothing.
+    assert_eq!(
+        news,
+        serde_json::json!({"todo": {"id": 2, "text": "eggs", "status": "done"}, "open": 2})
+    );
+    // A bad or unknown id is the sender's error, and changes nothing.
     send_text(&mut a, "done x").await;
+    assert!(recv_text(&mut a).await.contains("error"));
+    send_text(&mut a, "done 99").await;
     assert!(recv_text(&mut a).await.contains("error"));
 
     // Hibernated, the room answers from its database.
@@ -341,18 +349,21 @@ async fn todos_in_sql_survive_hibernation_and_a_restart(guest: &'static str) {
         .await;
     let (status, open) = server.http("GET", &format!("{room}?status=open"), "").await;
     assert_eq!(status, 200);
-    let open: serde_json::Value = serde_json::from_str(&open).expect("json");
-    let texts: Vec<_> = open
+    let texts: Vec<_> = json(open)
         .as_array()
         .expect("an array")
         .iter()
         .map(|t| t["text"].clone())
         .collect();
     assert_eq!(texts, ["milk", "bread"]);
+    let (status, one) = server.http("GET", &format!("{room}?id=3"), "").await;
+    assert_eq!((status, json(one)["text"].clone()), (200, "bread".into()));
 
     send_text(&mut a, "clear").await;
-    let state: serde_json::Value = serde_json::from_str(&recv_text(&mut a).await).expect("json");
-    assert_eq!(state["todos"].as_array().map(Vec::len), Some(2), "{state}");
+    assert_eq!(
+        json(recv_text(&mut a).await),
+        serde_json::json!({"cleared": [2], "open": 2})
+    );
     drop((a, b));
 
     let options = server.stop().await;

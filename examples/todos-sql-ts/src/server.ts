@@ -3,11 +3,12 @@
 // became `this.room` (the class is a PartyKit server). Every SQL line below
 // is Cloudflare's API as Cloudflare documents it.
 //
-// Protocol: WebSocket text `add <text>` adds a todo, `done <id>` marks it
-// done, `clear` deletes the done ones in one transaction; after each, every
-// connection gets `{"todos": [...], "open": N}`. HTTP `GET ?status=open`
-// answers those todos as JSON; `GET /stats` answers the table's columns, the
-// database's size and what the last query read and wrote.
+// Protocol: as examples/todos-sql (its module doc): on connect
+// `{"todos", "open"}`; `add <text>` and `done <id>` tell everyone
+// `{"todo", "open"}`; `clear` deletes the done ones in one transaction and
+// tells `{"cleared", "open"}`; HTTP `GET ?status=open` and `GET ?id=N`.
+// `GET /stats` answers the table's columns, the database's size and what a
+// query read and wrote.
 import type * as Party from "dormouse";
 
 type Todo = { id: number; text: string; status: "open" | "done" };
@@ -32,38 +33,43 @@ export default class TodosServer implements Party.Server {
       : this.sql.exec<Todo>("SELECT id, text, status FROM todos ORDER BY id").toArray();
   }
 
-  state() {
-    const { open } = this.sql.exec<{ open: number }>("SELECT count(*) AS open FROM todos WHERE status = 'open'").one();
-    return JSON.stringify({ todos: this.todos(), open });
+  open(): number {
+    return this.sql.exec<{ open: number }>("SELECT count(*) AS open FROM todos WHERE status = 'open'").one().open;
+  }
+
+  changed(id: number): string {
+    const todo = this.sql.exec<Todo>("SELECT id, text, status FROM todos WHERE id = ?", id).one();
+    return JSON.stringify({ todo, open: this.open() });
   }
 
   onConnect(conn: Party.Connection) {
-    conn.send(this.state());
+    conn.send(JSON.stringify({ todos: this.todos(), open: this.open() }));
   }
 
   onMessage(message: string | ArrayBuffer, sender: Party.Connection) {
     const text = message as string;
+    const error = (why: string) => sender.send(JSON.stringify({ error: why }));
     if (text.startsWith("add ")) {
-      this.sql.exec("INSERT INTO todos (text) VALUES (?)", text.slice(4));
+      const { id } = this.sql.exec<{ id: number }>("INSERT INTO todos (text) VALUES (?) RETURNING id", text.slice(4)).one();
+      this.room.broadcast(this.changed(id));
     } else if (text.startsWith("done ")) {
       const id = Number(text.slice(5));
-      if (!Number.isSafeInteger(id)) {
-        sender.send(JSON.stringify({ error: `${text.slice(5)} is not an id` }));
-        return;
+      if (!Number.isSafeInteger(id)) return error(`${text.slice(5)} is not an id`);
+      if (this.sql.exec("UPDATE todos SET status = 'done' WHERE id = ?", id).rowsWritten === 0) {
+        return error(`no todo has id ${id}`);
       }
-      this.sql.exec("UPDATE todos SET status = 'done' WHERE id = ?", id);
+      this.room.broadcast(this.changed(id));
     } else if (text === "clear") {
       // All or nothing: a throw inside takes back the deletes.
-      this.room.storage.transactionSync(() => {
+      const cleared = this.room.storage.transactionSync(() => {
         const ids = [...this.sql.exec<{ id: number }>("SELECT id FROM todos WHERE status = 'done'")].map((r) => r.id);
         for (const id of ids) this.sql.exec("DELETE FROM todos WHERE id = ?", id);
-        if (this.sql.exec("SELECT 1 FROM todos WHERE status = 'done'").toArray().length) throw new Error("not cleared");
+        return ids;
       });
+      this.room.broadcast(JSON.stringify({ cleared, open: this.open() }));
     } else {
-      sender.send(JSON.stringify({ error: "say `add TEXT`, `done ID` or `clear`" }));
-      return;
+      error("say `add TEXT`, `done ID` or `clear`");
     }
-    this.room.broadcast(this.state());
   }
 
   onRequest(request: Party.Request) {
@@ -78,6 +84,11 @@ export default class TodosServer implements Party.Server {
         rowsWritten: this.sql.exec("UPDATE todos SET text = text WHERE status = 'open'").rowsWritten,
         databaseSize: this.sql.databaseSize,
       });
+    }
+    const id = url.searchParams.get("id");
+    if (id !== null) {
+      const found = this.sql.exec<Todo>("SELECT id, text, status FROM todos WHERE id = ?", Number(id)).toArray();
+      return found.length ? Response.json(found[0]) : new Response("no such todo", { status: 404 });
     }
     return Response.json(this.todos(url.searchParams.get("status") ?? undefined));
   }

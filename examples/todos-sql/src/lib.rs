@@ -1,23 +1,32 @@
 //! Todos in SQL: a todo list per room in the room's SQLite database, with a
 //! table, an index and a query by status.
 //!
-//! Protocol (the same as `examples/todos-sql-ts`): WebSocket text
-//! `add <text>` adds a todo, `done <id>` marks it done, `clear` deletes the
-//! done ones in one transaction; after each, every connection gets
-//! `{"todos": [...], "open": N}`, as a new connection does. HTTP
-//! `GET ?status=open` (or `done`) answers those todos as a JSON array;
-//! `POST` with a text body adds one and answers its id.
+//! Protocol (the same in `examples/todos-sql-ts` and `todos-sql-py`), JSON:
+//! - on connect: `{"todos": [...], "open": N}`;
+//! - text `add <text>`: every connection gets `{"todo": {...}, "open": N}`;
+//! - text `done <id>`: the same, for that todo;
+//! - text `clear`: the done todos are deleted, all or none, and every
+//!   connection gets `{"cleared": [ids], "open": N}`;
+//! - anything else, or an unknown id: the sender gets `{"error": "..."}`.
+//!
+//! HTTP: `GET ?status=open` (or `done`) answers those todos as an array,
+//! `GET ?id=N` one todo; `POST` with a text body adds one and answers its
+//! id; `POST ?seed=N` adds N numbered todos in one statement (for demos
+//! and `dormouse bench sql`).
 //!
 //! Run with: `cargo run -p dormouse -- dev examples/todos-sql`
 
-use dormouse_sdk::sql::{self, Value};
-use dormouse_sdk::{Connection, Message, Request, Response, Room, connections};
+use dormouse_sdk::sql::{self, Row};
+use dormouse_sdk::{Connection, Error, Message, Request, Response, Room, connections};
+use serde_json::{Value as Json, json};
 
 #[derive(Default)]
 struct Todos;
 
-/// The schema, made on first use in each room. `IF NOT EXISTS` makes it
-/// cheap to run on every wake: on-start runs it before any other hook.
+/// The schema, made on first use in each room. A `CREATE ... IF NOT
+/// EXISTS` that finds the table changes nothing and costs next to nothing,
+/// so on-start runs it on every wake, as a Durable Object's constructor
+/// would.
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS todos (
         id INTEGER PRIMARY KEY,
@@ -26,8 +35,16 @@ const SCHEMA: &str = "
     );
     CREATE INDEX IF NOT EXISTS todos_by_status ON todos (status, id);";
 
+fn todo(row: Row<'_>) -> Result<Json, Error> {
+    Ok(json!({
+        "id": row.get::<i64>("id")?,
+        "text": row.get::<String>("text")?,
+        "status": row.get::<String>("status")?,
+    }))
+}
+
 /// The todos, all of them or those with one status.
-fn list(status: Option<&str>) -> Result<serde_json::Value, dormouse_sdk::Error> {
+fn list(status: Option<&str>) -> Result<Json, Error> {
     let cursor = match status {
         Some(s) => sql::exec(
             "SELECT id, text, status FROM todos WHERE status = ? ORDER BY id",
@@ -35,43 +52,31 @@ fn list(status: Option<&str>) -> Result<serde_json::Value, dormouse_sdk::Error> 
         )?,
         None => sql::exec("SELECT id, text, status FROM todos ORDER BY id", &[])?,
     };
-    let mut todos = Vec::new();
-    for row in cursor.rows() {
-        todos.push(serde_json::json!({
-            "id": row.get::<i64>("id")?,
-            "text": row.get::<String>("text")?,
-            "status": row.get::<String>("status")?,
-        }));
-    }
-    Ok(serde_json::Value::Array(todos))
+    cursor.rows().map(todo).collect()
 }
 
-/// What every connection is told: the todos and how many are open.
-fn state() -> Result<String, dormouse_sdk::Error> {
-    let open: i64 = sql::exec(
+fn open() -> Result<i64, Error> {
+    sql::exec(
         "SELECT count(*) AS open FROM todos WHERE status = 'open'",
         &[],
     )?
     .one()?
-    .get("open")?;
-    Ok(serde_json::json!({ "todos": list(None)?, "open": open }).to_string())
+    .get("open")
 }
 
-/// Delete the done todos, all or none.
-fn clear() -> Result<(), dormouse_sdk::Error> {
-    sql::transaction(|| {
-        let done = sql::exec("SELECT id FROM todos WHERE status = 'done'", &[])?;
-        for row in done.rows() {
-            sql::exec(
-                "DELETE FROM todos WHERE id = ?",
-                &[row.get::<i64>("id")?.into()],
-            )?;
-        }
-        Ok(())
-    })
+/// One todo, as every connection is told of it.
+fn changed(id: i64) -> Result<String, Error> {
+    let cursor = sql::exec(
+        "SELECT id, text, status FROM todos WHERE id = ?",
+        &[id.into()],
+    )?;
+    let row = cursor
+        .one()
+        .map_err(|_| Error::Invalid(format!("no todo has id {id}")))?;
+    Ok(json!({ "todo": todo(row)?, "open": open()? }).to_string())
 }
 
-fn add(text: &str) -> Result<i64, dormouse_sdk::Error> {
+fn add(text: &str) -> Result<i64, Error> {
     sql::exec(
         "INSERT INTO todos (text) VALUES (?) RETURNING id",
         &[text.into()],
@@ -80,10 +85,29 @@ fn add(text: &str) -> Result<i64, dormouse_sdk::Error> {
     .get("id")
 }
 
-fn broadcast_state() {
-    if let Ok(state) = state() {
-        let _ = connections::broadcast(Message::Text(state), &[]);
-    }
+fn done(id: &str) -> Result<String, Error> {
+    let id: i64 = id
+        .trim()
+        .parse()
+        .map_err(|_| Error::Invalid(format!("{id} is not an id")))?;
+    sql::exec(
+        "UPDATE todos SET status = 'done' WHERE id = ?",
+        &[id.into()],
+    )?;
+    changed(id)
+}
+
+/// Delete the done todos, all or none.
+fn clear() -> Result<String, Error> {
+    let ids = sql::transaction(|| {
+        let done = sql::exec("SELECT id FROM todos WHERE status = 'done'", &[])?;
+        let ids: Vec<i64> = done.rows().map(|r| r.get("id")).collect::<Result<_, _>>()?;
+        for id in &ids {
+            sql::exec("DELETE FROM todos WHERE id = ?", &[(*id).into()])?;
+        }
+        Ok::<_, Error>(ids)
+    })?;
+    Ok(json!({ "cleared": ids, "open": open()? }).to_string())
 }
 
 impl Room for Todos {
@@ -92,8 +116,8 @@ impl Room for Todos {
     }
 
     fn on_connect(&mut self, conn: &Connection, _request: &Request) -> Result<(), Response> {
-        if let Ok(state) = state() {
-            let _ = conn.send_text(&state);
+        if let (Ok(todos), Ok(open)) = (list(None), open()) {
+            let _ = conn.send_text(&json!({ "todos": todos, "open": open }).to_string());
         }
         Ok(())
     }
@@ -102,44 +126,57 @@ impl Room for Todos {
         let Message::Text(text) = message else {
             return;
         };
-        let done = |id: &str| -> Result<(), dormouse_sdk::Error> {
-            let id: i64 = id
-                .trim()
-                .parse()
-                .map_err(|_| dormouse_sdk::Error::Invalid(format!("{id} is not an id")))?;
-            sql::exec(
-                "UPDATE todos SET status = 'done' WHERE id = ?",
-                &[Value::Integer(id)],
-            )?;
-            Ok(())
-        };
         let result = if let Some(t) = text.strip_prefix("add ") {
-            add(t).map(|_| ())
+            add(t).and_then(changed)
         } else if let Some(id) = text.strip_prefix("done ") {
             done(id)
         } else if text == "clear" {
             clear()
         } else {
-            Err(dormouse_sdk::Error::Invalid(
+            Err(Error::Invalid(
                 "say `add TEXT`, `done ID` or `clear`".into(),
             ))
         };
         match result {
-            Ok(()) => broadcast_state(),
+            Ok(news) => {
+                let _ = connections::broadcast(Message::Text(news), &[]);
+            }
             Err(e) => {
-                let error = serde_json::json!({ "error": e.to_string() });
-                let _ = conn.send_text(&error.to_string());
+                let _ = conn.send_text(&json!({ "error": e.to_string() }).to_string());
             }
         }
     }
 
     fn on_request(&mut self, request: Request) -> Response {
-        let answer = match request.method.as_str() {
-            "GET" => list(request.query("status")).map(|l| Response::text(200, l.to_string())),
-            "POST" => {
+        let answer = match (request.method.as_str(), request.query("id"), request.query("seed")) {
+            ("GET", Some(id), _) => id
+                .parse()
+                .map_err(|_| Error::Invalid(format!("{id} is not an id")))
+                .and_then(|id: i64| {
+                    let c = sql::exec("SELECT id, text, status FROM todos WHERE id = ?", &[id.into()])?;
+                    match c.rows().next() {
+                        Some(row) => Ok(Response::text(200, todo(row)?.to_string())),
+                        None => Ok(Response::text(404, "no such todo")),
+                    }
+                }),
+            ("GET", None, _) => list(request.query("status")).map(|l| Response::text(200, l.to_string())),
+            ("POST", _, Some(n)) => n
+                .parse::<i64>()
+                .map_err(|_| Error::Invalid(format!("{n} is not a count")))
+                .and_then(|n| {
+                    let c = sql::exec(
+                        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+                         INSERT INTO todos (text) SELECT printf('todo %d: %s', i, hex(randomblob(32))) FROM n",
+                        &[n.into()],
+                    )?;
+                    Ok(Response::text(200, c.rows_written().to_string()))
+                }),
+            ("POST", _, None) => {
                 let text = String::from_utf8_lossy(&request.body).into_owned();
                 add(&text).map(|id| {
-                    broadcast_state();
+                    if let Ok(news) = changed(id) {
+                        let _ = connections::broadcast(Message::Text(news), &[]);
+                    }
                     Response::text(200, id.to_string())
                 })
             }

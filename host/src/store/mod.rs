@@ -369,6 +369,7 @@ impl RoomStorage {
         let limits = sql::SqlLimits {
             budget: std::time::Duration::from_millis(self.limits.hook_cpu_ms),
             max_bytes: self.limits.storage_bytes_per_room,
+            hook_bytes: self.limits.hook_write_bytes,
             value_bytes: self.limits.value_bytes,
         };
         self.sql.exec(&*self.committed, limits, query, params)

@@ -22,6 +22,7 @@ unsafe extern "C" {
     fn sqlite3session_delete(session: *mut c_void);
     fn sqlite3session_object_config(session: *mut c_void, op: c_int, arg: *mut c_void) -> c_int;
     fn sqlite3session_attach(session: *mut c_void, table: *const c_char) -> c_int;
+    fn sqlite3session_memory_used(session: *mut c_void) -> i64;
     fn sqlite3session_changeset(
         session: *mut c_void,
         n: *mut c_int,
@@ -80,6 +81,12 @@ impl Capture {
             check(sqlite3session_attach(s, std::ptr::null()))?;
             Ok(capture)
         }
+    }
+
+    /// Heap bytes the capture holds: about what its changeset will take.
+    pub(super) fn memory_used(&self) -> u64 {
+        // SAFETY: the session is live (deleted only in Drop).
+        unsafe { sqlite3session_memory_used(self.0) }.max(0) as u64
     }
 
     /// The changes since the capture began (empty when none).

@@ -39,12 +39,17 @@ use crate::lock::lock;
 /// the guest gets them. A larger result is refused; page it with LIMIT.
 pub const RESULT_BYTES: usize = 32 << 20;
 
-/// How many commits the room's file takes between checkpoints (each one
-/// fsyncs it, after which the host's log up to it is trimmed).
-const CHECKPOINT_EVERY: u64 = 256;
+/// How many acknowledged commits the room's file holds in one local
+/// transaction before it commits it: the log has them already, so the
+/// file is written once for many of them.
+const LOCAL_COMMIT_EVERY: u64 = 64;
 
-/// The host's own savepoint around a hook's statements.
-const HOOK_SAVEPOINT: &str = "_dormouse_hook";
+/// How many local commits between checkpoints (each one fsyncs the file,
+/// after which the host's log up to it is trimmed).
+const CHECKPOINT_EVERY: u64 = 4;
+
+/// Plain queries a room's statement cache remembers (see `Db::plain`).
+const PLAIN_CACHE: usize = 64;
 
 /// Names a room may not use: the host's own table and savepoints.
 const RESERVED: &str = "_dormouse";
@@ -111,6 +116,9 @@ pub struct RoomSql {
     /// Log entries up to this are in the room's file durably: the next
     /// commit deletes them.
     trim: Option<u64>,
+    /// The group's SQL writes were lost with the file's transaction: the
+    /// next commit fails.
+    broken: Option<String>,
 }
 
 /// The open database.
@@ -119,22 +127,36 @@ struct Db {
     capture: Option<Capture>,
     conn: Connection,
     guard: Arc<Guard>,
-    /// The log sequence number the file holds.
+    /// The log sequence number the file holds (committed locally).
     applied: u64,
+    /// The last log sequence number the host's store acknowledged: the
+    /// open local transaction holds those after `applied`.
+    acked: u64,
+    acked_since_commit: u64,
     commits_since_checkpoint: u64,
-    /// A transaction is open (some hook since the last commit used SQL).
+    /// The local transaction is open.
     open: bool,
+    /// The group's savepoint is set (some hook since the last commit used
+    /// SQL): what a failed commit takes back.
+    group_open: bool,
     /// The running hook, once it used SQL.
     hook: Option<HookTx>,
     budget: Duration,
     /// The room's quota for the file.
     max_bytes: u64,
+    /// See [`SqlLimits::hook_bytes`].
+    hook_bytes: usize,
     /// The running `exec`'s own savepoint is still there (a statement of
     /// the room's may release or roll back past it).
     exec_alive: bool,
     /// SQLite rolled the whole transaction back (a full disk, a write
     /// stopped by the budget): nothing since the last commit can commit.
     lost: Option<String>,
+    /// Queries known to be one statement that neither changes the schema
+    /// nor touches a savepoint: they run from rusqlite's statement cache,
+    /// without a parse. (The authorizer runs when a statement is prepared,
+    /// and again whenever SQLite prepares it anew after a schema change.)
+    plain: std::collections::HashSet<String>,
 }
 
 /// The running hook's part of the transaction.
@@ -305,6 +327,9 @@ pub struct SqlLimits {
     pub budget: Duration,
     /// The most bytes the file may hold.
     pub max_bytes: u64,
+    /// The most bytes of changes one hook may make (its log entry is held
+    /// in host memory until it commits).
+    pub hook_bytes: usize,
     /// The largest string or blob.
     pub value_bytes: usize,
 }
@@ -353,8 +378,12 @@ impl RoomSql {
         if let Some(db) = &mut self.db
             && let Err(e) = db.rollback_hook()
         {
-            tracing::error!(error = %e, "cannot roll back a hook's SQL; the database is closed");
-            self.close();
+            tracing::error!(error = %e, "cannot roll back a hook's SQL; the database is reopened from the log");
+            // The group's other hooks lose their SQL writes with the
+            // file's transaction: their commit must fail too.
+            self.broken = Some(format!("the room's SQL transaction failed: {e}"));
+            self.group.clear();
+            self.db = None;
         }
     }
 
@@ -362,17 +391,28 @@ impl RoomSql {
     pub fn rollback_all(&mut self) {
         self.group.clear();
         self.committing = None;
-        if let Some(db) = &mut self.db
-            && let Err(e) = db.rollback_all()
-        {
-            tracing::error!(error = %e, "cannot roll back SQL; the database is closed");
-            self.close();
+        let Some(db) = &mut self.db else {
+            return;
+        };
+        if db.lost.is_some() {
+            // SQLite took back acknowledged writes too: the next open
+            // replays them from the log.
+            self.db = None;
+            return;
+        }
+        if let Err(e) = db.rollback_group() {
+            tracing::error!(error = %e, "cannot roll back SQL; the database is reopened from the log");
+            self.db = None;
         }
     }
 
     /// The log entry for the next commit, `(seq, changes)`; ends the
     /// running hook first.
     pub fn take(&mut self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        if let Some(why) = self.broken.take() {
+            self.rollback_all();
+            return Err(StorageError::Unavailable(why));
+        }
         if let Err(e) = self.end_hook() {
             self.rollback_all();
             return Err(e);
@@ -386,10 +426,10 @@ impl RoomSql {
         }
         if self.group.is_empty() {
             // Only reads (or writes taken back): nothing to log.
-            db.rollback_all()?;
+            db.rollback_group()?;
             return Ok(None);
         }
-        let seq = db.applied + 1;
+        let seq = db.acked + 1;
         self.committing = Some(seq);
         Ok(Some((seq, std::mem::take(&mut self.group))))
     }
@@ -409,9 +449,9 @@ impl RoomSql {
             return;
         };
         let result = if ok {
-            db.commit(seq)
+            db.acknowledge(seq)
         } else {
-            db.rollback_all().map(|()| None)
+            db.rollback_group().map(|()| None)
         };
         match result {
             Ok(Some(trim)) => self.trim = Some(trim),
@@ -419,7 +459,7 @@ impl RoomSql {
             // The log has the changes: the next open replays them.
             Err(e) => {
                 tracing::error!(error = %e, "cannot commit SQL locally; reopening from the log");
-                self.close();
+                self.db = None;
             }
         }
     }
@@ -432,7 +472,10 @@ impl RoomSql {
         let Some(mut db) = self.db.take() else {
             return;
         };
-        let _ = db.rollback_all();
+        if db.lost.is_some() || db.rollback_group().is_err() || db.commit_local().is_err() {
+            // The log keeps what the file missed, for the next open.
+            return;
+        }
         if db.checkpoint().is_ok() {
             self.trim = Some(db.applied);
         }
@@ -472,17 +515,31 @@ impl Db {
         let value = i32::try_from(limits.value_bytes).unwrap_or(i32::MAX);
         conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, value)?;
         conn.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, 1 << 20)?;
+        conn.set_prepared_statement_cache_capacity(PLAIN_CACHE + 16);
         // NORMAL in WAL mode: a commit does not fsync (the host's log is
         // durable first); a checkpoint does.
+        // EXCLUSIVE: the room's actor is the file's only user, so the WAL
+        // index lives in memory (no -shm file to create, map and delete on
+        // every wake and hibernation).
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
+            "PRAGMA locking_mode = EXCLUSIVE;
              PRAGMA synchronous = NORMAL;
              PRAGMA foreign_keys = ON;
-             PRAGMA cache_size = -1024;
-             CREATE TABLE IF NOT EXISTS _dormouse_meta (
-                 id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
-             INSERT OR IGNORE INTO _dormouse_meta (id, seq) VALUES (1, 0);",
+             PRAGMA cache_size = -1024;",
         )?;
+        let applied = match conn.query_row("SELECT seq FROM _dormouse_meta", [], |r| r.get(0)) {
+            Ok(seq) => seq,
+            // A new file (the journal mode is kept in it).
+            Err(_) => {
+                conn.execute_batch(
+                    "PRAGMA journal_mode = WAL;
+                     CREATE TABLE IF NOT EXISTS _dormouse_meta (
+                         id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
+                     INSERT OR IGNORE INTO _dormouse_meta (id, seq) VALUES (1, 0);",
+                )?;
+                0i64
+            }
+        };
         let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         // A backstop: `exec` checks the quota itself after each write and
         // takes back only that call. Reaching max_page_count mid-statement
@@ -490,7 +547,6 @@ impl Db {
         let quota_pages = limits.max_bytes / page.max(512) as u64;
         let pages = quota_pages + quota_pages / 4 + 64;
         conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
-        let applied: i64 = conn.query_row("SELECT seq FROM _dormouse_meta", [], |r| r.get(0))?;
         let mut db = Db {
             capture: None,
             conn,
@@ -503,16 +559,30 @@ impl Db {
                 savepoint: Mutex::new(None),
             }),
             applied: applied.max(0) as u64,
+            acked: 0,
+            acked_since_commit: 0,
             commits_since_checkpoint: 0,
             open: false,
+            group_open: false,
             hook: None,
             budget: limits.budget,
             max_bytes: limits.max_bytes,
+            hook_bytes: limits.hook_bytes,
             exec_alive: false,
             lost: None,
+            plain: Default::default(),
         };
+        let before = db.applied;
         db.replay(log)?;
-        db.checkpoint()?;
+        // An empty WAL means the last close checkpointed (and fsynced) the
+        // file; otherwise a crash left commits in the WAL: fold them in.
+        let mut wal = file.into_os_string();
+        wal.push("-wal");
+        let wal_empty = std::fs::metadata(&wal).map_or(true, |m| m.len() == 0);
+        if db.applied != before || !wal_empty {
+            db.checkpoint()?;
+        }
+        db.acked = db.applied;
         let trim = (db.applied > 0).then_some(db.applied);
         let guard = db.guard.clone();
         db.conn
@@ -601,7 +671,7 @@ impl Db {
         // such a call is not taken back as a whole when it fails.
         self.exec_alive = !touches_savepoints(query);
         if self.exec_alive {
-            self.internal(|c| c.execute_batch("SAVEPOINT _dormouse_exec"))?;
+            self.internal(|c| cached(c, "SAVEPOINT _dormouse_exec"))?;
         }
         let mut result = self.run(query, params, saves);
         if self.conn.is_autocommit() {
@@ -621,6 +691,14 @@ impl Db {
             .hook
             .as_ref()
             .is_some_and(|h| h.segments.len() > segments);
+        let logged = self.hook.as_ref().map_or(0, |h| h.segments.len() as u64)
+            + self.capture.as_ref().map_or(0, Capture::memory_used);
+        if result.is_ok() && self.exec_alive && logged > self.hook_bytes as u64 {
+            result = Err(StorageError::TooLarge(format!(
+                "one hook may change at most {} bytes of SQL rows (hook_write_bytes)",
+                self.hook_bytes
+            )));
+        }
         if let Ok(c) = &result
             && self.exec_alive
             && (c.rows_written > 0 || grew)
@@ -635,10 +713,13 @@ impl Db {
             return result;
         }
         if result.is_ok() {
-            self.internal(|c| c.execute_batch("RELEASE _dormouse_exec"))?;
+            self.internal(|c| cached(c, "RELEASE _dormouse_exec"))?;
             return result;
         }
-        self.internal(|c| c.execute_batch("ROLLBACK TO _dormouse_exec; RELEASE _dormouse_exec"))?;
+        self.internal(|c| {
+            cached(c, "ROLLBACK TO _dormouse_exec")?;
+            cached(c, "RELEASE _dormouse_exec")
+        })?;
         if let Some(hook) = &mut self.hook {
             hook.segments.truncate(segments);
             hook.saves.truncate(saves);
@@ -664,14 +745,18 @@ impl Db {
         if self.hook.is_some() {
             return Ok(());
         }
-        let open = self.open;
+        let (open, group_open) = (self.open, self.group_open);
         self.internal(|c| {
             if !open {
-                c.execute_batch("BEGIN")?;
+                cached(c, "BEGIN")?;
             }
-            c.execute_batch(&format!("SAVEPOINT {HOOK_SAVEPOINT}"))
+            if !group_open {
+                cached(c, "SAVEPOINT _dormouse_group")?;
+            }
+            cached(c, "SAVEPOINT _dormouse_hook")
         })?;
         self.open = true;
+        self.group_open = true;
         self.hook = Some(HookTx::default());
         Ok(())
     }
@@ -684,7 +769,7 @@ impl Db {
         }
         self.close_capture()?;
         let hook = self.hook.take().expect("checked above");
-        self.internal(|c| c.execute_batch(&format!("RELEASE {HOOK_SAVEPOINT}")))?;
+        self.internal(|c| cached(c, "RELEASE _dormouse_hook"))?;
         Ok(Some(hook.segments))
     }
 
@@ -694,36 +779,55 @@ impl Db {
             return Ok(());
         }
         self.internal(|c| {
-            c.execute_batch(&format!(
-                "ROLLBACK TO {HOOK_SAVEPOINT}; RELEASE {HOOK_SAVEPOINT}"
-            ))
+            cached(c, "ROLLBACK TO _dormouse_hook")?;
+            cached(c, "RELEASE _dormouse_hook")
         })
     }
 
-    fn rollback_all(&mut self) -> Result<(), StorageError> {
+    /// Take back the group's writes (those not yet acknowledged).
+    fn rollback_group(&mut self) -> Result<(), StorageError> {
         self.capture = None;
         self.hook = None;
-        self.lost = None;
-        if !std::mem::take(&mut self.open) || self.conn.is_autocommit() {
+        if !std::mem::take(&mut self.group_open) || self.conn.is_autocommit() {
             return Ok(());
         }
-        self.internal(|c| c.execute_batch("ROLLBACK"))
+        self.internal(|c| {
+            cached(c, "ROLLBACK TO _dormouse_group")?;
+            cached(c, "RELEASE _dormouse_group")
+        })
     }
 
-    /// Commit the local transaction as log entry `seq`; `Some(trim)` when
-    /// a checkpoint made the file durable up to it.
-    fn commit(&mut self, seq: u64) -> Result<Option<u64>, StorageError> {
+    /// The host's store has the group as log entry `seq`: it joins the
+    /// local transaction, which commits every [`LOCAL_COMMIT_EVERY`];
+    /// `Some(trim)` when a checkpoint made the file durable up to it.
+    fn acknowledge(&mut self, seq: u64) -> Result<Option<u64>, StorageError> {
         self.capture = None;
         self.hook = None;
-        self.open = false;
+        self.group_open = false;
+        self.internal(|c| cached(c, "RELEASE _dormouse_group"))?;
+        self.acked = seq;
+        self.acked_since_commit += 1;
+        if self.acked_since_commit < LOCAL_COMMIT_EVERY {
+            return Ok(None);
+        }
+        self.commit_local()
+    }
+
+    /// Commit the local transaction (what was acknowledged);
+    /// `Some(trim)` when a checkpoint then made the file durable.
+    fn commit_local(&mut self) -> Result<Option<u64>, StorageError> {
+        if !self.open {
+            return Ok(None);
+        }
+        let acked = self.acked;
         self.internal(|c| {
-            c.execute(
-                "UPDATE _dormouse_meta SET seq = ?1 WHERE id = 1",
-                params![seq as i64],
-            )?;
-            c.execute_batch("COMMIT")
+            c.prepare_cached("UPDATE _dormouse_meta SET seq = ?1 WHERE id = 1")?
+                .execute(params![acked as i64])?;
+            cached(c, "COMMIT")
         })?;
-        self.applied = seq;
+        self.open = false;
+        self.applied = acked;
+        self.acked_since_commit = 0;
         self.commits_since_checkpoint += 1;
         if self.commits_since_checkpoint < CHECKPOINT_EVERY {
             return Ok(None);
@@ -749,12 +853,11 @@ impl Db {
     /// they do not count against the quota).
     fn used(&self) -> Result<u64, StorageError> {
         self.internal(|c| {
-            c.query_row(
+            c.prepare_cached(
                 "SELECT (page_count - freelist_count) * page_size
                  FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
+            )?
+            .query_row([], |r| r.get::<_, i64>(0))
         })
         .map(|n| n.max(0) as u64)
     }
@@ -786,13 +889,45 @@ impl Db {
             guard,
             hook,
             exec_alive,
+            plain,
             ..
         } = self;
         let hook = hook.as_mut().expect("begin_hook ran");
         let mut out = Cursor::default();
         let mut bytes = 0usize;
-        let mut next_param = 0usize;
         let conn: &Connection = conn;
+        if plain.contains(query) {
+            if capture.is_none() {
+                *capture = Some(Capture::start(conn)?);
+            }
+            match conn.prepare_cached(query) {
+                Ok(mut stmt) => {
+                    if stmt.parameter_count() != params.len() {
+                        return Err(StorageError::Invalid(format!(
+                            "{} parameters given; the query has {}",
+                            params.len(),
+                            stmt.parameter_count()
+                        )));
+                    }
+                    for (i, v) in params.iter().enumerate() {
+                        stmt.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(to_sql(v)))
+                            .map_err(|e| sql_error(e, guard))?;
+                    }
+                    let writes = !stmt.readonly();
+                    step(&mut stmt, conn, guard, writes, &mut out, &mut bytes)?;
+                    return Ok(out);
+                }
+                // Not one statement after all (rusqlite's own view): the
+                // slow way, from now on.
+                Err(_) => {
+                    plain.remove(query);
+                }
+            }
+        }
+        let mut next_param = 0usize;
+        // Whether the query is one statement that neither changes the
+        // schema nor touches a savepoint (`None`: none seen yet).
+        let mut only: Option<bool> = None;
         let mut batch = rusqlite::Batch::new(conn, query);
         loop {
             guard.schema.store(false, Relaxed);
@@ -823,7 +958,8 @@ impl Db {
             }
             let schema = guard.schema.load(Relaxed);
             let savepoint = lock(&guard.savepoint).take();
-            let writes = !stmt.readonly() && !schema && savepoint.is_none();
+            let simple = !schema && savepoint.is_none();
+            let writes = !stmt.readonly() && simple;
             if schema || matches!(savepoint, Some((TransactionOperation::Begin, _))) {
                 // A segment ends here: a schema change is logged as text
                 // between changesets, and a savepoint's rollback drops the
@@ -844,38 +980,7 @@ impl Db {
             } else {
                 0
             };
-            let columns = stmt.column_count();
-            let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
-            let mut rows = Vec::new();
-            {
-                let mut raw = stmt.raw_query();
-                loop {
-                    let row = match raw.next() {
-                        Ok(Some(row)) => row,
-                        Ok(None) => break,
-                        Err(e) => return Err(sql_error(e, guard)),
-                    };
-                    let mut values = Vec::with_capacity(columns);
-                    for i in 0..columns {
-                        let v = from_sql(row.get_ref(i).map_err(|e| sql_error(e, guard))?);
-                        bytes += value_bytes(&v);
-                        values.push(v);
-                    }
-                    if bytes > RESULT_BYTES {
-                        return Err(StorageError::TooLarge(format!(
-                            "a query's result may hold at most {RESULT_BYTES} bytes; page it with LIMIT"
-                        )));
-                    }
-                    rows.push(values);
-                }
-            }
-            let scanned = stmt
-                .get_status(rusqlite::StatementStatus::FullscanStep)
-                .max(0) as u64;
-            out.rows_read += scanned.max(rows.len() as u64);
-            if writes {
-                out.rows_written += conn.changes();
-            }
+            step(&mut stmt, conn, guard, writes, &mut out, &mut bytes)?;
             // `CREATE TABLE IF NOT EXISTS` on every wake changes nothing,
             // and logs nothing.
             if schema && schema_version(conn, guard)? != version {
@@ -901,10 +1006,14 @@ impl Db {
                 }
                 _ => {}
             }
-            if columns > 0 {
-                out.column_names = names;
-                out.rows = rows;
+            only = Some(only.is_none() && simple);
+        }
+        if only == Some(true) {
+            // One plain statement: cached from now on (see `plain`).
+            if plain.len() >= PLAIN_CACHE {
+                plain.clear();
             }
+            plain.insert(query.to_owned());
         }
         if next_param != params.len() {
             return Err(StorageError::Invalid(format!(
@@ -932,10 +1041,66 @@ fn has_any(query: &str, words: &[&str]) -> bool {
     words.iter().any(|w| q.contains(w))
 }
 
+/// Run one of the host's statements from the statement cache.
+fn cached(c: &Connection, sql: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// Step a bound statement to its end: its rows into `out` (when it returns
+/// any), what it read and wrote.
+fn step(
+    stmt: &mut rusqlite::Statement<'_>,
+    conn: &Connection,
+    guard: &Guard,
+    writes: bool,
+    out: &mut Cursor,
+    bytes: &mut usize,
+) -> Result<(), StorageError> {
+    let columns = stmt.column_count();
+    let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
+    let mut rows = Vec::new();
+    {
+        let mut raw = stmt.raw_query();
+        loop {
+            let row = match raw.next() {
+                Ok(Some(row)) => row,
+                Ok(None) => break,
+                Err(e) => return Err(sql_error(e, guard)),
+            };
+            let mut values = Vec::with_capacity(columns);
+            for i in 0..columns {
+                let v = from_sql(row.get_ref(i).map_err(|e| sql_error(e, guard))?);
+                *bytes += value_bytes(&v);
+                values.push(v);
+            }
+            if *bytes > RESULT_BYTES {
+                return Err(StorageError::TooLarge(format!(
+                    "a query's result may hold at most {RESULT_BYTES} bytes; page it with LIMIT"
+                )));
+            }
+            rows.push(values);
+        }
+    }
+    let scanned = stmt
+        .get_status(rusqlite::StatementStatus::FullscanStep)
+        .max(0) as u64;
+    out.rows_read += scanned.max(rows.len() as u64);
+    if writes {
+        out.rows_written += conn.changes();
+    }
+    if columns > 0 {
+        out.column_names = names;
+        out.rows = rows;
+    }
+    Ok(())
+}
+
 /// SQLite's count of schema changes.
 fn schema_version(conn: &Connection, guard: &Guard) -> Result<i64, StorageError> {
     guard.internal.store(true, Relaxed);
-    let v = conn.query_row("PRAGMA schema_version", [], |r| r.get(0));
+    let v = conn
+        .prepare_cached("PRAGMA schema_version")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)));
     guard.internal.store(false, Relaxed);
     Ok(v?)
 }
