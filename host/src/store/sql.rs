@@ -44,9 +44,11 @@ pub const RESULT_BYTES: usize = 32 << 20;
 /// file is written once for many of them.
 const LOCAL_COMMIT_EVERY: u64 = 64;
 
-/// How many local commits between checkpoints (each one fsyncs the file,
-/// after which the host's log up to it is trimmed).
-const CHECKPOINT_EVERY: u64 = 4;
+/// How many local commits between checkpoints while the room is awake
+/// (each one fsyncs the file on the room's thread, after which the host's
+/// log up to it is trimmed). Rare: the room's close checkpoints too, off
+/// the room's thread, and SQLite's own automatic checkpoint is off.
+const CHECKPOINT_EVERY: u64 = 16;
 
 /// Plain queries a room's statement cache remembers (see `Db::plain`).
 const PLAIN_CACHE: usize = 64;
@@ -119,6 +121,16 @@ pub struct RoomSql {
     /// The group's SQL writes were lost with the file's transaction: the
     /// next commit fails.
     broken: Option<String>,
+    /// The last close, running on the blocking pool (it fsyncs).
+    closing: Option<Arc<Closing>>,
+}
+
+/// A close in the background: `Some(durable)` once done, `durable` being
+/// the log entry the file now holds for good, if the checkpoint succeeded.
+#[derive(Default)]
+struct Closing {
+    done: Mutex<Option<Option<u64>>>,
+    ready: std::sync::Condvar,
 }
 
 /// The open database.
@@ -436,7 +448,29 @@ impl RoomSql {
 
     /// Log entries up to this one may go: the room's file has them durably.
     pub fn take_trim(&mut self) -> Option<u64> {
+        self.closed(false);
         self.trim.take()
+    }
+
+    /// Collect the last close's result; with `wait`, wait for it first
+    /// (the file is opened EXCLUSIVE: a new connection must come after).
+    fn closed(&mut self, wait: bool) {
+        let Some(closing) = &self.closing else {
+            return;
+        };
+        let mut done = lock(&closing.done);
+        while wait && done.is_none() {
+            done = closing
+                .ready
+                .wait(done)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        let Some(durable) = *done else {
+            return;
+        };
+        drop(done);
+        self.trim = self.trim.max(durable);
+        self.closing = None;
     }
 
     /// The commit of the entry [`RoomSql::take`] gave returned: commit the
@@ -472,17 +506,32 @@ impl RoomSql {
         let Some(mut db) = self.db.take() else {
             return;
         };
-        if db.lost.is_some() || db.rollback_group().is_err() || db.commit_local().is_err() {
-            // The log keeps what the file missed, for the next open.
-            return;
-        }
-        if db.checkpoint().is_ok() {
-            self.trim = Some(db.applied);
+        let closing = Arc::new(Closing::default());
+        self.closing = Some(closing.clone());
+        // The commit, checkpoint and close fsync: not on the room's thread.
+        let work = move || {
+            let durable = if db.lost.is_some()
+                || db.rollback_group().is_err()
+                || db.commit_local().is_err()
+            {
+                // The log keeps what the file missed, for the next open.
+                None
+            } else {
+                db.checkpoint().ok().map(|()| db.applied)
+            };
+            drop(db);
+            *lock(&closing.done) = Some(durable);
+            closing.ready.notify_all();
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(work)),
+            Err(_) => work(),
         }
     }
 
     fn open(&mut self, log: &dyn Committed, limits: SqlLimits) -> Result<&mut Db, StorageError> {
         if self.db.is_none() {
+            self.closed(true);
             let (db, trim) = Db::open(log, limits)?;
             self.trim = self.trim.max(trim);
             self.db = Some(Box::new(db));
@@ -523,6 +572,7 @@ impl Db {
         // every wake and hibernation).
         conn.execute_batch(
             "PRAGMA locking_mode = EXCLUSIVE;
+             PRAGMA wal_autocheckpoint = 0;
              PRAGMA synchronous = NORMAL;
              PRAGMA foreign_keys = ON;
              PRAGMA cache_size = -1024;",
@@ -540,7 +590,8 @@ impl Db {
                 0i64
             }
         };
-        let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        // SQLite's default page size, which the host's files keep.
+        let page: i64 = 4096;
         // A backstop: `exec` checks the quota itself after each write and
         // takes back only that call. Reaching max_page_count mid-statement
         // may make SQLite roll back the whole transaction.
@@ -817,6 +868,12 @@ impl Db {
     /// `Some(trim)` when a checkpoint then made the file durable.
     fn commit_local(&mut self) -> Result<Option<u64>, StorageError> {
         if !self.open {
+            return Ok(None);
+        }
+        if self.acked == self.applied {
+            // Only reads since the last commit: nothing to write.
+            self.internal(|c| cached(c, "ROLLBACK"))?;
+            self.open = false;
             return Ok(None);
         }
         let acked = self.acked;
