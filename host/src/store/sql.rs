@@ -565,6 +565,9 @@ impl Db {
         conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, value)?;
         conn.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, 1 << 20)?;
         conn.set_prepared_statement_cache_capacity(PLAIN_CACHE + 16);
+        // A close of this room's file may still run in the background (an
+        // earlier actor's): EXCLUSIVE locking makes this one wait for it.
+        conn.busy_timeout(Duration::from_secs(5))?;
         // NORMAL in WAL mode: a commit does not fsync (the host's log is
         // durable first); a checkpoint does.
         // EXCLUSIVE: the room's actor is the file's only user, so the WAL
@@ -1318,5 +1321,26 @@ mod tests {
         commit(&mut r).await;
         let c = r.sql_exec("SELECT id FROM t", &[]).expect("select");
         assert_eq!(c.rows, vec![vec![SqlValue::Integer(2)]]);
+    }
+
+    /// Deleting a party deletes its rooms' databases and their log.
+    #[tokio::test]
+    async fn deleting_the_party_deletes_its_databases() {
+        let storage = storage();
+        let mut r = room(&storage);
+        r.sql_exec("CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('x')", &[])
+            .expect("write");
+        commit(&mut r).await;
+        let file = r.committed.sql_file().expect("a file");
+        r.close_sql();
+        drop(r);
+        assert!(file.exists());
+        storage.delete_party("main").expect("delete");
+        assert!(!file.exists(), "the database is gone");
+        let mut r = room(&storage);
+        assert!(
+            r.sql_exec("SELECT * FROM t", &[]).is_err(),
+            "no table t any more"
+        );
     }
 }
