@@ -547,7 +547,7 @@ impl Db {
                 "SQL storage is not available on a cluster yet".into(),
             ));
         };
-        if let Some(dir) = file.parent() {
+        if let Some(dir) = file.parent().filter(|d| !d.is_dir()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StorageError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
