@@ -70,7 +70,7 @@ pub struct Batch {
     /// `Some(at)` sets the alarm, `Some(None)` deletes it.
     pub(crate) alarm: Option<Option<u64>>,
     /// The SQL database's log entry: its sequence number and what the
-    /// hooks changed (see `sql.rs`).
+    /// hooks changed (see `sql/mod.rs`).
     pub(crate) sql: Option<(u64, Vec<u8>)>,
     /// SQL log entries up to this one are in the room's file for good.
     pub(crate) sql_trim: Option<u64>,
@@ -169,7 +169,7 @@ pub trait Committed: Send {
     fn sql_file(&self) -> Option<std::path::PathBuf> {
         None
     }
-    /// The room's SQL log entries after `seq`, in order (see `sql.rs`).
+    /// The room's SQL log entries after `seq`, in order (see `sql/mod.rs`).
     fn sql_log(&self, _after: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         Ok(Vec::new())
     }
@@ -364,7 +364,7 @@ impl RoomStorage {
         Ok(())
     }
 
-    /// Run a SQL query in the running hook (see `sql.rs`).
+    /// Run a SQL query in the running hook (see `sql/mod.rs`).
     pub fn sql_exec(&mut self, query: &str, params: &[SqlValue]) -> Result<Cursor, StorageError> {
         let limits = sql::SqlLimits {
             budget: std::time::Duration::from_millis(self.limits.hook_cpu_ms),

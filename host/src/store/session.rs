@@ -1,6 +1,6 @@
 //! SQLite's session extension, the one unsafe corner of the store: a
 //! capture of what a room's statements changed (a changeset), and applying
-//! one on replay (see `sql.rs`).
+//! one on replay (see `sql/mod.rs`).
 //!
 //! The extension is compiled into the bundled SQLite by LIBSQLITE3_FLAGS
 //! (`.cargo/config.toml`) and declared here, rather than through

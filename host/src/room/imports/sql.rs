@@ -1,5 +1,5 @@
 //! `dormouse:room/sql`: the room's SQL database, kept by the store
-//! (`store/sql.rs`); here only the WIT types are translated.
+//! (`store/sql/`); here only the WIT types are translated.
 
 use crate::room::state::RoomState;
 use crate::store::{Cursor, SqlValue};

@@ -8,17 +8,20 @@
 //! for a hook in flight: what the hook changed (SQLite session changesets,
 //! plus the text of each schema change, in order) rides in the room's
 //! [`Batch`](super::Batch) into the host's `sql_log`, in the same
-//! transaction as its key-value writes. Once that is durable, the local
-//! transaction commits (no fsync of its own: `synchronous = NORMAL`). A
-//! crash in between leaves the room's file behind its log; opening it
-//! replays the log past the file's own sequence number. A checkpoint of the
-//! room's file (every [`CHECKPOINT_EVERY`] commits, and when it closes)
-//! makes the file durable, after which the log up to it is trimmed.
+//! transaction as its key-value writes. Once that is durable, the group's
+//! savepoint is released into the file's open transaction, which commits
+//! once for [`LOCAL_COMMIT_EVERY`] of them (no fsync: `synchronous =
+//! NORMAL`). A crash before that leaves the file behind its log; opening it
+//! replays the log past the file's own sequence number. A checkpoint (when
+//! the room closes, on the blocking pool, and every [`CHECKPOINT_EVERY`]
+//! local commits) makes the file durable, after which the log up to it is
+//! trimmed.
 //!
 //! Bounds: statements that reach outside the room are refused by an
-//! authorizer ([`refusal`]); a statement has the hook's CPU budget (a
-//! progress handler stops it); the file may grow to the room's quota
-//! (`max_page_count`); a result is bounded ([`RESULT_BYTES`]).
+//! authorizer (`guard.rs`); a statement has the hook's CPU budget (a
+//! progress handler stops it); a call that would take the file past the
+//! room's quota, or a hook's changes past `hook_write_bytes`, is taken back;
+//! a result is bounded ([`RESULT_BYTES`]).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
@@ -27,10 +30,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::fallible_iterator::FallibleIterator;
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization, TransactionOperation};
+use rusqlite::hooks::{AuthContext, TransactionOperation};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, params};
 
+mod guard;
+
+use self::guard::Guard;
 use super::session::{self, Capture};
 use super::{Committed, StorageError};
 use crate::lock::lock;
@@ -52,9 +58,6 @@ const CHECKPOINT_EVERY: u64 = 16;
 
 /// Plain queries a room's statement cache remembers (see `Db::plain`).
 const PLAIN_CACHE: usize = 64;
-
-/// Names a room may not use: the host's own table and savepoints.
-const RESERVED: &str = "_dormouse";
 
 /// A SQL value, as a parameter binds it and a column holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +86,17 @@ fn push_segment(out: &mut Vec<u8>, kind: u8, bytes: &[u8]) {
     out.push(kind);
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     out.extend_from_slice(bytes);
+}
+
+/// End the running capture, its changes (if any) the next segment.
+fn end_segment(capture: &mut Option<Capture>, segments: &mut Vec<u8>) -> Result<(), StorageError> {
+    if let Some(c) = capture.take() {
+        let changes = c.changeset()?;
+        if !changes.is_empty() {
+            push_segment(segments, SEG_CHANGES, &changes);
+        }
+    }
+    Ok(())
 }
 
 /// The segments of a log entry, in order.
@@ -179,157 +193,6 @@ struct HookTx {
     /// The room's own open savepoints: name, and how long `segments` was
     /// when it began (a rollback to it drops what came after).
     saves: Vec<(String, usize)>,
-}
-
-/// What the authorizer and the progress handler share with the room.
-struct Guard {
-    /// The host's own statements: nothing refused, no deadline.
-    internal: AtomicBool,
-    /// Milliseconds since `epoch` after which a statement is stopped.
-    deadline_ms: AtomicU64,
-    epoch: Instant,
-    /// Why the authorizer refused the statement being prepared.
-    refused: Mutex<Option<String>>,
-    /// The statement being prepared changes the schema.
-    schema: AtomicBool,
-    /// The statement being prepared is a savepoint operation.
-    savepoint: Mutex<Option<(TransactionOperation, String)>>,
-}
-
-impl Guard {
-    fn past_deadline(&self) -> bool {
-        !self.internal.load(Relaxed)
-            && self.epoch.elapsed().as_millis() as u64 > self.deadline_ms.load(Relaxed)
-    }
-
-    fn authorize(&self, cx: &AuthContext<'_>) -> Authorization {
-        if self.internal.load(Relaxed) {
-            return Authorization::Allow;
-        }
-        match refusal(&cx.action) {
-            Some(why) => {
-                *lock(&self.refused) = Some(why);
-                Authorization::Deny
-            }
-            None => {
-                if changes_schema(&cx.action) {
-                    self.schema.store(true, Relaxed);
-                }
-                if let AuthAction::Savepoint {
-                    operation,
-                    savepoint_name,
-                } = &cx.action
-                {
-                    *lock(&self.savepoint) = Some((*operation, (*savepoint_name).to_owned()));
-                }
-                Authorization::Allow
-            }
-        }
-    }
-}
-
-/// Pragmas a room may run: they read, or touch only the running
-/// transaction. The rest would change the connection the host set up
-/// (durability, journal, limits, the files it uses) and are refused.
-const PRAGMAS: [&str; 17] = [
-    "table_info",
-    "table_xinfo",
-    "table_list",
-    "index_list",
-    "index_info",
-    "index_xinfo",
-    "foreign_key_list",
-    "foreign_key_check",
-    "integrity_check",
-    "quick_check",
-    "collation_list",
-    "page_count",
-    "page_size",
-    "freelist_count",
-    "data_version",
-    "defer_foreign_keys",
-    "optimize",
-];
-
-/// Why a room may not do this, or `None` when it may. The list is in the
-/// README ("SQL storage").
-fn refusal(action: &AuthAction<'_>) -> Option<String> {
-    let reserved = |name: &str| name.to_ascii_lowercase().starts_with(RESERVED);
-    let why = match *action {
-        AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
-            "ATTACH and DETACH would reach outside the room".into()
-        }
-        AuthAction::Transaction { .. } => {
-            "BEGIN, COMMIT and ROLLBACK are the host's: a hook is one transaction (the SDKs' transaction() runs part of one)".into()
-        }
-        AuthAction::Savepoint { savepoint_name, .. } if reserved(savepoint_name) => {
-            format!("savepoint names beginning with {RESERVED} are the host's")
-        }
-        AuthAction::Pragma {
-            pragma_name,
-            pragma_value,
-        } => {
-            let name = pragma_name.to_ascii_lowercase();
-            let reads_only = matches!(name.as_str(), "page_size" | "data_version");
-            if !PRAGMAS.contains(&name.as_str()) || (reads_only && pragma_value.is_some()) {
-                format!("PRAGMA {pragma_name} is not allowed in a room")
-            } else {
-                return None;
-            }
-        }
-        AuthAction::Function { function_name }
-            if function_name.eq_ignore_ascii_case("load_extension") =>
-        {
-            "extensions cannot be loaded".into()
-        }
-        AuthAction::CreateVtable { .. } | AuthAction::DropVtable { .. } => {
-            "virtual tables are not available in a room".into()
-        }
-        AuthAction::CreateTempIndex { .. }
-        | AuthAction::CreateTempTable { .. }
-        | AuthAction::CreateTempTrigger { .. }
-        | AuthAction::CreateTempView { .. }
-        | AuthAction::DropTempIndex { .. }
-        | AuthAction::DropTempTable { .. }
-        | AuthAction::DropTempTrigger { .. }
-        | AuthAction::DropTempView { .. } => {
-            "TEMP tables would be lost when the room hibernates; use a table".into()
-        }
-        AuthAction::CreateTable { table_name }
-        | AuthAction::DropTable { table_name }
-        | AuthAction::Insert { table_name }
-        | AuthAction::Delete { table_name }
-        | AuthAction::Read { table_name, .. }
-        | AuthAction::Update { table_name, .. }
-        | AuthAction::AlterTable { table_name, .. }
-        | AuthAction::CreateIndex { table_name, .. }
-        | AuthAction::CreateTrigger { table_name, .. }
-            if reserved(table_name) =>
-        {
-            format!("tables whose names begin with {RESERVED} are the host's")
-        }
-        _ => return None,
-    };
-    Some(why)
-}
-
-/// Whether the action changes the schema: such a statement is logged as
-/// its text (a changeset holds rows only) and runs again on replay.
-fn changes_schema(action: &AuthAction<'_>) -> bool {
-    matches!(
-        action,
-        AuthAction::CreateIndex { .. }
-            | AuthAction::CreateTable { .. }
-            | AuthAction::CreateTrigger { .. }
-            | AuthAction::CreateView { .. }
-            | AuthAction::DropIndex { .. }
-            | AuthAction::DropTable { .. }
-            | AuthAction::DropTrigger { .. }
-            | AuthAction::DropView { .. }
-            | AuthAction::AlterTable { .. }
-            | AuthAction::Reindex { .. }
-            | AuthAction::Analyze { .. }
-    )
 }
 
 /// Limits a room's database gets.
@@ -568,11 +431,10 @@ impl Db {
         // A close of this room's file may still run in the background (an
         // earlier actor's): EXCLUSIVE locking makes this one wait for it.
         conn.busy_timeout(Duration::from_secs(5))?;
-        // NORMAL in WAL mode: a commit does not fsync (the host's log is
-        // durable first); a checkpoint does.
         // EXCLUSIVE: the room's actor is the file's only user, so the WAL
         // index lives in memory (no -shm file to create, map and delete on
-        // every wake and hibernation).
+        // every wake and hibernation). NORMAL in WAL mode: a commit does
+        // not fsync (the host's log is durable first); a checkpoint does.
         conn.execute_batch(
             "PRAGMA locking_mode = EXCLUSIVE;
              PRAGMA wal_autocheckpoint = 0;
@@ -583,7 +445,7 @@ impl Db {
         let applied = match conn.query_row("SELECT seq FROM _dormouse_meta", [], |r| r.get(0)) {
             Ok(seq) => seq,
             // A new file (the journal mode is kept in it).
-            Err(_) => {
+            Err(e) if e.to_string().contains("no such table") => {
                 conn.execute_batch(
                     "PRAGMA journal_mode = WAL;
                      CREATE TABLE IF NOT EXISTS _dormouse_meta (
@@ -592,13 +454,13 @@ impl Db {
                 )?;
                 0i64
             }
+            Err(e) => return Err(e.into()),
         };
-        // SQLite's default page size, which the host's files keep.
-        let page: i64 = 4096;
         // A backstop: `exec` checks the quota itself after each write and
         // takes back only that call. Reaching max_page_count mid-statement
-        // may make SQLite roll back the whole transaction.
-        let quota_pages = limits.max_bytes / page.max(512) as u64;
+        // may make SQLite roll back the whole transaction. (4096: SQLite's
+        // default page size, which the files keep.)
+        let quota_pages = limits.max_bytes / 4096;
         let pages = quota_pages + quota_pages / 4 + 64;
         conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
         let mut db = Db {
@@ -738,6 +600,7 @@ impl Db {
             self.capture = None;
             self.hook = None;
             self.open = false;
+            self.group_open = false;
             self.lost = Some(why.clone());
             return Err(StorageError::Unavailable(why));
         }
@@ -786,13 +649,10 @@ impl Db {
 
     /// End the running capture, its changes a segment of the hook's.
     fn close_capture(&mut self) -> Result<(), StorageError> {
-        if let (Some(capture), Some(hook)) = (self.capture.take(), &mut self.hook) {
-            let changes = capture.changeset()?;
-            if !changes.is_empty() {
-                push_segment(&mut hook.segments, SEG_CHANGES, &changes);
-            }
+        match &mut self.hook {
+            Some(hook) => end_segment(&mut self.capture, &mut hook.segments),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn begin_hook(&mut self) -> Result<(), StorageError> {
@@ -1024,12 +884,7 @@ impl Db {
                 // A segment ends here: a schema change is logged as text
                 // between changesets, and a savepoint's rollback drops the
                 // segments that began after it.
-                if let Some(c) = capture.take() {
-                    let changes = c.changeset()?;
-                    if !changes.is_empty() {
-                        push_segment(&mut hook.segments, SEG_CHANGES, &changes);
-                    }
-                }
+                end_segment(capture, &mut hook.segments)?;
             }
             if let Some((TransactionOperation::Rollback, _)) = &savepoint {
                 // What came after the savepoint goes; so does its capture.
