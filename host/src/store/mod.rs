@@ -69,13 +69,21 @@ pub struct Batch {
     bytes: usize,
     /// `Some(at)` sets the alarm, `Some(None)` deletes it.
     pub(crate) alarm: Option<Option<u64>>,
-    /// The SQL database's log entry: its sequence number and what the
-    /// hooks changed (see `sql/mod.rs`).
-    pub(crate) sql: Option<(u64, Vec<u8>)>,
-    /// SQL log entries up to this one are in the room's file for good.
-    pub(crate) sql_trim: Option<u64>,
+    /// What the batch does to the room's SQL database, if anything.
+    /// Boxed, as the room's database is: every room keeps a batch, and most
+    /// never use SQL.
+    pub(crate) sql: Option<Box<SqlPart>>,
+}
+
+/// A batch's SQL part (see `sql/mod.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct SqlPart {
+    /// The log entry: its sequence number and what the hooks changed.
+    pub(crate) entry: Option<(u64, Vec<u8>)>,
+    /// Log entries up to this one are in the room's file for good.
+    pub(crate) trim: Option<u64>,
     /// The hooks' SQL changes could not be captured: the commit fails.
-    sql_failed: Option<String>,
+    failed: Option<String>,
 }
 
 impl Batch {
@@ -83,8 +91,15 @@ impl Batch {
         !self.delete_all
             && self.writes.is_empty()
             && self.alarm.is_none()
-            && self.sql.is_none()
-            && self.sql_failed.is_none()
+            && self
+                .sql
+                .as_ref()
+                .is_none_or(|s| s.entry.is_none() && s.failed.is_none())
+    }
+
+    /// Mark the commit to fail: the hooks' SQL changes were lost.
+    fn sql_failed(&mut self, e: StorageError) {
+        self.sql.get_or_insert_with(Box::default).failed = Some(e.to_string());
     }
 
     /// What the batch does to the alarm: `Some(Some(at))` sets it,
@@ -191,8 +206,9 @@ pub struct RoomStorage {
     mark: Option<Box<Mark>>,
     /// The room's stored bytes as of its last commit; read on first need.
     stored: Option<u64>,
-    /// The room's SQL database, opened on first use.
-    sql: sql::RoomSql,
+    /// The room's SQL database, made on first use (boxed: a room that
+    /// never uses SQL keeps one pointer for it).
+    sql: Option<Box<sql::RoomSql>>,
 }
 
 /// What the batch was when the running hook began: enough to take back this
@@ -227,20 +243,27 @@ impl RoomStorage {
             pending: Batch::default(),
             mark: None,
             stored: None,
-            sql: sql::RoomSql::default(),
+            sql: None,
         }
     }
 
     /// The pending writes, leaving none behind (for commit).
     pub fn take_batch(&mut self) -> Batch {
         self.mark = None;
-        match self.sql.take() {
-            Ok(entry) => self.pending.sql = entry,
-            Err(e) => self.pending.sql_failed = Some(e.to_string()),
-        }
-        if !self.pending.is_empty() {
+        if let Some(sql) = &mut self.sql {
+            match sql.take() {
+                Ok(Some(entry)) => {
+                    self.pending.sql.get_or_insert_with(Box::default).entry = Some(entry)
+                }
+                Ok(None) => {}
+                Err(e) => self.pending.sql_failed(e),
+            }
             // A log trim rides on a commit the room makes anyway.
-            self.pending.sql_trim = self.sql.take_trim();
+            if !self.pending.is_empty()
+                && let Some(trim) = sql.take_trim()
+            {
+                self.pending.sql.get_or_insert_with(Box::default).trim = Some(trim);
+            }
         }
         std::mem::take(&mut self.pending)
     }
@@ -249,8 +272,10 @@ impl RoomStorage {
     /// that the next hook's will share: a later [`RoomStorage::rollback`]
     /// takes back only what comes after this.
     pub fn savepoint(&mut self) {
-        if let Err(e) = self.sql.end_hook() {
-            self.pending.sql_failed = Some(e.to_string());
+        if let Some(sql) = &mut self.sql
+            && let Err(e) = sql.end_hook()
+        {
+            self.pending.sql_failed(e);
         }
         self.mark = Some(Box::new(Mark {
             bytes: self.pending.bytes,
@@ -263,7 +288,9 @@ impl RoomStorage {
     /// Forget the running hook's writes (it failed): back to the savepoint,
     /// or to nothing pending when there is none.
     pub fn rollback(&mut self) {
-        self.sql.rollback_hook();
+        if let Some(sql) = &mut self.sql {
+            sql.rollback_hook();
+        }
         let Some(mark) = self.mark.take() else {
             self.pending = Batch::default();
             return;
@@ -287,7 +314,9 @@ impl RoomStorage {
     /// Forget every pending write, of every hook since the last commit
     /// (their shared commit failed).
     pub fn rollback_all(&mut self) {
-        self.sql.rollback_all();
+        if let Some(sql) = &mut self.sql {
+            sql.rollback_all();
+        }
         self.mark = None;
         self.pending = Batch::default();
     }
@@ -354,12 +383,14 @@ impl RoomStorage {
     /// Commit a batch taken with [`RoomStorage::take_batch`]; returns once
     /// it is durable.
     pub async fn commit(&mut self, batch: Batch) -> Result<(), StorageError> {
-        if let Some(e) = batch.sql_failed {
-            self.sql.rollback_all();
+        if let Some(e) = batch.sql.as_ref().and_then(|s| s.failed.clone()) {
+            self.rollback_all();
             return Err(StorageError::Unavailable(e));
         }
         let result = self.committed.commit(batch).await;
-        self.sql.committed(result.is_ok());
+        if let Some(sql) = &mut self.sql {
+            sql.committed(result.is_ok());
+        }
         self.stored = Some(result?);
         Ok(())
     }
@@ -372,17 +403,21 @@ impl RoomStorage {
             hook_bytes: self.limits.hook_write_bytes,
             value_bytes: self.limits.value_bytes,
         };
-        self.sql.exec(&*self.committed, limits, query, params)
+        let sql = self.sql.get_or_insert_with(Box::default);
+        sql.exec(&*self.committed, limits, query, params)
     }
 
     /// Bytes the room's SQL database takes.
     pub fn sql_size(&mut self) -> Result<u64, StorageError> {
-        self.sql.database_size(&*self.committed)
+        let sql = self.sql.get_or_insert_with(Box::default);
+        sql.database_size(&*self.committed)
     }
 
     /// Close the SQL database (the room hibernates).
     pub fn close_sql(&mut self) {
-        self.sql.close();
+        if let Some(sql) = &mut self.sql {
+            sql.close();
+        }
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {

@@ -389,7 +389,8 @@ fn apply(conn: &Connection, c: &QueuedBatch) -> rusqlite::Result<u64> {
             .execute(params![party, room])?,
         None => 0,
     };
-    if let Some((seq, changes)) = &c.batch.sql {
+    let sql = c.batch.sql.as_deref();
+    if let Some((seq, changes)) = sql.and_then(|s| s.entry.as_ref()) {
         // OR REPLACE: an entry whose commit failed was never acknowledged,
         // and the room logs its next one under the same number.
         conn.prepare_cached(
@@ -397,7 +398,7 @@ fn apply(conn: &Connection, c: &QueuedBatch) -> rusqlite::Result<u64> {
         )?
         .execute(params![party, room, *seq as i64, changes])?;
     }
-    if let Some(upto) = c.batch.sql_trim {
+    if let Some(upto) = sql.and_then(|s| s.trim) {
         conn.prepare_cached("DELETE FROM sql_log WHERE party = ?1 AND room = ?2 AND seq <= ?3")?
             .execute(params![party, room, upto as i64])?;
     }

@@ -1121,7 +1121,10 @@ mod tests {
         )
         .expect("insert");
         let batch = r.take_batch();
-        assert!(batch.sql.is_some(), "the batch carries the log entry");
+        assert!(
+            batch.sql.as_ref().is_some_and(|s| s.entry.is_some()),
+            "the batch carries the log entry"
+        );
         // The host's store commits; the file's transaction never does.
         r.committed.commit(batch).await.expect("host commit");
         drop(r);
