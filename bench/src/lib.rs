@@ -917,12 +917,35 @@ async fn relay_trip((a, b): &mut (Ws, Ws)) -> anyhow::Result<u64> {
     Ok(t.elapsed().as_nanos() as u64)
 }
 
-/// `inc` and its answer; nanoseconds.
-async fn inc(ws: &mut Ws) -> anyhow::Result<u64> {
-    let t = Instant::now();
-    ws.send(Message::text("inc")).await?;
-    next_text(ws).await?;
-    Ok(t.elapsed().as_nanos() as u64)
+/// Every client sends `command` and waits for its answer (sent after the
+/// write is durable), for `seconds`; acknowledged writes and the time taken.
+async fn hammer(
+    clients: Vec<Ws>,
+    command: &'static str,
+    seconds: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let acked = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let stop = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for mut ws in clients {
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = ws.next().await; // what on-connect sends
+            while Instant::now() < stop {
+                if ws.send(Message::text(command)).await.is_err()
+                    || next_text(&mut ws).await.is_err()
+                {
+                    return;
+                }
+                acked.fetch_add(1, Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok((acked.load(Relaxed) as f64, started.elapsed().as_secs_f64()))
 }
 
 /// Wait for the next text message (pings and pongs skipped).
@@ -993,29 +1016,10 @@ async fn storage(args: &BenchArgs, out: &mut Report) -> anyhow::Result<()> {
         format!("/parties/counter/w-{i}")
     })
     .await?;
-    let acked = Arc::new(AtomicU64::new(0));
-    let stop = Instant::now() + Duration::from_secs(args.seconds);
     let commits_before = server.metric("dormouse_storage_commits_total").await;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for mut ws in clients {
-        let acked = acked.clone();
-        tasks.push(tokio::spawn(async move {
-            ws.next().await; // the count sent on connect
-            while Instant::now() < stop {
-                if inc(&mut ws).await.is_err() {
-                    return;
-                }
-                acked.fetch_add(1, Relaxed);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
-    let took = started.elapsed().as_secs_f64();
+    let (acked, took) = hammer(clients, "inc", args.seconds).await?;
     let commits = server.metric("dormouse_storage_commits_total").await - commits_before;
-    let writes = acked.load(Relaxed) as f64 / took;
+    let writes = acked / took;
     let baseline = one_transaction_per_write(&server.dir, args.seconds)?;
     out.figure("storage", "rooms", args.rooms as f64, "rooms");
     out.figure("storage", "durable_writes_per_s", writes, "writes/s");

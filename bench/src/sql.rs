@@ -9,16 +9,11 @@
 //!   SQL insert), each acknowledged only once durable (the output gate).
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
-
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
+use std::time::Instant;
 
 use crate::{
-    BenchArgs, Parties, Report, Server, Ws, connect_many, dormouse_build, get, histogram,
-    next_text, request,
+    BenchArgs, Parties, Report, Server, connect_many, dormouse_build, get, hammer, histogram,
+    request,
 };
 
 /// Todos one `?seed=` request adds (about 1 MB of rows).
@@ -143,35 +138,4 @@ async fn writes(
     out.figure("sql", "sql_over_kv_writes", per_s[1] / per_s[0], "x");
     server.stop().await;
     Ok(())
-}
-
-/// Every client sends `command` and waits for its answer (sent after the
-/// write is durable), for `seconds`; acknowledged writes and the time taken.
-async fn hammer(
-    clients: Vec<Ws>,
-    command: &'static str,
-    seconds: u64,
-) -> anyhow::Result<(f64, f64)> {
-    let acked = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let stop = started + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for mut ws in clients {
-        let acked = acked.clone();
-        tasks.push(tokio::spawn(async move {
-            let _ = ws.next().await; // what on-connect sends
-            while Instant::now() < stop {
-                if ws.send(Message::text(command)).await.is_err()
-                    || next_text(&mut ws).await.is_err()
-                {
-                    return;
-                }
-                acked.fetch_add(1, Relaxed);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
-    Ok((acked.load(Relaxed) as f64, started.elapsed().as_secs_f64()))
 }

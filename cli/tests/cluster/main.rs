@@ -535,14 +535,13 @@ async fn direct(node: &Node, room: &str) -> workload::Ws {
 /// 1 resumes with three appends and a read waiting in its socket. Returns
 /// the checker's violations and how many of those node 1 answered after
 /// it resumed.
-async fn zombie(unfenced: bool) -> (Vec<String>, usize, Rig) {
+async fn zombie(unfenced: bool, room: &str) -> (Vec<String>, usize, Rig) {
     use std::time::SystemTime;
     let rig = Rig::start(2, true, unfenced).await;
-    let room = "z";
     let mut history = Vec::new();
-    fn append(history: &mut Vec<Op>, value: &str, invoke: SystemTime, by: Option<&str>) {
+    let append = |history: &mut Vec<Op>, value: &str, invoke: SystemTime, by: Option<&str>| {
         history.push(Op {
-            room: "z".into(),
+            room: room.into(),
             kind: Kind::Append {
                 value: value.into(),
             },
@@ -550,7 +549,7 @@ async fn zombie(unfenced: bool) -> (Vec<String>, usize, Rig) {
             complete: by.map(|_| SystemTime::now()),
             node: by.map(str::to_owned),
         });
-    }
+    };
     let mut old = direct(&rig.nodes[0], room).await;
     let t = SystemTime::now();
     let first = ask(&mut old, "append x a1 a1", "ok").await;
@@ -654,7 +653,16 @@ async fn zombie(unfenced: bool) -> (Vec<String>, usize, Rig) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_owner_commits_and_acknowledges_nothing_once_replaced() {
-    let (violations, zombie_acks, rig) = zombie(false).await;
+    a_paused_owner_is_harmless("z").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_of_a_sql_room_commits_and_acknowledges_nothing_once_replaced() {
+    a_paused_owner_is_harmless("sqlz").await;
+}
+
+async fn a_paused_owner_is_harmless(room: &str) {
+    let (violations, zombie_acks, rig) = zombie(false, room).await;
     assert_eq!(
         zombie_acks,
         0,
@@ -666,7 +674,16 @@ async fn a_paused_owner_commits_and_acknowledges_nothing_once_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_checker_catches_writes_without_the_epoch_fence() {
-    let (violations, zombie_acks, rig) = zombie(true).await;
+    the_checker_catches_a_zombie("z").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_sql_writes_without_the_epoch_fence() {
+    the_checker_catches_a_zombie("sqlz").await;
+}
+
+async fn the_checker_catches_a_zombie(room: &str) {
+    let (violations, zombie_acks, rig) = zombie(true, room).await;
     assert!(
         zombie_acks > 0,
         "without the fence the zombie should have acknowledged\n{}",
@@ -1313,6 +1330,95 @@ async fn a_quiet_room_moves_to_the_node_its_clients_come_through() {
         .filter(|c| c.room == "h")
         .max_by_key(|c| c.epoch);
     assert_eq!(last.map(|c| c.node.as_str()), Some("n2"), "{claims:?}");
+}
+
+/// A room's list read through one node, retried until it answers (the
+/// node may first have to wait out a dead holder's lease).
+async fn read_on(node: &Node, room: &str) -> String {
+    let deadline = Instant::now() + Duration::from_millis(TTL_MS) + Duration::from_secs(20);
+    loop {
+        let url = format!("ws://{}/parties/ledger/{room}", node.addr());
+        if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await
+            && let Some(a) = ask(&mut ws, "read x", "list x").await
+        {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "room {room} did not answer");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sql_room_moves_between_nodes_through_its_snapshot_and_log() {
+    let mut rig = Rig::start(2, true, false).await;
+    let room = "sqlmove";
+    let mut ws = direct(&rig.nodes[0], room).await;
+    let mut want = Vec::new();
+    for i in 0..10 {
+        let v = format!("a{i}");
+        assert!(
+            ask(&mut ws, &format!("append x {v} {v}"), "ok")
+                .await
+                .is_some()
+        );
+        want.push(v);
+    }
+    // A 200 KB row, then another in its place: the log outgrows the file,
+    // and a snapshot rides on the next commit, replacing the log up to it.
+    for _ in 0..2 {
+        assert!(ask(&mut ws, "pad 200000", "padded").await.is_some());
+    }
+    for i in 0..10 {
+        let v = format!("b{i}");
+        assert!(
+            ask(&mut ws, &format!("append x {v} {v}"), "ok")
+                .await
+                .is_some()
+        );
+        want.push(v);
+    }
+    let pg = rig.pg.client().await;
+    let row = pg
+        .query_one(
+            "SELECT (SELECT max(seq) FROM room_sql_snapshot WHERE room = $1),
+                    (SELECT count(*) FROM room_sql_log WHERE room = $1),
+                    (SELECT sql_seq FROM rooms WHERE room = $1)",
+            &[&room],
+        )
+        .await
+        .expect("query");
+    let (snapshot, logged, last): (Option<i64>, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(last, 22, "one log entry a commit");
+    let snapshot = snapshot.expect("a snapshot was stored");
+    assert_eq!(
+        logged,
+        last - snapshot,
+        "the log after the snapshot is all that is left"
+    );
+    // Node 1 dies: node 2 loads the snapshot and the log after it.
+    rig.nodes[0].kill9().await;
+    let expected = format!("list x n2 {}", want.join(","));
+    assert_eq!(
+        read_on(&rig.nodes[1], room).await,
+        expected,
+        "{}",
+        rig.logs()
+    );
+    let mut on_2 = direct(&rig.nodes[1], room).await;
+    assert!(ask(&mut on_2, "append x c0 c0", "ok").await.is_some());
+    want.push("c0".into());
+    drop(on_2);
+    // Node 1 comes back with its own copy of the room's file, which is
+    // behind: once node 2 is gone, node 1 rebuilds it from PostgreSQL.
+    rig.nodes[0].restart().await;
+    rig.nodes[1].kill9().await;
+    let expected = format!("list x n1 {}", want.join(","));
+    assert_eq!(
+        read_on(&rig.nodes[0], room).await,
+        expected,
+        "{}",
+        rig.logs()
+    );
 }
 
 /// Read (and drop) what a socket receives for a while: its pings get their

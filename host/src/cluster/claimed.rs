@@ -3,16 +3,19 @@
 //! by its own commits, which are fenced by the claim's epoch (only the
 //! holder of the epoch can write, so the copy stays current while the claim
 //! holds). The overlay, bounds and list merge are the store's
-//! (`store::RoomStorage`), the same as on one node.
+//! (`store::RoomStorage`), the same as on one node. The room's SQL data is
+//! loaded by the claim too, and handed once to the store, which rebuilds
+//! this node's copy of the room's file from it (`store/sql/`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use super::{Claimed, Cluster, ClusterError, Writes};
 use crate::route::RoomKey;
-use crate::store::{Batch, Claiming, Committed, LIST_PAGE, StorageError};
+use crate::store::{Batch, Claiming, Committed, LIST_PAGE, SqlStart, StorageError};
 
 impl From<ClusterError> for StorageError {
     fn from(e: ClusterError) -> Self {
@@ -27,6 +30,8 @@ impl From<ClusterError> for StorageError {
 pub struct ClaimedRoom {
     cluster: Arc<Cluster>,
     key: RoomKey,
+    /// This node's copy of the room's SQL file.
+    sql_file: PathBuf,
     /// `None` until claimed (and again once released or lost).
     claim: Option<Claim>,
 }
@@ -38,13 +43,16 @@ struct Claim {
     data: BTreeMap<String, Vec<u8>>,
     alarm: Option<u64>,
     bytes: u64,
+    /// The room's SQL data as claimed, until the store takes it.
+    sql: Option<SqlStart>,
 }
 
 impl ClaimedRoom {
-    pub fn new(cluster: Arc<Cluster>, key: RoomKey) -> Self {
+    pub fn new(cluster: Arc<Cluster>, key: RoomKey, sql_file: PathBuf) -> Self {
         ClaimedRoom {
             cluster,
             key,
+            sql_file,
             claim: None,
         }
     }
@@ -61,6 +69,7 @@ impl ClaimedRoom {
             inc,
             data,
             alarm,
+            sql,
         }) = self.cluster.claim(&self.key).await?
         else {
             return Err(StorageError::Moved);
@@ -72,13 +81,14 @@ impl ClaimedRoom {
             data,
             alarm,
             bytes,
+            sql: Some(sql),
         });
         Ok(Claiming::Claimed { alarm })
     }
 
     /// Commit under the room's epoch. Any failure forgets the claim: the
     /// outcome may be unknown, so the next event claims and loads afresh.
-    async fn commit_now(&mut self, batch: Batch) -> Result<u64, StorageError> {
+    async fn commit_now(&mut self, mut batch: Batch) -> Result<u64, StorageError> {
         let Some(claim) = &mut self.claim else {
             return Err(StorageError::Moved);
         };
@@ -98,12 +108,16 @@ impl ClaimedRoom {
                 None => deletes.push(k.clone()),
             }
         }
+        let mut sql = batch.sql.take();
+        let mut sql = sql.as_deref_mut();
         let writes = Writes {
             delete_all: batch.delete_all,
             puts,
             deletes,
             alarm: batch.alarm,
             bytes,
+            sql_entry: sql.as_mut().and_then(|s| s.entry.take()),
+            sql_snapshot: sql.and_then(|s| s.snapshot.take()),
         };
         let fence = (claim.epoch, claim.inc);
         if let Err(e) = self.cluster.commit(&self.key, fence, writes).await {
@@ -225,5 +239,17 @@ impl Committed for ClaimedRoom {
         if let Some(claim) = self.claim.take() {
             self.cluster.forget(&self.key, claim.epoch);
         }
+    }
+
+    fn sql_file(&self) -> Option<PathBuf> {
+        Some(self.sql_file.clone())
+    }
+
+    fn sql_shared(&self) -> bool {
+        true
+    }
+
+    fn take_sql_start(&mut self) -> Option<SqlStart> {
+        self.claim.as_mut().and_then(|c| c.sql.take())
     }
 }

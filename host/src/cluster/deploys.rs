@@ -116,12 +116,14 @@ impl Cluster {
             .await?;
         tx.execute(
             "UPDATE rooms SET epoch = epoch + 1, owner_node = NULL, owner_inc = NULL,
-               alarm_ms = NULL, bytes = 0 WHERE party = $1",
+               alarm_ms = NULL, bytes = 0, sql_seq = 0 WHERE party = $1",
             &[&party],
         )
         .await?;
         for sql in [
             "DELETE FROM room_kv WHERE party = $1",
+            "DELETE FROM room_sql_log WHERE party = $1",
+            "DELETE FROM room_sql_snapshot WHERE party = $1",
             "DELETE FROM parties WHERE party = $1",
             "DELETE FROM versions WHERE party = $1",
             "DELETE FROM cron_ticks WHERE party = $1",

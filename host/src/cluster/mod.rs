@@ -95,10 +95,17 @@ const SCHEMA: &str = "
         alarm_ms bigint,
         bytes bigint NOT NULL DEFAULT 0,
         PRIMARY KEY (party, room));
+    ALTER TABLE rooms ADD COLUMN IF NOT EXISTS sql_seq bigint NOT NULL DEFAULT 0;
     CREATE INDEX IF NOT EXISTS rooms_alarm ON rooms (alarm_ms) WHERE alarm_ms IS NOT NULL;
     CREATE TABLE IF NOT EXISTS room_kv (
         party text NOT NULL, room text NOT NULL, k text NOT NULL, v bytea NOT NULL,
         PRIMARY KEY (party, room, k));
+    CREATE TABLE IF NOT EXISTS room_sql_log (
+        party text NOT NULL, room text NOT NULL, seq bigint NOT NULL, changes bytea NOT NULL,
+        PRIMARY KEY (party, room, seq));
+    CREATE TABLE IF NOT EXISTS room_sql_snapshot (
+        party text NOT NULL, room text NOT NULL, seq bigint NOT NULL, file bytea NOT NULL,
+        PRIMARY KEY (party, room));
     CREATE TABLE IF NOT EXISTS ownership_log (
         party text NOT NULL, room text NOT NULL, epoch bigint NOT NULL,
         node_id text NOT NULL, inc bigint NOT NULL, at timestamptz NOT NULL DEFAULT now());

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::{Cluster, ClusterError, LIVE_OWNER, Pg, bounded};
 use crate::lock::lock;
 use crate::route::RoomKey;
+use crate::store::SqlStart;
 
 /// A room this node claimed: its epoch and its data as of the claim.
 pub struct Claimed {
@@ -22,6 +23,8 @@ pub struct Claimed {
     pub inc: i64,
     pub data: BTreeMap<String, Vec<u8>>,
     pub alarm: Option<u64>,
+    /// The room's SQL data: its snapshot and the log after it.
+    pub sql: SqlStart,
 }
 
 /// How a group's transaction ended.
@@ -42,6 +45,11 @@ pub struct Writes {
     pub alarm: Option<Option<u64>>,
     /// The room's stored bytes after the commit.
     pub bytes: u64,
+    /// The SQL log entry, `(seq, changes)`.
+    pub sql_entry: Option<(u64, Vec<u8>)>,
+    /// A snapshot of the room's SQL file as of a log entry, `(seq, file)`:
+    /// it replaces the log up to there.
+    pub sql_snapshot: Option<(u64, Vec<u8>)>,
 }
 
 /// How many hooks' commits one transaction may group.
@@ -87,16 +95,17 @@ impl Cluster {
                              AND (r.owner_node IS NULL
                                   OR (r.owner_node = $3 AND r.owner_inc = $4)
                                   OR NOT {LIVE_OWNER})
-                           RETURNING r.epoch, r.alarm_ms),
+                           RETURNING r.epoch, r.alarm_ms, r.sql_seq),
                          l AS (INSERT INTO ownership_log (party, room, epoch, node_id, inc)
                                SELECT $1, $2, epoch, $3, $4 FROM c WHERE $5)
-                         SELECT epoch, alarm_ms FROM c"
+                         SELECT epoch, alarm_ms, sql_seq FROM c"
                     ),
                     &[&party, &room, me, &inc, &self.config.audit],
                 )
                 .await?;
             let Some(row) = row else { return Ok(None) };
-            let (epoch, alarm): (i64, Option<i64>) = (row.get(0), row.get(1));
+            let (epoch, alarm, sql_seq): (i64, Option<i64>, i64) =
+                (row.get(0), row.get(1), row.get(2));
             // Current: after the claim commits, only this node can write.
             let rows = client
                 .query(
@@ -105,11 +114,35 @@ impl Cluster {
                 )
                 .await?;
             let data = rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+            // A room that never used SQL reads nothing more.
+            let mut sql = SqlStart::default();
+            if sql_seq > 0 {
+                let snapshot = client
+                    .query_opt(
+                        "SELECT seq, file FROM room_sql_snapshot WHERE party = $1 AND room = $2",
+                        &[&party, &room],
+                    )
+                    .await?;
+                sql.snapshot = snapshot.map(|r| (r.get::<_, i64>(0).max(0) as u64, r.get(1)));
+                let after = sql.snapshot.as_ref().map_or(0, |(seq, _)| *seq as i64);
+                let rows = client
+                    .query(
+                        "SELECT seq, changes FROM room_sql_log
+                         WHERE party = $1 AND room = $2 AND seq > $3 ORDER BY seq",
+                        &[&party, &room, &after],
+                    )
+                    .await?;
+                sql.log = rows
+                    .into_iter()
+                    .map(|r| (r.get::<_, i64>(0).max(0) as u64, r.get(1)))
+                    .collect();
+            }
             Ok(Some(Claimed {
                 epoch,
                 inc,
                 data,
                 alarm: alarm.map(|a| a.max(0) as u64),
+                sql,
             }))
         })
         .await?;
@@ -144,7 +177,7 @@ impl Cluster {
                     .execute(
                         "DELETE FROM rooms r
                          WHERE r.party = $1 AND r.room = $2 AND r.epoch = $3
-                           AND r.alarm_ms IS NULL
+                           AND r.alarm_ms IS NULL AND r.sql_seq = 0
                            AND NOT EXISTS (SELECT 1 FROM room_kv k
                                            WHERE k.party = $1 AND k.room = $2)",
                         &[&party, &room, &epoch],
@@ -350,6 +383,8 @@ impl Cluster {
         WriteKind {
             deletes: w.delete_all || !w.deletes.is_empty(),
             puts: !w.puts.is_empty(),
+            sql_entry: w.sql_entry.is_some(),
+            sql_snapshot: w.sql_snapshot.is_some(),
             audit: self.config.audit,
             // `unfenced_writes` exists only for the checker's negative
             // control: it shows what the epoch condition prevents.
@@ -357,8 +392,9 @@ impl Cluster {
         }
     }
 
-    fn params(&self, c: &GroupedCommit) -> WriteParams {
+    fn params<'a>(&self, c: &'a GroupedCommit) -> WriteParams<'a> {
         let w = &c.writes;
+        let seq = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
         let (set_alarm, alarm) = match w.alarm {
             Some(at) => (true, at.map(|a| i64::try_from(a).unwrap_or(i64::MAX))),
             None => (false, None),
@@ -376,6 +412,10 @@ impl Cluster {
             values: w.puts.iter().map(|(_, v)| v.clone()).collect(),
             node: self.config.node_id.clone(),
             inc: c.inc,
+            sql_seq: w.sql_entry.as_ref().map(|(s, _)| seq(*s)),
+            sql_changes: w.sql_entry.as_ref().map(|(_, c)| &c[..]),
+            snapshot_seq: w.sql_snapshot.as_ref().map(|(s, _)| seq(*s)),
+            snapshot: w.sql_snapshot.as_ref().map(|(_, f)| &f[..]),
         }
     }
 
@@ -443,6 +483,8 @@ impl Cluster {
 struct WriteKind {
     deletes: bool,
     puts: bool,
+    sql_entry: bool,
+    sql_snapshot: bool,
     audit: bool,
     fenced: bool,
 }
@@ -451,7 +493,8 @@ struct WriteKind {
 /// the group's others): the fence first, and every other part only if the
 /// fence matched. `$1` party, `$2` room, `$3` epoch, `$4` stored bytes,
 /// `$5`/`$6` set the alarm to, `$7` delete all, `$8` keys to delete, `$9`/`$10`
-/// keys and values to put, `$11`/`$12` the claiming node and incarnation. A key
+/// keys and values to put, `$11`/`$12` the claiming node and incarnation,
+/// `$13`/`$14` the SQL log entry, `$15`/`$16` the SQL snapshot. A key
 /// is never both deleted and put (the delete spares the put keys), since
 /// two parts of one statement may not touch one row.
 fn write_sql(k: WriteKind) -> String {
@@ -464,9 +507,33 @@ fn write_sql(k: WriteKind) -> String {
     };
     let mut sql = format!(
         "WITH f AS (UPDATE rooms SET seq = seq + 1, bytes = $4,
-                      alarm_ms = CASE WHEN $5 THEN $6 ELSE alarm_ms END
+                      alarm_ms = CASE WHEN $5 THEN $6 ELSE alarm_ms END,
+                      sql_seq = coalesce($13, sql_seq)
                     WHERE party = $1 AND room = $2 AND {fence} RETURNING seq)"
     );
+    if k.sql_entry {
+        // A log entry is never replaced: a holder whose view of the log is
+        // stale fails here even past the epoch fence. Without the fence
+        // (the negative control) it is, as a zombie's write would be.
+        let replace = if k.fenced {
+            ""
+        } else {
+            " ON CONFLICT (party, room, seq) DO UPDATE SET changes = EXCLUDED.changes"
+        };
+        sql += &format!(
+            ", q AS (INSERT INTO room_sql_log (party, room, seq, changes)
+                   SELECT $1, $2, $13, $14 WHERE EXISTS (SELECT 1 FROM f){replace})"
+        );
+    }
+    if k.sql_snapshot {
+        // Never an older snapshot over a newer one.
+        sql += ", n AS (INSERT INTO room_sql_snapshot (party, room, seq, file)
+                   SELECT $1, $2, $15, $16 WHERE EXISTS (SELECT 1 FROM f)
+                   ON CONFLICT (party, room) DO UPDATE SET seq = EXCLUDED.seq, file = EXCLUDED.file
+                   WHERE room_sql_snapshot.seq < EXCLUDED.seq),
+                 t AS (DELETE FROM room_sql_log WHERE party = $1 AND room = $2
+                   AND seq <= $15 AND EXISTS (SELECT 1 FROM f))";
+    }
     if k.deletes {
         sql += ", d AS (DELETE FROM room_kv WHERE party = $1 AND room = $2
                    AND EXISTS (SELECT 1 FROM f)
@@ -485,7 +552,8 @@ fn write_sql(k: WriteKind) -> String {
     // Every parameter is named in every variant, so each has a type.
     sql += " SELECT seq FROM f WHERE $7::bool IS NOT NULL AND $8::text[] IS NOT NULL
               AND $9::text[] IS NOT NULL AND $10::bytea[] IS NOT NULL
-              AND $11::text IS NOT NULL AND $12::bigint IS NOT NULL";
+              AND $11::text IS NOT NULL AND $12::bigint IS NOT NULL
+              AND num_nulls($13::bigint, $14::bytea, $15::bigint, $16::bytea) >= 0";
     sql
 }
 
@@ -508,8 +576,8 @@ impl Statements {
     }
 }
 
-/// One hook's statement parameters, owned while the group is in flight.
-struct WriteParams {
+/// One hook's statement parameters, held while the group is in flight.
+struct WriteParams<'a> {
     party: String,
     room: String,
     epoch: i64,
@@ -522,10 +590,14 @@ struct WriteParams {
     values: Vec<Vec<u8>>,
     node: String,
     inc: i64,
+    sql_seq: Option<i64>,
+    sql_changes: Option<&'a [u8]>,
+    snapshot_seq: Option<i64>,
+    snapshot: Option<&'a [u8]>,
 }
 
-impl WriteParams {
-    fn refs(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 12] {
+impl WriteParams<'_> {
+    fn refs(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 16] {
         [
             &self.party,
             &self.room,
@@ -539,6 +611,10 @@ impl WriteParams {
             &self.values,
             &self.node,
             &self.inc,
+            &self.sql_seq,
+            &self.sql_changes,
+            &self.snapshot_seq,
+            &self.snapshot,
         ]
     }
 }

@@ -185,7 +185,11 @@ impl Room {
         // The storage seam: on one node the room's data is SQLite's, in a
         // cluster it is the room's claim on PostgreSQL.
         let committed: Box<dyn Committed> = match &shared.cluster {
-            Some(cluster) => Box::new(ClaimedRoom::new(cluster.clone(), key.clone())),
+            Some(cluster) => Box::new(ClaimedRoom::new(
+                cluster.clone(),
+                key.clone(),
+                shared.storage.sql_file(&key.0, &key.1),
+            )),
             None => Box::new(shared.storage.room(key.0.clone(), key.1.clone())),
         };
         let storage = RoomStorage::new(committed, limits.clone());

@@ -82,6 +82,9 @@ pub(crate) struct SqlPart {
     pub(crate) entry: Option<(u64, Vec<u8>)>,
     /// Log entries up to this one are in the room's file for good.
     pub(crate) trim: Option<u64>,
+    /// A cluster's snapshot of the room's file as of log entry `seq`: it
+    /// replaces the log up to there (see `sql/mod.rs`).
+    pub(crate) snapshot: Option<(u64, Vec<u8>)>,
     /// The hooks' SQL changes could not be captured: the commit fails.
     failed: Option<String>,
 }
@@ -179,8 +182,7 @@ pub trait Committed: Send {
     /// See [`RoomStorage::drop_claim`].
     fn drop_claim(&mut self) {}
 
-    /// The room's SQL database file; `None` where this backend has no SQL
-    /// storage yet (a cluster).
+    /// The room's SQL database file (on a cluster, this node's copy).
     fn sql_file(&self) -> Option<std::path::PathBuf> {
         None
     }
@@ -188,6 +190,25 @@ pub trait Committed: Send {
     fn sql_log(&self, _after: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         Ok(Vec::new())
     }
+    /// The room's SQL log is shared by every node that may hold the room
+    /// (a cluster): this node's file is only a copy, rebuilt from the
+    /// claim's [`SqlStart`] and kept by snapshots rather than trims.
+    fn sql_shared(&self) -> bool {
+        false
+    }
+    /// What the last claim loaded for the room's SQL file, once: a copy
+    /// that is rebuilt from it holds everything committed before the claim.
+    fn take_sql_start(&mut self) -> Option<SqlStart> {
+        None
+    }
+}
+
+/// A room's SQL data as a cluster's claim loads it: the latest snapshot of
+/// its file, if any, and the log entries after it, in order.
+#[derive(Debug, Default)]
+pub struct SqlStart {
+    pub snapshot: Option<(u64, Vec<u8>)>,
+    pub log: Vec<(u64, Vec<u8>)>,
 }
 
 /// One room's view of storage: its committed data plus the pending batch.
@@ -258,11 +279,13 @@ impl RoomStorage {
                 Ok(None) => {}
                 Err(e) => self.pending.sql_failed(e),
             }
-            // A log trim rides on a commit the room makes anyway.
-            if !self.pending.is_empty()
-                && let Some(trim) = sql.take_trim()
-            {
-                self.pending.sql.get_or_insert_with(Box::default).trim = Some(trim);
+            // A log trim or snapshot rides on a commit the room makes anyway.
+            if !self.pending.is_empty() {
+                let part = (sql.take_trim(), sql.take_snapshot());
+                if part != (None, None) {
+                    let s = self.pending.sql.get_or_insert_with(Box::default);
+                    (s.trim, s.snapshot) = part;
+                }
             }
         }
         std::mem::take(&mut self.pending)
@@ -352,6 +375,11 @@ impl RoomStorage {
         if self.committed.held() {
             return Ok(Claiming::Held);
         }
+        // Another node may have written since this node's copy of the SQL
+        // file was current: the next SQL call rebuilds it from the claim.
+        if let Some(sql) = &mut self.sql {
+            sql.close();
+        }
         self.committed.claim().await
     }
 
@@ -390,6 +418,11 @@ impl RoomStorage {
         let result = self.committed.commit(batch).await;
         if let Some(sql) = &mut self.sql {
             sql.committed(result.is_ok());
+            // In a cluster a failed commit's outcome is unknown (PostgreSQL
+            // may have it): the copy is rebuilt after the next claim.
+            if result.is_err() && self.committed.sql_shared() {
+                sql.close();
+            }
         }
         self.stored = Some(result?);
         Ok(())
@@ -397,20 +430,31 @@ impl RoomStorage {
 
     /// Run a SQL query in the running hook (see `sql/mod.rs`).
     pub fn sql_exec(&mut self, query: &str, params: &[SqlValue]) -> Result<Cursor, StorageError> {
-        let limits = sql::SqlLimits {
+        let limits = self.sql_limits();
+        let sql = self.sql.get_or_insert_with(Box::default);
+        let result = sql.exec(&mut *self.committed, limits, query, params);
+        if matches!(result, Err(StorageError::Moved)) {
+            // The copy cannot be trusted (see `RoomSql::open`): the next
+            // event claims the room again, and the copy is rebuilt.
+            self.committed.drop_claim();
+        }
+        result
+    }
+
+    fn sql_limits(&self) -> sql::SqlLimits {
+        sql::SqlLimits {
             budget: std::time::Duration::from_millis(self.limits.hook_cpu_ms),
             max_bytes: self.limits.storage_bytes_per_room,
             hook_bytes: self.limits.hook_write_bytes,
             value_bytes: self.limits.value_bytes,
-        };
-        let sql = self.sql.get_or_insert_with(Box::default);
-        sql.exec(&*self.committed, limits, query, params)
+        }
     }
 
     /// Bytes the room's SQL database takes.
     pub fn sql_size(&mut self) -> Result<u64, StorageError> {
+        let limits = self.sql_limits();
         let sql = self.sql.get_or_insert_with(Box::default);
-        sql.database_size(&*self.committed)
+        sql.database_size(&mut *self.committed, limits)
     }
 
     /// Close the SQL database (the room hibernates).

@@ -168,7 +168,8 @@ impl Storage {
 
     /// Where a room's SQL database lives: `DIR/sql/<party>/<room>.sqlite3`,
     /// each name hashed, since room names are anything a URL can carry.
-    fn sql_file(&self, party: &str, room: &str) -> PathBuf {
+    /// (A cluster node keeps its copies of rooms' files there too.)
+    pub(crate) fn sql_file(&self, party: &str, room: &str) -> PathBuf {
         self.sql_dir(party).join(format!(
             "{}.sqlite3",
             hex::encode(Sha256::digest(room.as_bytes()))

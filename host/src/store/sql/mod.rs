@@ -17,6 +17,14 @@
 //! local commits) makes the file durable, after which the log up to it is
 //! trimmed.
 //!
+//! In a cluster the log (in PostgreSQL) is shared by every node that may
+//! hold the room, and a node's file is only its copy: the first call after
+//! a claim rebuilds the copy from what the claim loaded (a snapshot of the
+//! file, then the log after it), and nothing is trimmed for the copy's
+//! sake. Instead, once the log outgrows the file, a snapshot of the file
+//! (`sqlite3_serialize`) rides on the next commit and replaces the log up
+//! to it.
+//!
 //! Bounds: statements that reach outside the room are refused by an
 //! authorizer (`guard.rs`); a statement has the hook's CPU budget (a
 //! progress handler stops it); a call that would take the file past the
@@ -38,7 +46,7 @@ mod guard;
 
 use self::guard::Guard;
 use super::session::{self, Capture};
-use super::{Committed, StorageError};
+use super::{Committed, SqlStart, StorageError};
 use crate::lock::lock;
 
 /// The most bytes of rows one `exec` returns: the host holds them before
@@ -58,6 +66,16 @@ const CHECKPOINT_EVERY: u64 = 16;
 
 /// Plain queries a room's statement cache remembers (see `Db::plain`).
 const PLAIN_CACHE: usize = 64;
+
+/// In a cluster, the log may grow to the file's size, and at least this,
+/// before a snapshot replaces it: a claim loads at most about twice the
+/// file, and a snapshot costs a byte of PostgreSQL writes per byte logged.
+const SNAPSHOT_AFTER: u64 = 256 << 10;
+
+/// The host's own table in a room's file: the log entry it holds.
+const META: &str = "CREATE TABLE IF NOT EXISTS _dormouse_meta (
+         id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
+     INSERT OR IGNORE INTO _dormouse_meta (id, seq) VALUES (1, 0);";
 
 /// A SQL value, as a parameter binds it and a column holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,9 +144,9 @@ pub struct RoomSql {
     db: Option<Box<Db>>,
     /// The log entry of the hooks since the last commit.
     group: Vec<u8>,
-    /// The sequence number the next commit's entry carries, while one is
-    /// in flight.
-    committing: Option<u64>,
+    /// The sequence number (and size) of the entry of the commit in
+    /// flight, if it has one.
+    committing: Option<(u64, u64)>,
     /// Log entries up to this are in the room's file durably: the next
     /// commit deletes them.
     trim: Option<u64>,
@@ -137,6 +155,23 @@ pub struct RoomSql {
     broken: Option<String>,
     /// The last close, running on the blocking pool (it fsyncs).
     closing: Option<Arc<Closing>>,
+    /// In a cluster (see the module's notes): the copy's state.
+    shared: Option<Box<Shared>>,
+}
+
+/// A cluster node's copy of a room's file, between claims.
+#[derive(Default)]
+struct Shared {
+    /// The log entry the copy holds once its last close is done; `None`
+    /// until it is rebuilt after a claim.
+    holds: Option<u64>,
+    /// Bytes of log entries since the latest snapshot (about: the entries
+    /// between a snapshot and the commit it rides on are not counted).
+    log_bytes: u64,
+    /// A snapshot of the copy for the next commit: `(seq, file)`.
+    snapshot: Option<(u64, Vec<u8>)>,
+    /// The commit in flight carries a snapshot.
+    riding: bool,
 }
 
 /// A close in the background: `Some(durable)` once done, `durable` being
@@ -213,7 +248,7 @@ impl RoomSql {
     /// Run one query in the running hook's transaction.
     pub fn exec(
         &mut self,
-        log: &dyn Committed,
+        log: &mut dyn Committed,
         limits: SqlLimits,
         query: &str,
         params: &[SqlValue],
@@ -227,7 +262,15 @@ impl RoomSql {
     }
 
     /// Bytes the room's file takes (0 before it exists).
-    pub fn database_size(&mut self, log: &dyn Committed) -> Result<u64, StorageError> {
+    pub fn database_size(
+        &mut self,
+        log: &mut dyn Committed,
+        limits: SqlLimits,
+    ) -> Result<u64, StorageError> {
+        if log.sql_shared() {
+            // The copy may be stale until the first call rebuilds it.
+            return self.open(log, limits)?.size();
+        }
         match &self.db {
             Some(db) => db.size(),
             None => Ok(log
@@ -305,14 +348,27 @@ impl RoomSql {
             return Ok(None);
         }
         let seq = db.acked + 1;
-        self.committing = Some(seq);
+        self.committing = Some((seq, self.group.len() as u64));
         Ok(Some((seq, std::mem::take(&mut self.group))))
     }
 
     /// Log entries up to this one may go: the room's file has them durably.
     pub fn take_trim(&mut self) -> Option<u64> {
         self.closed(false);
+        if self.shared.is_some() {
+            // A cluster's log is the record: only a snapshot replaces it.
+            self.trim = None;
+        }
         self.trim.take()
+    }
+
+    /// A snapshot for the next commit to carry (in a cluster, once the log
+    /// has outgrown the file).
+    pub fn take_snapshot(&mut self) -> Option<(u64, Vec<u8>)> {
+        let shared = self.shared.as_mut()?;
+        let snapshot = shared.snapshot.take()?;
+        shared.riding = true;
+        Some(snapshot)
     }
 
     /// Collect the last close's result; with `wait`, wait for it first
@@ -339,7 +395,16 @@ impl RoomSql {
     /// The commit of the entry [`RoomSql::take`] gave returned: commit the
     /// local transaction, or take it back.
     pub fn committed(&mut self, ok: bool) {
-        let Some(seq) = self.committing.take() else {
+        let committing = self.committing.take();
+        if let Some(shared) = &mut self.shared
+            && std::mem::take(&mut shared.riding)
+            && ok
+        {
+            // The log before the snapshot is gone; what follows it is
+            // about this commit's entry.
+            shared.log_bytes = 0;
+        }
+        let Some((seq, len)) = committing else {
             return;
         };
         let Some(db) = &mut self.db else {
@@ -359,6 +424,13 @@ impl RoomSql {
                 self.db = None;
             }
         }
+        if let (true, Some(shared), Some(db)) = (ok, &mut self.shared, &mut self.db) {
+            shared.holds = Some(seq);
+            shared.log_bytes += len;
+            if let Err(e) = shared.snapshot_if_due(db) {
+                tracing::warn!(error = %e, "cannot snapshot the room's SQL file; the log keeps it");
+            }
+        }
     }
 
     /// Close the database (the room hibernates): a checkpoint makes the
@@ -366,6 +438,10 @@ impl RoomSql {
     pub fn close(&mut self) {
         self.group.clear();
         self.committing = None;
+        if let Some(shared) = &mut self.shared {
+            // Taken under this claim: the next claim may find a newer log.
+            shared.snapshot = None;
+        }
         let Some(mut db) = self.db.take() else {
             return;
         };
@@ -392,22 +468,89 @@ impl RoomSql {
         }
     }
 
-    fn open(&mut self, log: &dyn Committed, limits: SqlLimits) -> Result<&mut Db, StorageError> {
+    fn open(
+        &mut self,
+        log: &mut dyn Committed,
+        limits: SqlLimits,
+    ) -> Result<&mut Db, StorageError> {
         if self.db.is_none() {
             self.closed(true);
-            let (db, trim) = Db::open(log, limits)?;
-            self.trim = self.trim.max(trim);
+            let db = if log.sql_shared() {
+                self.open_copy(log, limits)?
+            } else {
+                let (db, trim) = Db::open(&*log, limits, None)?;
+                self.trim = self.trim.max(trim);
+                db
+            };
             self.db = Some(Box::new(db));
         }
         Ok(self.db.as_mut().expect("opened above"))
     }
+
+    /// Open a cluster node's copy: rebuilt from the claim's start when
+    /// there is one; otherwise it must hold what this claim committed, or
+    /// it cannot be trusted (a close failed) and [`StorageError::Moved`]
+    /// sends the room to a new claim.
+    fn open_copy(
+        &mut self,
+        log: &mut dyn Committed,
+        limits: SqlLimits,
+    ) -> Result<Db, StorageError> {
+        let shared = self.shared.get_or_insert_with(Box::default);
+        self.trim = None;
+        match log.take_sql_start() {
+            Some(start) => {
+                shared.holds = None;
+                shared.snapshot = None;
+                shared.log_bytes = start.log.iter().map(|(_, e)| e.len() as u64).sum();
+                let (mut db, _) = Db::open(&*log, limits, Some(start))?;
+                shared.holds = Some(db.applied);
+                if let Err(e) = shared.snapshot_if_due(&mut db) {
+                    tracing::warn!(error = %e, "cannot snapshot the room's SQL file; the log keeps it");
+                }
+                Ok(db)
+            }
+            None => {
+                let (db, _) = Db::open(&*log, limits, None)?;
+                if shared.holds != Some(db.applied) {
+                    shared.holds = None;
+                    return Err(StorageError::Moved);
+                }
+                Ok(db)
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Once the log has outgrown the file, commit the copy locally and
+    /// snapshot it, for the next commit to carry.
+    fn snapshot_if_due(&mut self, db: &mut Db) -> Result<(), StorageError> {
+        if self.snapshot.is_some()
+            || self.riding
+            || self.log_bytes <= SNAPSHOT_AFTER.max(db.size()?)
+        {
+            return Ok(());
+        }
+        db.commit_local()?;
+        let seq = db.applied;
+        let file = db.internal(|c| c.serialize(rusqlite::MAIN_DB).map(|d| d.to_vec()))?;
+        self.snapshot = Some((seq, file));
+        Ok(())
+    }
 }
 
 impl Db {
-    fn open(log: &dyn Committed, limits: SqlLimits) -> Result<(Db, Option<u64>), StorageError> {
+    /// Open the room's file; with `start`, replace what it holds with the
+    /// start's snapshot (or nothing) and log first (a cluster's claim).
+    fn open(
+        log: &dyn Committed,
+        limits: SqlLimits,
+        start: Option<SqlStart>,
+    ) -> Result<(Db, Option<u64>), StorageError> {
         let Some(file) = log.sql_file() else {
             return Err(StorageError::Unavailable(
-                "SQL storage is not available on a cluster yet".into(),
+                "this host keeps no SQL storage".into(),
             ));
         };
         if let Some(dir) = file.parent().filter(|d| !d.is_dir()) {
@@ -442,16 +585,17 @@ impl Db {
              PRAGMA foreign_keys = ON;
              PRAGMA cache_size = -1024;",
         )?;
+        let mut conn = conn;
+        let mut entries = Vec::new();
+        if let Some(start) = start {
+            restore(&mut conn, start.snapshot)?;
+            entries = start.log;
+        }
         let applied = match conn.query_row("SELECT seq FROM _dormouse_meta", [], |r| r.get(0)) {
             Ok(seq) => seq,
             // A new file (the journal mode is kept in it).
             Err(e) if e.to_string().contains("no such table") => {
-                conn.execute_batch(
-                    "PRAGMA journal_mode = WAL;
-                     CREATE TABLE IF NOT EXISTS _dormouse_meta (
-                         id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
-                     INSERT OR IGNORE INTO _dormouse_meta (id, seq) VALUES (1, 0);",
-                )?;
+                conn.execute_batch(&format!("PRAGMA journal_mode = WAL; {META}"))?;
                 0i64
             }
             Err(e) => return Err(e.into()),
@@ -489,7 +633,10 @@ impl Db {
             plain: Default::default(),
         };
         let before = db.applied;
-        db.replay(log)?;
+        if entries.is_empty() {
+            entries = log.sql_log(db.applied)?;
+        }
+        db.replay(entries)?;
         // An empty WAL means the last close checkpointed (and fsynced) the
         // file; otherwise a crash left commits in the WAL: fold them in.
         let mut wal = file.into_os_string();
@@ -511,9 +658,20 @@ impl Db {
     }
 
     /// Apply the log entries the file has not got (a crash came between the
-    /// host's commit and the file's).
-    fn replay(&mut self, log: &dyn Committed) -> Result<(), StorageError> {
-        for (seq, entry) in log.sql_log(self.applied)? {
+    /// host's commit and the file's, or this node's copy is behind).
+    fn replay(&mut self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), StorageError> {
+        if let Some(&(first, _)) = entries.iter().find(|(seq, _)| *seq > self.applied)
+            && first != self.applied + 1
+        {
+            return Err(StorageError::Unavailable(format!(
+                "the room's SQL file holds log entry {} but the log resumes at {first}",
+                self.applied
+            )));
+        }
+        for (seq, entry) in entries {
+            if seq <= self.applied {
+                continue;
+            }
             self.conn.execute_batch("BEGIN")?;
             let applied = self.apply_entry(&entry).and_then(|()| {
                 self.conn.execute(
@@ -558,10 +716,7 @@ impl Db {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
     ) -> Result<R, StorageError> {
-        self.guard.internal.store(true, Relaxed);
-        let r = f(&self.conn);
-        self.guard.internal.store(false, Relaxed);
-        Ok(r?)
+        Ok(self.guard.as_host(|| f(&self.conn))?)
     }
 
     /// Run one `exec`: all of it, or (when a statement fails, or the file
@@ -576,7 +731,8 @@ impl Db {
         // back drops exactly the segments it made. (Without one, a capture
         // that began before the call stays right through a rollback: a
         // changeset is computed from the rows as they are when it is taken.)
-        let boundary = may_start_segment(query);
+        let words = Words::of(query);
+        let boundary = words.boundary;
         if boundary {
             self.close_capture()?;
         }
@@ -585,7 +741,7 @@ impl Db {
         // A call that begins or ends the room's own savepoints cannot sit
         // inside one of the host's (releasing it would release theirs):
         // such a call is not taken back as a whole when it fails.
-        self.exec_alive = !touches_savepoints(query);
+        self.exec_alive = !words.savepoints;
         if self.exec_alive {
             self.internal(|c| cached(c, "SAVEPOINT _dormouse_exec"))?;
         }
@@ -829,10 +985,7 @@ impl Db {
                             stmt.parameter_count()
                         )));
                     }
-                    for (i, v) in params.iter().enumerate() {
-                        stmt.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(to_sql(v)))
-                            .map_err(|e| sql_error(e, guard))?;
-                    }
+                    bind(&mut stmt, params, guard)?;
                     let writes = !stmt.readonly();
                     step(&mut stmt, conn, guard, writes, &mut out, &mut bytes)?;
                     return Ok(out);
@@ -872,10 +1025,7 @@ impl Db {
                 )));
             };
             next_param += n;
-            for (i, v) in bound.iter().enumerate() {
-                stmt.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(to_sql(v)))
-                    .map_err(|e| sql_error(e, guard))?;
-            }
+            bind(&mut stmt, bound, guard)?;
             let schema = guard.schema.load(Relaxed);
             let savepoint = lock(&guard.savepoint).take();
             let simple = !schema && savepoint.is_none();
@@ -940,20 +1090,39 @@ impl Db {
     }
 }
 
-/// Whether a query may hold a schema change or a savepoint operation (a
-/// keyword test: false alarms cost one changeset, nothing more).
-fn may_start_segment(query: &str) -> bool {
-    has_any(query, &["CREATE", "DROP", "ALTER", "REINDEX", "ANALYZE"]) || touches_savepoints(query)
+/// What a query's words say it may do, read once per `exec`: a keyword
+/// test, on the safe side (a word in a string literal counts too; a false
+/// alarm costs one changeset, nothing more).
+struct Words {
+    /// It may change the schema or touch a savepoint: it starts a segment.
+    boundary: bool,
+    /// It may begin, release or roll back a savepoint.
+    savepoints: bool,
 }
 
-/// Whether a query may begin, release or roll back a savepoint.
-fn touches_savepoints(query: &str) -> bool {
-    has_any(query, &["SAVEPOINT", "RELEASE", "ROLLBACK"])
+impl Words {
+    fn of(query: &str) -> Words {
+        let q = query.to_ascii_uppercase();
+        let any = |words: &[&str]| words.iter().any(|w| q.contains(w));
+        let savepoints = any(&["SAVEPOINT", "RELEASE", "ROLLBACK"]);
+        Words {
+            boundary: savepoints || any(&["CREATE", "DROP", "ALTER", "REINDEX", "ANALYZE"]),
+            savepoints,
+        }
+    }
 }
 
-fn has_any(query: &str, words: &[&str]) -> bool {
-    let q = query.to_ascii_uppercase();
-    words.iter().any(|w| q.contains(w))
+/// Bind a statement's parameters, in order.
+fn bind(
+    stmt: &mut rusqlite::Statement<'_>,
+    values: &[SqlValue],
+    guard: &Guard,
+) -> Result<(), StorageError> {
+    for (i, v) in values.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, ToSqlOutput::Borrowed(to_sql(v)))
+            .map_err(|e| sql_error(e, guard))?;
+    }
+    Ok(())
 }
 
 /// Run one of the host's statements from the statement cache.
@@ -1012,12 +1181,39 @@ fn step(
 
 /// SQLite's count of schema changes.
 fn schema_version(conn: &Connection, guard: &Guard) -> Result<i64, StorageError> {
-    guard.internal.store(true, Relaxed);
-    let v = conn
-        .prepare_cached("PRAGMA schema_version")
-        .and_then(|mut s| s.query_row([], |r| r.get(0)));
-    guard.internal.store(false, Relaxed);
+    let v = guard.as_host(|| {
+        conn.prepare_cached("PRAGMA schema_version")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+    });
     Ok(v?)
+}
+
+/// Replace what the room's file holds with a snapshot of it (or with an
+/// empty database), through SQLite's backup (which keeps the file's WAL
+/// mode and its exclusive lock: the file is never swapped underneath).
+fn restore(conn: &mut Connection, snapshot: Option<(u64, Vec<u8>)>) -> Result<(), StorageError> {
+    let mut source = Connection::open_in_memory()?;
+    match snapshot {
+        Some((_, mut file)) => {
+            // A snapshot of a file in WAL mode says so in its header; an
+            // in-memory database cannot be in WAL mode, so it is read as a
+            // file in rollback mode (bytes 18 and 19 are 1 for that). The
+            // backup sets the copy's own mode back.
+            if file.len() >= 100 {
+                file[18] = 1;
+                file[19] = 1;
+            }
+            let len = file.len();
+            source.deserialize_read_exact(rusqlite::MAIN_DB, &file[..], len, true)?;
+        }
+        None => source.execute_batch(META)?,
+    }
+    {
+        let backup = rusqlite::backup::Backup::new(&source, conn)?;
+        backup.run_to_completion(1024, Duration::ZERO, None)?;
+    }
+    conn.execute_batch("PRAGMA journal_mode = WAL")?;
+    Ok(())
 }
 
 /// The innermost savepoint of this name (names are case-insensitive).
