@@ -1,6 +1,7 @@
-//! SQLite's session extension, the one unsafe corner of the store: a
-//! capture of what a room's statements changed (a changeset), and applying
-//! one on replay (see `sql/mod.rs`).
+//! SQLite's C API beyond rusqlite, the one unsafe corner of the store: the
+//! session extension (a capture of what a room's statements changed, a
+//! changeset, and applying one on replay; see `sql/mod.rs`), and a room
+//! file's WAL kept between opens.
 //!
 //! The extension is compiled into the bundled SQLite by LIBSQLITE3_FLAGS
 //! (`.cargo/config.toml`) and declared here, rather than through
@@ -23,6 +24,7 @@ unsafe extern "C" {
     fn sqlite3session_object_config(session: *mut c_void, op: c_int, arg: *mut c_void) -> c_int;
     fn sqlite3session_attach(session: *mut c_void, table: *const c_char) -> c_int;
     fn sqlite3session_memory_used(session: *mut c_void) -> i64;
+    fn sqlite3session_isempty(session: *mut c_void) -> c_int;
     fn sqlite3session_changeset(
         session: *mut c_void,
         n: *mut c_int,
@@ -91,6 +93,11 @@ impl Capture {
 
     /// The changes since the capture began (empty when none).
     pub(super) fn changeset(&self) -> Result<Vec<u8>, StorageError> {
+        // SAFETY: the session is live (deleted only in Drop).
+        if unsafe { sqlite3session_isempty(self.0) } != 0 {
+            // Most hooks only read: no changeset to build.
+            return Ok(Vec::new());
+        }
         let mut n = 0;
         let mut p = std::ptr::null_mut();
         // SAFETY: `p` is sqlite3_malloc'd by SQLite, copied, then freed.
@@ -118,9 +125,26 @@ fn check(rc: i32) -> Result<(), StorageError> {
         return Ok(());
     }
     Err(StorageError::Unavailable(format!(
-        "SQLite session failed ({})",
+        "SQLite failed ({})",
         ffi::code_to_str(rc)
     )))
+}
+
+/// Keep the room file's WAL file when the connection closes (emptied by
+/// the close's checkpoint), rather than delete it: every wake would
+/// otherwise create it again, which measured about half of an open's cost.
+pub(super) fn persist_wal(conn: &Connection) -> Result<(), StorageError> {
+    let mut on: c_int = 1;
+    // SAFETY: the connection is open; SQLite reads the int and does not
+    // keep the pointer.
+    check(unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&mut on as *mut c_int).cast(),
+        )
+    })
 }
 
 /// Apply a changeset to the room's file.

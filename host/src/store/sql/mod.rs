@@ -157,6 +157,10 @@ pub struct RoomSql {
     closing: Option<Arc<Closing>>,
     /// In a cluster (see the module's notes): the copy's state.
     shared: Option<Box<Shared>>,
+    /// On one node: the host's log holds no entry past this one (this
+    /// room's actor is the log's only writer), so an open that finds the
+    /// file there need not read the log.
+    logged: Option<u64>,
 }
 
 /// A cluster node's copy of a room's file, between claims.
@@ -411,6 +415,7 @@ impl RoomSql {
             return;
         };
         let result = if ok {
+            self.logged = Some(seq);
             db.acknowledge(seq)
         } else {
             db.rollback_group().map(|()| None)
@@ -478,8 +483,9 @@ impl RoomSql {
             let db = if log.sql_shared() {
                 self.open_copy(log, limits)?
             } else {
-                let (db, trim) = Db::open(&*log, limits, None)?;
+                let (db, trim) = Db::open(&*log, limits, None, self.logged)?;
                 self.trim = self.trim.max(trim);
+                self.logged = Some(db.applied);
                 db
             };
             self.db = Some(Box::new(db));
@@ -503,7 +509,7 @@ impl RoomSql {
                 shared.holds = None;
                 shared.snapshot = None;
                 shared.log_bytes = start.log.iter().map(|(_, e)| e.len() as u64).sum();
-                let (mut db, _) = Db::open(&*log, limits, Some(start))?;
+                let (mut db, _) = Db::open(&*log, limits, Some(start), None)?;
                 shared.holds = Some(db.applied);
                 if let Err(e) = shared.snapshot_if_due(&mut db) {
                     tracing::warn!(error = %e, "cannot snapshot the room's SQL file; the log keeps it");
@@ -511,7 +517,7 @@ impl RoomSql {
                 Ok(db)
             }
             None => {
-                let (db, _) = Db::open(&*log, limits, None)?;
+                let (db, _) = Db::open(&*log, limits, None, shared.holds)?;
                 if shared.holds != Some(db.applied) {
                     shared.holds = None;
                     return Err(StorageError::Moved);
@@ -543,10 +549,12 @@ impl Shared {
 impl Db {
     /// Open the room's file; with `start`, replace what it holds with the
     /// start's snapshot (or nothing) and log first (a cluster's claim).
+    /// `logged`: the log holds nothing past this entry, if known.
     fn open(
         log: &dyn Committed,
         limits: SqlLimits,
         start: Option<SqlStart>,
+        logged: Option<u64>,
     ) -> Result<(Db, Option<u64>), StorageError> {
         let Some(file) = log.sql_file() else {
             return Err(StorageError::Unavailable(
@@ -562,6 +570,7 @@ impl Db {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&file, flags)?;
+        session::persist_wal(&conn)?;
         use rusqlite::config::DbConfig;
         use rusqlite::limits::Limit;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
@@ -633,7 +642,7 @@ impl Db {
             plain: Default::default(),
         };
         let before = db.applied;
-        if entries.is_empty() {
+        if entries.is_empty() && logged != Some(db.applied) {
             entries = log.sql_log(db.applied)?;
         }
         db.replay(entries)?;
@@ -1396,5 +1405,92 @@ mod tests {
             r.sql_exec("SELECT * FROM t", &[]).is_err(),
             "no table t any more"
         );
+    }
+}
+
+/// What SQL adds to a wake, phase by phase, on a 10 MB file: opening it,
+/// on-start's schema check, a read by primary key, and starting the close
+/// that hibernation runs (the rest of it runs off the room's thread). A measurement, not a test:
+/// `cargo test --release -p dormouse-host --lib sql_wake_phases -- --ignored --nocapture`
+/// (BENCHMARKS.md, "SQL storage beside key-value storage").
+#[cfg(test)]
+mod wake_phases {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::{RoomSql, SqlLimits, SqlValue};
+    use crate::store::{RoomStorage, Storage};
+
+    const SCHEMA: &str = "
+        CREATE TABLE IF NOT EXISTS todos (id INTEGER PRIMARY KEY, text TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'done')));
+        CREATE INDEX IF NOT EXISTS todos_by_status ON todos (status, id);";
+
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore = "a measurement: run it with --release --ignored --nocapture"]
+    async fn sql_wake_phases() {
+        let dir = std::env::temp_dir().join(format!("dormouse-sqlw-{}", uuid::Uuid::new_v4()));
+        let storage = Storage::open(&dir, Arc::default()).expect("storage opens");
+        let mut r = RoomStorage::new(
+            Box::new(storage.room("todos".into(), "big".into())),
+            Arc::default(),
+        );
+        r.sql_exec(SCHEMA, &[]).expect("schema");
+        r.sql_exec(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 110000)
+             INSERT INTO todos (text) SELECT 'todo number ' || i || ' to do' FROM n",
+            &[],
+        )
+        .expect("rows");
+        let batch = r.take_batch();
+        r.commit(batch).await.expect("commit");
+        r.close_sql();
+        drop(r);
+        let mut room = storage.room("todos".into(), "big".into());
+        let limits = SqlLimits {
+            budget: Duration::from_secs(5),
+            max_bytes: 1 << 30,
+            hook_bytes: 1 << 20,
+            value_bytes: 1 << 20,
+        };
+        let mut sql = RoomSql::default();
+        let mut phases: [Vec<Duration>; 4] = Default::default();
+        for i in 0..2000i64 {
+            // The last hibernation's close, done (a wake comes later).
+            sql.closed(true);
+            let t = Instant::now();
+            sql.exec(&mut room, limits, "SELECT 1", &[]).expect("open");
+            let opened = t.elapsed();
+            sql.exec(&mut room, limits, SCHEMA, &[]).expect("schema");
+            let checked = t.elapsed();
+            let id = SqlValue::Integer(1 + (i * 7919) % 110_000);
+            let q = "SELECT id, text, status FROM todos WHERE id = ?";
+            sql.exec(&mut room, limits, q, &[id]).expect("read");
+            let read = t.elapsed();
+            assert!(sql.take().expect("take").is_none(), "reads log nothing");
+            sql.close();
+            let closed = t.elapsed();
+            for (p, d) in
+                phases
+                    .iter_mut()
+                    .zip([opened, checked - opened, read - checked, closed - read])
+            {
+                p.push(d);
+            }
+        }
+        let names = [
+            "open (and SELECT 1)",
+            "schema check",
+            "read by id",
+            "close (its start)",
+        ];
+        for (name, mut p) in names.into_iter().zip(phases) {
+            p.sort();
+            eprintln!(
+                "{name}: p50 {:?}, p99 {:?}",
+                p[p.len() / 2],
+                p[p.len() * 99 / 100]
+            );
+        }
     }
 }
