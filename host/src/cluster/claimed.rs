@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::{Claimed, Cluster, ClusterError, Writes};
 use crate::route::RoomKey;
-use crate::store::{Batch, Claiming, Committed, LIST_PAGE, SqlStart, StorageError};
+use crate::store::{Batch, Claiming, Committed, LIST_PAGE, SqlStart, Storage, StorageError};
 
 impl From<ClusterError> for StorageError {
     fn from(e: ClusterError) -> Self {
@@ -30,8 +30,8 @@ impl From<ClusterError> for StorageError {
 pub struct ClaimedRoom {
     cluster: Arc<Cluster>,
     key: RoomKey,
-    /// This node's copy of the room's SQL file.
-    sql_file: PathBuf,
+    /// This node's store, where its copy of the room's SQL file lives.
+    storage: Arc<Storage>,
     /// `None` until claimed (and again once released or lost).
     claim: Option<Claim>,
 }
@@ -48,11 +48,11 @@ struct Claim {
 }
 
 impl ClaimedRoom {
-    pub fn new(cluster: Arc<Cluster>, key: RoomKey, sql_file: PathBuf) -> Self {
+    pub fn new(cluster: Arc<Cluster>, key: RoomKey, storage: Arc<Storage>) -> Self {
         ClaimedRoom {
             cluster,
             key,
-            sql_file,
+            storage,
             claim: None,
         }
     }
@@ -242,7 +242,7 @@ impl Committed for ClaimedRoom {
     }
 
     fn sql_file(&self) -> Option<PathBuf> {
-        Some(self.sql_file.clone())
+        Some(self.storage.sql_file(&self.key.0, &self.key.1))
     }
 
     fn sql_shared(&self) -> bool {

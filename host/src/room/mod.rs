@@ -188,7 +188,7 @@ impl Room {
             Some(cluster) => Box::new(ClaimedRoom::new(
                 cluster.clone(),
                 key.clone(),
-                shared.storage.sql_file(&key.0, &key.1),
+                shared.storage.clone(),
             )),
             None => Box::new(shared.storage.room(key.0.clone(), key.1.clone())),
         };

@@ -503,7 +503,6 @@ impl RoomSql {
         limits: SqlLimits,
     ) -> Result<Db, StorageError> {
         let shared = self.shared.get_or_insert_with(Box::default);
-        self.trim = None;
         match log.take_sql_start() {
             Some(start) => {
                 shared.holds = None;
@@ -1281,8 +1280,9 @@ fn value_bytes(v: &SqlValue) -> usize {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
-    use super::SqlValue;
+    use super::{RoomSql, SqlLimits, SqlValue};
     use crate::config::Limits;
     use crate::store::{RoomStorage, Storage};
 
@@ -1406,47 +1406,35 @@ mod tests {
             "no table t any more"
         );
     }
-}
 
-/// What SQL adds to a wake, phase by phase, on a 10 MB file: opening it,
-/// on-start's schema check, a read by primary key, and starting the close
-/// that hibernation runs (the rest of it runs off the room's thread). A measurement, not a test:
-/// `cargo test --release -p dormouse-host --lib sql_wake_phases -- --ignored --nocapture`
-/// (BENCHMARKS.md, "SQL storage beside key-value storage").
-#[cfg(test)]
-mod wake_phases {
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-
-    use super::{RoomSql, SqlLimits, SqlValue};
-    use crate::store::{RoomStorage, Storage};
-
-    const SCHEMA: &str = "
+    /// `examples/todos-sql`'s schema, as its on-start runs it.
+    const TODOS: &str = "
         CREATE TABLE IF NOT EXISTS todos (id INTEGER PRIMARY KEY, text TEXT NOT NULL,
             status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'done')));
         CREATE INDEX IF NOT EXISTS todos_by_status ON todos (status, id);";
 
+    /// What SQL adds to a wake, phase by phase, on a 10 MB file: opening
+    /// it, on-start's schema check, a read by primary key, and starting the
+    /// close that hibernation runs (the rest runs off the room's thread).
+    /// A measurement, not a test (BENCHMARKS.md, "SQL storage beside
+    /// key-value storage"): `cargo test --release -p dormouse-host --lib
+    /// sql_wake_phases -- --ignored --nocapture`.
     #[tokio::test(flavor = "multi_thread")]
     #[ignore = "a measurement: run it with --release --ignored --nocapture"]
     async fn sql_wake_phases() {
-        let dir = std::env::temp_dir().join(format!("dormouse-sqlw-{}", uuid::Uuid::new_v4()));
-        let storage = Storage::open(&dir, Arc::default()).expect("storage opens");
-        let mut r = RoomStorage::new(
-            Box::new(storage.room("todos".into(), "big".into())),
-            Arc::default(),
-        );
-        r.sql_exec(SCHEMA, &[]).expect("schema");
+        let storage = storage();
+        let mut r = room(&storage);
+        r.sql_exec(TODOS, &[]).expect("schema");
         r.sql_exec(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 110000)
              INSERT INTO todos (text) SELECT 'todo number ' || i || ' to do' FROM n",
             &[],
         )
         .expect("rows");
-        let batch = r.take_batch();
-        r.commit(batch).await.expect("commit");
+        commit(&mut r).await;
         r.close_sql();
         drop(r);
-        let mut room = storage.room("todos".into(), "big".into());
+        let mut file = storage.room("main".into(), "r".into());
         let limits = SqlLimits {
             budget: Duration::from_secs(5),
             max_bytes: 1 << 30,
@@ -1459,13 +1447,13 @@ mod wake_phases {
             // The last hibernation's close, done (a wake comes later).
             sql.closed(true);
             let t = Instant::now();
-            sql.exec(&mut room, limits, "SELECT 1", &[]).expect("open");
+            sql.exec(&mut file, limits, "SELECT 1", &[]).expect("open");
             let opened = t.elapsed();
-            sql.exec(&mut room, limits, SCHEMA, &[]).expect("schema");
+            sql.exec(&mut file, limits, TODOS, &[]).expect("schema");
             let checked = t.elapsed();
             let id = SqlValue::Integer(1 + (i * 7919) % 110_000);
             let q = "SELECT id, text, status FROM todos WHERE id = ?";
-            sql.exec(&mut room, limits, q, &[id]).expect("read");
+            sql.exec(&mut file, limits, q, &[id]).expect("read");
             let read = t.elapsed();
             assert!(sql.take().expect("take").is_none(), "reads log nothing");
             sql.close();
